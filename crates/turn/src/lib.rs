@@ -1,0 +1,1 @@
+//! STUN/TURN server.

@@ -1,0 +1,1 @@
+//! Interop tests against coturn clients (filled in by the TURN work).
