@@ -1,1 +1,153 @@
-//! Sans-IO STUN/TURN wire codec.
+//! Sans-IO, zero-copy STUN (RFC 8489) and TURN (RFC 8656) wire codec.
+//!
+//! [`Message::parse`] validates a message in place over `&[u8]` and hands out attribute values as sub-slices;
+//! [`MessageWriter`] encodes into a caller-owned buffer. Nothing here allocates, reads a clock or does I/O.
+
+mod attrs;
+mod channel;
+mod message;
+mod writer;
+
+pub use attrs::{Attribute, Family, attr};
+pub use channel::{
+    ChannelData, PacketKind, channel_data_padded_len, classify, stream_frame_len, write_channel_data_header,
+};
+pub use message::{AttributeIter, IntegrityError, Message, ParseError, RawAttribute};
+pub use writer::{EncodeError, MessageWriter};
+
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+
+/// The fixed value in every RFC 5389+ header, also the XOR mask of address attributes.
+pub const MAGIC_COOKIE: u32 = 0x2112_A442;
+/// Length of the fixed header.
+pub const HEADER_LEN: usize = 20;
+/// A STUN transaction id.
+pub type TransactionId = [u8; 12];
+
+/// Message class, from the two class bits of the type field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Class {
+    Request,
+    Indication,
+    Success,
+    Error,
+}
+
+/// Message method (12 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Method(pub u16);
+
+impl Method {
+    pub const BINDING: Method = Method(0x001);
+    pub const ALLOCATE: Method = Method(0x003);
+    pub const REFRESH: Method = Method(0x004);
+    pub const SEND: Method = Method(0x006);
+    pub const DATA: Method = Method(0x007);
+    pub const CREATE_PERMISSION: Method = Method(0x008);
+    pub const CHANNEL_BIND: Method = Method(0x009);
+
+    /// A short name for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::BINDING => "binding",
+            Method::ALLOCATE => "allocate",
+            Method::REFRESH => "refresh",
+            Method::SEND => "send",
+            Method::DATA => "data",
+            Method::CREATE_PERMISSION => "create_permission",
+            Method::CHANNEL_BIND => "channel_bind",
+            _ => "other",
+        }
+    }
+}
+
+/// Message type field from class and method (RFC 8489 §5: the class bits sit at positions 4 and 8).
+pub fn message_type(class: Class, method: Method) -> u16 {
+    let m = method.0 & 0x0FFF;
+    let c: u16 = match class {
+        Class::Request => 0b00,
+        Class::Indication => 0b01,
+        Class::Success => 0b10,
+        Class::Error => 0b11,
+    };
+    (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | ((c & 0b01) << 4) | ((c & 0b10) << 7)
+}
+
+pub(crate) fn split_type(t: u16) -> (Class, Method) {
+    let class = match ((t >> 7) & 0b10) | ((t >> 4) & 0b01) {
+        0b00 => Class::Request,
+        0b01 => Class::Indication,
+        0b10 => Class::Success,
+        _ => Class::Error,
+    };
+    let method = (t & 0x000F) | ((t >> 1) & 0x0070) | ((t >> 2) & 0x0F80);
+    (class, Method(method))
+}
+
+/// The long-term credential key of RFC 8489 §9.2.2: MD5(username ":" realm ":" password).
+pub fn long_term_key_md5(username: &str, realm: &str, password: &str) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(username.as_bytes());
+    h.update(b":");
+    h.update(realm.as_bytes());
+    h.update(b":");
+    h.update(password.as_bytes());
+    h.finalize().into()
+}
+
+/// The SHA-256 long-term key (PASSWORD-ALGORITHM 0x0002).
+pub fn long_term_key_sha256(username: &str, realm: &str, password: &str) -> [u8; 32] {
+    use sha2::Sha256;
+    let mut h = <Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, username.as_bytes());
+    sha2::Digest::update(&mut h, b":");
+    sha2::Digest::update(&mut h, realm.as_bytes());
+    sha2::Digest::update(&mut h, b":");
+    sha2::Digest::update(&mut h, password.as_bytes());
+    sha2::Digest::finalize(h).into()
+}
+
+/// USERHASH (RFC 8489 §14.4): SHA-256(username ":" realm).
+pub fn userhash(username: &str, realm: &str) -> [u8; 32] {
+    use sha2::Sha256;
+    let mut h = <Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, username.as_bytes());
+    sha2::Digest::update(&mut h, b":");
+    sha2::Digest::update(&mut h, realm.as_bytes());
+    sha2::Digest::finalize(h).into()
+}
+
+pub(crate) fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
+    let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Runs every parser of this crate over arbitrary bytes; the fuzz target and a proptest call it.
+/// It must never panic.
+pub fn fuzz_entry(data: &[u8]) {
+    let _ = classify(data);
+    let _ = stream_frame_len(data);
+    let _ = ChannelData::parse(data);
+    if let Ok(msg) = Message::parse(data) {
+        for attr in msg.attributes() {
+            let _ = Attribute::decode(attr.typ, attr.value, msg.transaction_id());
+        }
+        let _ = msg.verify_integrity(b"key");
+        let _ = msg.verify_integrity_sha256(b"key");
+        let _ = msg.verify_fingerprint();
+        let mut unknown = [0u16; 8];
+        let _ = msg.unknown_comprehension_required(|_| false, &mut unknown);
+    }
+}
