@@ -1,1 +1,112 @@
-//! STUN/TURN server.
+//! STUN/TURN server (RFC 8489, RFC 8656): a sans-IO core ([`core`]) and the tokio driver around it.
+//!
+//! The driver only moves bytes: UDP and TCP/TLS listeners feed client packets to the core, one task per
+//! relay socket feeds peer datagrams, and the core's answers go out on the socket it names.
+
+pub mod core;
+mod driver;
+pub mod metrics;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use driver::{Listening, TurnHandle, TurnServer};
+pub use metrics::TurnMetrics;
+
+/// TLS certificate and key files (PEM) for TURNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `--external-ip PUBLIC[/PRIVATE]`: the address advertised for relays bound on PRIVATE (or on every relay
+/// address when PRIVATE is absent), for hosts behind a 1:1 NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalIp {
+    pub public: IpAddr,
+    pub private: Option<IpAddr>,
+}
+
+impl FromStr for ExternalIp {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (public, private) = match s.split_once('/') {
+            Some((p, q)) => (p, Some(q)),
+            None => (s, None),
+        };
+        let public = public.parse().map_err(|_| format!("{s:?}: {public:?} is not an IP address"))?;
+        let private = match private {
+            Some(q) => Some(q.parse().map_err(|_| format!("{s:?}: {q:?} is not an IP address"))?),
+            None => None,
+        };
+        Ok(ExternalIp { public, private })
+    }
+}
+
+/// Everything the server needs to start. `Default` is a safe local setup: loopback and private peers refused.
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls: Option<TlsFiles>,
+    pub relay_ip: Vec<IpAddr>,
+    pub external_ip: Vec<ExternalIp>,
+    pub realm: String,
+    pub users: Vec<(String, String)>,
+    pub auth_secrets: Vec<String>,
+    pub allow_peer: Vec<ipnet::IpNet>,
+    pub deny_peer: Vec<ipnet::IpNet>,
+    pub allow_loopback_peers: bool,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub user_quota: u32,
+    pub total_quota: u32,
+    pub max_lifetime: Duration,
+    pub default_lifetime: Duration,
+    pub unauth_rate_per_sec: u32,
+    pub software: Option<String>,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 3478))],
+            tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5349))],
+            tls: None,
+            relay_ip: Vec::new(),
+            external_ip: Vec::new(),
+            realm: "peercall".to_owned(),
+            users: Vec::new(),
+            auth_secrets: Vec::new(),
+            allow_peer: Vec::new(),
+            deny_peer: Vec::new(),
+            allow_loopback_peers: false,
+            min_port: 49152,
+            max_port: 65535,
+            user_quota: 32,
+            total_quota: 20_000,
+            max_lifetime: Duration::from_secs(3600),
+            default_lifetime: Duration::from_secs(600),
+            unauth_rate_per_sec: 100,
+            software: None,
+        }
+    }
+}
+
+/// Why the server could not start or reload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TurnError {
+    #[error("cannot listen on {transport} {addr}: {source}")]
+    Bind { transport: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot read TLS {what} {path}: {message}")]
+    Tls { what: &'static str, path: PathBuf, message: String },
+    #[error("no relay address: give --relay-ip (listening on a wildcard address and no interface address found)")]
+    NoRelayIp,
+    #[error("relay port range {0}..={1} is empty")]
+    BadPortRange(u16, u16),
+}

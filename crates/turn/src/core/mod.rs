@@ -1,0 +1,748 @@
+//! The sans-IO TURN server: allocations, permissions, channels, auth and policy.
+//!
+//! Inputs are bytes, addresses and an injected [`Now`]; outputs are bytes written into caller buffers and
+//! small [`Action`]s telling the driver where to send them. Relay sockets come from an injected
+//! [`RelayPorts`], so tests run the whole state machine without a socket.
+
+pub mod auth;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peercall_stun::{
+    Attribute, ChannelData, Class, Family, Message, MessageWriter, Method, PacketKind, TransactionId, attr,
+    classify, write_channel_data_header,
+};
+
+use crate::metrics::TurnMetrics;
+use auth::{AuthFailure, Credentials};
+use policy::PeerPolicy;
+
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+const UDP: u8 = 17;
+
+/// The time, injected: a monotonic instant for lifetimes and wall-clock seconds for REST credentials/nonces.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix: u64,
+}
+
+/// Transport between client and server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// Identifies a client's connection (RFC 8656 "5-tuple").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Creates relay sockets for the core (the driver binds real sockets; tests hand out fake addresses).
+pub trait RelayPorts {
+    /// A new relayed transport address of this family, or `None` when none is free.
+    fn bind(&mut self, family: Family) -> Option<SocketAddr>;
+    /// The address to advertise for a relay address (1:1 NAT mapping, `--external-ip`).
+    fn advertised(&self, relay: SocketAddr) -> SocketAddr {
+        relay
+    }
+}
+
+/// What the driver must do after feeding the core a client packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action<'a> {
+    Nothing,
+    /// Send `out[..n]` back to the client on the same 5-tuple.
+    Reply(usize),
+    /// Send `data` from relay socket `relay` to `peer`.
+    ToPeer { relay: SocketAddr, peer: SocketAddr, data: &'a [u8] },
+}
+
+/// What the driver must do with a datagram a peer sent to a relay address.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerAction {
+    Drop,
+    /// `buf[..n]` (ChannelData framed in place) goes to the client.
+    ChannelData { to: FiveTuple, n: usize },
+    /// `out[..n]` (a Data indication) goes to the client.
+    DataIndication { to: FiveTuple, n: usize },
+}
+
+/// Server-wide settings of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub realm: String,
+    pub users: Vec<(String, String)>,
+    pub auth_secrets: Vec<String>,
+    pub policy: PeerPolicy,
+    pub user_quota: u32,
+    pub total_quota: u32,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub unauth_rate_per_sec: u32,
+    pub software: Option<String>,
+    pub nonce_key: [u8; 32],
+}
+
+struct Allocation {
+    relay: SocketAddr,
+    username: Box<str>,
+    key: [u8; 16],
+    expires: Instant,
+    /// Peer IP → expiry. Few entries per allocation: a Vec beats a map.
+    permissions: Vec<(IpAddr, Instant)>,
+    channels: Vec<Channel>,
+}
+
+struct Channel {
+    number: u16,
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+impl Allocation {
+    fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.iter().any(|(p, exp)| *p == ip && *exp > now)
+    }
+
+    /// Installs or refreshes a permission; true when it is new.
+    fn permit(&mut self, ip: IpAddr, until: Instant) -> bool {
+        match self.permissions.iter_mut().find(|(p, _)| *p == ip) {
+            Some(entry) => {
+                entry.1 = until;
+                false
+            }
+            None => {
+                self.permissions.push((ip, until));
+                true
+            }
+        }
+    }
+}
+
+/// Token buckets for unauthenticated requests, in a fixed table indexed by a hash of the source IP: a flood
+/// from spoofed addresses costs no memory, at worst sources share a bucket.
+struct RateTable {
+    buckets: Box<[(f32, Option<Instant>)]>,
+    rate: f32,
+}
+
+impl RateTable {
+    const SIZE: usize = 4096;
+
+    fn new(rate: u32) -> RateTable {
+        RateTable { buckets: vec![(0.0, None); Self::SIZE].into_boxed_slice(), rate: rate as f32 }
+    }
+
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let h = match ip {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64 ^ (u128::from(v6) as u64),
+        };
+        let idx = (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % Self::SIZE;
+        let burst = self.rate * 2.0;
+        let (tokens, last) = &mut self.buckets[idx];
+        let refill = last.map_or(burst, |l| now.saturating_duration_since(l).as_secs_f32() * self.rate);
+        *tokens = (*tokens + refill).min(burst);
+        *last = Some(now);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The TURN server state of one shard.
+pub struct Core {
+    config: Arc<CoreConfig>,
+    credentials: Credentials,
+    allocations: HashMap<FiveTuple, Allocation>,
+    by_relay: HashMap<SocketAddr, FiveTuple>,
+    per_user: HashMap<Box<str>, u32>,
+    rate: RateTable,
+    released: Vec<SocketAddr>,
+    metrics: Arc<TurnMetrics>,
+    scratch_keys: Vec<[u8; 16]>,
+    indications: u64,
+}
+
+/// An error answer: code and reason phrase.
+struct Refusal(u16, &'static str);
+
+impl Core {
+    pub fn new(config: Arc<CoreConfig>, metrics: Arc<TurnMetrics>) -> Core {
+        let credentials = Credentials::new(&config.realm, &config.users, &config.auth_secrets, config.nonce_key);
+        Core {
+            rate: RateTable::new(config.unauth_rate_per_sec),
+            config,
+            credentials,
+            allocations: HashMap::new(),
+            by_relay: HashMap::new(),
+            per_user: HashMap::new(),
+            released: Vec::new(),
+            metrics,
+            scratch_keys: Vec::with_capacity(4),
+            indications: 0,
+        }
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Relay addresses whose allocation ended; the driver closes their sockets.
+    pub fn take_released(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// Whether `relay` belongs to a live allocation of this core.
+    pub fn is_relay(&self, relay: SocketAddr) -> bool {
+        self.by_relay.contains_key(&relay)
+    }
+
+    /// A packet from a client. `out` receives any reply (at least 1500 bytes).
+    pub fn handle_client<'a>(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        packet: &'a [u8],
+        out: &mut [u8],
+        ports: &mut dyn RelayPorts,
+    ) -> Action<'a> {
+        match classify(packet) {
+            PacketKind::ChannelData => self.client_channel_data(now, from, packet),
+            PacketKind::Stun => match Message::parse(packet) {
+                Ok(msg) => self.client_stun(now, from, msg, out, ports),
+                Err(_) => {
+                    self.metrics.malformed.inc();
+                    Action::Nothing
+                }
+            },
+            PacketKind::Other => {
+                self.metrics.malformed.inc();
+                Action::Nothing
+            }
+        }
+    }
+
+    fn client_channel_data<'a>(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        packet: &'a [u8],
+    ) -> Action<'a> {
+        let Ok(cd) = ChannelData::parse(packet) else {
+            self.metrics.malformed.inc();
+            return Action::Nothing;
+        };
+        let Some(alloc) = self.allocations.get(&from) else { return Action::Nothing };
+        let Some(ch) = alloc.channels.iter().find(|c| c.number == cd.channel && c.expires > now.instant) else {
+            return Action::Nothing;
+        };
+        let peer = ch.peer;
+        if !alloc.permitted(peer.ip(), now.instant) || !self.config.policy.check(peer.ip(), self.by_relay.contains_key(&peer)) {
+            return Action::Nothing;
+        }
+        self.metrics.to_peer(cd.data.len());
+        Action::ToPeer { relay: alloc.relay, peer, data: cd.data }
+    }
+
+    fn client_stun<'a>(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'a>,
+        out: &mut [u8],
+        ports: &mut dyn RelayPorts,
+    ) -> Action<'a> {
+        let method = msg.method();
+        match msg.class() {
+            Class::Request if method == Method::BINDING => {
+                self.metrics.request(method, true);
+                self.binding(from, msg, out)
+            }
+            Class::Request => {
+                let result = self.authenticated_request(now, from, msg, out, ports);
+                self.metrics.request(method, matches!(result, Ok(_)));
+                match result {
+                    Ok(n) => Action::Reply(n),
+                    Err((code, reason, key, with_nonce)) => {
+                        Action::Reply(self.error(now, from, msg, out, code, reason, key.as_ref(), with_nonce))
+                    }
+                }
+            }
+            Class::Indication if method == Method::SEND => self.send_indication(now, from, msg),
+            _ => Action::Nothing,
+        }
+    }
+
+    fn binding(&mut self, from: FiveTuple, msg: Message<'_>, out: &mut [u8]) -> Action<'static> {
+        let tid = msg.transaction_id();
+        let Ok(mut w) = MessageWriter::new(out, Class::Success, Method::BINDING, tid) else { return Action::Nothing };
+        if w.add(&Attribute::XorMappedAddress(from.client)).is_err() {
+            return Action::Nothing;
+        }
+        if msg.has_fingerprint() && w.add_fingerprint().is_err() {
+            return Action::Nothing;
+        }
+        Action::Reply(w.finish())
+    }
+
+    /// Authenticates and runs a request; `Ok(n)` is a success written to `out`, `Err` an error to answer with
+    /// (its key, when the request was authenticated, so the error carries MESSAGE-INTEGRITY).
+    #[allow(clippy::type_complexity)]
+    fn authenticated_request(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'_>,
+        out: &mut [u8],
+        ports: &mut dyn RelayPorts,
+    ) -> Result<usize, (u16, &'static str, Option<[u8; 16]>, bool)> {
+        let authenticated_before = msg.get(attr::MESSAGE_INTEGRITY).is_some();
+        if !authenticated_before && !self.rate.allow(from.client.ip(), now.instant) {
+            self.metrics.rate_limited.inc();
+            return Err((0, "", None, false)); // silently dropped by the caller below
+        }
+        let mut unknown = [0u16; 8];
+        let n = msg.unknown_comprehension_required(attr::is_known, &mut unknown);
+        if n > 0 {
+            return Err((420, "Unknown Attribute", None, false));
+        }
+        let key = self.authenticate(now, from, msg)?;
+        let refuse = |r: Refusal| (r.0, r.1, Some(key), false);
+        let n = match msg.method() {
+            Method::ALLOCATE => self.allocate(now, from, msg, out, key, ports).map_err(refuse)?,
+            Method::REFRESH => self.refresh(now, from, msg, out, key).map_err(refuse)?,
+            Method::CREATE_PERMISSION => self.create_permission(now, from, msg, out, key).map_err(refuse)?,
+            Method::CHANNEL_BIND => self.channel_bind(now, from, msg, out, key).map_err(refuse)?,
+            _ => return Err((400, "Bad Request", Some(key), false)),
+        };
+        Ok(n)
+    }
+
+    fn authenticate(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'_>,
+    ) -> Result<[u8; 16], (u16, &'static str, Option<[u8; 16]>, bool)> {
+        let fail = |m: &TurnMetrics, f: AuthFailure| m.auth_failed(f);
+        if msg.get(attr::MESSAGE_INTEGRITY).is_none() {
+            fail(&self.metrics, AuthFailure::MissingIntegrity);
+            return Err((401, "Unauthorized", None, true));
+        }
+        let (Some(Ok(Attribute::Username(username))), Some(Ok(Attribute::Realm(_))), Some(Ok(Attribute::Nonce(nonce)))) =
+            (msg.decode(attr::USERNAME), msg.decode(attr::REALM), msg.decode(attr::NONCE))
+        else {
+            return Err((400, "Bad Request", None, false));
+        };
+        if !self.credentials.nonce_valid(nonce, from.client, now.unix) {
+            fail(&self.metrics, AuthFailure::StaleNonce);
+            return Err((438, "Stale Nonce", None, true));
+        }
+        if let Err(f) = self.credentials.keys(username, now.unix, &mut self.scratch_keys) {
+            fail(&self.metrics, f);
+            return Err((401, "Unauthorized", None, true));
+        }
+        let key = self.scratch_keys.iter().find(|k| msg.verify_integrity(&k[..]).is_ok()).copied();
+        let Some(key) = key else {
+            fail(&self.metrics, AuthFailure::BadIntegrity);
+            return Err((401, "Unauthorized", None, true));
+        };
+        // A request on an existing allocation must come from the user who made it (RFC 8656 §5).
+        if let Some(alloc) = self.allocations.get(&from) {
+            if &*alloc.username != username || alloc.key != key {
+                return Err((441, "Wrong Credentials", None, false));
+            }
+        }
+        Ok(key)
+    }
+
+    fn allocate(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'_>,
+        out: &mut [u8],
+        key: [u8; 16],
+        ports: &mut dyn RelayPorts,
+    ) -> Result<usize, Refusal> {
+        if self.allocations.contains_key(&from) {
+            return Err(Refusal(437, "Allocation Mismatch"));
+        }
+        match msg.decode(attr::REQUESTED_TRANSPORT) {
+            Some(Ok(Attribute::RequestedTransport(UDP))) => {}
+            Some(Ok(Attribute::RequestedTransport(_))) => return Err(Refusal(442, "Unsupported Transport Protocol")),
+            _ => return Err(Refusal(400, "Bad Request")),
+        }
+        if msg.get(attr::RESERVATION_TOKEN).is_some() && msg.get(attr::EVEN_PORT).is_some() {
+            return Err(Refusal(400, "Bad Request"));
+        }
+        if msg.get(attr::RESERVATION_TOKEN).is_some() {
+            // We never hand out reservations, so no token can be valid.
+            return Err(Refusal(508, "Insufficient Capacity"));
+        }
+        let family = match msg.decode(attr::REQUESTED_ADDRESS_FAMILY) {
+            None => Family::V4,
+            Some(Ok(Attribute::RequestedAddressFamily(f))) => f,
+            Some(_) => return Err(Refusal(440, "Address Family not Supported")),
+        };
+        let username = match msg.decode(attr::USERNAME) {
+            Some(Ok(Attribute::Username(u))) => u,
+            _ => return Err(Refusal(400, "Bad Request")),
+        };
+        let user_count = self.per_user.get(username).copied().unwrap_or(0);
+        if user_count >= self.config.user_quota {
+            return Err(Refusal(486, "Allocation Quota Reached"));
+        }
+        if self.allocations.len() >= self.config.total_quota as usize {
+            return Err(Refusal(508, "Insufficient Capacity"));
+        }
+        let Some(relay) = ports.bind(family) else {
+            return if family == Family::V6 {
+                Err(Refusal(440, "Address Family not Supported"))
+            } else {
+                Err(Refusal(508, "Insufficient Capacity"))
+            };
+        };
+        let lifetime = self.lifetime(&msg);
+        let username: Box<str> = username.into();
+        *self.per_user.entry(username.clone()).or_insert(0) += 1;
+        self.allocations.insert(
+            from,
+            Allocation {
+                relay,
+                username,
+                key,
+                expires: now.instant + lifetime,
+                permissions: Vec::new(),
+                channels: Vec::new(),
+            },
+        );
+        self.by_relay.insert(relay, from);
+        self.metrics.allocations.inc();
+        let tid = msg.transaction_id();
+        let mut w = writer(out, Class::Success, Method::ALLOCATE, tid)?;
+        let ok = w.add(&Attribute::XorRelayedAddress(ports.advertised(relay))).is_ok()
+            && w.add(&Attribute::XorMappedAddress(from.client)).is_ok()
+            && w.add(&Attribute::Lifetime(lifetime.as_secs() as u32)).is_ok();
+        finish(w, ok, &key, msg.has_fingerprint())
+    }
+
+    fn lifetime(&self, msg: &Message<'_>) -> Duration {
+        match msg.decode(attr::LIFETIME) {
+            Some(Ok(Attribute::Lifetime(secs))) => {
+                Duration::from_secs(u64::from(secs)).clamp(self.config.default_lifetime, self.config.max_lifetime)
+            }
+            _ => self.config.default_lifetime,
+        }
+    }
+
+    fn refresh(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'_>,
+        out: &mut [u8],
+        key: [u8; 16],
+    ) -> Result<usize, Refusal> {
+        if !self.allocations.contains_key(&from) {
+            return Err(Refusal(437, "Allocation Mismatch"));
+        }
+        let requested_zero = matches!(msg.decode(attr::LIFETIME), Some(Ok(Attribute::Lifetime(0))));
+        let lifetime = if requested_zero {
+            self.remove(from);
+            Duration::ZERO
+        } else {
+            let lifetime = self.lifetime(&msg);
+            if let Some(a) = self.allocations.get_mut(&from) {
+                a.expires = now.instant + lifetime;
+            }
+            lifetime
+        };
+        let mut w = writer(out, Class::Success, Method::REFRESH, msg.transaction_id())?;
+        let ok = w.add(&Attribute::Lifetime(lifetime.as_secs() as u32)).is_ok();
+        finish(w, ok, &key, msg.has_fingerprint())
+    }
+
+    /// Checks one XOR-PEER-ADDRESS for CreatePermission/ChannelBind: family and policy.
+    fn check_peer(&self, from: FiveTuple, peer: SocketAddr) -> Result<(), Refusal> {
+        let relay = self.allocations.get(&from).map(|a| a.relay).ok_or(Refusal(437, "Allocation Mismatch"))?;
+        if relay.is_ipv4() != policy::normalize(peer.ip()).is_ipv4() && relay.is_ipv4() != peer.is_ipv4() {
+            return Err(Refusal(443, "Peer Address Family Mismatch"));
+        }
+        if !self.config.policy.check(peer.ip(), self.by_relay.contains_key(&peer)) {
+            self.metrics.policy_denied.inc();
+            return Err(Refusal(403, "Forbidden"));
+        }
+        Ok(())
+    }
+
+    fn create_permission(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'_>,
+        out: &mut [u8],
+        key: [u8; 16],
+    ) -> Result<usize, Refusal> {
+        if !self.allocations.contains_key(&from) {
+            return Err(Refusal(437, "Allocation Mismatch"));
+        }
+        // All peers must pass before any permission is installed (RFC 8656 §9.2).
+        let mut peers = [None::<SocketAddr>; 16];
+        let mut count = 0;
+        for a in msg.attributes().filter(|a| a.typ == attr::XOR_PEER_ADDRESS) {
+            let Ok(Attribute::XorPeerAddress(peer)) = Attribute::decode(a.typ, a.value, msg.transaction_id()) else {
+                return Err(Refusal(400, "Bad Request"));
+            };
+            self.check_peer(from, peer)?;
+            if count == peers.len() {
+                return Err(Refusal(400, "Bad Request"));
+            }
+            peers[count] = Some(peer);
+            count += 1;
+        }
+        if count == 0 {
+            return Err(Refusal(400, "Bad Request"));
+        }
+        let alloc = self.allocations.get_mut(&from).ok_or(Refusal(437, "Allocation Mismatch"))?;
+        for peer in peers.iter().flatten() {
+            if alloc.permit(peer.ip(), now.instant + PERMISSION_LIFETIME) {
+                self.metrics.permissions.inc();
+            }
+        }
+        let w = writer(out, Class::Success, Method::CREATE_PERMISSION, msg.transaction_id())?;
+        finish(w, true, &key, msg.has_fingerprint())
+    }
+
+    fn channel_bind(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'_>,
+        out: &mut [u8],
+        key: [u8; 16],
+    ) -> Result<usize, Refusal> {
+        if !self.allocations.contains_key(&from) {
+            return Err(Refusal(437, "Allocation Mismatch"));
+        }
+        let number = match msg.decode(attr::CHANNEL_NUMBER) {
+            Some(Ok(Attribute::ChannelNumber(n))) if (0x4000..=0x4FFF).contains(&n) => n,
+            _ => return Err(Refusal(400, "Bad Request")),
+        };
+        let peer = match msg.decode(attr::XOR_PEER_ADDRESS) {
+            Some(Ok(Attribute::XorPeerAddress(p))) => p,
+            _ => return Err(Refusal(400, "Bad Request")),
+        };
+        self.check_peer(from, peer)?;
+        let alloc = self.allocations.get_mut(&from).ok_or(Refusal(437, "Allocation Mismatch"))?;
+        let live = |c: &&mut Channel| c.expires > now.instant;
+        if alloc.channels.iter_mut().filter(live).any(|c| (c.number == number) != (c.peer == peer)) {
+            return Err(Refusal(400, "Bad Request"));
+        }
+        let until = now.instant + CHANNEL_LIFETIME;
+        match alloc.channels.iter_mut().find(|c| c.number == number) {
+            Some(c) => {
+                c.peer = peer;
+                c.expires = until;
+            }
+            None => {
+                alloc.channels.push(Channel { number, peer, expires: until });
+                self.metrics.channels.inc();
+            }
+        }
+        if alloc.permit(peer.ip(), now.instant + PERMISSION_LIFETIME) {
+            self.metrics.permissions.inc();
+        }
+        let w = writer(out, Class::Success, Method::CHANNEL_BIND, msg.transaction_id())?;
+        finish(w, true, &key, msg.has_fingerprint())
+    }
+
+    fn send_indication<'a>(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'a>,
+    ) -> Action<'a> {
+        let Some(alloc) = self.allocations.get(&from) else { return Action::Nothing };
+        let (Some(Ok(Attribute::XorPeerAddress(peer))), Some(Ok(Attribute::Data(data)))) =
+            (msg.decode(attr::XOR_PEER_ADDRESS), msg.decode(attr::DATA))
+        else {
+            return Action::Nothing;
+        };
+        if !alloc.permitted(peer.ip(), now.instant) || !self.config.policy.check(peer.ip(), self.by_relay.contains_key(&peer)) {
+            return Action::Nothing;
+        }
+        self.metrics.to_peer(data.len());
+        Action::ToPeer { relay: alloc.relay, peer, data }
+    }
+
+    /// A datagram from `peer` to relay address `relay`. The payload sits at `buf[4..4 + len]` so a
+    /// ChannelData header can be written in front of it without a copy; `out` is for Data indications.
+    pub fn handle_peer(
+        &mut self,
+        now: Now,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        out: &mut [u8],
+    ) -> PeerAction {
+        let Some(five) = self.by_relay.get(&relay).copied() else { return PeerAction::Drop };
+        let Some(alloc) = self.allocations.get(&five) else { return PeerAction::Drop };
+        if !alloc.permitted(peer.ip(), now.instant) {
+            self.metrics.no_permission.inc();
+            return PeerAction::Drop;
+        }
+        self.metrics.to_client(len);
+        if let Some(ch) = alloc.channels.iter().find(|c| c.peer == peer && c.expires > now.instant) {
+            let Ok(len16) = u16::try_from(len) else { return PeerAction::Drop };
+            if write_channel_data_header(buf, ch.number, len16).is_err() {
+                return PeerAction::Drop;
+            }
+            let mut n = 4 + len;
+            if five.transport != Transport::Udp {
+                // Over streams ChannelData is padded to 4 bytes (RFC 8656 §12.5).
+                let padded = peercall_stun::channel_data_padded_len(len);
+                if padded > buf.len() {
+                    return PeerAction::Drop;
+                }
+                buf[n..padded].fill(0);
+                n = padded;
+            }
+            return PeerAction::ChannelData { to: five, n };
+        }
+        self.indications = self.indications.wrapping_add(1);
+        let tid = indication_tid(&self.config.nonce_key, self.indications);
+        let Ok(mut w) = MessageWriter::new(out, Class::Indication, Method::DATA, &tid) else {
+            return PeerAction::Drop;
+        };
+        let Some(payload) = buf.get(4..4 + len) else { return PeerAction::Drop };
+        if w.add(&Attribute::XorPeerAddress(peer)).is_err() || w.add(&Attribute::Data(payload)).is_err() {
+            return PeerAction::Drop;
+        }
+        PeerAction::DataIndication { to: five, n: w.finish() }
+    }
+
+    /// Removes what expired. Call at least once a second.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<FiveTuple> =
+            self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(k, _)| *k).collect();
+        for five in expired {
+            self.remove(five);
+        }
+        for alloc in self.allocations.values_mut() {
+            let before = alloc.permissions.len();
+            alloc.permissions.retain(|(_, exp)| *exp > now);
+            self.metrics.permissions.sub((before - alloc.permissions.len()) as i64);
+            let before = alloc.channels.len();
+            alloc.channels.retain(|c| c.expires > now);
+            self.metrics.channels.sub((before - alloc.channels.len()) as i64);
+        }
+    }
+
+    /// Drops every allocation of a client whose stream connection closed.
+    pub fn connection_closed(&mut self, five: FiveTuple) {
+        self.remove(five);
+    }
+
+    fn remove(&mut self, five: FiveTuple) {
+        if let Some(a) = self.allocations.remove(&five) {
+            self.by_relay.remove(&a.relay);
+            if let Some(n) = self.per_user.get_mut(&a.username) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_user.remove(&a.username);
+                }
+            }
+            self.metrics.allocations.sub(1);
+            self.metrics.channels.sub(a.channels.len() as i64);
+            self.metrics.permissions.sub(a.permissions.len() as i64);
+            self.released.push(a.relay);
+        }
+    }
+
+    /// Writes an error response. Unauthenticated errors carry only what the client needs (REALM and NONCE
+    /// for 401/438), to keep amplification small.
+    #[allow(clippy::too_many_arguments)]
+    fn error(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'_>,
+        out: &mut [u8],
+        code: u16,
+        reason: &str,
+        key: Option<&[u8; 16]>,
+        with_nonce: bool,
+    ) -> usize {
+        if code == 0 {
+            return 0;
+        }
+        let Ok(mut w) = MessageWriter::new(out, Class::Error, msg.method(), msg.transaction_id()) else { return 0 };
+        let mut ok = w.add(&Attribute::ErrorCode { code, reason }).is_ok();
+        if code == 420 {
+            let mut unknown = [0u16; 8];
+            let n = msg.unknown_comprehension_required(attr::is_known, &mut unknown);
+            let mut raw = [0u8; 16];
+            for (i, t) in unknown[..n].iter().enumerate() {
+                raw[2 * i..2 * i + 2].copy_from_slice(&t.to_be_bytes());
+            }
+            ok &= w.add(&Attribute::UnknownAttributes(&raw[..2 * n])).is_ok();
+        }
+        if with_nonce {
+            let nonce = self.credentials.nonce(from.client, now.unix);
+            let nonce = std::str::from_utf8(&nonce).expect("nonces are hex");
+            ok &= w.add(&Attribute::Realm(self.credentials.realm())).is_ok();
+            ok &= w.add(&Attribute::Nonce(nonce)).is_ok();
+        }
+        if let Some(key) = key {
+            if let Some(software) = &self.config.software {
+                ok &= w.add(&Attribute::Software(software)).is_ok();
+            }
+            ok &= w.add_message_integrity(key).is_ok();
+        }
+        if msg.has_fingerprint() {
+            ok &= w.add_fingerprint().is_ok();
+        }
+        if ok { w.finish() } else { 0 }
+    }
+}
+
+fn writer<'b>(out: &'b mut [u8], class: Class, method: Method, tid: &TransactionId) -> Result<MessageWriter<'b>, Refusal> {
+    MessageWriter::new(out, class, method, tid).map_err(|_| Refusal(500, "Server Error"))
+}
+
+fn finish(mut w: MessageWriter<'_>, ok: bool, key: &[u8; 16], fingerprint: bool) -> Result<usize, Refusal> {
+    let ok = ok && w.add_message_integrity(key).is_ok() && (!fingerprint || w.add_fingerprint().is_ok());
+    if ok { Ok(w.finish()) } else { Err(Refusal(500, "Server Error")) }
+}
+
+/// Transaction ids of Data indications are never answered; a counter salted with the server key keeps
+/// them unique without a random number generator in the core.
+fn indication_tid(seed: &[u8; 32], counter: u64) -> TransactionId {
+    let mut tid = [0u8; 12];
+    tid[..8].copy_from_slice(&counter.to_be_bytes());
+    tid[8..].copy_from_slice(&seed[..4]);
+    tid
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! Which peer addresses a client may relay to. Every path that names a peer (Send, ChannelData,
+//! CreatePermission, ChannelBind, TCP) goes through [`PeerPolicy::check`], after [`normalize`]: the coturn
+//! CVE-2020-26262 class of bypasses came from paths or address forms that skipped the check.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+
+/// Maps the IPv6 forms that carry an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96, 6to4,
+/// Teredo) to that IPv4 address, so one rule covers all of them.
+pub fn normalize(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else { return ip };
+    let s = v6.segments();
+    let o = v6.octets();
+    let embedded = |b: [u8; 4]| IpAddr::V4(Ipv4Addr::from(b));
+    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (deprecated compatible, but not :: or ::1)
+    if s[0..5] == [0; 5] && (s[5] == 0xffff || (s[5] == 0 && (s[6] != 0 || s[7] > 1))) {
+        return embedded([o[12], o[13], o[14], o[15]]);
+    }
+    // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48 (address in the low 32 bits)
+    if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4]) || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) {
+        return embedded([o[12], o[13], o[14], o[15]]);
+    }
+    // 6to4 2002:AABB:CCDD::/48
+    if s[0] == 0x2002 {
+        return embedded([o[2], o[3], o[4], o[5]]);
+    }
+    // Teredo 2001:0000::/32: client address is the last 32 bits, inverted
+    if s[0] == 0x2001 && s[1] == 0 {
+        return embedded([!o[12], !o[13], !o[14], !o[15]]);
+    }
+    ip
+}
+
+/// Ranges no relay should reach unless the operator says so: loopback, private, link-local, CGNAT,
+/// multicast, unspecified, broadcast, reserved, documentation, benchmarking and other special-purpose
+/// ranges (IANA special-purpose registries).
+pub fn special_purpose_ranges() -> Vec<IpNet> {
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "255.255.255.255/32",
+        "::/128",
+        "::1/128",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "3fff::/20",
+        "5f00::/16",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
+    ]
+    .iter()
+    .map(|r| r.parse().expect("static special-purpose range list is valid CIDR"))
+    .collect()
+}
+
+/// Relay destination policy.
+#[derive(Debug, Clone)]
+pub struct PeerPolicy {
+    special: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    allow: Vec<IpNet>,
+}
+
+impl PeerPolicy {
+    pub fn new(allow: &[IpNet], deny: &[IpNet], allow_loopback: bool) -> PeerPolicy {
+        let mut allow_all = allow.to_vec();
+        if allow_loopback {
+            allow_all.push("127.0.0.0/8".parse().expect("valid CIDR"));
+            allow_all.push("::1/128".parse().expect("valid CIDR"));
+        }
+        PeerPolicy { special: special_purpose_ranges(), deny: deny.to_vec(), allow: allow_all }
+    }
+
+    /// `is_own_relay` says whether the (normalised) address is one of this server's relayed addresses, which
+    /// is always allowed so two relay-only clients on one host reach each other.
+    pub fn check(&self, peer: IpAddr, is_own_relay: bool) -> bool {
+        if is_own_relay {
+            return true;
+        }
+        let ip = normalize(peer);
+        // Operator deny ranges win over allow ranges; then explicit allow opens special-purpose ranges.
+        if self.deny.iter().any(|n| n.contains(&ip) || n.contains(&peer)) {
+            return false;
+        }
+        if self.allow.iter().any(|n| n.contains(&ip) || n.contains(&peer)) {
+            return true;
+        }
+        !self.special.iter().any(|n| n.contains(&ip) || n.contains(&peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_policy() -> PeerPolicy {
+        PeerPolicy::new(&[], &[], false)
+    }
+
+    #[test]
+    fn refuses_every_special_range_by_default() {
+        let p = default_policy();
+        for ip in [
+            "127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.1.1",
+            "100.64.0.1", "0.0.0.0", "0.1.2.3", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
+            "192.0.2.1", "198.51.100.1", "203.0.113.1", "198.18.0.1", "192.0.0.8", "::", "::1", "fe80::1",
+            "fc00::1", "fd12::1", "ff02::1", "2001:db8::1", "fec0::1", "100::1",
+        ] {
+            assert!(!p.check(ip.parse().expect("ip"), false), "{ip} must be refused");
+        }
+    }
+
+    #[test]
+    fn refuses_embedded_forms_of_special_ranges() {
+        let p = default_policy();
+        for ip in [
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo: !0x80fffffe = 127.0.0.1
+        ] {
+            assert!(!p.check(ip.parse().expect("ip"), false), "{ip} must be refused");
+        }
+    }
+
+    #[test]
+    fn allows_public_addresses() {
+        let p = default_policy();
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+            assert!(p.check(ip.parse().expect("ip"), false), "{ip} must be allowed");
+        }
+    }
+
+    #[test]
+    fn allow_flags_open_holes_and_deny_adds_ranges() {
+        let p = PeerPolicy::new(&[], &[], true);
+        assert!(p.check("127.0.0.1".parse().expect("ip"), false));
+        assert!(p.check("::ffff:127.0.0.1".parse().expect("ip"), false));
+        assert!(!p.check("10.0.0.1".parse().expect("ip"), false));
+        let p = PeerPolicy::new(&["10.0.0.0/8".parse().expect("net")], &["8.8.8.0/24".parse().expect("net")], false);
+        assert!(p.check("10.9.9.9".parse().expect("ip"), false));
+        assert!(!p.check("8.8.8.8".parse().expect("ip"), false));
+        assert!(p.check("8.8.4.4".parse().expect("ip"), false));
+    }
+
+    #[test]
+    fn own_relay_addresses_are_always_allowed() {
+        assert!(default_policy().check("127.0.0.1".parse().expect("ip"), true));
+    }
+}
