@@ -1,0 +1,119 @@
+//! Counters shared by the cores and the driver, rendered in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::SignalStats;
+use crate::protocol::{CLIENT_TYPES, ErrorCode};
+
+/// Monotonic counters. Plain atomics: no I/O, safe to bump from any core or task.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    messages: [AtomicU64; CLIENT_TYPES.len()],
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+    forwarded: AtomicU64,
+    connections_accepted: AtomicU64,
+    slow_consumers: AtomicU64,
+    ping_timeouts: AtomicU64,
+    resumes: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Metrics {
+    /// A valid client message of type `CLIENT_TYPES[index]` was received.
+    pub fn message(&self, type_index: usize) {
+        if let Some(c) = self.messages.get(type_index) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// An `error` with this code was sent.
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(c) = self.errors.get(code.index()) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn forwarded(&self) {
+        self.forwarded.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_accepted(&self) {
+        self.connections_accepted.fetch_add(1, Relaxed);
+    }
+
+    pub fn slow_consumer(&self) {
+        self.slow_consumers.fetch_add(1, Relaxed);
+    }
+
+    pub fn ping_timeout(&self) {
+        self.ping_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub fn resumed(&self) {
+        self.resumes.fetch_add(1, Relaxed);
+    }
+
+    pub fn sent(&self, n: u64) {
+        self.sent.fetch_add(n, Relaxed);
+    }
+
+    /// Messages received of one type (by wire name); for tests.
+    pub fn messages_of(&self, type_name: &str) -> u64 {
+        CLIENT_TYPES.iter().position(|t| *t == type_name).map_or(0, |i| self.messages[i].load(Relaxed))
+    }
+
+    /// Errors sent with one code; for tests.
+    pub fn errors_of(&self, code: ErrorCode) -> u64 {
+        self.errors[code.index()].load(Relaxed)
+    }
+
+    /// Appends the Prometheus text exposition, names prefixed `peercall_signal_`.
+    pub fn encode_prometheus(&self, stats: &SignalStats, out: &mut String) {
+        let gauge = |out: &mut String, name: &str, help: &str, v: usize| {
+            let _ = writeln!(out, "# HELP peercall_signal_{name} {help}");
+            let _ = writeln!(out, "# TYPE peercall_signal_{name} gauge");
+            let _ = writeln!(out, "peercall_signal_{name} {v}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP peercall_signal_{name} {help}");
+            let _ = writeln!(out, "# TYPE peercall_signal_{name} counter");
+            let _ = writeln!(out, "peercall_signal_{name} {v}");
+        };
+        gauge(out, "connections", "Open signaling WebSocket connections.", stats.connections);
+        gauge(out, "rooms", "Rooms with at least one peer.", stats.rooms);
+        gauge(out, "peers", "Peers in rooms, including those inside their resume grace period.", stats.peers);
+
+        let _ = writeln!(out, "# HELP peercall_signal_messages_total Valid client messages received, by type.");
+        let _ = writeln!(out, "# TYPE peercall_signal_messages_total counter");
+        for (name, c) in CLIENT_TYPES.iter().zip(&self.messages) {
+            let _ = writeln!(out, "peercall_signal_messages_total{{type=\"{name}\"}} {}", c.load(Relaxed));
+        }
+        let _ = writeln!(out, "# HELP peercall_signal_errors_total Error messages sent to clients, by code.");
+        let _ = writeln!(out, "# TYPE peercall_signal_errors_total counter");
+        for (code, c) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let _ = writeln!(out, "peercall_signal_errors_total{{code=\"{}\"}} {}", code.as_str(), c.load(Relaxed));
+        }
+        counter(out, "forwarded_total", "Peer-to-peer messages relayed.", self.forwarded.load(Relaxed));
+        counter(out, "sent_total", "Messages queued to clients.", self.sent.load(Relaxed));
+        counter(
+            out,
+            "connections_accepted_total",
+            "WebSocket connections accepted.",
+            self.connections_accepted.load(Relaxed),
+        );
+        counter(out, "resumes_total", "Sessions resumed within the grace period.", self.resumes.load(Relaxed));
+        counter(
+            out,
+            "slow_consumer_closes_total",
+            "Connections dropped because their outgoing queue was full.",
+            self.slow_consumers.load(Relaxed),
+        );
+        counter(
+            out,
+            "ping_timeouts_total",
+            "Connections closed for not answering pings.",
+            self.ping_timeouts.load(Relaxed),
+        );
+    }
+}
