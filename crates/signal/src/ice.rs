@@ -21,30 +21,56 @@ pub struct TurnCredential {
 }
 
 /// Mints a coturn shared-secret credential for `peer_id`, valid for `ttl` from `now_unix`.
-pub fn turn_credential(secret: &str, peer_id: &str, now_unix: u64, ttl: Duration) -> TurnCredential {
+pub fn turn_credential(
+    secret: &str,
+    peer_id: &str,
+    now_unix: u64,
+    ttl: Duration,
+) -> TurnCredential {
     let expires_unix = now_unix.saturating_add(ttl.as_secs());
     let username = format!("{expires_unix}:{peer_id}");
-    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC accepts keys of any length");
     mac.update(username.as_bytes());
     let credential = STANDARD.encode(mac.finalize().into_bytes());
-    TurnCredential { username, credential, expires_unix }
+    TurnCredential {
+        username,
+        credential,
+        expires_unix,
+    }
 }
 
 /// The `iceServers` list for one peer. `host` is already in URL form (IPv6 in brackets). Empty when there is
 /// no TURN server to advertise or no host to name.
-pub fn ice_servers(turn: Option<&TurnAdvert>, host: Option<&str>, peer_id: &str, now_unix: u64) -> Vec<IceServer> {
+pub fn ice_servers(
+    turn: Option<&TurnAdvert>,
+    host: Option<&str>,
+    peer_id: &str,
+    now_unix: u64,
+) -> Vec<IceServer> {
     let (Some(turn), Some(host)) = (turn, host) else {
         return Vec::new();
     };
     let cred = turn_credential(&turn.secret, peer_id, now_unix, turn.credential_ttl);
     let port = turn.port;
-    let mut urls = vec![format!("turn:{host}:{port}?transport=udp"), format!("turn:{host}:{port}?transport=tcp")];
+    let mut urls = vec![
+        format!("turn:{host}:{port}?transport=udp"),
+        format!("turn:{host}:{port}?transport=tcp"),
+    ];
     if let Some(tls) = turn.tls_port {
         urls.push(format!("turns:{host}:{tls}?transport=tcp"));
     }
     vec![
-        IceServer { urls: vec![format!("stun:{host}:{port}")], username: None, credential: None },
-        IceServer { urls, username: Some(cred.username), credential: Some(cred.credential) },
+        IceServer {
+            urls: vec![format!("stun:{host}:{port}")],
+            username: None,
+            credential: None,
+        },
+        IceServer {
+            urls,
+            username: Some(cred.username),
+            credential: Some(cred.credential),
+        },
     ]
 }
 
@@ -78,7 +104,9 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     let host = host.strip_suffix('.').unwrap_or(host);
     let ok = !host.is_empty()
         && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
         && !host.starts_with('.')
         && !host.contains("..");
     ok.then(|| host.to_ascii_lowercase())
@@ -115,13 +143,25 @@ mod tests {
         } else {
             k[..key.len()].copy_from_slice(key);
         }
-        let inner = Sha1::new().chain_update(k.map(|b| b ^ 0x36)).chain_update(msg).finalize();
-        Sha1::new().chain_update(k.map(|b| b ^ 0x5c)).chain_update(inner).finalize().into()
+        let inner = Sha1::new()
+            .chain_update(k.map(|b| b ^ 0x36))
+            .chain_update(msg)
+            .finalize();
+        Sha1::new()
+            .chain_update(k.map(|b| b ^ 0x5c))
+            .chain_update(inner)
+            .finalize()
+            .into()
     }
 
     #[test]
     fn credential_matches_independent_hmac() {
-        let c = turn_credential("north-secret", "p-3f9a", 1_767_225_600 - 3600, Duration::from_secs(3600));
+        let c = turn_credential(
+            "north-secret",
+            "p-3f9a",
+            1_767_225_600 - 3600,
+            Duration::from_secs(3600),
+        );
         assert_eq!(c.username, "1767225600:p-3f9a");
         assert_eq!(c.expires_unix, 1_767_225_600);
         let expected = STANDARD.encode(hmac_sha1_by_hand(b"north-secret", b"1767225600:p-3f9a"));
@@ -129,7 +169,10 @@ mod tests {
         // A long key (hashed first by HMAC) too.
         let long = "k".repeat(100);
         let c = turn_credential(&long, "p-1", 0, Duration::from_secs(10));
-        assert_eq!(c.credential, STANDARD.encode(hmac_sha1_by_hand(long.as_bytes(), b"10:p-1")));
+        assert_eq!(
+            c.credential,
+            STANDARD.encode(hmac_sha1_by_hand(long.as_bytes(), b"10:p-1"))
+        );
     }
 
     /// RFC 2202 test case 2 pins the by-hand HMAC itself to a published vector.
@@ -153,10 +196,17 @@ mod tests {
         assert_eq!(list[0].urls, vec!["stun:[::1]:3478"]);
         assert_eq!(
             list[1].urls,
-            vec!["turn:[::1]:3478?transport=udp", "turn:[::1]:3478?transport=tcp", "turns:[::1]:5349?transport=tcp"]
+            vec![
+                "turn:[::1]:3478?transport=udp",
+                "turn:[::1]:3478?transport=tcp",
+                "turns:[::1]:5349?transport=tcp"
+            ]
         );
         assert_eq!(list[1].username.as_deref(), Some("1600:p-1"));
-        let no_tls = TurnAdvert { tls_port: None, ..turn.clone() };
+        let no_tls = TurnAdvert {
+            tls_port: None,
+            ..turn.clone()
+        };
         let list = ice_servers(Some(&no_tls), Some("example.org"), "p-1", 1000);
         assert!(list[1].urls.iter().all(|u| !u.starts_with("turns:")));
         assert!(ice_servers(None, Some("h"), "p", 0).is_empty());
@@ -187,10 +237,19 @@ mod tests {
         ] {
             assert_eq!(normalize_host(raw).as_deref(), want, "{raw:?}");
         }
-        assert_eq!(refresh_after(Duration::from_secs(100)), Duration::from_secs(80));
+        assert_eq!(
+            refresh_after(Duration::from_secs(100)),
+            Duration::from_secs(80)
+        );
         assert_eq!(refresh_after(Duration::ZERO), Duration::from_secs(1));
-        assert_eq!(fallback_host(Some("127.0.0.2".parse().expect("ip"))).as_deref(), Some("127.0.0.1"));
-        assert_eq!(fallback_host(Some("::1".parse().expect("ip"))).as_deref(), Some("[::1]"));
+        assert_eq!(
+            fallback_host(Some("127.0.0.2".parse().expect("ip"))).as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            fallback_host(Some("::1".parse().expect("ip"))).as_deref(),
+            Some("[::1]")
+        );
         assert_eq!(fallback_host(Some("192.0.2.1".parse().expect("ip"))), None);
     }
 }

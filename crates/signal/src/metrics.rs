@@ -60,7 +60,10 @@ impl Metrics {
 
     /// Messages received of one type (by wire name); for tests.
     pub fn messages_of(&self, type_name: &str) -> u64 {
-        CLIENT_TYPES.iter().position(|t| *t == type_name).map_or(0, |i| self.messages[i].load(Relaxed))
+        CLIENT_TYPES
+            .iter()
+            .position(|t| *t == type_name)
+            .map_or(0, |i| self.messages[i].load(Relaxed))
     }
 
     /// Errors sent with one code; for tests.
@@ -80,29 +83,69 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE peercall_signal_{name} counter");
             let _ = writeln!(out, "peercall_signal_{name} {v}");
         };
-        gauge(out, "connections", "Open signaling WebSocket connections.", stats.connections);
+        gauge(
+            out,
+            "connections",
+            "Open signaling WebSocket connections.",
+            stats.connections,
+        );
         gauge(out, "rooms", "Rooms with at least one peer.", stats.rooms);
-        gauge(out, "peers", "Peers in rooms, including those inside their resume grace period.", stats.peers);
+        gauge(
+            out,
+            "peers",
+            "Peers in rooms, including those inside their resume grace period.",
+            stats.peers,
+        );
 
-        let _ = writeln!(out, "# HELP peercall_signal_messages_total Valid client messages received, by type.");
+        let _ = writeln!(
+            out,
+            "# HELP peercall_signal_messages_total Valid client messages received, by type."
+        );
         let _ = writeln!(out, "# TYPE peercall_signal_messages_total counter");
         for (name, c) in CLIENT_TYPES.iter().zip(&self.messages) {
-            let _ = writeln!(out, "peercall_signal_messages_total{{type=\"{name}\"}} {}", c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "peercall_signal_messages_total{{type=\"{name}\"}} {}",
+                c.load(Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP peercall_signal_errors_total Error messages sent to clients, by code.");
+        let _ = writeln!(
+            out,
+            "# HELP peercall_signal_errors_total Error messages sent to clients, by code."
+        );
         let _ = writeln!(out, "# TYPE peercall_signal_errors_total counter");
         for (code, c) in ErrorCode::ALL.iter().zip(&self.errors) {
-            let _ = writeln!(out, "peercall_signal_errors_total{{code=\"{}\"}} {}", code.as_str(), c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "peercall_signal_errors_total{{code=\"{}\"}} {}",
+                code.as_str(),
+                c.load(Relaxed)
+            );
         }
-        counter(out, "forwarded_total", "Peer-to-peer messages relayed.", self.forwarded.load(Relaxed));
-        counter(out, "sent_total", "Messages queued to clients.", self.sent.load(Relaxed));
+        counter(
+            out,
+            "forwarded_total",
+            "Peer-to-peer messages relayed.",
+            self.forwarded.load(Relaxed),
+        );
+        counter(
+            out,
+            "sent_total",
+            "Messages queued to clients.",
+            self.sent.load(Relaxed),
+        );
         counter(
             out,
             "connections_accepted_total",
             "WebSocket connections accepted.",
             self.connections_accepted.load(Relaxed),
         );
-        counter(out, "resumes_total", "Sessions resumed within the grace period.", self.resumes.load(Relaxed));
+        counter(
+            out,
+            "resumes_total",
+            "Sessions resumed within the grace period.",
+            self.resumes.load(Relaxed),
+        );
         counter(
             out,
             "slow_consumer_closes_total",

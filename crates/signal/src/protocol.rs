@@ -1,25 +1,33 @@
-//! The JSON wire protocol of docs/protocol.md, version 1.
+//! Wire types of `docs/protocol.md`: parsing of client frames and serialization of server messages.
+//!
+//! Forwarded payloads (`sdp`, `candidate`, `data`) are kept as raw JSON text: the server checks their type
+//! and passes them on without rebuilding them.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt;
 
-pub const VERSION: u8 = 1;
+use serde::de::{Deserialize, Deserializer};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 
-/// A message from a client, after validation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ClientMessage {
-    Join { room: String, name: String, password: Option<String>, token: Option<String>, resume: Option<String> },
-    Offer { to: String, sdp: String },
-    Answer { to: String, sdp: String },
-    Candidate { to: String, candidate: serde_json::Value },
-    Message { to: String, data: serde_json::Value },
-    Rename { name: String },
-    Ping,
-    Leave,
-}
+/// Protocol version carried in every server message and required in `join`.
+pub const VERSION: u64 = 1;
 
-/// Error codes of docs/protocol.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Longest `room`, in characters.
+pub const MAX_ROOM_CHARS: usize = 64;
+/// Longest `name`, in characters (after trimming).
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest room `password`, in characters.
+pub const MAX_PASSWORD_CHARS: usize = 256;
+/// Longest join `token`, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 2048;
+/// Longest `resume` token, in bytes.
+pub const MAX_RESUME_BYTES: usize = 128;
+/// Longest peer id accepted in `to`, in bytes.
+pub const MAX_PEER_ID_BYTES: usize = 64;
+
+/// `error.code` values (docs/protocol.md, "Errors").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum ErrorCode {
     BadJson,
@@ -40,6 +48,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in documentation order.
     pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
@@ -58,6 +67,7 @@ impl ErrorCode {
         ErrorCode::Abuse,
     ];
 
+    /// The code as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad-json",
@@ -78,8 +88,8 @@ impl ErrorCode {
         }
     }
 
-    /// Whether the server closes the connection after this error.
-    pub fn closes(self) -> bool {
+    /// Whether the server closes the connection after sending this error.
+    pub fn closes_connection(self) -> bool {
         matches!(
             self,
             ErrorCode::RoomFull
@@ -90,195 +100,568 @@ impl ErrorCode {
                 | ErrorCode::Abuse
         )
     }
+
+    /// Position in [`ErrorCode::ALL`] (for counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused client frame: the `error` message to send back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+    /// The `type` of the refused message, when it was recognised.
+    pub ref_type: Option<&'static str>,
+}
+
+impl ProtocolError {
+    pub fn new(
+        code: ErrorCode,
+        message: impl Into<Cow<'static, str>>,
+        ref_type: Option<&'static str>,
+    ) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            ref_type,
+        }
+    }
+
+    /// The `error` message for the client.
+    pub fn to_message(&self) -> ServerMessage {
+        ServerMessage::Error {
+            code: self.code,
+            message: self.message.clone(),
+            ref_type: self.ref_type,
+        }
+    }
+}
+
+/// The four message kinds relayed from one peer to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ForwardKind {
+    Offer,
+    Answer,
+    Candidate,
+    Message,
+}
+
+impl ForwardKind {
+    /// The `type` on the wire.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            ForwardKind::Offer => "offer",
+            ForwardKind::Answer => "answer",
+            ForwardKind::Candidate => "candidate",
+            ForwardKind::Message => "message",
+        }
+    }
+
+    /// The payload field name.
+    pub fn field(self) -> &'static str {
+        match self {
+            ForwardKind::Offer | ForwardKind::Answer => "sdp",
+            ForwardKind::Candidate => "candidate",
+            ForwardKind::Message => "data",
+        }
+    }
+}
+
+/// `join`. `v` has been checked by the parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    pub room: String,
+    /// Trimmed display name.
+    pub name: String,
+    /// Room password; `None` when absent or empty.
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub resume: Option<String>,
+}
+
+/// `offer`, `answer`, `candidate` or `message`: a payload for one peer of the room.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub kind: ForwardKind,
+    pub to: String,
+    /// The payload as raw JSON text (a string for `sdp`, an object or `null` for `candidate`, anything for
+    /// `data`).
+    pub payload: Box<RawValue>,
+}
+
+/// A message from a client, validated.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ClientMessage {
+    Join(Join),
+    Forward(Forward),
+    Rename { name: String },
+    Ping,
+    Leave,
+}
+
+/// Client message types, for counters (`messages by type`).
+pub const CLIENT_TYPES: [&str; 8] = [
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "message",
+    "rename",
+    "ping",
+    "leave",
+];
+
+impl ClientMessage {
+    /// The `type` on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Join(_) => "join",
+            ClientMessage::Forward(f) => f.kind.type_name(),
+            ClientMessage::Rename { .. } => "rename",
+            ClientMessage::Ping => "ping",
+            ClientMessage::Leave => "leave",
+        }
+    }
+
+    /// Index in [`CLIENT_TYPES`].
+    pub fn type_index(&self) -> usize {
+        match self {
+            ClientMessage::Join(_) => 0,
+            ClientMessage::Forward(f) => match f.kind {
+                ForwardKind::Offer => 1,
+                ForwardKind::Answer => 2,
+                ForwardKind::Candidate => 3,
+                ForwardKind::Message => 4,
+            },
+            ClientMessage::Rename { .. } => 5,
+            ClientMessage::Ping => 6,
+            ClientMessage::Leave => 7,
+        }
+    }
+
+    /// Parses one text frame. Does not check the size limit (see [`crate::session`]).
+    pub fn parse(frame: &[u8]) -> Result<ClientMessage, ProtocolError> {
+        parse_client(frame)
+    }
+}
+
+/// Serializes a client message the way a client sends it (`join` carries `"v": 1`); for native clients and
+/// the load generator.
+impl Serialize for ClientMessage {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", self.type_name())?;
+        match self {
+            ClientMessage::Join(j) => {
+                m.serialize_entry("v", &VERSION)?;
+                m.serialize_entry("room", &j.room)?;
+                m.serialize_entry("name", &j.name)?;
+                if let Some(p) = &j.password {
+                    m.serialize_entry("password", p)?;
+                }
+                if let Some(t) = &j.token {
+                    m.serialize_entry("token", t)?;
+                }
+                if let Some(r) = &j.resume {
+                    m.serialize_entry("resume", r)?;
+                }
+            }
+            ClientMessage::Forward(f) => {
+                m.serialize_entry("to", &f.to)?;
+                m.serialize_entry(f.kind.field(), &f.payload)?;
+            }
+            ClientMessage::Rename { name } => m.serialize_entry("name", name)?,
+            ClientMessage::Ping | ClientMessage::Leave => {}
+        }
+        m.end()
+    }
+}
+
+/// `{id, name}` of a peer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerInfo {
     pub id: String,
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One entry of `RTCConfiguration.iceServers`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IceServer {
     pub urls: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub username: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub credential: Option<String>,
 }
 
-/// A message to a client.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+/// The value of `welcome.polite`: the polite side of a pair is the peer whose id sorts lower.
+pub const POLITE_RULE: &str = "lower-id";
+
+/// A message from the server. Serializes with `"v": 1` and `"type"` first.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ServerMessage {
     Welcome {
         id: String,
         room: String,
         peers: Vec<PeerInfo>,
-        #[serde(rename = "iceServers")]
         ice_servers: Vec<IceServer>,
         resume: String,
         resumed: bool,
     },
-    PeerJoined { peer: PeerInfo },
-    PeerLeft { id: String },
-    PeerUpdated { peer: PeerInfo },
-    Offer { from: String, sdp: String },
-    Answer { from: String, sdp: String },
-    Candidate { from: String, candidate: serde_json::Value },
-    Message { from: String, data: serde_json::Value },
+    PeerJoined {
+        peer: PeerInfo,
+    },
+    PeerLeft {
+        id: String,
+    },
+    PeerUpdated {
+        peer: PeerInfo,
+    },
+    /// `offer` / `answer` / `candidate` / `message`, stamped with the sender's id.
+    Forward {
+        kind: ForwardKind,
+        from: String,
+        payload: Box<RawValue>,
+    },
     IceServers {
-        #[serde(rename = "iceServers")]
         ice_servers: Vec<IceServer>,
     },
     Pong,
     Error {
         code: ErrorCode,
-        message: String,
-        #[serde(skip_serializing_if = "Option::is_none", rename = "ref")]
-        reference: Option<String>,
+        message: Cow<'static, str>,
+        ref_type: Option<&'static str>,
     },
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    v: u8,
-    #[serde(flatten)]
-    msg: &'a ServerMessage,
-}
-
 impl ServerMessage {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(&Envelope { v: VERSION, msg: self }).unwrap_or_else(|_| {
-            // Every variant holds only strings and JSON values, which always serialize.
-            String::from("{\"v\":1,\"type\":\"error\",\"code\":\"bad-json\",\"message\":\"internal\"}")
-        })
-    }
-
-    /// Metric label of the message type.
-    pub fn kind(&self) -> &'static str {
+    /// The `type` on the wire.
+    pub fn type_name(&self) -> &'static str {
         match self {
             ServerMessage::Welcome { .. } => "welcome",
             ServerMessage::PeerJoined { .. } => "peer-joined",
             ServerMessage::PeerLeft { .. } => "peer-left",
             ServerMessage::PeerUpdated { .. } => "peer-updated",
-            ServerMessage::Offer { .. } => "offer",
-            ServerMessage::Answer { .. } => "answer",
-            ServerMessage::Candidate { .. } => "candidate",
-            ServerMessage::Message { .. } => "message",
+            ServerMessage::Forward { kind, .. } => kind.type_name(),
             ServerMessage::IceServers { .. } => "ice-servers",
             ServerMessage::Pong => "pong",
             ServerMessage::Error { .. } => "error",
         }
     }
+
+    /// An `error` message.
+    pub fn error(
+        code: ErrorCode,
+        message: impl Into<Cow<'static, str>>,
+        ref_type: Option<&'static str>,
+    ) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            ref_type,
+        }
+    }
+
+    /// The error code, if this is an `error`.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            ServerMessage::Error { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// JSON text of the message.
+    pub fn to_json(&self) -> String {
+        // Serializing these types into a String has no failure path: map keys are strings, the raw payloads
+        // are valid JSON (checked on the way in), and writing to a Vec cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            tracing::error!("cannot serialize a {} message: {e}", self.type_name());
+            String::from(r#"{"v":1,"type":"error","code":"bad-json","message":"internal serialization error"}"#)
+        })
+    }
 }
 
-/// Parse failure: the error code, a human message and the `type` it concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub code: ErrorCode,
-    pub message: String,
-    pub reference: Option<String>,
-}
-
-fn reject(code: ErrorCode, message: impl Into<String>, reference: Option<&str>) -> Rejection {
-    Rejection { code, message: message.into(), reference: reference.map(str::to_owned) }
-}
-
-#[derive(Deserialize)]
-struct Join {
-    v: Option<serde_json::Value>,
-    room: String,
-    name: String,
-    password: Option<String>,
-    token: Option<String>,
-    resume: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Sdp {
-    to: String,
-    sdp: String,
-}
-
-#[derive(Deserialize)]
-struct Candidate {
-    to: String,
-    candidate: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-struct AppMessage {
-    to: String,
-    data: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-struct Rename {
-    name: String,
-}
-
-/// Parses and validates one text frame.
-pub fn parse(text: &str) -> Result<ClientMessage, Rejection> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| reject(ErrorCode::BadJson, format!("invalid JSON: {e}"), None))?;
-    let Some(object) = value.as_object() else {
-        return Err(reject(ErrorCode::BadJson, "a message must be a JSON object", None));
-    };
-    let Some(kind) = object.get("type").and_then(|t| t.as_str()).map(str::to_owned) else {
-        return Err(reject(ErrorCode::UnknownType, "missing \"type\"", None));
-    };
-    let field = |e: serde_json::Error| reject(ErrorCode::BadField, e.to_string(), Some(&kind));
-    let msg = match kind.as_str() {
-        "join" => {
-            let j: Join = serde_json::from_value(value.clone()).map_err(field)?;
-            if j.v.as_ref().and_then(|v| v.as_u64()) != Some(u64::from(VERSION)) {
-                return Err(reject(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", Some("join")));
+impl Serialize for ServerMessage {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("v", &VERSION)?;
+        m.serialize_entry("type", self.type_name())?;
+        match self {
+            ServerMessage::Welcome {
+                id,
+                room,
+                peers,
+                ice_servers,
+                resume,
+                resumed,
+            } => {
+                m.serialize_entry("id", id)?;
+                m.serialize_entry("room", room)?;
+                m.serialize_entry("peers", peers)?;
+                m.serialize_entry("iceServers", ice_servers)?;
+                m.serialize_entry("resume", resume)?;
+                m.serialize_entry("resumed", resumed)?;
+                m.serialize_entry("polite", POLITE_RULE)?;
             }
-            validate_room(&j.room).map_err(|m| reject(ErrorCode::BadField, m, Some("join")))?;
-            let name = validate_name(&j.name).map_err(|m| reject(ErrorCode::BadField, m, Some("join")))?;
-            ClientMessage::Join { room: j.room, name, password: j.password, token: j.token, resume: j.resume }
-        }
-        "offer" => {
-            let s: Sdp = serde_json::from_value(value.clone()).map_err(field)?;
-            ClientMessage::Offer { to: s.to, sdp: s.sdp }
-        }
-        "answer" => {
-            let s: Sdp = serde_json::from_value(value.clone()).map_err(field)?;
-            ClientMessage::Answer { to: s.to, sdp: s.sdp }
-        }
-        "candidate" => {
-            let c: Candidate = serde_json::from_value(value.clone()).map_err(field)?;
-            if !(c.candidate.is_object() || c.candidate.is_null()) {
-                return Err(reject(ErrorCode::BadField, "candidate must be an object or null", Some("candidate")));
+            ServerMessage::PeerJoined { peer } | ServerMessage::PeerUpdated { peer } => {
+                m.serialize_entry("peer", peer)?;
             }
-            ClientMessage::Candidate { to: c.to, candidate: c.candidate }
+            ServerMessage::PeerLeft { id } => m.serialize_entry("id", id)?,
+            ServerMessage::Forward {
+                kind,
+                from,
+                payload,
+            } => {
+                m.serialize_entry("from", from)?;
+                m.serialize_entry(kind.field(), payload)?;
+            }
+            ServerMessage::IceServers { ice_servers } => {
+                m.serialize_entry("iceServers", ice_servers)?
+            }
+            ServerMessage::Pong => {}
+            ServerMessage::Error {
+                code,
+                message,
+                ref_type,
+            } => {
+                m.serialize_entry("code", code.as_str())?;
+                m.serialize_entry("message", message)?;
+                if let Some(r) = ref_type {
+                    m.serialize_entry("ref", r)?;
+                }
+            }
         }
-        "message" => {
-            let m: AppMessage = serde_json::from_value(value.clone()).map_err(field)?;
-            ClientMessage::Message { to: m.to, data: m.data }
-        }
+        m.end()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Parsing
+
+/// Every field any client message may carry, each kept as raw JSON. Unknown fields (`from` included) are
+/// ignored. A present `null` is `Some("null")`, so `candidate: null` is told apart from a missing field.
+#[derive(serde::Deserialize)]
+struct Wire<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
+    ty: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    v: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    room: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    password: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    resume: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    to: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    sdp: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    candidate: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+fn bad_field(ty: &'static str, message: impl Into<Cow<'static, str>>) -> ProtocolError {
+    ProtocolError::new(ErrorCode::BadField, message, Some(ty))
+}
+
+/// Parses and validates one client frame (see [`ClientMessage::parse`]).
+pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ProtocolError> {
+    // serde would accept a JSON array for a struct; the protocol wants an object.
+    let first = frame.iter().copied().find(|b| !b.is_ascii_whitespace());
+    if first != Some(b'{') {
+        return Err(ProtocolError::new(
+            ErrorCode::BadJson,
+            "expected a JSON object",
+            None,
+        ));
+    }
+    let wire: Wire<'_> = serde_json::from_slice(frame).map_err(|e| {
+        let mut text = e.to_string();
+        text.truncate(200);
+        ProtocolError::new(ErrorCode::BadJson, format!("invalid JSON: {text}"), None)
+    })?;
+    let Some(ty) = wire.ty else {
+        return Err(ProtocolError::new(
+            ErrorCode::UnknownType,
+            "the message has no \"type\"",
+            None,
+        ));
+    };
+    let Ok(ty) = serde_json::from_str::<Cow<'_, str>>(ty.get()) else {
+        return Err(ProtocolError::new(
+            ErrorCode::UnknownType,
+            "\"type\" must be a string",
+            None,
+        ));
+    };
+    match &*ty {
+        "join" => parse_join(&wire).map(ClientMessage::Join),
+        "offer" => parse_forward(&wire, ForwardKind::Offer),
+        "answer" => parse_forward(&wire, ForwardKind::Answer),
+        "candidate" => parse_forward(&wire, ForwardKind::Candidate),
+        "message" => parse_forward(&wire, ForwardKind::Message),
         "rename" => {
-            let r: Rename = serde_json::from_value(value.clone()).map_err(field)?;
-            let name = validate_name(&r.name).map_err(|m| reject(ErrorCode::BadField, m, Some("rename")))?;
-            ClientMessage::Rename { name }
+            let name = req_string(wire.name, "rename", "name")?;
+            Ok(ClientMessage::Rename {
+                name: valid_name(&name, "rename")?,
+            })
         }
-        "ping" => ClientMessage::Ping,
-        "leave" => ClientMessage::Leave,
-        other => return Err(reject(ErrorCode::UnknownType, format!("unknown type {other:?}"), None)),
+        "ping" => Ok(ClientMessage::Ping),
+        "leave" => Ok(ClientMessage::Leave),
+        other => {
+            let mut shown: String = other.chars().take(40).collect();
+            shown.retain(|c| !c.is_control());
+            Err(ProtocolError::new(
+                ErrorCode::UnknownType,
+                format!("unknown message type \"{shown}\""),
+                None,
+            ))
+        }
+    }
+}
+
+fn parse_join(w: &Wire<'_>) -> Result<Join, ProtocolError> {
+    const T: &str = "join";
+    let version_ok = w.v.and_then(|v| serde_json::from_str::<u64>(v.get()).ok()) == Some(VERSION);
+    if !version_ok {
+        return Err(ProtocolError::new(
+            ErrorCode::UnsupportedVersion,
+            "this server speaks protocol version 1: send \"v\": 1 in join",
+            Some(T),
+        ));
+    }
+    let room = req_string(w.room, T, "room")?;
+    if !valid_room(&room) {
+        return Err(bad_field(
+            T,
+            "room must be 1-64 characters of A-Z a-z 0-9 _ -",
+        ));
+    }
+    let name = valid_name(&req_string(w.name, T, "name")?, T)?;
+    let password = opt_string(w.password, T, "password")?.filter(|p| !p.is_empty());
+    if password
+        .as_ref()
+        .is_some_and(|p| p.chars().count() > MAX_PASSWORD_CHARS)
+    {
+        return Err(bad_field(T, "password is longer than 256 characters"));
+    }
+    let token = opt_string(w.token, T, "token")?;
+    if token.as_ref().is_some_and(|t| t.len() > MAX_TOKEN_BYTES) {
+        return Err(bad_field(T, "token is longer than 2048 bytes"));
+    }
+    let resume = opt_string(w.resume, T, "resume")?.filter(|r| !r.is_empty());
+    if resume.as_ref().is_some_and(|r| r.len() > MAX_RESUME_BYTES) {
+        return Err(bad_field(T, "resume is longer than 128 bytes"));
+    }
+    Ok(Join {
+        room,
+        name,
+        password,
+        token,
+        resume,
+    })
+}
+
+fn parse_forward(w: &Wire<'_>, kind: ForwardKind) -> Result<ClientMessage, ProtocolError> {
+    let ty = kind.type_name();
+    let to = req_string(w.to, ty, "to")?;
+    if to.is_empty() || to.len() > MAX_PEER_ID_BYTES {
+        return Err(bad_field(ty, "to must be a peer id"));
+    }
+    let raw = match kind {
+        ForwardKind::Offer | ForwardKind::Answer => w.sdp,
+        ForwardKind::Candidate => w.candidate,
+        ForwardKind::Message => w.data,
     };
-    Ok(msg)
+    let Some(raw) = raw else {
+        return Err(bad_field(ty, format!("{} is missing", kind.field())));
+    };
+    let text = raw.get();
+    let first = text.as_bytes().first().copied();
+    let ok = match kind {
+        ForwardKind::Offer | ForwardKind::Answer => first == Some(b'"'),
+        ForwardKind::Candidate => first == Some(b'{') || text == "null",
+        ForwardKind::Message => true,
+    };
+    if !ok {
+        let want = match kind {
+            ForwardKind::Candidate => "candidate must be an object or null",
+            _ => "sdp must be a string",
+        };
+        return Err(bad_field(ty, want));
+    }
+    Ok(ClientMessage::Forward(Forward {
+        kind,
+        to,
+        payload: raw.to_owned(),
+    }))
 }
 
-fn validate_room(room: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&room.len()) && room.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok { Ok(()) } else { Err("room must be 1-64 characters of A-Z a-z 0-9 - _".into()) }
+fn req_string(
+    raw: Option<&RawValue>,
+    ty: &'static str,
+    field: &'static str,
+) -> Result<String, ProtocolError> {
+    match opt_string(raw, ty, field)? {
+        Some(s) => Ok(s),
+        None => Err(bad_field(ty, format!("{field} is missing"))),
+    }
 }
 
-fn validate_name(name: &str) -> Result<String, String> {
+fn opt_string(
+    raw: Option<&RawValue>,
+    ty: &'static str,
+    field: &'static str,
+) -> Result<Option<String>, ProtocolError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| bad_field(ty, format!("{field} must be a string"))),
+    }
+}
+
+/// `room`: 1–64 characters of `[A-Za-z0-9_-]`.
+pub fn valid_room(room: &str) -> bool {
+    !room.is_empty()
+        && room.len() <= MAX_ROOM_CHARS
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `name`: trimmed, 1–64 characters, no control characters. Returns the trimmed name.
+pub fn valid_name(name: &str, ty: &'static str) -> Result<String, ProtocolError> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err("name must be 1-64 characters without control characters".into());
+    if name.is_empty() {
+        return Err(bad_field(ty, "name is empty"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(bad_field(ty, "name is longer than 64 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(bad_field(ty, "name contains control characters"));
     }
     Ok(name.to_owned())
 }
@@ -287,33 +670,303 @@ fn validate_name(name: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_every_client_message() {
-        assert!(matches!(parse(r#"{"v":1,"type":"join","room":"a-b","name":" Al "}"#), Ok(ClientMessage::Join { name, .. }) if name == "Al"));
-        assert!(matches!(parse(r#"{"type":"offer","to":"p1","sdp":"x"}"#), Ok(ClientMessage::Offer { .. })));
-        assert!(matches!(parse(r#"{"type":"candidate","to":"p1","candidate":null}"#), Ok(ClientMessage::Candidate { .. })));
-        assert!(matches!(parse(r#"{"type":"message","to":"p1","data":[1,2]}"#), Ok(ClientMessage::Message { .. })));
-        assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+    fn err(frame: &str) -> ProtocolError {
+        match parse_client(frame.as_bytes()) {
+            Ok(m) => panic!("{frame} parsed as {m:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn ok(frame: &str) -> ClientMessage {
+        parse_client(frame.as_bytes()).unwrap_or_else(|e| panic!("{frame}: {e}"))
     }
 
     #[test]
-    fn errors_have_the_documented_codes() {
-        let code = |t: &str| parse(t).unwrap_err().code;
-        assert_eq!(code("nope"), ErrorCode::BadJson);
-        assert_eq!(code("[1]"), ErrorCode::BadJson);
-        assert_eq!(code(r#"{"x":1}"#), ErrorCode::UnknownType);
-        assert_eq!(code(r#"{"type":"explode"}"#), ErrorCode::UnknownType);
-        assert_eq!(code(r#"{"type":"offer","to":"p"}"#), ErrorCode::BadField);
-        assert_eq!(code(r#"{"v":2,"type":"join","room":"a","name":"b"}"#), ErrorCode::UnsupportedVersion);
-        assert_eq!(code(r#"{"v":1,"type":"join","room":"a b","name":"b"}"#), ErrorCode::BadField);
-        assert_eq!(code(r#"{"v":1,"type":"join","room":"a","name":"\u0007"}"#), ErrorCode::BadField);
+    fn join_parses_and_trims_name() {
+        let ClientMessage::Join(j) =
+            ok(r#"{"type":"join","v":1,"room":"a-b_9","name":"  Ann  ","password":""}"#)
+        else {
+            panic!("not a join")
+        };
+        assert_eq!(j.room, "a-b_9");
+        assert_eq!(j.name, "Ann");
+        assert_eq!(j.password, None, "an empty password means none");
+        assert_eq!(j.token, None);
+        assert_eq!(j.resume, None);
     }
 
     #[test]
-    fn server_messages_carry_version_and_type() {
-        let json = ServerMessage::PeerLeft { id: "p1".into() }.to_json();
-        assert_eq!(json, r#"{"v":1,"type":"peer-left","id":"p1"}"#);
-        let json = ServerMessage::IceServers { ice_servers: vec![] }.to_json();
-        assert!(json.contains("\"iceServers\":[]"), "{json}");
+    fn join_version_rules() {
+        for frame in [
+            r#"{"type":"join","room":"r","name":"n"}"#,
+            r#"{"type":"join","v":2,"room":"r","name":"n"}"#,
+            r#"{"type":"join","v":"1","room":"r","name":"n"}"#,
+        ] {
+            let e = err(frame);
+            assert_eq!(e.code, ErrorCode::UnsupportedVersion, "{frame}");
+            assert_eq!(e.ref_type, Some("join"));
+        }
+    }
+
+    #[test]
+    fn join_field_rules() {
+        for (frame, needle) in [
+            (r#"{"type":"join","v":1,"name":"n"}"#, "room is missing"),
+            (
+                r#"{"type":"join","v":1,"room":"","name":"n"}"#,
+                "room must be",
+            ),
+            (
+                r#"{"type":"join","v":1,"room":"a b","name":"n"}"#,
+                "room must be",
+            ),
+            (
+                r#"{"type":"join","v":1,"room":"é","name":"n"}"#,
+                "room must be",
+            ),
+            (
+                r#"{"type":"join","v":1,"room":7,"name":"n"}"#,
+                "room must be a string",
+            ),
+            (r#"{"type":"join","v":1,"room":"r"}"#, "name is missing"),
+            (
+                r#"{"type":"join","v":1,"room":"r","name":"   "}"#,
+                "name is empty",
+            ),
+            (
+                r#"{"type":"join","v":1,"room":"r","name":"a\u0007b"}"#,
+                "control",
+            ),
+            (
+                r#"{"type":"join","v":1,"room":"r","name":null}"#,
+                "name must be a string",
+            ),
+            (
+                r#"{"type":"join","v":1,"room":"r","name":"n","token":5}"#,
+                "token must be a string",
+            ),
+        ] {
+            let e = err(frame);
+            assert_eq!(e.code, ErrorCode::BadField, "{frame}");
+            assert!(e.message.contains(needle), "{frame}: {}", e.message);
+        }
+        let long_room = "r".repeat(65);
+        let e = err(&format!(
+            r#"{{"type":"join","v":1,"room":"{long_room}","name":"n"}}"#
+        ));
+        assert_eq!(e.code, ErrorCode::BadField);
+        let room64 = "r".repeat(64);
+        let name64 = "é".repeat(64);
+        assert!(matches!(
+            ok(&format!(
+                r#"{{"type":"join","v":1,"room":"{room64}","name":"{name64}"}}"#
+            )),
+            ClientMessage::Join(_)
+        ));
+        let name65 = "é".repeat(65);
+        assert_eq!(
+            err(&format!(
+                r#"{{"type":"join","v":1,"room":"r","name":"{name65}"}}"#
+            ))
+            .code,
+            ErrorCode::BadField
+        );
+    }
+
+    #[test]
+    fn forwards_keep_raw_payload_and_ignore_from() {
+        let ClientMessage::Forward(f) =
+            ok(r#"{"type":"offer","to":"p-1","from":"p-evil","sdp":"v=0\r\n"}"#)
+        else {
+            panic!("not a forward")
+        };
+        assert_eq!(f.kind, ForwardKind::Offer);
+        assert_eq!(f.to, "p-1");
+        assert_eq!(f.payload.get(), r#""v=0\r\n""#);
+
+        let ClientMessage::Forward(f) = ok(r#"{"type":"candidate","to":"p-1","candidate":null}"#)
+        else {
+            panic!("not a forward")
+        };
+        assert_eq!(f.payload.get(), "null");
+        let ClientMessage::Forward(f) =
+            ok(r#"{"type":"candidate","to":"p-1","candidate":{"candidate":"c","sdpMid":"0"}}"#)
+        else {
+            panic!("not a forward")
+        };
+        assert_eq!(f.payload.get(), r#"{"candidate":"c","sdpMid":"0"}"#);
+        let ClientMessage::Forward(f) =
+            ok(r#"{"type":"message","to":"p-1","data":[1,{"a":null}]}"#)
+        else {
+            panic!("not a forward")
+        };
+        assert_eq!(f.payload.get(), r#"[1,{"a":null}]"#);
+    }
+
+    #[test]
+    fn forward_field_rules() {
+        for (frame, ty) in [
+            (r#"{"type":"offer","sdp":"x"}"#, "offer"),
+            (r#"{"type":"offer","to":"p","sdp":5}"#, "offer"),
+            (r#"{"type":"answer","to":"p"}"#, "answer"),
+            (r#"{"type":"answer","to":"","sdp":"x"}"#, "answer"),
+            (r#"{"type":"candidate","to":"p"}"#, "candidate"),
+            (
+                r#"{"type":"candidate","to":"p","candidate":"str"}"#,
+                "candidate",
+            ),
+            (r#"{"type":"message","to":"p"}"#, "message"),
+            (r#"{"type":"message","to":["p"],"data":1}"#, "message"),
+        ] {
+            let e = err(frame);
+            assert_eq!(e.code, ErrorCode::BadField, "{frame}");
+            assert_eq!(e.ref_type, Some(ty), "{frame}");
+        }
+        let long_to = "p".repeat(65);
+        assert_eq!(
+            err(&format!(r#"{{"type":"offer","to":"{long_to}","sdp":""}}"#)).code,
+            ErrorCode::BadField
+        );
+    }
+
+    #[test]
+    fn bad_json_and_unknown_type() {
+        for frame in [
+            "",
+            "   ",
+            "not json",
+            "[1,2]",
+            "\"join\"",
+            "42",
+            "null",
+            "{",
+            r#"{"type":"ping",}"#,
+        ] {
+            assert_eq!(err(frame).code, ErrorCode::BadJson, "{frame:?}");
+        }
+        assert_eq!(
+            err(r#"{"type":"ping","type":"leave"}"#).code,
+            ErrorCode::BadJson,
+            "duplicate keys"
+        );
+        for frame in [
+            r#"{}"#,
+            r#"{"type":7}"#,
+            r#"{"type":null}"#,
+            r#"{"type":"hello"}"#,
+            r#"{"type":"Join"}"#,
+        ] {
+            let e = err(frame);
+            assert_eq!(e.code, ErrorCode::UnknownType, "{frame}");
+            assert_eq!(e.ref_type, None);
+        }
+        assert!(err(r#"{"type":"hello"}"#).message.contains("hello"));
+    }
+
+    #[test]
+    fn simple_messages() {
+        assert!(matches!(ok(r#"{"type":"ping"}"#), ClientMessage::Ping));
+        assert!(matches!(
+            ok(r#" {"type":"leave","v":1} "#),
+            ClientMessage::Leave
+        ));
+        assert!(
+            matches!(ok(r#"{"type":"rename","name":" Bo "}"#), ClientMessage::Rename { name } if name == "Bo")
+        );
+        assert_eq!(err(r#"{"type":"rename"}"#).code, ErrorCode::BadField);
+        assert!(
+            matches!(ok(r#"{"type":"p\u0069ng"}"#), ClientMessage::Ping),
+            "escaped type"
+        );
+    }
+
+    #[test]
+    fn server_messages_serialize_per_contract() {
+        let payload = RawValue::from_string(r#"{"candidate":"c"}"#.to_owned()).expect("valid JSON");
+        let fwd = ServerMessage::Forward {
+            kind: ForwardKind::Candidate,
+            from: "p-1".into(),
+            payload,
+        };
+        assert_eq!(
+            fwd.to_json(),
+            r#"{"v":1,"type":"candidate","from":"p-1","candidate":{"candidate":"c"}}"#
+        );
+
+        let welcome = ServerMessage::Welcome {
+            id: "p-1".into(),
+            room: "r".into(),
+            peers: vec![PeerInfo {
+                id: "p-0".into(),
+                name: "Ann".into(),
+            }],
+            ice_servers: vec![IceServer {
+                urls: vec!["stun:h:3478".into()],
+                username: None,
+                credential: None,
+            }],
+            resume: "tok".into(),
+            resumed: false,
+        };
+        let v: serde_json::Value = serde_json::from_str(&welcome.to_json()).expect("valid JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"v":1,"type":"welcome","id":"p-1","room":"r","peers":[{"id":"p-0","name":"Ann"}],
+                "iceServers":[{"urls":["stun:h:3478"]}],"resume":"tok","resumed":false,"polite":"lower-id"})
+        );
+        let e = ServerMessage::error(ErrorCode::UnknownPeer, "no such peer", Some("offer"));
+        assert_eq!(
+            e.to_json(),
+            r#"{"v":1,"type":"error","code":"unknown-peer","message":"no such peer","ref":"offer"}"#
+        );
+        assert_eq!(ServerMessage::Pong.to_json(), r#"{"v":1,"type":"pong"}"#);
+        assert_eq!(
+            ServerMessage::PeerLeft { id: "p-2".into() }.to_json(),
+            r#"{"v":1,"type":"peer-left","id":"p-2"}"#
+        );
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        for frame in [
+            r#"{"type":"join","v":1,"room":"r","name":"n","password":"pw","token":"t","resume":"x"}"#,
+            r#"{"type":"offer","to":"p-1","sdp":"v=0"}"#,
+            r#"{"type":"candidate","to":"p-1","candidate":null}"#,
+            r#"{"type":"message","to":"p-1","data":{"k":[1,2]}}"#,
+            r#"{"type":"rename","name":"Bo"}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"leave"}"#,
+        ] {
+            let msg = ok(frame);
+            let again = serde_json::to_string(&msg).expect("serializes");
+            let a: serde_json::Value = serde_json::from_str(frame).expect("json");
+            let b: serde_json::Value = serde_json::from_str(&again).expect("json");
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn every_error_code_is_distinct_and_indexed() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i);
+        }
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 15);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_client(&bytes);
+        }
+
+        #[test]
+        fn parse_never_panics_on_object_like_text(
+            s in r#"\{("[a-z]{1,6}":("[a-z\\]{0,8}"|[0-9]{1,3}|null|\{\}|\[\]),?){0,5}\}"#
+        ) {
+            let _ = parse_client(s.as_bytes());
+        }
     }
 }

@@ -1,568 +1,853 @@
-//! The sans-IO room logic: connections in, addressed messages out. No sockets, no clock reads, no RNG:
-//! time is injected as [`Now`], and ids and tokens derive from a secret key given at construction.
+//! The room state machine, sans-IO.
+//!
+//! Inputs: connections opening and closing, validated client messages, and the passing of time — each with
+//! the current `Instant` supplied by the caller. Outputs: [`Output`]s (a message for a connection, or the
+//! order to close one), collected with [`Rooms::poll_output`]. [`Rooms::poll_timeout`] says when
+//! [`Rooms::handle_timeout`] wants to run next (resume grace expiry, TURN credential refresh).
+//!
+//! Wall-clock time (needed for token expiry and TURN credential expiry) is derived from the `Instant`s via
+//! an anchor pair set with [`Rooms::sync_wall_clock`], so the core never reads a clock itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use hmac::{Hmac, Mac};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use crate::protocol::{ClientMessage, ErrorCode, IceServer, PeerInfo, Rejection, ServerMessage, parse};
+use crate::metrics::Metrics;
+use crate::protocol::{ClientMessage, ErrorCode, Forward, Join, PeerInfo, ServerMessage};
+use crate::token::{TokenError, verify_join_token};
+use crate::{SignalConfig, SignalStats, ice};
 
-/// Identifies one WebSocket connection (chosen by the driver).
-pub type ConnId = u64;
+/// A connection, numbered by the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
 
-/// Injected time: monotonic for timers, wall clock for credential expiry.
-#[derive(Debug, Clone, Copy)]
-pub struct Now {
-    pub instant: Instant,
-    pub unix: u64,
+/// What the driver knows about a new connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// The client's address, for the per-IP limit (`None`: not limited).
+    pub ip: Option<IpAddr>,
+    /// Host for STUN/TURN URLs, already normalized ([`ice::normalize_host`]); `public_host` overrides it.
+    pub host: Option<String>,
 }
 
-/// Limits and features of the room logic.
-#[derive(Debug, Clone)]
-pub struct RoomsConfig {
-    pub max_message_bytes: usize,
-    pub max_messages_per_sec: u32,
-    pub max_connections_per_ip: u32,
-    pub max_rooms: usize,
-    pub max_peers_per_room: usize,
-    pub require_room_password: bool,
-    pub join_token_secret: Option<String>,
-    pub resume_grace: Duration,
-    pub max_errors_in_row: u32,
-    pub public_host: Option<String>,
-    pub turn: Option<TurnAdvert>,
+/// WebSocket close codes the core asks for.
+pub mod close_code {
+    /// Normal closure (after `leave`).
+    pub const NORMAL: u16 = 1000;
+    /// Policy violation (after a closing error: `room-full`, `abuse`, ...).
+    pub const POLICY: u16 = 1008;
+    /// The peer resumed on another connection; this one is obsolete.
+    pub const REPLACED: u16 = 4000;
 }
 
-/// How browsers reach the TURN server, and the shared secret to mint their credentials.
-#[derive(Debug, Clone)]
-pub struct TurnAdvert {
-    pub secret: String,
-    pub port: u16,
-    pub tls_port: Option<u16>,
-    pub credential_ttl: Duration,
+/// An effect for the driver to carry out.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this message on this connection.
+    Send { conn: ConnId, msg: ServerMessage },
+    /// Close this connection (after sending what was queued before). The core has already forgotten it.
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: &'static str,
+    },
 }
 
-/// What the driver must do.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Out {
-    Send(ConnId, ServerMessage),
-    /// Close the connection (after sending what was queued before).
-    Close(ConnId),
-}
-
+#[derive(Debug)]
 struct Conn {
-    ip: IpAddr,
-    host: String,
-    peer: Option<(String, String)>, // (room, peer id)
-    tokens: f64,
-    last_refill: Instant,
-    errors_in_row: u32,
-    credentials_due: Option<Instant>,
+    ip: Option<IpAddr>,
+    host: Option<String>,
+    peer: Option<String>,
+    ice_epoch: u64,
 }
 
+#[derive(Debug)]
 struct Peer {
     name: String,
+    room: String,
     conn: Option<ConnId>,
-    /// Set while disconnected: when the grace period ends.
-    gone_until: Option<Instant>,
+    resume: String,
+    /// Bumped on every detach and resume; a grace timer only fires for its own generation.
+    epoch: u64,
+    name_pinned: bool,
+    /// Forwarded messages that arrived while detached.
+    pending: VecDeque<ServerMessage>,
 }
 
+#[derive(Debug)]
 struct Room {
-    password: Option<String>,
-    peers: BTreeMap<String, Peer>,
+    /// Peer ids in join order.
+    members: Vec<String>,
+    password: Option<PasswordHash>,
 }
 
-/// Counters the driver exports as metrics.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
-    pub messages_in: HashMap<&'static str, u64>,
-    pub errors: HashMap<&'static str, u64>,
+#[derive(Debug)]
+struct PasswordHash {
+    salt: [u8; 16],
+    hash: [u8; 32],
 }
 
+impl PasswordHash {
+    fn new(salt: [u8; 16], password: &str) -> Self {
+        Self {
+            salt,
+            hash: Self::digest(&salt, password),
+        }
+    }
+
+    fn digest(salt: &[u8; 16], password: &str) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(salt)
+            .chain_update(password.as_bytes())
+            .finalize()
+            .into()
+    }
+
+    fn matches(&self, password: &str) -> bool {
+        Self::digest(&self.salt, password).ct_eq(&self.hash).into()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Grace { peer: String, epoch: u64 },
+    IceRefresh { conn: ConnId, epoch: u64 },
+}
+
+/// The signaling room core.
+#[derive(Debug)]
 pub struct Rooms {
-    config: RoomsConfig,
-    key: [u8; 32],
-    next_id: u64,
+    config: SignalConfig,
+    metrics: Arc<Metrics>,
+    rng: StdRng,
+    wall_anchor: (Instant, u64),
+    next_conn: u64,
     conns: HashMap<ConnId, Conn>,
-    per_ip: HashMap<IpAddr, u32>,
+    peers: HashMap<String, Peer>,
+    by_resume: HashMap<String, String>,
     rooms: HashMap<String, Room>,
-    /// resume token → (room, peer id)
-    resume: HashMap<String, (String, String)>,
-    pub counters: Counters,
+    per_ip: HashMap<IpAddr, u32>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    out: VecDeque<Output>,
 }
 
 impl Rooms {
-    pub fn new(config: RoomsConfig, key: [u8; 32]) -> Rooms {
-        Rooms {
+    /// `seed` feeds the generator of peer ids, resume tokens and password salts (use 32 random bytes in
+    /// production, a fixed value in tests). `now`/`now_unix` anchor the wall clock.
+    pub fn new(
+        config: SignalConfig,
+        metrics: Arc<Metrics>,
+        seed: [u8; 32],
+        now: Instant,
+        now_unix: u64,
+    ) -> Self {
+        Self {
             config,
-            key,
-            next_id: 0,
+            metrics,
+            rng: StdRng::from_seed(seed),
+            wall_anchor: (now, now_unix),
+            next_conn: 1,
             conns: HashMap::new(),
-            per_ip: HashMap::new(),
+            peers: HashMap::new(),
+            by_resume: HashMap::new(),
             rooms: HashMap::new(),
-            resume: HashMap::new(),
-            counters: Counters::default(),
+            per_ip: HashMap::new(),
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
         }
     }
 
-    pub fn connections(&self) -> usize {
-        self.conns.len()
+    /// Re-anchors the wall clock (the driver calls this now and then; wall time may jump, `Instant` won't).
+    pub fn sync_wall_clock(&mut self, now: Instant, now_unix: u64) {
+        self.wall_anchor = (now, now_unix);
     }
 
-    pub fn rooms(&self) -> usize {
-        self.rooms.len()
+    /// Seconds since the Unix epoch at `now`.
+    pub fn unix_at(&self, now: Instant) -> u64 {
+        let (at, unix) = self.wall_anchor;
+        if now >= at {
+            unix.saturating_add(now.duration_since(at).as_secs())
+        } else {
+            unix.saturating_sub(at.duration_since(now).as_secs())
+        }
     }
 
-    pub fn peers(&self) -> usize {
-        self.rooms.values().map(|r| r.peers.len()).sum()
-    }
-
-    pub fn config(&self) -> &RoomsConfig {
+    pub fn config(&self) -> &SignalConfig {
         &self.config
     }
 
-    /// A new connection from `ip`, which reached us as `host` (Host header, for ICE URLs).
-    pub fn connect(&mut self, now: Now, conn: ConnId, ip: IpAddr, host: &str, out: &mut Vec<Out>) {
-        let count = self.per_ip.entry(ip).or_insert(0);
-        if *count >= self.config.max_connections_per_ip {
-            self.count_error(ErrorCode::TooManyConnections);
-            out.push(error(conn, ErrorCode::TooManyConnections, "too many connections from your address", None));
-            out.push(Out::Close(conn));
-            return;
+    pub fn stats(&self) -> SignalStats {
+        SignalStats {
+            connections: self.conns.len(),
+            rooms: self.rooms.len(),
+            peers: self.peers.len(),
         }
-        *count += 1;
-        let burst = f64::from(self.config.max_messages_per_sec) * 2.0;
-        self.conns.insert(
-            conn,
-            Conn {
-                ip,
-                host: host.to_owned(),
-                peer: None,
-                tokens: burst,
-                last_refill: now.instant,
-                errors_in_row: 0,
-                credentials_due: None,
-            },
-        );
     }
 
-    /// One text frame of `len` bytes. Oversized frames are refused before parsing.
-    pub fn handle_text(&mut self, now: Now, conn: ConnId, text: &str, out: &mut Vec<Out>) {
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Rooms::handle_timeout`] should next be called. May be early (a cancelled timer), never late.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Connections
+
+    /// A WebSocket connection opened. Over the per-IP limit it is refused at once (`too-many-connections`
+    /// and a close are queued; the id is then already forgotten).
+    pub fn open(&mut self, _now: Instant, info: ConnInfo) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let ip = info.ip.map(ip_key);
+        if let Some(ip) = ip {
+            let limit = self.config.max_connections_per_ip;
+            let count = self.per_ip.entry(ip).or_insert(0);
+            if limit > 0 && *count >= limit {
+                if *count == 0 {
+                    self.per_ip.remove(&ip);
+                }
+                self.emit_error(
+                    id,
+                    ErrorCode::TooManyConnections,
+                    "too many connections from your address",
+                    None,
+                );
+                self.out.push_back(Output::Close {
+                    conn: id,
+                    code: close_code::POLICY,
+                    reason: ErrorCode::TooManyConnections.as_str(),
+                });
+                return id;
+            }
+            *count += 1;
+        }
+        self.metrics.connection_accepted();
+        self.conns.insert(
+            id,
+            Conn {
+                ip,
+                host: info.host,
+                peer: None,
+                ice_epoch: 0,
+            },
+        );
+        id
+    }
+
+    /// The connection is gone (socket closed, ping timeout, slow consumer). Its peer, if any, keeps its id
+    /// and place for the resume grace period; nobody is told yet.
+    pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.forget_conn(conn) else {
+            return;
+        };
+        let Some(peer_id) = c.peer else {
+            return;
+        };
+        let grace = self.config.resume_grace;
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        if peer.conn != Some(conn) {
+            return;
+        }
+        peer.conn = None;
+        peer.epoch += 1;
+        if grace.is_zero() {
+            self.remove_peer(&peer_id);
+        } else {
+            let epoch = peer.epoch;
+            self.push_timer(
+                now + grace,
+                Timer::Grace {
+                    peer: peer_id,
+                    epoch,
+                },
+            );
+        }
+    }
+
+    /// Closes a connection with a closing error (the driver uses it for `abuse`). Its peer leaves at once.
+    pub fn kick(&mut self, _now: Instant, conn: ConnId, code: ErrorCode) {
         if !self.conns.contains_key(&conn) {
             return;
         }
-        if text.len() > self.config.max_message_bytes {
-            let limit = self.config.max_message_bytes;
-            return self.refuse(conn, Rejection { code: ErrorCode::TooLarge, message: format!("messages are limited to {limit} bytes"), reference: None }, out);
-        }
-        if !self.take_token(now, conn) {
-            return self.refuse(conn, Rejection { code: ErrorCode::RateLimited, message: "slow down".into(), reference: None }, out);
-        }
-        match parse(text) {
-            Ok(msg) => self.dispatch(now, conn, msg, out),
-            Err(rejection) => self.refuse(conn, rejection, out),
-        }
-    }
-
-    /// A binary frame: not part of the protocol.
-    pub fn handle_binary(&mut self, conn: ConnId, out: &mut Vec<Out>) {
-        let r = Rejection { code: ErrorCode::BadJson, message: "binary frames are not supported".into(), reference: None };
-        self.refuse(conn, r, out);
-    }
-
-    fn take_token(&mut self, now: Now, conn: ConnId) -> bool {
-        let rate = f64::from(self.config.max_messages_per_sec);
-        let Some(c) = self.conns.get_mut(&conn) else { return false };
-        let elapsed = now.instant.saturating_duration_since(c.last_refill).as_secs_f64();
-        c.tokens = (c.tokens + elapsed * rate).min(rate * 2.0);
-        c.last_refill = now.instant;
-        if c.tokens >= 1.0 {
-            c.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn count_error(&mut self, code: ErrorCode) {
-        *self.counters.errors.entry(code.as_str()).or_insert(0) += 1;
-    }
-
-    /// Answers a bad message to its sender only; too many in a row close the connection.
-    fn refuse(&mut self, conn: ConnId, r: Rejection, out: &mut Vec<Out>) {
-        self.count_error(r.code);
-        out.push(error(conn, r.code, &r.message, r.reference));
-        if r.code.closes() {
-            out.push(Out::Close(conn));
-            return;
-        }
-        let max = self.config.max_errors_in_row;
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.errors_in_row += 1;
-            if c.errors_in_row >= max {
-                self.count_error(ErrorCode::Abuse);
-                out.push(error(conn, ErrorCode::Abuse, "too many invalid messages", None));
-                out.push(Out::Close(conn));
-            }
-        }
-    }
-
-    fn dispatch(&mut self, now: Now, conn: ConnId, msg: ClientMessage, out: &mut Vec<Out>) {
-        let kind = match &msg {
-            ClientMessage::Join { .. } => "join",
-            ClientMessage::Offer { .. } => "offer",
-            ClientMessage::Answer { .. } => "answer",
-            ClientMessage::Candidate { .. } => "candidate",
-            ClientMessage::Message { .. } => "message",
-            ClientMessage::Rename { .. } => "rename",
-            ClientMessage::Ping => "ping",
-            ClientMessage::Leave => "leave",
+        let message = match code {
+            ErrorCode::Abuse => "too many errors in a row: closing this connection",
+            _ => "closing this connection",
         };
-        *self.counters.messages_in.entry(kind).or_insert(0) += 1;
-        let joined = self.conns.get(&conn).and_then(|c| c.peer.clone());
-        let result = match (msg, joined) {
-            (ClientMessage::Join { room, name, password, token, resume }, None) => {
-                self.join(now, conn, room, name, password, token, resume, out)
-            }
-            (ClientMessage::Join { .. }, Some(_)) => Err(rej(ErrorCode::AlreadyJoined, "already in a room", "join")),
-            (ClientMessage::Ping, _) => {
-                out.push(Out::Send(conn, ServerMessage::Pong));
-                Ok(())
-            }
-            (_, None) => Err(rej(ErrorCode::NotJoined, "send join first", kind)),
-            (ClientMessage::Offer { to, sdp }, Some((room, from))) => {
-                self.forward(&room, &to, ServerMessage::Offer { from, sdp }, kind, out)
-            }
-            (ClientMessage::Answer { to, sdp }, Some((room, from))) => {
-                self.forward(&room, &to, ServerMessage::Answer { from, sdp }, kind, out)
-            }
-            (ClientMessage::Candidate { to, candidate }, Some((room, from))) => {
-                self.forward(&room, &to, ServerMessage::Candidate { from, candidate }, kind, out)
-            }
-            (ClientMessage::Message { to, data }, Some((room, from))) => {
-                self.forward(&room, &to, ServerMessage::Message { from, data }, kind, out)
-            }
-            (ClientMessage::Rename { name }, Some((room, id))) => {
-                if let Some(p) = self.rooms.get_mut(&room).and_then(|r| r.peers.get_mut(&id)) {
-                    p.name = name.clone();
-                }
-                self.broadcast(&room, &id, ServerMessage::PeerUpdated { peer: PeerInfo { id: id.clone(), name } }, out);
-                Ok(())
-            }
-            (ClientMessage::Leave, Some((room, id))) => {
-                self.remove_peer(&room, &id, out);
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.peer = None;
-                }
-                out.push(Out::Close(conn));
-                Ok(())
-            }
-        };
-        match result {
-            Ok(()) => {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.errors_in_row = 0;
-                }
-            }
-            Err(r) => self.refuse(conn, r, out),
-        }
+        let _ = self.close_with_error(conn, code, message, None);
     }
 
-    fn forward(&mut self, room: &str, to: &str, msg: ServerMessage, kind: &str, out: &mut Vec<Out>) -> Result<(), Rejection> {
-        let target = self.rooms.get(room).and_then(|r| r.peers.get(to)).ok_or_else(|| {
-            rej(ErrorCode::UnknownPeer, "no such peer in your room", kind)
-        })?;
-        // A peer inside its resume grace period misses the message; it renegotiates when it is back.
-        if let Some(conn) = target.conn {
-            out.push(Out::Send(conn, msg));
-        }
-        Ok(())
-    }
+    // -----------------------------------------------------------------------------------------------------
+    // Messages
 
-    fn broadcast(&self, room: &str, except: &str, msg: ServerMessage, out: &mut Vec<Out>) {
-        if let Some(r) = self.rooms.get(room) {
-            for (id, p) in &r.peers {
-                if id != except {
-                    if let Some(conn) = p.conn {
-                        out.push(Out::Send(conn, msg.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn join(
+    /// Handles one validated message. `Err(code)` when it was refused (the `error` is already queued for
+    /// `conn`); the caller counts consecutive errors with it.
+    pub fn handle_message(
         &mut self,
-        now: Now,
+        now: Instant,
         conn: ConnId,
-        room: String,
-        mut name: String,
-        password: Option<String>,
-        token: Option<String>,
-        resume: Option<String>,
-        out: &mut Vec<Out>,
-    ) -> Result<(), Rejection> {
-        // Resume: same id, nobody sees a leave or a join.
-        if let Some(token) = resume {
-            if let Some((r, id)) = self.resume.get(&token).cloned().filter(|(r, _)| *r == room) {
-                if let Some(p) = self.rooms.get_mut(&r).and_then(|x| x.peers.get_mut(&id)) {
-                    if let Some(old) = p.conn.replace(conn) {
-                        // The old socket may still be half-open: it no longer speaks for this peer.
-                        if let Some(c) = self.conns.get_mut(&old) {
-                            c.peer = None;
-                        }
-                        out.push(Out::Close(old));
-                    }
-                    p.gone_until = None;
-                    if p.name != name {
-                        p.name = name.clone();
-                        let info = PeerInfo { id: id.clone(), name: name.clone() };
-                        self.broadcast(&r, &id, ServerMessage::PeerUpdated { peer: info }, out);
-                    }
-                    self.welcome(now, conn, &r, &id, token, true, out);
+        msg: ClientMessage,
+    ) -> Result<(), ErrorCode> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(()); // already closed: late frames are dropped
+        };
+        let peer_id = c.peer.clone();
+        let ty = msg.type_name();
+        match (msg, peer_id) {
+            (ClientMessage::Ping, _) => {
+                self.send(conn, ServerMessage::Pong);
+                Ok(())
+            }
+            (ClientMessage::Join(join), None) => self.join(now, conn, join),
+            (ClientMessage::Join(_), Some(_)) => self.fail(
+                conn,
+                ErrorCode::AlreadyJoined,
+                "this connection has already joined a room",
+                Some("join"),
+            ),
+            (_, None) => self.fail(conn, ErrorCode::NotJoined, "send join first", Some(ty)),
+            (ClientMessage::Forward(f), Some(from)) => self.forward(conn, &from, f),
+            (ClientMessage::Rename { name }, Some(id)) => self.rename(conn, &id, name),
+            (ClientMessage::Leave, Some(id)) => {
+                self.forget_conn(conn);
+                self.remove_peer(&id);
+                self.out.push_back(Output::Close {
+                    conn,
+                    code: close_code::NORMAL,
+                    reason: "leave",
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn join(&mut self, now: Instant, conn: ConnId, join: Join) -> Result<(), ErrorCode> {
+        // Resume: a live resume token for the same room gives back the same peer.
+        if let Some(token) = &join.resume {
+            if let Some(peer_id) = self.by_resume.get(token).cloned() {
+                if self
+                    .peers
+                    .get(&peer_id)
+                    .is_some_and(|p| p.room == join.room)
+                {
+                    self.resume(now, conn, &peer_id, join);
                     return Ok(());
                 }
             }
-            // An unknown or expired token falls through to a fresh join.
         }
+
+        let mut name = join.name;
+        let mut name_pinned = false;
         if let Some(secret) = &self.config.join_token_secret {
-            let t = token.as_deref().ok_or_else(|| rej(ErrorCode::BadToken, "this server requires a join token", "join"))?;
-            name = verify_join_token(secret.as_bytes(), t, &room, now.unix)
-                .map_err(|m| rej(ErrorCode::BadToken, m, "join"))?;
-        }
-        match self.rooms.get(&room) {
-            Some(r) => {
-                let live = r.peers.len();
-                if live >= self.config.max_peers_per_room {
-                    return Err(rej(ErrorCode::RoomFull, "this room is full", "join"));
-                }
-                if let Some(expected) = &r.password {
-                    let given = password.as_deref().unwrap_or("");
-                    if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
-                        return Err(rej(ErrorCode::WrongPassword, "wrong room password", "join"));
+            let Some(token) = &join.token else {
+                return self.close_with_error(
+                    conn,
+                    ErrorCode::BadToken,
+                    "this server requires a join token",
+                    Some("join"),
+                );
+            };
+            match verify_join_token(secret.as_bytes(), token, &join.room, self.unix_at(now)) {
+                Ok(claims) => {
+                    if let Some(n) = claims.name {
+                        name = n.trim().to_owned();
+                        name_pinned = true;
                     }
+                }
+                Err(e) => {
+                    let message = match e {
+                        TokenError::Expired => "the join token has expired",
+                        TokenError::WrongRoom => "the join token is for another room",
+                        _ => "the join token is not valid",
+                    };
+                    return self.close_with_error(conn, ErrorCode::BadToken, message, Some("join"));
+                }
+            }
+        }
+
+        match self.rooms.get(&join.room) {
+            Some(room) => {
+                if let Some(hash) = &room.password {
+                    if !join.password.as_deref().is_some_and(|p| hash.matches(p)) {
+                        return self.close_with_error(
+                            conn,
+                            ErrorCode::WrongPassword,
+                            "wrong password for this room",
+                            Some("join"),
+                        );
+                    }
+                }
+                if room.members.len() >= self.config.max_peers_per_room {
+                    let message = format!(
+                        "the room is full ({} peers)",
+                        self.config.max_peers_per_room
+                    );
+                    return self.close_with_error(conn, ErrorCode::RoomFull, message, Some("join"));
                 }
             }
             None => {
                 if self.rooms.len() >= self.config.max_rooms {
-                    return Err(rej(ErrorCode::TooManyRooms, "the server has no room for more rooms", "join"));
+                    return self.close_with_error(
+                        conn,
+                        ErrorCode::TooManyRooms,
+                        "the server has reached its room limit",
+                        Some("join"),
+                    );
                 }
-                let password = password.filter(|p| !p.is_empty());
-                if self.config.require_room_password && password.is_none() {
-                    return Err(rej(ErrorCode::WrongPassword, "rooms on this server need a password", "join"));
+                if self.config.require_room_password && join.password.is_none() {
+                    return self.close_with_error(
+                        conn,
+                        ErrorCode::WrongPassword,
+                        "this server requires a password for new rooms",
+                        Some("join"),
+                    );
                 }
-                self.rooms.insert(room.clone(), Room { password, peers: BTreeMap::new() });
+                if self.config.max_peers_per_room == 0 {
+                    return self.close_with_error(
+                        conn,
+                        ErrorCode::RoomFull,
+                        "rooms are closed (capacity 0)",
+                        Some("join"),
+                    );
+                }
+                let password = join
+                    .password
+                    .as_deref()
+                    .map(|p| PasswordHash::new(self.rng.r#gen(), p));
+                self.rooms.insert(
+                    join.room.clone(),
+                    Room {
+                        members: Vec::new(),
+                        password,
+                    },
+                );
             }
         }
-        let id = self.new_id();
-        let token = self.derive("resume", &id);
-        self.resume.insert(token.clone(), (room.clone(), id.clone()));
-        let info = PeerInfo { id: id.clone(), name: name.clone() };
-        self.broadcast(&room, &id, ServerMessage::PeerJoined { peer: info }, out);
-        if let Some(r) = self.rooms.get_mut(&room) {
-            r.peers.insert(id.clone(), Peer { name, conn: Some(conn), gone_until: None });
+
+        let id = self.new_peer_id();
+        let resume = self.new_resume_token();
+        let room = self
+            .rooms
+            .get_mut(&join.room)
+            .expect("room exists: found or created just above");
+        let peers: Vec<PeerInfo> = room
+            .members
+            .iter()
+            .filter_map(|m| {
+                self.peers.get(m).map(|p| PeerInfo {
+                    id: m.clone(),
+                    name: p.name.clone(),
+                })
+            })
+            .collect();
+        room.members.push(id.clone());
+        let others = room.members.clone();
+        self.by_resume.insert(resume.clone(), id.clone());
+        self.peers.insert(
+            id.clone(),
+            Peer {
+                name: name.clone(),
+                room: join.room.clone(),
+                conn: Some(conn),
+                resume: resume.clone(),
+                epoch: 0,
+                name_pinned,
+                pending: VecDeque::new(),
+            },
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.peer = Some(id.clone());
         }
-        self.welcome(now, conn, &room, &id, token, false, out);
+        let ice_servers = self.ice_for(now, conn, &id);
+        self.send(
+            conn,
+            ServerMessage::Welcome {
+                id: id.clone(),
+                room: join.room,
+                peers,
+                ice_servers,
+                resume,
+                resumed: false,
+            },
+        );
+        let info = PeerInfo {
+            id: id.clone(),
+            name,
+        };
+        for other in others.iter().filter(|o| **o != id) {
+            self.send_to_peer_if_attached(other, ServerMessage::PeerJoined { peer: info.clone() });
+        }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn welcome(&mut self, now: Now, conn: ConnId, room: &str, id: &str, resume: String, resumed: bool, out: &mut Vec<Out>) {
-        let peers = self
-            .rooms
-            .get(room)
-            .map(|r| {
-                r.peers.iter().filter(|(pid, _)| *pid != id).map(|(pid, p)| PeerInfo { id: pid.clone(), name: p.name.clone() }).collect()
-            })
-            .unwrap_or_default();
-        let host = self.conns.get(&conn).map(|c| c.host.clone()).unwrap_or_default();
-        let ice_servers = self.ice_servers(now, &host, id);
-        let refresh = self.config.turn.as_ref().map(|t| now.instant + t.credential_ttl.mul_f64(0.8));
+    fn resume(&mut self, now: Instant, conn: ConnId, peer_id: &str, join: Join) {
+        self.metrics.resumed();
+        let new_token = self.new_resume_token();
+        let Some(peer) = self.peers.get_mut(peer_id) else {
+            return;
+        };
+        let old_conn = peer.conn.replace(conn);
+        peer.epoch += 1; // cancels a pending grace timer
+        let old_token = std::mem::replace(&mut peer.resume, new_token.clone());
+        let renamed = (!peer.name_pinned && peer.name != join.name).then(|| {
+            peer.name = join.name.clone();
+            PeerInfo {
+                id: peer_id.to_owned(),
+                name: join.name.clone(),
+            }
+        });
+        let pending = std::mem::take(&mut peer.pending);
+        let room_name = peer.room.clone();
+        self.by_resume.remove(&old_token);
+        self.by_resume.insert(new_token.clone(), peer_id.to_owned());
+        if let Some(old) = old_conn.filter(|old| *old != conn) {
+            // The old socket is still open on our side (its loss was not noticed yet): retire it quietly.
+            self.forget_conn(old);
+            self.out.push_back(Output::Close {
+                conn: old,
+                code: close_code::REPLACED,
+                reason: "resumed elsewhere",
+            });
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.peer = Some((room.to_owned(), id.to_owned()));
-            c.credentials_due = refresh;
+            c.peer = Some(peer_id.to_owned());
         }
-        out.push(Out::Send(
-            conn,
-            ServerMessage::Welcome { id: id.to_owned(), room: room.to_owned(), peers, ice_servers, resume, resumed },
-        ));
-    }
-
-    /// STUN and TURN entries with coturn REST credentials for `peer_id`, on the host the client used.
-    pub fn ice_servers(&self, now: Now, request_host: &str, peer_id: &str) -> Vec<IceServer> {
-        let Some(turn) = &self.config.turn else { return Vec::new() };
-        let host = self.config.public_host.clone().unwrap_or_else(|| host_only(request_host));
-        let username = format!("{}:{peer_id}", now.unix + turn.credential_ttl.as_secs());
-        let credential = rest_credential(turn.secret.as_bytes(), &username);
-        let mut urls = vec![
-            format!("turn:{host}:{}?transport=udp", turn.port),
-            format!("turn:{host}:{}?transport=tcp", turn.port),
-        ];
-        if let Some(tls) = turn.tls_port {
-            urls.push(format!("turns:{host}:{tls}?transport=tcp"));
-        }
-        vec![
-            IceServer { urls: vec![format!("stun:{host}:{}", turn.port)], username: None, credential: None },
-            IceServer { urls, username: Some(username), credential: Some(credential) },
-        ]
-    }
-
-    /// The connection closed. A joined peer keeps its place for the grace period.
-    pub fn disconnected(&mut self, now: Now, conn: ConnId, out: &mut Vec<Out>) {
-        let Some(c) = self.conns.remove(&conn) else { return };
-        if let Some(n) = self.per_ip.get_mut(&c.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_ip.remove(&c.ip);
-            }
-        }
-        if let Some((room, id)) = c.peer {
-            let grace = self.config.resume_grace;
-            if let Some(p) = self.rooms.get_mut(&room).and_then(|r| r.peers.get_mut(&id)) {
-                if p.conn == Some(conn) {
-                    p.conn = None;
-                    p.gone_until = Some(now.instant + grace);
-                }
-            }
-            if grace.is_zero() {
-                self.handle_timeout(now, out);
-            }
-        }
-    }
-
-    /// Ends grace periods and refreshes TURN credentials that are about to expire.
-    pub fn handle_timeout(&mut self, now: Now, out: &mut Vec<Out>) {
-        let mut gone = Vec::new();
-        for (room_name, room) in &self.rooms {
-            for (id, p) in &room.peers {
-                if p.gone_until.is_some_and(|t| t <= now.instant) {
-                    gone.push((room_name.clone(), id.clone()));
-                }
-            }
-        }
-        for (room, id) in gone {
-            self.remove_peer(&room, &id, out);
-        }
-        let due: Vec<(ConnId, String, String)> = self
-            .conns
+        let members = self
+            .rooms
+            .get(&room_name)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        let peers = members
             .iter()
-            .filter(|(_, c)| c.credentials_due.is_some_and(|t| t <= now.instant))
-            .filter_map(|(id, c)| c.peer.as_ref().map(|(_, p)| (*id, c.host.clone(), p.clone())))
+            .filter(|m| *m != peer_id)
+            .filter_map(|m| {
+                self.peers.get(m).map(|p| PeerInfo {
+                    id: m.clone(),
+                    name: p.name.clone(),
+                })
+            })
             .collect();
-        for (conn, host, peer) in due {
-            let ice_servers = self.ice_servers(now, &host, &peer);
-            let next = self.config.turn.as_ref().map(|t| now.instant + t.credential_ttl.mul_f64(0.8));
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.credentials_due = next;
+        let ice_servers = self.ice_for(now, conn, peer_id);
+        self.send(
+            conn,
+            ServerMessage::Welcome {
+                id: peer_id.to_owned(),
+                room: room_name,
+                peers,
+                ice_servers,
+                resume: new_token,
+                resumed: true,
+            },
+        );
+        for msg in pending {
+            self.send(conn, msg);
+        }
+        if let Some(info) = renamed {
+            for other in members.iter().filter(|m| *m != peer_id) {
+                self.send_to_peer_if_attached(
+                    other,
+                    ServerMessage::PeerUpdated { peer: info.clone() },
+                );
             }
-            out.push(Out::Send(conn, ServerMessage::IceServers { ice_servers }));
         }
     }
 
-    /// The earliest instant `handle_timeout` has work.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let grace = self.rooms.values().flat_map(|r| r.peers.values()).filter_map(|p| p.gone_until);
-        let creds = self.conns.values().filter_map(|c| c.credentials_due);
-        grace.chain(creds).min()
+    fn forward(&mut self, conn: ConnId, from: &str, f: Forward) -> Result<(), ErrorCode> {
+        let ty = f.kind.type_name();
+        let Some(room) = self.peers.get(from).map(|p| p.room.clone()) else {
+            return Ok(());
+        };
+        let max_pending = self.config.max_pending_per_peer;
+        let target = match self.peers.get_mut(&f.to) {
+            Some(t) if t.room == room && f.to != from => t,
+            _ => {
+                return self.fail(
+                    conn,
+                    ErrorCode::UnknownPeer,
+                    "no such peer in your room",
+                    Some(ty),
+                );
+            }
+        };
+        let msg = ServerMessage::Forward {
+            kind: f.kind,
+            from: from.to_owned(),
+            payload: f.payload,
+        };
+        match target.conn {
+            Some(to) => {
+                self.metrics.forwarded();
+                self.send(to, msg);
+            }
+            None if target.pending.len() < max_pending => {
+                self.metrics.forwarded();
+                target.pending.push_back(msg);
+            }
+            None => {} // the peer is away and its backlog is full: drop, as a lost packet would be
+        }
+        Ok(())
     }
 
-    fn remove_peer(&mut self, room: &str, id: &str, out: &mut Vec<Out>) {
-        let Some(r) = self.rooms.get_mut(room) else { return };
-        if r.peers.remove(id).is_none() {
+    fn rename(&mut self, conn: ConnId, id: &str, name: String) -> Result<(), ErrorCode> {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return Ok(());
+        };
+        if peer.name_pinned {
+            return self.fail(
+                conn,
+                ErrorCode::BadField,
+                "the name is set by the join token",
+                Some("rename"),
+            );
+        }
+        if peer.name == name {
+            return Ok(());
+        }
+        peer.name = name.clone();
+        let room = peer.room.clone();
+        let info = PeerInfo {
+            id: id.to_owned(),
+            name,
+        };
+        let members = self
+            .rooms
+            .get(&room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for other in members.iter().filter(|m| *m != id) {
+            self.send_to_peer_if_attached(other, ServerMessage::PeerUpdated { peer: info.clone() });
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Time
+
+    /// Runs the timers due at `now`: peers past their grace period leave; TURN credentials are refreshed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, timer))) = self.timers.pop() else {
+                break;
+            };
+            match timer {
+                Timer::Grace { ref peer, .. } => {
+                    if self.timer_live(&timer) {
+                        self.remove_peer(peer);
+                    }
+                }
+                Timer::IceRefresh { conn, .. } => {
+                    if !self.timer_live(&timer) {
+                        continue;
+                    }
+                    let Some(peer) = self.conns.get(&conn).and_then(|c| c.peer.clone()) else {
+                        continue;
+                    };
+                    let ice_servers = self.ice_for(now, conn, &peer);
+                    self.send(conn, ServerMessage::IceServers { ice_servers });
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Helpers
+
+    /// ICE servers for a peer on a connection, and the refresh timer that goes with them.
+    fn ice_for(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        peer_id: &str,
+    ) -> Vec<crate::protocol::IceServer> {
+        let unix = self.unix_at(now);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let host = self
+            .config
+            .public_host
+            .as_deref()
+            .and_then(ice::normalize_host)
+            .or_else(|| c.host.clone());
+        let list = ice::ice_servers(self.config.turn.as_ref(), host.as_deref(), peer_id, unix);
+        if let (Some(turn), false) = (&self.config.turn, list.is_empty()) {
+            c.ice_epoch += 1;
+            let epoch = c.ice_epoch;
+            let at = now + ice::refresh_after(turn.credential_ttl);
+            self.push_timer(at, Timer::IceRefresh { conn, epoch });
+        }
+        list
+    }
+
+    fn push_timer(&mut self, at: Instant, timer: Timer) {
+        self.timers.push(Reverse((at, timer)));
+        // Cancelled timers stay in the heap until due; under heavy churn, drop them early so the heap stays
+        // proportional to the live connections and peers.
+        if self.timers.len() > 2 * (self.conns.len() + self.peers.len()) + 1024 {
+            let timers = std::mem::take(&mut self.timers);
+            self.timers = timers
+                .into_iter()
+                .filter(|Reverse((_, t))| self.timer_live(t))
+                .collect();
+        }
+    }
+
+    fn timer_live(&self, timer: &Timer) -> bool {
+        match timer {
+            Timer::Grace { peer, epoch } => self
+                .peers
+                .get(peer)
+                .is_some_and(|p| p.epoch == *epoch && p.conn.is_none()),
+            Timer::IceRefresh { conn, epoch } => {
+                self.conns.get(conn).is_some_and(|c| c.ice_epoch == *epoch)
+            }
+        }
+    }
+
+    /// Entries in the timer heap (live or cancelled); for tests.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    fn remove_peer(&mut self, id: &str) {
+        let Some(peer) = self.peers.remove(id) else {
+            return;
+        };
+        self.by_resume.remove(&peer.resume);
+        if let Some(c) = peer.conn.and_then(|c| self.conns.get_mut(&c)) {
+            c.peer = None;
+        }
+        let Some(room) = self.rooms.get_mut(&peer.room) else {
+            return;
+        };
+        room.members.retain(|m| m != id);
+        if room.members.is_empty() {
+            self.rooms.remove(&peer.room);
             return;
         }
-        let empty = r.peers.is_empty();
-        self.resume.retain(|_, (rm, pid)| !(rm == room && pid == id));
-        if empty {
-            self.rooms.remove(room);
-        } else {
-            self.broadcast(room, id, ServerMessage::PeerLeft { id: id.to_owned() }, out);
+        let members = room.members.clone();
+        for other in &members {
+            self.send_to_peer_if_attached(other, ServerMessage::PeerLeft { id: id.to_owned() });
         }
     }
 
-    /// Every connection, for shutdown.
-    pub fn all_connections(&self) -> Vec<ConnId> {
-        self.conns.keys().copied().collect()
+    fn forget_conn(&mut self, conn: ConnId) -> Option<Conn> {
+        let c = self.conns.remove(&conn)?;
+        if let Some(ip) = c.ip {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
+        Some(c)
     }
 
-    fn new_id(&mut self) -> String {
-        self.next_id += 1;
-        let n = self.next_id.to_string();
-        format!("p-{}", &self.derive("id", &n)[..12])
+    fn send(&mut self, conn: ConnId, msg: ServerMessage) {
+        self.out.push_back(Output::Send { conn, msg });
     }
 
-    fn derive(&self, purpose: &str, input: &str) -> String {
-        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
-        mac.update(purpose.as_bytes());
-        mac.update(b"\0");
-        mac.update(input.as_bytes());
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    }
-}
-
-fn rej(code: ErrorCode, message: &str, reference: &str) -> Rejection {
-    Rejection { code, message: message.to_owned(), reference: Some(reference.to_owned()) }
-}
-
-fn error(conn: ConnId, code: ErrorCode, message: &str, reference: Option<String>) -> Out {
-    Out::Send(conn, ServerMessage::Error { code, message: message.to_owned(), reference })
-}
-
-/// `host:port`, `[v6]:port` or `host` → the host part, as it goes into a STUN/TURN URL.
-pub fn host_only(host_header: &str) -> String {
-    if let Some(rest) = host_header.strip_prefix('[') {
-        if let Some(end) = rest.find(']') {
-            return format!("[{}]", &rest[..end]);
+    fn send_to_peer_if_attached(&mut self, peer: &str, msg: ServerMessage) {
+        if let Some(conn) = self.peers.get(peer).and_then(|p| p.conn) {
+            self.send(conn, msg);
         }
     }
-    match host_header.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h.to_owned(),
-        _ => host_header.to_owned(),
+
+    fn emit_error(
+        &mut self,
+        conn: ConnId,
+        code: ErrorCode,
+        message: impl Into<std::borrow::Cow<'static, str>>,
+        ref_type: Option<&'static str>,
+    ) {
+        self.metrics.error(code);
+        self.send(conn, ServerMessage::error(code, message, ref_type));
+    }
+
+    /// Queues a non-closing error for `conn`.
+    fn fail(
+        &mut self,
+        conn: ConnId,
+        code: ErrorCode,
+        message: impl Into<std::borrow::Cow<'static, str>>,
+        ref_type: Option<&'static str>,
+    ) -> Result<(), ErrorCode> {
+        self.emit_error(conn, code, message, ref_type);
+        Err(code)
+    }
+
+    /// Queues a closing error for `conn`, closes it, and removes its peer at once (no grace).
+    fn close_with_error(
+        &mut self,
+        conn: ConnId,
+        code: ErrorCode,
+        message: impl Into<std::borrow::Cow<'static, str>>,
+        ref_type: Option<&'static str>,
+    ) -> Result<(), ErrorCode> {
+        self.emit_error(conn, code, message, ref_type);
+        if let Some(c) = self.forget_conn(conn) {
+            if let Some(peer) = c.peer {
+                self.remove_peer(&peer);
+            }
+        }
+        self.out.push_back(Output::Close {
+            conn,
+            code: close_code::POLICY,
+            reason: code.as_str(),
+        });
+        Err(code)
+    }
+
+    fn new_peer_id(&mut self) -> String {
+        loop {
+            let n: u64 = self.rng.r#gen::<u64>() & 0xffff_ffff_ffff;
+            let id = format!("p-{n:012x}");
+            if !self.peers.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn new_resume_token(&mut self) -> String {
+        loop {
+            let bytes: [u8; 18] = self.rng.r#gen();
+            let token = URL_SAFE_NO_PAD.encode(bytes);
+            if !self.by_resume.contains_key(&token) {
+                return token;
+            }
+        }
     }
 }
 
-/// coturn's REST API password: base64(HMAC-SHA1(secret, username)).
-pub fn rest_credential(secret: &[u8], username: &str) -> String {
-    let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(username.as_bytes());
-    STANDARD.encode(mac.finalize().into_bytes())
-}
-
-/// Makes a join token: base64url(JSON {room, name, exp}) "." base64url(HMAC-SHA256(secret, first part)).
-pub fn make_join_token(secret: &[u8], room: &str, name: &str, exp_unix: u64) -> String {
-    let payload = serde_json::json!({ "room": room, "name": name, "exp": exp_unix }).to_string();
-    let body = URL_SAFE_NO_PAD.encode(payload);
-    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(body.as_bytes());
-    format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
-}
-
-/// Checks a join token; returns the display name it grants.
-pub fn verify_join_token(secret: &[u8], token: &str, room: &str, unix_now: u64) -> Result<String, &'static str> {
-    let (body, sig) = token.split_once('.').ok_or("malformed join token")?;
-    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| "malformed join token")?;
-    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(body.as_bytes());
-    mac.verify_slice(&sig).map_err(|_| "join token signature does not match")?;
-    let payload = URL_SAFE_NO_PAD.decode(body).map_err(|_| "malformed join token")?;
-    let v: serde_json::Value = serde_json::from_slice(&payload).map_err(|_| "malformed join token")?;
-    if v.get("room").and_then(|r| r.as_str()) != Some(room) {
-        return Err("join token is for another room");
+/// The unit of the per-IP limit: the IPv4 address, or the /64 of an IPv6 address.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut s = v6.segments();
+                s[4..].fill(0);
+                IpAddr::V6(s.into())
+            }
+        },
     }
-    if v.get("exp").and_then(|e| e.as_u64()).is_none_or(|e| e < unix_now) {
-        return Err("join token expired");
-    }
-    v.get("name").and_then(|n| n.as_str()).map(str::to_owned).ok_or("join token has no name")
 }
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    subtle::ConstantTimeEq::ct_eq(a, b).into()
-}
-
-#[cfg(test)]
-mod tests;

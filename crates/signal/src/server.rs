@@ -1,254 +1,517 @@
-//! The axum WebSocket driver: moves frames between sockets and the room logic.
+//! The axum WebSocket driver: `GET /ws`.
+//!
+//! One task per connection moves frames between its socket and the cores: the per-connection
+//! [`Session`] (size, rate, parsing — no lock) and the shared [`Rooms`] (behind a `Mutex`, held only while
+//! the core runs and its outputs are collected; serialization and socket writes happen outside it). Each
+//! connection has a bounded outgoing queue: a client that does not keep up is disconnected rather than
+//! buffered without limit. A timer task drives [`Rooms::handle_timeout`].
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
-use axum::response::IntoResponse;
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::SignalConfig;
-use crate::rooms::{ConnId, Now, Out, Rooms, RoomsConfig};
+use crate::metrics::Metrics;
+use crate::protocol::{ErrorCode, ServerMessage};
+use crate::rooms::{ConnId, ConnInfo, Output, Rooms};
+use crate::session::{Session, Verdict};
+use crate::{SignalConfig, SignalStats, ice};
 
-/// What a connection task is told to do.
-enum Outgoing {
-    Text(String),
-    Close(u16, &'static str),
-}
+/// WebSocket close code sent to every client on [`SignalService::shutdown`].
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
-struct Inner {
-    rooms: Mutex<Rooms>,
-    senders: Mutex<HashMap<ConnId, mpsc::Sender<Outgoing>>>,
-    next_conn: AtomicU64,
-    config: SignalConfig,
-    shutdown: CancellationToken,
-    sent: Mutex<HashMap<&'static str, u64>>,
-}
+/// Longest the timer task sleeps (it also re-anchors the core's wall clock when it wakes).
+const TIMER_MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Queued messages written per flush.
+const WRITE_BATCH: usize = 64;
 
-/// The signaling service; cheap to clone.
+/// The signaling service: cheap to clone, all clones share one room state.
 #[derive(Clone)]
 pub struct SignalService {
     inner: Arc<Inner>,
 }
 
-/// Numbers for /healthz.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SignalStats {
-    pub connections: usize,
-    pub rooms: usize,
-    pub peers: usize,
+impl std::fmt::Debug for SignalService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalService")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
 }
 
-fn now() -> Now {
-    Now { instant: Instant::now(), unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) }
+struct Inner {
+    config: SignalConfig,
+    metrics: Arc<Metrics>,
+    state: Mutex<SharedState>,
+    shutdown: CancellationToken,
+    timer_wake: Notify,
+    timer_started: AtomicBool,
+}
+
+struct SharedState {
+    rooms: Rooms,
+    conns: HashMap<ConnId, ConnHandle>,
+}
+
+#[derive(Clone)]
+struct ConnHandle {
+    tx: mpsc::Sender<Outgoing>,
+    kill: CancellationToken,
+}
+
+enum Outgoing {
+    Text(Utf8Bytes),
+    Close(u16, &'static str),
+}
+
+enum Delivery {
+    Msg(ServerMessage),
+    Close(u16, &'static str),
 }
 
 impl SignalService {
-    pub fn new(config: SignalConfig) -> SignalService {
-        let rooms_config = RoomsConfig {
-            max_message_bytes: config.max_message_bytes,
-            max_messages_per_sec: config.max_messages_per_sec,
-            max_connections_per_ip: config.max_connections_per_ip,
-            max_rooms: config.max_rooms,
-            max_peers_per_room: config.max_peers_per_room,
-            require_room_password: config.require_room_password,
-            join_token_secret: config.join_token_secret.clone(),
-            resume_grace: config.resume_grace,
-            max_errors_in_row: config.max_errors_in_row,
-            public_host: config.public_host.clone(),
-            turn: config.turn.clone(),
-        };
-        let inner = Arc::new(Inner {
-            rooms: Mutex::new(Rooms::new(rooms_config, rand::random())),
-            senders: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(1),
-            config,
-            shutdown: CancellationToken::new(),
-            sent: Mutex::new(HashMap::new()),
-        });
-        // Timers of the room logic (resume grace, credential refresh); stops at shutdown.
-        let weak = Arc::downgrade(&inner);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(250));
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = weak.upgrade() else { return };
-                    if inner.shutdown.is_cancelled() {
-                        return;
-                    }
-                    let mut out = Vec::new();
-                    lock(&inner.rooms).handle_timeout(now(), &mut out);
-                    deliver(&inner, out);
-                }
-            });
+    pub fn new(config: SignalConfig) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let seed: [u8; 32] = rand::random();
+        let rooms = Rooms::new(
+            config.clone(),
+            metrics.clone(),
+            seed,
+            Instant::now(),
+            unix_now(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                metrics,
+                state: Mutex::new(SharedState {
+                    rooms,
+                    conns: HashMap::new(),
+                }),
+                shutdown: CancellationToken::new(),
+                timer_wake: Notify::new(),
+                timer_started: AtomicBool::new(false),
+            }),
         }
-        SignalService { inner }
     }
 
-    /// `GET /ws`.
+    /// A router serving `GET /ws`. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so
+    /// the per-IP limit applies (without it, connections are not limited per IP).
     pub fn router(&self) -> Router {
-        Router::new().route("/ws", get(upgrade)).with_state(self.inner.clone())
+        Router::new()
+            .route("/ws", get(ws_handler))
+            .with_state(self.inner.clone())
+    }
+
+    /// Appends Prometheus metrics (`peercall_signal_*`).
+    pub fn metrics_text(&self, out: &mut String) {
+        let stats = self.stats();
+        self.inner.metrics.encode_prometheus(&stats, out);
+    }
+
+    /// Closes every connection with 1001 (going away) and refuses new ones with 503.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
     }
 
     pub fn stats(&self) -> SignalStats {
-        let rooms = lock(&self.inner.rooms);
-        SignalStats { connections: rooms.connections(), rooms: rooms.rooms(), peers: rooms.peers() }
+        self.inner.lock().rooms.stats()
     }
 
-    /// Tells every client the server is going away (close code 1001) and refuses new connections.
-    pub fn shutdown(&self) {
-        self.inner.shutdown.cancel();
-        let senders: Vec<_> = lock(&self.inner.senders).values().cloned().collect();
-        for tx in senders {
-            let _ = tx.try_send(Outgoing::Close(1001, "server shutting down"));
-        }
+    /// The counters (for tests and embedding).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, SharedState> {
+        // A panic while holding the lock would be a bug in the core; keep serving the other rooms.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Prometheus text.
-    pub fn metrics_text(&self, out: &mut String) {
-        let stats = self.stats();
-        let rooms = lock(&self.inner.rooms);
-        let gauge = |out: &mut String, name: &str, help: &str, v: usize| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    /// Runs `f` on the shared state, then delivers the core's outputs (outside the lock).
+    fn with_state<R>(&self, f: impl FnOnce(&mut SharedState, Instant) -> R) -> R {
+        let mut batch: Vec<(ConnId, ConnHandle, Delivery)> = Vec::new();
+        let (result, wake_timer) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let before = st.rooms.poll_timeout();
+            let now = Instant::now();
+            let result = f(st, now);
+            while let Some(out) = st.rooms.poll_output() {
+                match out {
+                    Output::Send { conn, msg } => {
+                        if let Some(h) = st.conns.get(&conn) {
+                            batch.push((conn, h.clone(), Delivery::Msg(msg)));
+                        }
+                    }
+                    Output::Close { conn, code, reason } => {
+                        if let Some(h) = st.conns.remove(&conn) {
+                            batch.push((conn, h, Delivery::Close(code, reason)));
+                        }
+                    }
+                }
+            }
+            let after = st.rooms.poll_timeout();
+            let wake = match (before, after) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(b), Some(a)) => a < b,
+            };
+            (result, wake)
         };
-        gauge(out, "peercall_signal_connections", "Open signaling WebSocket connections.", stats.connections);
-        gauge(out, "peercall_signal_rooms", "Rooms with at least one participant.", stats.rooms);
-        gauge(out, "peercall_signal_peers", "Participants in rooms (including those within the resume grace period).", stats.peers);
-        let _ = writeln!(out, "# HELP peercall_signal_messages_received_total Client messages accepted, by type.");
-        let _ = writeln!(out, "# TYPE peercall_signal_messages_received_total counter");
-        let mut received: Vec<_> = rooms.counters.messages_in.iter().collect();
-        received.sort();
-        for (kind, n) in received {
-            let _ = writeln!(out, "peercall_signal_messages_received_total{{type=\"{kind}\"}} {n}");
+        if wake_timer {
+            self.timer_wake.notify_one();
         }
-        let _ = writeln!(out, "# HELP peercall_signal_messages_sent_total Server messages sent, by type.");
-        let _ = writeln!(out, "# TYPE peercall_signal_messages_sent_total counter");
-        let mut sent: Vec<_> = lock(&self.inner.sent).iter().map(|(k, v)| (*k, *v)).collect();
-        sent.sort();
-        for (kind, n) in sent {
-            let _ = writeln!(out, "peercall_signal_messages_sent_total{{type=\"{kind}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP peercall_signal_errors_total Errors answered to clients, by code.");
-        let _ = writeln!(out, "# TYPE peercall_signal_errors_total counter");
-        for code in crate::protocol::ErrorCode::ALL {
-            let n = rooms.counters.errors.get(code.as_str()).copied().unwrap_or(0);
-            let _ = writeln!(out, "peercall_signal_errors_total{{code=\"{}\"}} {n}", code.as_str());
-        }
+        self.dispatch(batch);
+        result
     }
-}
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Hands the room logic's output to the connection tasks. A client whose queue is full is disconnected:
-/// one slow reader must not grow the server's memory.
-fn deliver(inner: &Inner, out: Vec<Out>) {
-    if out.is_empty() {
-        return;
-    }
-    let senders = lock(&inner.senders);
-    let mut sent = lock(&inner.sent);
-    for o in out {
-        match o {
-            Out::Send(conn, msg) => {
-                *sent.entry(msg.kind()).or_insert(0) += 1;
-                if let Some(tx) = senders.get(&conn) {
-                    if tx.try_send(Outgoing::Text(msg.to_json())).is_err() {
-                        let _ = tx.try_send(Outgoing::Close(1008, "too slow"));
-                    }
+    fn dispatch(&self, batch: Vec<(ConnId, ConnHandle, Delivery)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut overflowed = Vec::new();
+        let mut sent = 0;
+        for (conn, handle, delivery) in batch {
+            let item = match delivery {
+                Delivery::Msg(msg) => Outgoing::Text(msg.to_json().into()),
+                Delivery::Close(code, reason) => Outgoing::Close(code, reason),
+            };
+            match handle.tx.try_send(item) {
+                Ok(()) => sent += 1,
+                Err(TrySendError::Full(_)) => {
+                    handle.kill.cancel();
+                    overflowed.push(conn);
                 }
-            }
-            Out::Close(conn) => {
-                if let Some(tx) = senders.get(&conn) {
-                    let _ = tx.try_send(Outgoing::Close(1008, "closed by server"));
-                }
+                Err(TrySendError::Closed(_)) => {} // its task has ended and disconnects itself
             }
         }
+        self.metrics.sent(sent);
+        for conn in overflowed {
+            self.drop_slow(conn);
+        }
+    }
+
+    /// A connection's queue is full: disconnect it (its peer may resume within the grace period).
+    fn drop_slow(&self, conn: ConnId) {
+        self.with_state(|st, now| {
+            if let Some(h) = st.conns.remove(&conn) {
+                h.kill.cancel();
+                self.metrics.slow_consumer();
+                tracing::debug!(conn = conn.0, "signaling client too slow: disconnected");
+            }
+            st.rooms.disconnect(now, conn);
+        });
+    }
+
+    /// One frame from a client.
+    fn on_frame(
+        &self,
+        conn: ConnId,
+        session: &mut Session,
+        tx: &mpsc::Sender<Outgoing>,
+        frame: Frame<'_>,
+    ) {
+        let now = Instant::now();
+        let verdict = match frame {
+            Frame::Text(bytes) => session.on_text(now, bytes, &self.metrics),
+            Frame::Binary(len) => session.on_binary(now, len, &self.metrics),
+        };
+        match verdict {
+            Verdict::Deliver(msg) => self.with_state(|st, now| {
+                let outcome = st.rooms.handle_message(now, conn, msg);
+                if session.on_outcome(outcome) {
+                    st.rooms.kick(now, conn, ErrorCode::Abuse);
+                }
+            }),
+            Verdict::Reply(msg) => self.reply(conn, tx, &msg),
+            Verdict::ReplyThenAbuse(msg) => {
+                self.reply(conn, tx, &msg);
+                self.with_state(|st, now| st.rooms.kick(now, conn, ErrorCode::Abuse));
+            }
+        }
+    }
+
+    fn reply(&self, conn: ConnId, tx: &mpsc::Sender<Outgoing>, msg: &ServerMessage) {
+        match tx.try_send(Outgoing::Text(msg.to_json().into())) {
+            Ok(()) => self.metrics.sent(1),
+            Err(TrySendError::Full(_)) => self.drop_slow(conn),
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn ensure_timer(self: &Arc<Self>) {
+        if self.timer_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { break };
+                let next = inner.with_state(|st, now| {
+                    st.rooms.sync_wall_clock(now, unix_now());
+                    st.rooms.handle_timeout(now);
+                    st.rooms.poll_timeout()
+                });
+                let cap = Instant::now() + TIMER_MAX_SLEEP;
+                let deadline = next.map_or(cap, |n| n.min(cap));
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline.into()) => {}
+                    () = inner.timer_wake.notified() => {}
+                    () = inner.shutdown.cancelled() => break,
+                }
+            }
+        });
     }
 }
 
-async fn upgrade(
-    ws: WebSocketUpgrade,
+enum Frame<'a> {
+    Text(&'a [u8]),
+    Binary(usize),
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The client's socket address, when the server was started with connect info.
+struct PeerAddr(Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+/// The host the client reached us by: the URI authority (HTTP/2) or the `Host` header.
+fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    uri.authority()
+        .and_then(|a| ice::normalize_host(a.as_str()))
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ice::normalize_host)
+        })
+}
+
+/// Frames up to this size are read whole and answered with `too-large`; bigger ones break the connection.
+fn hard_frame_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes
+        .saturating_mul(2)
+        .max(max_message_bytes.saturating_add(4096))
+}
+
+async fn ws_handler(
     State(inner): State<Arc<Inner>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    PeerAddr(remote): PeerAddr,
+    uri: Uri,
     headers: HeaderMap,
-) -> impl IntoResponse {
-    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_owned();
-    // Room for an oversized frame to be read and answered with `too-large`; far larger ones are cut off.
-    let limit = inner.config.max_message_bytes.saturating_mul(4).max(64 * 1024);
-    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| connection(inner, socket, addr, host))
+    ws: WebSocketUpgrade,
+) -> Response {
+    if inner.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "peercall is shutting down").into_response();
+    }
+    inner.ensure_timer();
+    let host = request_host(&uri, &headers).or_else(|| ice::fallback_host(remote.map(|a| a.ip())));
+    let hard = hard_frame_limit(inner.config.max_message_bytes);
+    ws.max_message_size(hard)
+        .max_frame_size(hard)
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .on_upgrade(move |socket| run_connection(inner, socket, remote, host))
 }
 
-async fn connection(inner: Arc<Inner>, socket: WebSocket, addr: SocketAddr, host: String) {
-    let (mut sink, mut stream) = socket.split();
-    if inner.shutdown.is_cancelled() {
-        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }))).await;
-        return;
-    }
-    let conn = inner.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(inner.config.send_queue);
-    lock(&inner.senders).insert(conn, tx);
-    let mut out = Vec::new();
-    lock(&inner.rooms).connect(now(), conn, addr.ip(), &host, &mut out);
-    deliver(&inner, out);
+enum End {
+    /// The core closed the connection (it has forgotten it already).
+    Core(u16, &'static str),
+    Shutdown,
+    /// The client closed, the socket failed, or the ping timeout expired.
+    Lost,
+    /// Disconnected for being too slow (already handled by `drop_slow`).
+    Killed,
+}
 
-    let mut ping = tokio::time::interval(inner.config.ping_interval);
-    ping.tick().await;
-    let mut last_pong = Instant::now();
-    loop {
+async fn run_connection(
+    inner: Arc<Inner>,
+    socket: WebSocket,
+    remote: Option<SocketAddr>,
+    host: Option<String>,
+) {
+    let cfg = &inner.config;
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(cfg.outgoing_queue.max(1));
+    let kill = CancellationToken::new();
+    let handle = ConnHandle {
+        tx: tx.clone(),
+        kill: kill.clone(),
+    };
+    let info = ConnInfo {
+        ip: remote.map(|a| a.ip()),
+        host,
+    };
+    let conn = inner.with_state(move |st, now| {
+        let id = st.rooms.open(now, info);
+        st.conns.insert(id, handle);
+        id
+    });
+    let mut session = Session::new(cfg, Instant::now());
+    let (mut sink, mut stream) = socket.split();
+    let mut last_seen = Instant::now();
+    let mut next_ping = last_seen + cfg.ping_interval;
+    let write_timeout = cfg.ping_timeout.max(Duration::from_millis(100));
+
+    let end = loop {
+        let deadline = next_ping.min(last_seen + cfg.ping_timeout);
         tokio::select! {
-            outgoing = rx.recv() => match outgoing {
+            biased;
+            () = inner.shutdown.cancelled() => break End::Shutdown,
+            () = kill.cancelled() => break End::Killed,
+            item = rx.recv() => match item {
                 Some(Outgoing::Text(text)) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
+                    let mut close = None;
+                    let written = tokio::time::timeout(write_timeout, async {
+                        sink.feed(Message::Text(text)).await?;
+                        for _ in 0..WRITE_BATCH {
+                            match rx.try_recv() {
+                                Ok(Outgoing::Text(t)) => sink.feed(Message::Text(t)).await?,
+                                Ok(Outgoing::Close(code, reason)) => {
+                                    close = Some((code, reason));
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        sink.flush().await
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        break End::Lost;
+                    }
+                    if let Some((code, reason)) = close {
+                        break End::Core(code, reason);
                     }
                 }
-                Some(Outgoing::Close(code, reason)) => {
-                    // Flush what was queued before the close (e.g. the error explaining it).
-                    while let Ok(Outgoing::Text(text)) = rx.try_recv() {
-                        let _ = sink.send(Message::Text(text.into())).await;
-                    }
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                    break;
-                }
-                None => break,
+                Some(Outgoing::Close(code, reason)) => break End::Core(code, reason),
+                None => break End::Lost,
             },
-            incoming = stream.next() => {
-                let mut out = Vec::new();
-                match incoming {
-                    Some(Ok(Message::Text(text))) => lock(&inner.rooms).handle_text(now(), conn, text.as_str(), &mut out),
-                    Some(Ok(Message::Binary(_))) => lock(&inner.rooms).handle_binary(conn, &mut out),
-                    Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
-                    Some(Ok(Message::Ping(_))) => {}
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            frame = stream.next() => {
+                let Some(Ok(frame)) = frame else { break End::Lost };
+                last_seen = Instant::now();
+                match frame {
+                    Message::Text(text) => inner.on_frame(conn, &mut session, &tx, Frame::Text(text.as_bytes())),
+                    Message::Binary(data) => inner.on_frame(conn, &mut session, &tx, Frame::Binary(data.len())),
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => {
+                        // tungstenite has queued the close reply; flush it.
+                        let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+                        break End::Lost;
+                    }
                 }
-                deliver(&inner, out);
             }
-            _ = ping.tick() => {
-                if last_pong.elapsed() > inner.config.ping_timeout {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: "ping timeout".into() }))).await;
-                    break;
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                if now >= last_seen + cfg.ping_timeout {
+                    inner.metrics.ping_timeout();
+                    tracing::debug!(conn = conn.0, "signaling client silent past the ping timeout: closing");
+                    break End::Lost;
                 }
-                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    break;
+                if now >= next_ping {
+                    let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break End::Lost;
+                    }
+                    next_ping = now + cfg.ping_interval;
                 }
             }
         }
+    };
+
+    match end {
+        End::Core(code, reason) => close_socket(sink, stream, code, reason).await,
+        End::Shutdown => close_socket(sink, stream, CLOSE_GOING_AWAY, "server shutting down").await,
+        End::Lost | End::Killed => {}
     }
-    lock(&inner.senders).remove(&conn);
-    let mut out = Vec::new();
-    lock(&inner.rooms).disconnected(now(), conn, &mut out);
-    deliver(&inner, out);
+    inner.with_state(|st, now| {
+        st.conns.remove(&conn);
+        st.rooms.disconnect(now, conn);
+    });
+}
+
+async fn close_socket(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    code: u16,
+    reason: &'static str,
+) {
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if sink.send(frame).await.is_err() {
+            return;
+        }
+        // Read until the client's close frame (or EOF), so the close handshake completes.
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_from_request() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "[::1]:8080".parse().expect("header"));
+        assert_eq!(
+            request_host(&Uri::from_static("/ws"), &headers).as_deref(),
+            Some("[::1]")
+        );
+        headers.insert(
+            header::HOST,
+            "Call.Example.org:443".parse().expect("header"),
+        );
+        assert_eq!(
+            request_host(&Uri::from_static("/ws"), &headers).as_deref(),
+            Some("call.example.org")
+        );
+        let uri: Uri = "https://10.0.0.5:8443/ws".parse().expect("uri");
+        assert_eq!(request_host(&uri, &headers).as_deref(), Some("10.0.0.5"));
+        headers.insert(header::HOST, "bad host".parse().expect("header"));
+        assert_eq!(request_host(&Uri::from_static("/ws"), &headers), None);
+        assert_eq!(hard_frame_limit(65536), 131072);
+        assert_eq!(hard_frame_limit(100), 4196);
+    }
 }

@@ -21,7 +21,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket. `rate == 0` means unlimited.
     pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
-        Self { rate: f64::from(rate), burst: f64::from(burst), tokens: f64::from(burst), last: now }
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: now,
+        }
     }
 
     /// Takes one token if there is one.
@@ -75,10 +80,17 @@ impl Session {
     /// A text frame arrived. Checks the rate and the length before parsing.
     pub fn on_text(&mut self, now: Instant, frame: &[u8], metrics: &Metrics) -> Verdict {
         if !self.bucket.take(now) {
-            return self.refuse(ProtocolError::new(ErrorCode::RateLimited, "too many messages per second", None), metrics);
+            return self.refuse(
+                ProtocolError::new(ErrorCode::RateLimited, "too many messages per second", None),
+                metrics,
+            );
         }
         if frame.len() > self.max_bytes {
-            let msg = format!("message of {} bytes is over the {}-byte limit", frame.len(), self.max_bytes);
+            let msg = format!(
+                "message of {} bytes is over the {}-byte limit",
+                frame.len(),
+                self.max_bytes
+            );
             return self.refuse(ProtocolError::new(ErrorCode::TooLarge, msg, None), metrics);
         }
         match parse_client(frame) {
@@ -98,12 +110,23 @@ impl Session {
     /// A binary frame arrived: always refused with `bad-json` (the protocol is text frames only).
     pub fn on_binary(&mut self, now: Instant, len: usize, metrics: &Metrics) -> Verdict {
         if !self.bucket.take(now) {
-            return self.refuse(ProtocolError::new(ErrorCode::RateLimited, "too many messages per second", None), metrics);
+            return self.refuse(
+                ProtocolError::new(ErrorCode::RateLimited, "too many messages per second", None),
+                metrics,
+            );
         }
         let e = if len > self.max_bytes {
-            ProtocolError::new(ErrorCode::TooLarge, format!("binary frame of {len} bytes (and only text frames are accepted)"), None)
+            ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!("binary frame of {len} bytes (and only text frames are accepted)"),
+                None,
+            )
         } else {
-            ProtocolError::new(ErrorCode::BadJson, "binary frames are not accepted: send JSON text frames", None)
+            ProtocolError::new(
+                ErrorCode::BadJson,
+                "binary frames are not accepted: send JSON text frames",
+                None,
+            )
         };
         self.refuse(e, metrics)
     }
@@ -122,7 +145,11 @@ impl Session {
 
     fn refuse(&mut self, e: ProtocolError, metrics: &Metrics) -> Verdict {
         metrics.error(e.code);
-        if self.count_error() { Verdict::ReplyThenAbuse(e.to_message()) } else { Verdict::Reply(e.to_message()) }
+        if self.count_error() {
+            Verdict::ReplyThenAbuse(e.to_message())
+        } else {
+            Verdict::Reply(e.to_message())
+        }
     }
 
     fn count_error(&mut self) -> bool {
@@ -138,7 +165,11 @@ impl Session {
 
 /// How long a full bucket of `rate`/s takes to refill one token (for tests and docs).
 pub fn token_interval(rate: u32) -> Duration {
-    if rate == 0 { Duration::ZERO } else { Duration::from_secs_f64(1.0 / f64::from(rate)) }
+    if rate == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(1.0 / f64::from(rate))
+    }
 }
 
 #[cfg(test)]
@@ -174,14 +205,26 @@ mod tests {
 
     #[test]
     fn size_is_checked_before_parsing() {
-        let cfg = SignalConfig { max_message_bytes: 32, ..SignalConfig::default() };
+        let cfg = SignalConfig {
+            max_message_bytes: 32,
+            ..SignalConfig::default()
+        };
         let m = Metrics::default();
         let t = Instant::now();
         let mut s = Session::new(&cfg, t);
         // 33 bytes of garbage: too-large, not bad-json.
-        assert_eq!(code(&s.on_text(t, &[b'x'; 33], &m)), Some(ErrorCode::TooLarge));
-        assert_eq!(code(&s.on_text(t, &[b'x'; 32], &m)), Some(ErrorCode::BadJson));
-        assert!(matches!(s.on_text(t, br#"{"type":"ping"}"#, &m), Verdict::Reply(ServerMessage::Pong)));
+        assert_eq!(
+            code(&s.on_text(t, &[b'x'; 33], &m)),
+            Some(ErrorCode::TooLarge)
+        );
+        assert_eq!(
+            code(&s.on_text(t, &[b'x'; 32], &m)),
+            Some(ErrorCode::BadJson)
+        );
+        assert!(matches!(
+            s.on_text(t, br#"{"type":"ping"}"#, &m),
+            Verdict::Reply(ServerMessage::Pong)
+        ));
         assert_eq!(code(&s.on_binary(t, 4, &m)), Some(ErrorCode::BadJson));
         assert_eq!(code(&s.on_binary(t, 40, &m)), Some(ErrorCode::TooLarge));
         assert_eq!(m.errors_of(ErrorCode::TooLarge), 2);
@@ -191,30 +234,58 @@ mod tests {
 
     #[test]
     fn rate_limit_answers_rate_limited() {
-        let cfg = SignalConfig { max_messages_per_sec: 5, max_consecutive_errors: 1000, ..SignalConfig::default() };
+        let cfg = SignalConfig {
+            max_messages_per_sec: 5,
+            max_consecutive_errors: 1000,
+            ..SignalConfig::default()
+        };
         let m = Metrics::default();
         let t = Instant::now();
         let mut s = Session::new(&cfg, t);
-        let verdicts: Vec<_> = (0..15).map(|_| s.on_text(t, br#"{"type":"ping"}"#, &m)).collect();
-        assert_eq!(verdicts.iter().filter(|v| matches!(v, Verdict::Reply(ServerMessage::Pong))).count(), 10);
-        assert!(verdicts[10..].iter().all(|v| code(v) == Some(ErrorCode::RateLimited)));
+        let verdicts: Vec<_> = (0..15)
+            .map(|_| s.on_text(t, br#"{"type":"ping"}"#, &m))
+            .collect();
+        assert_eq!(
+            verdicts
+                .iter()
+                .filter(|v| matches!(v, Verdict::Reply(ServerMessage::Pong)))
+                .count(),
+            10
+        );
+        assert!(
+            verdicts[10..]
+                .iter()
+                .all(|v| code(v) == Some(ErrorCode::RateLimited))
+        );
         // 200 ms later: one more allowed.
-        assert!(matches!(s.on_text(t + Duration::from_millis(200), br#"{"type":"ping"}"#, &m), Verdict::Reply(ServerMessage::Pong)));
+        assert!(matches!(
+            s.on_text(t + Duration::from_millis(200), br#"{"type":"ping"}"#, &m),
+            Verdict::Reply(ServerMessage::Pong)
+        ));
     }
 
     #[test]
     fn consecutive_errors_lead_to_abuse_and_successes_reset() {
-        let cfg = SignalConfig { max_consecutive_errors: 3, ..SignalConfig::default() };
+        let cfg = SignalConfig {
+            max_consecutive_errors: 3,
+            ..SignalConfig::default()
+        };
         let m = Metrics::default();
         let t = Instant::now();
         let mut s = Session::new(&cfg, t);
         assert!(matches!(s.on_text(t, b"x", &m), Verdict::Reply(_)));
         assert!(matches!(s.on_text(t, b"x", &m), Verdict::Reply(_)));
-        assert!(matches!(s.on_text(t, br#"{"type":"ping"}"#, &m), Verdict::Reply(ServerMessage::Pong)));
+        assert!(matches!(
+            s.on_text(t, br#"{"type":"ping"}"#, &m),
+            Verdict::Reply(ServerMessage::Pong)
+        ));
         assert_eq!(s.errors_in_row(), 0);
         assert!(matches!(s.on_text(t, b"x", &m), Verdict::Reply(_)));
         assert!(!s.on_outcome(Err(ErrorCode::UnknownPeer)));
-        assert!(matches!(s.on_text(t, b"{}", &m), Verdict::ReplyThenAbuse(_)), "third error in a row");
+        assert!(
+            matches!(s.on_text(t, b"{}", &m), Verdict::ReplyThenAbuse(_)),
+            "third error in a row"
+        );
         assert!(!s.on_outcome(Ok(())));
         assert_eq!(s.errors_in_row(), 0);
     }

@@ -40,28 +40,39 @@ pub enum TokenError {
 }
 
 fn sign(secret: &[u8], payload_b64: &str) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
     mac.update(payload_b64.as_bytes());
     mac.finalize().into_bytes().into()
 }
 
 /// Mints a token (for embedders' backends and for tests).
 pub fn mint_join_token(secret: &[u8], claims: &JoinClaims) -> String {
-    let json = serde_json::to_vec(claims).expect("serializing a struct of strings and integers cannot fail");
+    let json = serde_json::to_vec(claims)
+        .expect("serializing a struct of strings and integers cannot fail");
     let payload = URL_SAFE_NO_PAD.encode(json);
     let sig = URL_SAFE_NO_PAD.encode(sign(secret, &payload));
     format!("{payload}.{sig}")
 }
 
 /// Checks the signature and expiry of a token, and that it is for `room`.
-pub fn verify_join_token(secret: &[u8], token: &str, room: &str, now_unix: u64) -> Result<JoinClaims, TokenError> {
+pub fn verify_join_token(
+    secret: &[u8],
+    token: &str,
+    room: &str,
+    now_unix: u64,
+) -> Result<JoinClaims, TokenError> {
     let (payload, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
-    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| TokenError::Malformed)?;
     let expected = sign(secret, payload);
     if !bool::from(expected.as_slice().ct_eq(&sig)) {
         return Err(TokenError::BadSignature);
     }
-    let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+    let json = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| TokenError::Malformed)?;
     let claims: JoinClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
     if !valid_room(&claims.room) {
         return Err(TokenError::Malformed);
@@ -87,25 +98,50 @@ mod tests {
     const SECRET: &[u8] = b"embedder-secret";
 
     fn claims(name: Option<&str>) -> JoinClaims {
-        JoinClaims { room: "standup".into(), exp: 1_000, name: name.map(str::to_owned) }
+        JoinClaims {
+            room: "standup".into(),
+            exp: 1_000,
+            name: name.map(str::to_owned),
+        }
     }
 
     #[test]
     fn round_trip() {
         let t = mint_join_token(SECRET, &claims(Some("Ann")));
-        assert_eq!(verify_join_token(SECRET, &t, "standup", 999), Ok(claims(Some("Ann"))));
+        assert_eq!(
+            verify_join_token(SECRET, &t, "standup", 999),
+            Ok(claims(Some("Ann")))
+        );
         let t = mint_join_token(SECRET, &claims(None));
-        assert_eq!(verify_join_token(SECRET, &t, "standup", 0), Ok(claims(None)));
+        assert_eq!(
+            verify_join_token(SECRET, &t, "standup", 0),
+            Ok(claims(None))
+        );
     }
 
     #[test]
     fn refusals() {
         let t = mint_join_token(SECRET, &claims(None));
-        assert_eq!(verify_join_token(SECRET, &t, "standup", 1_000), Err(TokenError::Expired));
-        assert_eq!(verify_join_token(SECRET, &t, "other", 10), Err(TokenError::WrongRoom));
-        assert_eq!(verify_join_token(b"other-secret", &t, "standup", 10), Err(TokenError::BadSignature));
-        assert_eq!(verify_join_token(SECRET, "nodot", "standup", 10), Err(TokenError::Malformed));
-        assert_eq!(verify_join_token(SECRET, "a.!!!", "standup", 10), Err(TokenError::Malformed));
+        assert_eq!(
+            verify_join_token(SECRET, &t, "standup", 1_000),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify_join_token(SECRET, &t, "other", 10),
+            Err(TokenError::WrongRoom)
+        );
+        assert_eq!(
+            verify_join_token(b"other-secret", &t, "standup", 10),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            verify_join_token(SECRET, "nodot", "standup", 10),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            verify_join_token(SECRET, "a.!!!", "standup", 10),
+            Err(TokenError::Malformed)
+        );
         // A payload changed after signing (exp pushed into the future) fails the signature.
         let (_, sig) = t.split_once('.').expect("token has a dot");
         let forged_payload = URL_SAFE_NO_PAD.encode(br#"{"room":"standup","exp":99999999999}"#);
@@ -116,7 +152,10 @@ mod tests {
         // Correctly signed but not our JSON shape.
         let payload = URL_SAFE_NO_PAD.encode(b"[1]");
         let sig = URL_SAFE_NO_PAD.encode(sign(SECRET, &payload));
-        assert_eq!(verify_join_token(SECRET, &format!("{payload}.{sig}"), "standup", 10), Err(TokenError::Malformed));
+        assert_eq!(
+            verify_join_token(SECRET, &format!("{payload}.{sig}"), "standup", 10),
+            Err(TokenError::Malformed)
+        );
     }
 
     /// The documented format, computed independently of `mint_join_token` (hand-built HMAC from SHA-256).
@@ -131,8 +170,14 @@ mod tests {
             .chain_update(key.map(|b| b ^ 0x36))
             .chain_update(payload.as_bytes())
             .finalize();
-        let outer = Sha256::new().chain_update(key.map(|b| b ^ 0x5c)).chain_update(inner).finalize();
+        let outer = Sha256::new()
+            .chain_update(key.map(|b| b ^ 0x5c))
+            .chain_update(inner)
+            .finalize();
         let token = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(outer));
-        assert_eq!(verify_join_token(SECRET, &token, "standup", 1), Ok(claims(Some("Ann"))));
+        assert_eq!(
+            verify_join_token(SECRET, &token, "standup", 1),
+            Ok(claims(Some("Ann")))
+        );
     }
 }
