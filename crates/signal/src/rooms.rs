@@ -851,3 +851,6 @@ fn ip_key(ip: IpAddr) -> IpAddr {
         },
     }
 }
+
+#[cfg(test)]
+mod tests;
