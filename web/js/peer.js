@@ -1,0 +1,291 @@
+// One remote participant: its RTCPeerConnection, data channel and negotiation state.
+//
+// Negotiation follows the "perfect negotiation" pattern (W3C WebRTC, §10.7 example): both sides may offer at any
+// time; on a collision the polite side (the peer id that sorts lower, docs/protocol.md) rolls back and answers,
+// the impolite side ignores the other's offer. The newcomer offers first; the peer already in the room creates
+// its connection when that first offer arrives and adopts the offered transceivers, so both sides always have
+// exactly one audio and one video transceiver plus one pre-negotiated data channel (id 0). Camera, microphone
+// and screen changes are `replaceTrack` calls: no renegotiation. Renegotiation only happens for ICE restarts.
+//
+// Events: state (connection state changed), track (remote media changed), data (data channel message),
+//         channel (data channel open/closed), closed.
+
+const DISCONNECTED_GRACE_MS = 3_000; // "disconnected" this long → ICE restart
+const CONNECT_WATCHDOG_MS = 15_000; // not connected this long after negotiating → ICE restart
+const RESTART_RETRY_MS = 10_000;
+const MAX_DATA_BYTES = 16 * 1024;
+
+export class Peer extends EventTarget {
+  /**
+   * @param {object} o
+   * @param {string} o.id        the remote peer id (signaling)
+   * @param {string} o.name      its display name
+   * @param {object} o.host      the room: myId(), sendSignal(msg), rtcConfig(), localTrack(kind), localStream(),
+   *                             signalingUp()
+   */
+  constructor({ id, name, host }) {
+    super();
+    this.id = id;
+    this.name = name;
+    this.host = host;
+    this.pc = null;
+    this.dc = null;
+    this.stream = new MediaStream();
+    this.senders = { audio: null, video: null };
+    this.canOffer = false;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.settingRemoteAnswer = false;
+    this.negotiated = false; // at least one offer/answer exchange completed
+    this.chain = Promise.resolve();
+    this.remote = { audio: true, video: true, screen: false, known: false };
+    this.restartTimer = null;
+    this.watchdog = null;
+    this.restarts = 0;
+    this.pendingRestart = false;
+    this.lastStats = null;
+    this.closed = false;
+    this.orphan = false; // signaling session lost; waiting to learn this peer's new id over the data channel
+  }
+
+  /** Polite side of the pair: the lower id (plain string comparison). Re-evaluated: ids can change. */
+  get polite() {
+    return this.host.myId() < this.id;
+  }
+
+  get connectionState() {
+    return this.pc?.connectionState ?? 'new';
+  }
+
+  /** Creates the connection as the offerer (we are the newcomer): transceivers and data channel now. */
+  startAsOfferer() {
+    this.#createPc();
+    this.canOffer = true;
+    const stream = this.host.localStream();
+    for (const kind of ['audio', 'video']) {
+      const track = this.host.localTrack(kind);
+      const transceiver = this.pc.addTransceiver(track ?? kind, { direction: 'sendrecv', streams: [stream] });
+      this.senders[kind] = transceiver.sender;
+    }
+    // addTransceiver fires negotiationneeded → the offer goes out.
+  }
+
+  #createPc() {
+    if (this.pc) return;
+    const pc = new RTCPeerConnection(this.host.rtcConfig());
+    this.pc = pc;
+    this.dc = pc.createDataChannel('peercall', { negotiated: true, id: 0, ordered: true });
+    this.#wireDataChannel(this.dc);
+
+    pc.onnegotiationneeded = async () => {
+      if (!this.canOffer || this.closed) return;
+      try {
+        this.makingOffer = true;
+        await pc.setLocalDescription();
+        if (pc.localDescription?.type === 'offer') {
+          this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
+          this.#armWatchdog();
+        }
+      } catch (e) {
+        console.warn(`peercall: offer to ${this.id} failed`, e);
+      } finally {
+        this.makingOffer = false;
+      }
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      this.host.sendSignal({ type: 'candidate', to: this.id, candidate: candidate ? candidate.toJSON() : null });
+    };
+    pc.ontrack = ({ track }) => {
+      if (!this.stream.getTracks().includes(track)) {
+        for (const old of this.stream.getTracks().filter((t) => t.kind === track.kind)) this.stream.removeTrack(old);
+        this.stream.addTrack(track);
+      }
+      track.onunmute = () => this.dispatchEvent(new Event('track'));
+      track.onmute = () => this.dispatchEvent(new Event('track'));
+      this.dispatchEvent(new Event('track'));
+    };
+    pc.onconnectionstatechange = () => this.#onConnectionState();
+  }
+
+  #onConnectionState() {
+    const state = this.pc.connectionState;
+    clearTimeout(this.restartTimer);
+    if (state === 'connected') {
+      this.restarts = 0;
+      clearTimeout(this.watchdog);
+    } else if (state === 'disconnected') {
+      this.restartTimer = setTimeout(() => {
+        if (this.pc?.connectionState === 'disconnected') this.restartIce('disconnected');
+      }, DISCONNECTED_GRACE_MS);
+    } else if (state === 'failed') {
+      this.restartIce('failed');
+    }
+    this.dispatchEvent(new Event('state'));
+  }
+
+  /** While negotiating: if the connection does not come up in time, restart ICE. */
+  #armWatchdog() {
+    clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => {
+      const state = this.pc?.connectionState;
+      if (!this.closed && state !== 'connected' && state !== 'closed') this.restartIce('timeout');
+    }, CONNECT_WATCHDOG_MS);
+  }
+
+  /** ICE restart (new ufrag/pwd, fresh candidates); waits for signaling when it is down. */
+  restartIce(reason) {
+    if (this.closed || !this.pc || !this.negotiated) return;
+    if (!this.host.signalingUp()) {
+      this.pendingRestart = true;
+      return;
+    }
+    this.pendingRestart = false;
+    this.restarts += 1;
+    console.info(`peercall: ICE restart with ${this.id} (${reason}, #${this.restarts})`);
+    this.canOffer = true;
+    this.pc.restartIce();
+    clearTimeout(this.restartTimer);
+    this.restartTimer = setTimeout(() => {
+      const state = this.pc?.connectionState;
+      if (state === 'failed' || state === 'disconnected' || state === 'connecting') this.restartIce('retry');
+    }, RESTART_RETRY_MS * Math.min(this.restarts, 3));
+  }
+
+  /** Signaling came back: run the restart that had to wait. */
+  onSignalingUp() {
+    if (this.pendingRestart) this.restartIce('deferred');
+  }
+
+  /** Applies an offer, answer or candidate from the remote peer, one at a time, in arrival order. */
+  handleSignal(message) {
+    this.chain = this.chain
+      .then(() => this.#handle(message))
+      .catch((e) => console.warn(`peercall: signal ${message.type} from ${this.id}`, e));
+    return this.chain;
+  }
+
+  async #handle(message) {
+    if (this.closed) return;
+    if (message.type === 'offer' || message.type === 'answer') {
+      if (typeof message.sdp !== 'string') return;
+      if (!this.pc) {
+        if (message.type === 'answer') return; // an answer to an offer we never made
+        this.#createPc();
+      }
+      const pc = this.pc;
+      const description = { type: message.type, sdp: message.sdp };
+      const readyForOffer = !this.makingOffer && (pc.signalingState === 'stable' || this.settingRemoteAnswer);
+      const collision = description.type === 'offer' && !readyForOffer;
+      this.ignoreOffer = !this.polite && collision;
+      if (this.ignoreOffer) return;
+      this.settingRemoteAnswer = description.type === 'answer';
+      try {
+        await pc.setRemoteDescription(description); // rolls back our own offer when polite and colliding
+      } finally {
+        this.settingRemoteAnswer = false;
+      }
+      if (description.type === 'offer') {
+        this.#adoptTransceivers();
+        await pc.setLocalDescription();
+        this.host.sendSignal({ type: 'answer', to: this.id, sdp: pc.localDescription.sdp });
+        this.#armWatchdog();
+      }
+      this.negotiated = true;
+      this.canOffer = true;
+      return;
+    }
+    if (message.type === 'candidate') {
+      if (!this.pc || !message.candidate || typeof message.candidate !== 'object') return; // null: end of candidates
+      try {
+        await this.pc.addIceCandidate(message.candidate);
+      } catch (e) {
+        if (!this.ignoreOffer) console.warn(`peercall: bad candidate from ${this.id}`, e);
+      }
+    }
+  }
+
+  /** Answerer: send our media on the transceivers the offer created (once). */
+  #adoptTransceivers() {
+    const stream = this.host.localStream();
+    for (const transceiver of this.pc.getTransceivers()) {
+      const kind = transceiver.receiver.track.kind;
+      if (this.senders[kind] || transceiver.currentDirection === 'stopped') continue;
+      this.senders[kind] = transceiver.sender;
+      transceiver.direction = 'sendrecv';
+      transceiver.sender.replaceTrack(this.host.localTrack(kind)).catch((e) => console.warn(e));
+      transceiver.sender.setStreams?.(stream);
+    }
+  }
+
+  /** Swaps the outgoing track of one kind (camera ↔ screen, device change, off = null). No renegotiation. */
+  async replaceTrack(kind, track) {
+    const sender = this.senders[kind];
+    if (!sender) return;
+    try {
+      await sender.replaceTrack(track);
+    } catch (e) {
+      console.warn(`peercall: replaceTrack(${kind}) for ${this.id}`, e);
+    }
+  }
+
+  setIceServers(config) {
+    if (!this.pc) return;
+    try {
+      this.pc.setConfiguration({ ...this.pc.getConfiguration(), ...config });
+    } catch (e) {
+      console.warn('peercall: setConfiguration', e);
+    }
+  }
+
+  #wireDataChannel(dc) {
+    dc.onopen = () => this.dispatchEvent(new Event('channel'));
+    dc.onclose = () => this.dispatchEvent(new Event('channel'));
+    dc.onmessage = (event) => {
+      if (typeof event.data !== 'string' || event.data.length > MAX_DATA_BYTES) return;
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      this.dispatchEvent(new CustomEvent('data', { detail: { data, via: 'datachannel' } }));
+    };
+  }
+
+  get channelOpen() {
+    return this.dc?.readyState === 'open';
+  }
+
+  /** Sends an application message over the data channel; false when it is not open. */
+  sendData(data) {
+    if (!this.channelOpen) return false;
+    try {
+      this.dc.send(JSON.stringify(data));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Audio level (0..1) of the remote microphone, from the RTP receiver. */
+  audioLevel() {
+    const receiver = this.pc?.getReceivers().find((r) => r.track.kind === 'audio');
+    const sources = receiver?.getSynchronizationSources?.() ?? [];
+    return sources.length ? (sources[0].audioLevel ?? 0) : 0;
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.restartTimer);
+    clearTimeout(this.watchdog);
+    try {
+      this.dc?.close();
+      this.pc?.close();
+    } catch {
+      /* already closed */
+    }
+    for (const track of this.stream.getTracks()) track.stop();
+    this.dispatchEvent(new Event('closed'));
+  }
+}

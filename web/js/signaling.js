@@ -1,0 +1,274 @@
+// The signaling client: one WebSocket to peercall (docs/protocol.md), with automatic reconnection.
+//
+// - Reconnects by itself with exponential backoff and jitter (0.5 s … 10 s) whenever the socket drops, sending
+//   the `resume` token of the last `welcome` so the server can give the same peer id back.
+// - Paces outgoing messages (token bucket, below the server's per-connection rate limit) so a burst of ICE
+//   candidates never trips `rate-limited`.
+// - Application keepalive: `ping` every 10 s; a socket silent for 25 s is considered dead and replaced.
+// - While disconnected, messages are queued (bounded) and sent after a resumed `welcome`; if the server did not
+//   resume the session (new peer id), the queue addressed to the old session is dropped.
+//
+// Events (EventTarget, detail in `event.detail`):
+//   state    {state, retryIn}      state: 'connecting' | 'connected' | 'reconnecting' | 'closed'
+//   welcome  message               every welcome (first and after each reconnect)
+//   signal   message               any other server message except pong and error
+//   error    message               a refused message (the connection is kept)
+//   fatal    {code, message}       the server refused us for good (room full, wrong password, ...)
+
+export const PROTOCOL_VERSION = 1;
+
+/** Errors after which the server closes the connection: reconnecting would not help. */
+const FATAL = new Set([
+  'room-full', 'wrong-password', 'bad-token', 'too-many-rooms', 'too-many-connections', 'abuse',
+  'unsupported-version',
+]);
+
+const RATE_PER_SEC = 30; // server default limit: 50 messages per second per connection
+const BURST = 30;
+const MAX_QUEUE = 500;
+const PING_EVERY_MS = 10_000;
+const DEAD_AFTER_MS = 25_000;
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 10_000;
+const CONNECT_TIMEOUT_MS = 8_000;
+
+export function signalingUrl(loc = location) {
+  return `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/ws`;
+}
+
+export class Signaling extends EventTarget {
+  /** @param {{url: string, room: string, name: string, password?: string, token?: string}} options */
+  constructor(options) {
+    super();
+    this.options = { ...options };
+    this.state = 'idle';
+    this.id = null;
+    this.resumeToken = null;
+    this.ws = null;
+    this.attempt = 0;
+    this.queue = [];
+    this.tokens = BURST;
+    this.lastRefill = performance.now();
+    this.pumpTimer = null;
+    this.retryTimer = null;
+    this.retryAt = 0;
+    this.pingTimer = null;
+    this.connectTimer = null;
+    this.lastRx = 0;
+    this.stopped = false;
+    this.joined = false; // a welcome was received on the current socket
+    this.onOnline = () => {
+      if (this.state === 'reconnecting') this.reconnectNow();
+    };
+  }
+
+  start() {
+    this.stopped = false;
+    window.addEventListener('online', this.onOnline);
+    this.#connect();
+  }
+
+  get connected() {
+    return this.state === 'connected';
+  }
+
+  /** Sends a message, paced; queued while disconnected. */
+  send(message) {
+    if (this.stopped) return;
+    if (this.queue.length >= MAX_QUEUE) this.queue.shift(); // oldest first: they are the most likely stale
+    this.queue.push(message);
+    this.#pump();
+  }
+
+  /** Changes the display name (others get peer-updated); also used on the next join. */
+  rename(name) {
+    this.options.name = name;
+    if (this.connected) this.send({ type: 'rename', name });
+  }
+
+  /** Leaves the room for good: no grace period, no reconnect. */
+  leave() {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN && this.joined) {
+      try {
+        this.ws.send(JSON.stringify({ type: 'leave' }));
+      } catch {
+        /* closing anyway */
+      }
+    }
+    this.#stop('closed');
+  }
+
+  /** Skips the backoff wait (the user pressed "Retry now", or the network came back). */
+  reconnectNow() {
+    if (this.stopped || this.state !== 'reconnecting') return;
+    clearTimeout(this.retryTimer);
+    this.#connect();
+  }
+
+  #setState(state, extra = {}) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('state', { detail: { state, ...extra } }));
+  }
+
+  #connect() {
+    clearTimeout(this.retryTimer);
+    this.joined = false;
+    this.#setState(this.attempt === 0 && !this.id ? 'connecting' : 'reconnecting', { retryIn: 0 });
+    let ws;
+    try {
+      ws = new WebSocket(this.options.url);
+    } catch (e) {
+      this.dispatchEvent(new CustomEvent('fatal', { detail: { code: 'bad-url', message: String(e) } }));
+      this.#stop('closed');
+      return;
+    }
+    this.ws = ws;
+    clearTimeout(this.connectTimer);
+    this.connectTimer = setTimeout(() => {
+      if (this.ws === ws && !this.joined) ws.close(); // a stalled handshake counts as a failed attempt
+    }, CONNECT_TIMEOUT_MS);
+    ws.onopen = () => {
+      this.lastRx = performance.now();
+      const join = { v: PROTOCOL_VERSION, type: 'join', room: this.options.room, name: this.options.name };
+      if (this.options.password) join.password = this.options.password;
+      if (this.options.token) join.token = this.options.token;
+      if (this.resumeToken) join.resume = this.resumeToken;
+      ws.send(JSON.stringify(join));
+    };
+    ws.onmessage = (event) => {
+      if (this.ws !== ws) return;
+      this.lastRx = performance.now();
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        console.warn('peercall: signaling sent invalid JSON', event.data);
+        return;
+      }
+      if (!message || typeof message !== 'object' || typeof message.type !== 'string') return;
+      this.#receive(ws, message);
+    };
+    ws.onclose = () => {
+      if (this.ws !== ws) return;
+      clearTimeout(this.connectTimer);
+      this.ws = null;
+      this.joined = false;
+      clearInterval(this.pingTimer);
+      if (this.stopped) return;
+      this.#scheduleReconnect();
+    };
+    ws.onerror = () => {
+      /* onclose follows and schedules the reconnect */
+    };
+  }
+
+  #receive(ws, message) {
+    switch (message.type) {
+      case 'welcome': {
+        clearTimeout(this.connectTimer);
+        const resumed = message.resumed === true && message.id === this.id;
+        if (!resumed) this.queue = this.queue.filter((m) => !('to' in m)); // addressed to the old session
+        this.id = message.id;
+        this.resumeToken = typeof message.resume === 'string' ? message.resume : null;
+        this.joined = true;
+        this.attempt = 0;
+        clearInterval(this.pingTimer);
+        this.pingTimer = setInterval(() => this.#keepalive(ws), PING_EVERY_MS);
+        this.#setState('connected');
+        this.dispatchEvent(new CustomEvent('welcome', { detail: { ...message, resumed } }));
+        this.#pump();
+        return;
+      }
+      case 'pong':
+        return;
+      case 'error': {
+        const code = String(message.code ?? 'unknown');
+        if (FATAL.has(code)) {
+          this.dispatchEvent(new CustomEvent('fatal', { detail: { code, message: message.message } }));
+          this.#stop('closed');
+          return;
+        }
+        if (!this.joined && message.ref === 'join') {
+          if (this.resumeToken) {
+            // The resume token was refused (server restarted, say): join afresh.
+            this.resumeToken = null;
+            ws.close();
+            return;
+          }
+          this.dispatchEvent(new CustomEvent('fatal', { detail: { code, message: message.message } }));
+          this.#stop('closed');
+          return;
+        }
+        this.dispatchEvent(new CustomEvent('error', { detail: message }));
+        return;
+      }
+      default:
+        this.dispatchEvent(new CustomEvent('signal', { detail: message }));
+    }
+  }
+
+  #keepalive(ws) {
+    if (this.ws !== ws) return;
+    if (performance.now() - this.lastRx > DEAD_AFTER_MS) {
+      ws.close(); // half-open socket: onclose reconnects
+      return;
+    }
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'ping' }));
+  }
+
+  #scheduleReconnect() {
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
+    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+    this.attempt += 1;
+    this.retryAt = performance.now() + delay;
+    this.#setState('reconnecting', { retryIn: delay });
+    this.retryTimer = setTimeout(() => this.#connect(), delay);
+  }
+
+  /** Sends queued messages at most RATE_PER_SEC per second. */
+  #pump() {
+    if (this.pumpTimer) return;
+    const now = performance.now();
+    this.tokens = Math.min(BURST, this.tokens + ((now - this.lastRefill) / 1000) * RATE_PER_SEC);
+    this.lastRefill = now;
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || !this.joined) return;
+    while (this.queue.length > 0 && this.tokens >= 1) {
+      const message = this.queue.shift();
+      this.tokens -= 1;
+      try {
+        ws.send(JSON.stringify(message));
+      } catch (e) {
+        console.warn('peercall: cannot send', e);
+      }
+    }
+    if (this.queue.length > 0) {
+      this.pumpTimer = setTimeout(() => {
+        this.pumpTimer = null;
+        this.#pump();
+      }, Math.ceil(1000 / RATE_PER_SEC));
+    }
+  }
+
+  #stop(state) {
+    this.stopped = true;
+    window.removeEventListener('online', this.onOnline);
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.pumpTimer);
+    clearTimeout(this.connectTimer);
+    clearInterval(this.pingTimer);
+    this.pumpTimer = null;
+    this.queue = [];
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onclose = null;
+      try {
+        ws.close();
+      } catch {
+        /* already closed */
+      }
+    }
+    this.#setState(state);
+  }
+}

@@ -1,0 +1,127 @@
+// A participant tile: video (or avatar when the camera is off), name, microphone state, connection quality.
+// Also the grid layout that sizes tiles to fill the stage at the largest size that fits.
+
+import { h, icon, initials, hueOf } from './util.js';
+
+export class Tile {
+  /** @param {{id: string, name: string, local?: boolean, onInfo?: () => void}} o */
+  constructor({ id, name, local = false, onInfo = null }) {
+    this.local = local;
+    this.video = h('video', { autoplay: true, playsinline: true, muted: true, class: 'tile-video' });
+    this.video.muted = true; // the attribute alone does not mute a srcObject stream everywhere
+    this.audio = local ? null : h('audio', { autoplay: true, class: 'visually-hidden' });
+    this.avatar = h('div', { class: 'avatar' });
+    this.nameEl = h('span', { class: 'tile-name' });
+    this.micEl = h('span', { class: 'tile-mic', title: 'Microphone off', 'aria-label': 'Microphone off' }, icon('mic-off'));
+    this.stateEl = h('span', { class: 'tile-state', hidden: true });
+    this.qualityEl = h('span', { class: 'quality', 'data-level': '0', title: 'Connection quality', 'aria-hidden': 'true' },
+      h('i'), h('i'), h('i'));
+    this.infoBtn = onInfo
+      ? h('button', { type: 'button', class: 'tile-info', onclick: onInfo }, icon('info'))
+      : null;
+    this.el = h(
+      'article',
+      { class: `tile${local ? ' tile-local' : ''}`, dataset: { peer: id, mic: 'on', cam: 'on' } },
+      this.video,
+      this.audio,
+      h('div', { class: 'tile-avatar' }, this.avatar),
+      h('div', { class: 'tile-top' }, this.stateEl, this.infoBtn),
+      h('div', { class: 'tile-bottom' }, this.micEl, this.nameEl, local ? null : this.qualityEl),
+    );
+    this.setName(name);
+    this.setCam(false);
+    this.setState(local ? null : 'Connecting…');
+  }
+
+  setId(id) {
+    this.el.dataset.peer = id;
+  }
+
+  setName(name) {
+    this.name = name;
+    const label = this.local ? `${name} (you)` : name;
+    this.nameEl.textContent = label;
+    this.el.setAttribute('aria-label', label);
+    this.avatar.textContent = initials(name);
+    this.avatar.style.setProperty('--hue', String(hueOf(name)));
+    if (this.infoBtn) this.infoBtn.setAttribute('aria-label', `Connection details for ${name}`);
+  }
+
+  /** Shows a stream; the video element stays muted, remote sound plays through the audio element. */
+  setStream(stream) {
+    if (this.video.srcObject !== stream) this.video.srcObject = stream;
+    if (this.audio && this.audio.srcObject !== stream) this.audio.srcObject = stream;
+    this.video.play().catch(() => {});
+  }
+
+  /** Plays remote sound; resolves false when the browser's autoplay policy blocked it. */
+  async playAudio() {
+    if (!this.audio?.srcObject) return true;
+    try {
+      await this.audio.play();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  setMic(on) {
+    this.el.dataset.mic = on ? 'on' : 'off';
+  }
+
+  setCam(on) {
+    this.el.dataset.cam = on ? 'on' : 'off';
+  }
+
+  setScreen(on) {
+    this.el.classList.toggle('tile-screen', on);
+  }
+
+  setMirror(on) {
+    this.el.classList.toggle('mirror', on);
+  }
+
+  setSpeaking(on) {
+    this.el.classList.toggle('speaking', on);
+  }
+
+  /** A short state over the video ("Connecting…", "Reconnecting…"), or null. */
+  setState(text) {
+    this.stateEl.hidden = !text;
+    this.stateEl.textContent = text ?? '';
+    this.el.classList.toggle('tile-pending', Boolean(text));
+  }
+
+  setQuality(level) {
+    this.qualityEl.dataset.level = String(level ?? 0);
+    this.qualityEl.title = ['Connection quality unknown', 'Poor connection', 'Fair connection', 'Good connection'][level ?? 0];
+  }
+
+  remove() {
+    this.video.srcObject = null;
+    if (this.audio) this.audio.srcObject = null;
+    this.el.remove();
+  }
+}
+
+const MAX_ASPECT = 16 / 9;
+const MIN_ASPECT = 3 / 4;
+
+/**
+ * Sizes `count` tiles to fill a width × height area: tries every column count and keeps the largest tile whose
+ * aspect ratio stays between 3:4 (portrait phones) and 16:9.
+ */
+export function bestGrid(width, height, count, gap) {
+  let best = { cols: 1, rows: 1, w: 0, h: 0 };
+  if (count < 1 || width <= 0 || height <= 0) return best;
+  for (let cols = 1; cols <= count; cols++) {
+    const rows = Math.ceil(count / cols);
+    let w = (width - gap * (cols - 1)) / cols;
+    let hgt = (height - gap * (rows - 1)) / rows;
+    if (w <= 0 || hgt <= 0) continue;
+    if (w / hgt > MAX_ASPECT) w = hgt * MAX_ASPECT;
+    else if (w / hgt < MIN_ASPECT) hgt = w / MIN_ASPECT;
+    if (w * hgt > best.w * best.h) best = { cols, rows, w, h: hgt };
+  }
+  return { ...best, w: Math.floor(best.w), h: Math.floor(best.h) };
+}
