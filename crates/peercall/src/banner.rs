@@ -1,0 +1,167 @@
+//! The startup banner: what runs, every URL and port to use, and hints. Printed on stdout (logs go to stderr).
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::Resolved;
+use crate::http::HttpServer;
+use crate::parts::{Mode, Parts};
+
+pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -> String {
+    let scheme = if http.tls { "https" } else { "http" };
+    let ws = if http.tls { "wss" } else { "ws" };
+    let base = format!("{scheme}://{}", url_host_port(http.addr));
+    let mut lines = vec![format!(
+        "peercall {} ({}): {}",
+        env!("CARGO_PKG_VERSION"),
+        mode.name(),
+        match mode {
+            Mode::Serve => "web client, signaling and STUN/TURN",
+            Mode::Turn => "STUN/TURN server",
+            Mode::Signal => "web client and signaling",
+        }
+    )];
+    let mut notes = Vec::new();
+
+    if let Some(signal) = &parts.signal {
+        let web_note = match http.web {
+            Some(false) => "   (web client NOT YET AVAILABLE in this build)",
+            _ => "   <- open this in a browser",
+        };
+        lines.push(format!("  web client   {base}/{web_note}"));
+        if http.addr.ip().is_unspecified() {
+            for ip in lan_addresses(http.addr.ip()) {
+                lines.push(format!(
+                    "               {scheme}://{}/",
+                    url_host_port(SocketAddr::new(ip, http.addr.port()))
+                ));
+            }
+        }
+        let ws_base = format!("{ws}://{}", url_host_port(http.addr));
+        let signal_note = if signal.available {
+            ""
+        } else {
+            "   (NOT YET AVAILABLE in this build: answers with an error)"
+        };
+        lines.push(format!("  signaling    {ws_base}/ws{signal_note}"));
+        match &signal.turn_advert {
+            Some(advert) => lines.push(format!(
+                "  ICE servers  browsers get stun/turn on port {}{}, credentials valid {} s ({})",
+                advert.port,
+                advert
+                    .tls_port
+                    .map(|p| format!(" and turns on {p}"))
+                    .unwrap_or_default(),
+                advert.credential_ttl_secs,
+                match (&config.public_host, mode) {
+                    (Some(h), _) => format!("host {h}"),
+                    (None, _) => "host: the one the browser used".to_owned(),
+                }
+            )),
+            None => {
+                lines.push("  ICE servers  no TURN: browsers get no relay (give --turn-secret of your TURN server)".into());
+            }
+        }
+    }
+    lines.push(format!(
+        "  health       {base}/healthz   metrics {base}/metrics"
+    ));
+
+    if let Some(turn) = &parts.turn {
+        let a = turn.addrs();
+        lines.push(format!(
+            "  STUN/TURN    udp {}   tcp {}",
+            join(&a.udp),
+            join(&a.tcp)
+        ));
+        if a.tls.is_empty() {
+            lines.push("  TURNS        off (no certificate: give --turn-cert/--turn-key, or --tls-cert/--tls-key)".into());
+        } else {
+            lines.push(format!("  TURNS        tls {}", join(&a.tls)));
+        }
+        let relays: Vec<String> = a.relay_ips.iter().map(IpAddr::to_string).collect();
+        lines.push(format!(
+            "  relay        from {} ports {}-{}, realm \"{}\"",
+            relays.join(", "),
+            config.min_port,
+            config.max_port,
+            config.realm
+        ));
+        let auth = match (config.auth_secret.len(), config.user.len(), mode) {
+            (0, 0, Mode::Serve) => "shared secret made at start, known only to this process's signaling".to_owned(),
+            (0, 0, _) => "NO credentials configured: every TURN request will be refused (give --user or --auth-secret)".to_owned(),
+            (secrets, users, _) => {
+                let mut parts = Vec::new();
+                if secrets > 0 {
+                    parts.push(format!("{secrets} shared secret(s)"));
+                }
+                if users > 0 {
+                    parts.push(format!("{users} static user(s)"));
+                }
+                parts.join(" and ")
+            }
+        };
+        lines.push(format!("  TURN auth    {auth}"));
+        if config.allow_loopback_peers || !config.allow_peer.is_empty() {
+            notes.push(
+                "relaying to loopback or private ranges is ALLOWED by --allow-loopback-peers/--allow-peer".to_owned(),
+            );
+        }
+        if a.relay_ips.iter().all(IpAddr::is_loopback)
+            && a.udp.iter().any(|u| !u.ip().is_loopback())
+        {
+            notes.push("the relay address is loopback: only this machine can use the relay; give --relay-ip".into());
+        }
+    }
+
+    if let Some((fingerprint, names)) = &http.self_signed {
+        lines.push(format!(
+            "  certificate  self-signed for {}",
+            names.join(", ")
+        ));
+        lines.push(format!("               SHA-256 {fingerprint}"));
+        notes.push("browsers warn about a self-signed certificate: compare the fingerprint, then accept it".into());
+    }
+    if !http.tls && parts.signal.is_some() && !http.addr.ip().is_loopback() {
+        notes.push(
+            "browsers allow the camera only over HTTPS or on localhost: for other devices use --tls-self-signed \
+             or --tls-cert/--tls-key"
+                .into(),
+        );
+    }
+    for note in notes {
+        lines.push(format!("  note         {note}"));
+    }
+    lines.push("  stop with Ctrl-C or SIGTERM; SIGHUP reloads the TLS certificates".to_owned());
+    lines.join("\n")
+}
+
+fn url_host_port(addr: SocketAddr) -> String {
+    match addr.ip() {
+        ip if ip.is_unspecified() => format!("localhost:{}", addr.port()),
+        IpAddr::V6(v6) => format!("[{v6}]:{}", addr.port()),
+        ip => format!("{ip}:{}", addr.port()),
+    }
+}
+
+/// This machine's non-loopback addresses of the family the wildcard listens on (IPv4 only for 0.0.0.0).
+fn lan_addresses(wildcard: IpAddr) -> Vec<IpAddr> {
+    crate::tls::interface_addresses()
+        .into_iter()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .filter(|ip| match ip {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(v6) => wildcard.is_ipv6() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect()
+}
+
+fn join(addrs: &[SocketAddr]) -> String {
+    if addrs.is_empty() {
+        return "-".to_owned();
+    }
+    addrs
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

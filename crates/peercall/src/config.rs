@@ -1,0 +1,1430 @@
+//! Configuration in three layers: command-line flags > `PEERCALL_*` environment variables > TOML file > defaults.
+//!
+//! Every setting is declared once, in the [`settings!`] table below. From that one table come: the clap flag
+//! groups (one struct per group, so each subcommand shows only the flags it uses), the flat [`Options`] struct
+//! that is also the serde shape of the TOML file, the parsing of `PEERCALL_<KEY>` variables, and the merge that
+//! records where each value came from. A setting's TOML key is its flag name without the dashes in front
+//! (`--relay-ip` ↔ `relay-ip`), its environment variable is `PEERCALL_` plus the key in upper case with `_` for `-`
+//! (`PEERCALL_RELAY_IP`). Every value type implements `FromStr`, so a value means the same in all three layers.
+//!
+//! [`load`] is the pure entry point: flags, the environment as a list and a file reader in, a [`Resolved`]
+//! configuration (defaults applied, cross-field rules checked) or one clear [`ConfigError`] out.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// A value of one setting at one layer: `Option<T>` for single values, `Vec<T>` for repeatable ones.
+pub trait Setting: Sized {
+    /// Parses a `PEERCALL_*` variable; lists are comma-separated; an empty value means "not set".
+    fn from_env(text: &str) -> Result<Self, String>;
+    /// Converts a TOML value (a string, number or boolean; an array for lists).
+    fn from_toml(value: toml::Value) -> Result<Self, String>;
+    /// Whether this layer gives the setting a value.
+    fn is_set(&self) -> bool;
+}
+
+fn scalar_text(value: toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        other => Err(format!(
+            "expected a string, number or boolean, found {}",
+            other.type_str()
+        )),
+    }
+}
+
+fn parse_text<T: FromStr>(text: &str) -> Result<T, String>
+where
+    T::Err: fmt::Display,
+{
+    text.parse::<T>().map_err(|e| format!("{text:?}: {e}"))
+}
+
+impl<T: FromStr> Setting for Option<T>
+where
+    T::Err: fmt::Display,
+{
+    fn from_env(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            Ok(None)
+        } else {
+            parse_text(text).map(Some)
+        }
+    }
+
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        parse_text(&scalar_text(value)?).map(Some)
+    }
+
+    fn is_set(&self) -> bool {
+        self.is_some()
+    }
+}
+
+impl<T: FromStr> Setting for Vec<T>
+where
+    T::Err: fmt::Display,
+{
+    fn from_env(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(parse_text)
+            .collect()
+    }
+
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|v| parse_text(&scalar_text(v)?))
+                .collect(),
+            scalar => Ok(vec![parse_text(&scalar_text(scalar)?)?]),
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+fn de_setting<'de, D: serde::Deserializer<'de>, S: Setting>(
+    deserializer: D,
+) -> Result<S, D::Error> {
+    let value = toml::Value::deserialize(deserializer)?;
+    S::from_toml(value).map_err(serde::de::Error::custom)
+}
+
+/// Where a setting's value came from, lowest precedence first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Layer {
+    #[default]
+    Default,
+    File,
+    Env,
+    Flag,
+}
+
+/// For each setting (by field name), the layer that gave its value; and the config file read, if any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Provenance {
+    pub layers: BTreeMap<&'static str, Layer>,
+    pub file: Option<PathBuf>,
+}
+
+impl Provenance {
+    pub fn layer(&self, field: &str) -> Layer {
+        self.layers.get(field).copied().unwrap_or_default()
+    }
+
+    /// "flag --min-port", "PEERCALL_MIN_PORT", "config file /etc/peercall.toml" or "default".
+    pub fn describe(&self, field: &str) -> String {
+        match self.layer(field) {
+            Layer::Flag => format!("flag --{}", key_of(field)),
+            Layer::Env => format!("environment variable {}", env_var_of(field)),
+            Layer::File => match &self.file {
+                Some(path) => format!("config file {}", path.display()),
+                None => "config file".to_owned(),
+            },
+            Layer::Default => "default".to_owned(),
+        }
+    }
+}
+
+/// The TOML key and flag name of a field: `relay_ip` → `relay-ip`.
+pub fn key_of(field: &str) -> String {
+    field.replace('_', "-")
+}
+
+/// The environment variable of a field: `relay_ip` → `PEERCALL_RELAY_IP`.
+pub fn env_var_of(field: &str) -> String {
+    format!("PEERCALL_{}", field.to_ascii_uppercase())
+}
+
+macro_rules! settings {
+    ($(
+        $(#[doc = $gdoc:literal])*
+        group $Group:ident ($heading:literal) {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident : $wrap:ident<$inner:ty> [$($arg:tt)*];
+            )*
+        }
+    )*) => {
+        $(
+            $(#[doc = $gdoc])*
+            #[derive(clap::Args, Debug, Default, Clone, PartialEq)]
+            #[command(next_help_heading = $heading)]
+            pub struct $Group {
+                $(
+                    $(#[doc = $doc])*
+                    #[arg(long, $($arg)*)]
+                    pub $field: $wrap<$inner>,
+                )*
+            }
+
+            impl $Group {
+                /// The field names of this group.
+                #[allow(dead_code)]
+                pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+                /// Copies these flags into a flat option set.
+                pub fn apply(self, options: &mut Options) {
+                    $( options.$field = self.$field; )*
+                }
+            }
+        )*
+
+        /// Every setting at one layer; unset values are `None` or empty. Also the shape of the TOML file.
+        #[derive(Deserialize, Debug, Default, Clone, PartialEq)]
+        #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct Options {
+            $($(
+                #[serde(deserialize_with = "de_setting")]
+                pub $field: $wrap<$inner>,
+            )*)*
+        }
+
+        /// The field names of every setting, in declaration order.
+        pub const FIELDS: &[&str] = &[$($(stringify!($field)),*),*];
+
+        impl Options {
+            /// Parses the `PEERCALL_*` variables among `vars`. Returns the options and the names of `PEERCALL_*`
+            /// variables that are not settings (the caller warns about them).
+            pub fn from_env<'a>(
+                vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+            ) -> Result<(Options, Vec<String>), ConfigError> {
+                let mut options = Options::default();
+                let mut unknown = Vec::new();
+                for (name, value) in vars {
+                    let Some(rest) = name.strip_prefix("PEERCALL_") else { continue };
+                    let field = rest.to_ascii_lowercase();
+                    let env_error = |message: String| ConfigError::Env {
+                        var: name.to_owned(),
+                        message,
+                    };
+                    match field.as_str() {
+                        $($(
+                            stringify!($field) => {
+                                options.$field = Setting::from_env(value).map_err(env_error)?;
+                            }
+                        )*)*
+                        "config" => {}
+                        _ => unknown.push(name.to_owned()),
+                    }
+                }
+                Ok((options, unknown))
+            }
+
+            /// Lays `flags` over `env` over `file`, recording which layer gave each value. A list given at
+            /// a higher layer replaces the lower one's list (it is not appended).
+            pub fn merge(flags: Options, env: Options, file: Options) -> (Options, BTreeMap<&'static str, Layer>) {
+                let mut layers = BTreeMap::new();
+                let merged = Options {
+                    $($(
+                        $field: {
+                            let (value, layer) = if flags.$field.is_set() {
+                                (flags.$field, Layer::Flag)
+                            } else if env.$field.is_set() {
+                                (env.$field, Layer::Env)
+                            } else if file.$field.is_set() {
+                                (file.$field, Layer::File)
+                            } else {
+                                (Default::default(), Layer::Default)
+                            };
+                            layers.insert(stringify!($field), layer);
+                            value
+                        },
+                    )*)*
+                };
+                (merged, layers)
+            }
+        }
+    };
+}
+
+settings! {
+    /// Flags of the HTTP(S) port.
+    group HttpFlags ("Web, health and metrics (HTTP port)") {
+        /// Address of the web client, the signaling WebSocket (/ws), /healthz and /metrics [default: 0.0.0.0:8080]
+        http: Option<SocketAddr> [value_name = "ADDR"];
+        /// PEM certificate chain: serve HTTPS (and TURNS, unless --turn-cert is given) with it
+        tls_cert: Option<PathBuf> [value_name = "FILE"];
+        /// PEM private key of --tls-cert
+        tls_key: Option<PathBuf> [value_name = "FILE"];
+        /// Serve HTTPS with a certificate made at start for localhost and this machine's addresses (its SHA-256
+        /// fingerprint is printed). Browsers allow the camera only on HTTPS or localhost
+        tls_self_signed: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"];
+    }
+
+    /// Flags of the signaling server.
+    group SignalFlags ("Signaling") {
+        /// Host name put in the STUN/TURN URLs handed to browsers [default: the host the browser used]
+        public_host: Option<String> [value_name = "HOST"];
+        /// Most participants in one room (a full mesh) [default: 6]
+        room_capacity: Option<usize> [value_name = "N"];
+        /// Most rooms open at once [default: 10000]
+        max_rooms: Option<usize> [value_name = "N"];
+        /// Largest signaling message, in bytes [default: 65536]
+        max_message_bytes: Option<usize> [value_name = "BYTES"];
+        /// Signaling messages per second per connection [default: 50]
+        max_messages_per_sec: Option<u32> [value_name = "N"];
+        /// Signaling connections per client IP address [default: 20]
+        max_connections_per_ip: Option<u32> [value_name = "N"];
+        /// Every room needs a password, set by its first participant [default: false]
+        require_room_password: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"];
+        /// Only admit joins carrying an HMAC-signed token made with this secret (for apps embedding peercall)
+        join_token_secret: Option<Secret> [value_name = "SECRET"];
+        /// Lifetime of the TURN credentials handed to browsers, in seconds [default: 21600]
+        credential_ttl: Option<u64> [value_name = "SECONDS"];
+        /// Seconds a dropped peer may take to reconnect and keep its place [default: 20]
+        resume_grace: Option<u64> [value_name = "SECONDS"];
+        /// Seconds between WebSocket pings [default: 15]
+        ping_interval: Option<u64> [value_name = "SECONDS"];
+        /// Seconds without an answer before a connection is closed [default: 30]
+        ping_timeout: Option<u64> [value_name = "SECONDS"];
+    }
+
+    /// Where `peercall signal` sends browsers for TURN.
+    group ExternalTurnFlags ("External TURN server (peercall signal)") {
+        /// Shared secret (--auth-secret) of the TURN server browsers should use; without it they get no relay
+        turn_secret: Option<Secret> [value_name = "SECRET"];
+        /// UDP/TCP port of that TURN server, reached at --public-host or the host the browser used [default: 3478]
+        turn_port: Option<u16> [value_name = "PORT"];
+        /// TURNS (TLS) port of that TURN server [default: none]
+        turn_tls_port: Option<u16> [value_name = "PORT"];
+    }
+
+    /// Flags of the STUN/TURN server.
+    group TurnFlags ("STUN/TURN") {
+        /// UDP and TCP address of the STUN/TURN server; repeatable [default: 0.0.0.0:3478]
+        listen: Vec<SocketAddr> [value_name = "ADDR"];
+        /// TURNS (TLS over TCP) address, used when a certificate is configured; repeatable [default: port 5349 on
+        /// each --listen address]
+        tls_listen: Vec<SocketAddr> [value_name = "ADDR"];
+        /// PEM certificate chain for TURNS [default: --tls-cert]
+        turn_cert: Option<PathBuf> [value_name = "FILE"];
+        /// PEM private key of --turn-cert [default: --tls-key]
+        turn_key: Option<PathBuf> [value_name = "FILE"];
+        /// Address relayed traffic leaves from; repeatable [default: the --listen address, or this host's
+        /// addresses when listening on 0.0.0.0]
+        relay_ip: Vec<IpAddr> [value_name = "IP"];
+        /// Address advertised for relays when the host sits behind a 1:1 NAT, as PUBLIC or PUBLIC/PRIVATE;
+        /// repeatable
+        external_ip: Vec<ExternalIpArg> [value_name = "PUBLIC[/PRIVATE]"];
+        /// Authentication realm [default: peercall]
+        realm: Option<String> [value_name = "REALM"];
+        /// Static long-term credential NAME:PASSWORD; repeatable
+        user: Vec<UserPass> [value_name = "NAME:PASSWORD"];
+        /// Shared secret of the "TURN REST API" credential scheme (coturn's use-auth-secret); repeatable, to rotate
+        /// secrets [default under serve: a random secret shared with the signaling server]
+        auth_secret: Vec<Secret> [value_name = "SECRET"];
+        /// Allow relaying to this private or special range; repeatable
+        allow_peer: Vec<IpNet> [value_name = "CIDR"];
+        /// Also refuse relaying to this range; repeatable
+        deny_peer: Vec<IpNet> [value_name = "CIDR"];
+        /// Allow relaying to loopback addresses (tests and single-host setups) [default: false]
+        allow_loopback_peers: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"];
+        /// Lowest relay port [default: 49152]
+        min_port: Option<u16> [value_name = "PORT"];
+        /// Highest relay port [default: 65535]
+        max_port: Option<u16> [value_name = "PORT"];
+        /// Allocations one user may hold at once [default: 32]
+        user_quota: Option<u32> [value_name = "N"];
+        /// Allocations the whole server may hold at once [default: 20000]
+        total_quota: Option<u32> [value_name = "N"];
+        /// Longest allocation lifetime a client may ask for, in seconds [default: 3600]
+        max_lifetime: Option<u64> [value_name = "SECONDS"];
+        /// Unauthenticated requests per second accepted from one source address [default: 100]
+        unauth_rate: Option<u32> [value_name = "N"];
+    }
+
+    /// Logging flags.
+    group LogFlags ("Logging") {
+        /// Log level or tracing filter, e.g. debug or info,peercall_turn=trace [default: info; RUST_LOG is used
+        /// when this is not given as a flag]
+        log_level: Option<String> [value_name = "FILTER"];
+        /// Log format: human or json [default: human]
+        log_format: Option<LogFormat> [value_name = "FORMAT"];
+    }
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected human or json".to_owned()),
+        }
+    }
+}
+
+/// A secret: never printed (Debug and Serialize show `<redacted>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("a secret cannot be empty".to_owned());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// `--user NAME:PASSWORD`; the password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserPass {
+    pub name: String,
+    pub password: String,
+}
+
+impl FromStr for UserPass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some((name, password)) if !name.is_empty() && !password.is_empty() => Ok(UserPass {
+                name: name.to_owned(),
+                password: password.to_owned(),
+            }),
+            _ => Err("expected NAME:PASSWORD".to_owned()),
+        }
+    }
+}
+
+impl fmt::Debug for UserPass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:<redacted>", self.name)
+    }
+}
+
+impl Serialize for UserPass {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}:<redacted>", self.name))
+    }
+}
+
+/// `--external-ip PUBLIC[/PRIVATE]`, checked when parsed; converted to the TURN crate's type in `parts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalIpArg {
+    pub public: IpAddr,
+    pub private: Option<IpAddr>,
+}
+
+impl FromStr for ExternalIpArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (public, private) = match s.split_once('/') {
+            Some((p, q)) => (p, Some(q)),
+            None => (s, None),
+        };
+        let public = public
+            .parse()
+            .map_err(|_| format!("{public:?} is not an IP address (expected PUBLIC[/PRIVATE])"))?;
+        let private =
+            match private {
+                Some(q) => Some(q.parse().map_err(|_| {
+                    format!("{q:?} is not an IP address (expected PUBLIC[/PRIVATE])")
+                })?),
+                None => None,
+            };
+        Ok(ExternalIpArg { public, private })
+    }
+}
+
+impl fmt::Display for ExternalIpArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.private {
+            Some(private) => write!(f, "{}/{}", self.public, private),
+            None => write!(f, "{}", self.public),
+        }
+    }
+}
+
+impl Serialize for ExternalIpArg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A configuration problem found at start; its Display is one line naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}{}{}: {message}",
+        line.map(|l| format!(", line {l}")).unwrap_or_default(),
+        key.as_ref().map(|k| format!(", key `{k}`")).unwrap_or_default())]
+    File {
+        path: PathBuf,
+        line: Option<usize>,
+        key: Option<String>,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid {key} (from {from}): {message}")]
+    Invalid {
+        key: String,
+        from: String,
+        message: String,
+    },
+}
+
+/// Parses the text of a TOML config file. Errors name the file, the line and the key.
+pub fn parse_file(text: &str, path: &Path) -> Result<Options, ConfigError> {
+    toml::from_str::<Options>(text).map_err(|e| {
+        let mut message = e.message().trim().to_owned();
+        let (line, mut key) = match e.span() {
+            Some(span) => {
+                let start = span.start.min(text.len());
+                let line_no = text[..start].matches('\n').count() + 1;
+                let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+                let line_text = text[line_start..].lines().next().unwrap_or("");
+                let key = line_text
+                    .split_once('=')
+                    .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+                    .filter(|k| !k.is_empty() && !k.starts_with('['));
+                (Some(line_no), key)
+            }
+            None => (None, None),
+        };
+        // serde's "unknown field `x`, expected one of <every key>" is long: keep the first part, suggest a key.
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            let unknown = rest.split('`').next().unwrap_or("").to_owned();
+            message = format!("unknown key `{unknown}`");
+            if let Some(near) = nearest_key(&unknown) {
+                message.push_str(&format!(" (did you mean `{near}`?)"));
+            }
+            message.push_str("; every key is listed in docs/configuration.md");
+            key = Some(unknown);
+        }
+        ConfigError::File {
+            path: path.to_owned(),
+            line,
+            key,
+            message,
+        }
+    })
+}
+
+/// The known key closest to `unknown` by edit distance, if it is close.
+fn nearest_key(unknown: &str) -> Option<String> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    let normalized = unknown.replace('_', "-").to_ascii_lowercase();
+    FIELDS
+        .iter()
+        .map(|f| key_of(f))
+        .map(|k| (distance(&normalized, &k), k))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// HTTPS source for the web/signaling port.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HttpTls {
+    Off,
+    Files { cert: PathBuf, key: PathBuf },
+    SelfSigned,
+}
+
+/// The effective configuration: every default applied, every cross-field rule checked.
+/// Serializes as TOML for `--print-config` (secrets redacted).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Resolved {
+    pub http: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: bool,
+    pub public_host: Option<String>,
+    pub room_capacity: usize,
+    pub max_rooms: usize,
+    pub max_message_bytes: usize,
+    pub max_messages_per_sec: u32,
+    pub max_connections_per_ip: u32,
+    pub require_room_password: bool,
+    pub join_token_secret: Option<Secret>,
+    pub credential_ttl: u64,
+    pub resume_grace: u64,
+    pub ping_interval: u64,
+    pub ping_timeout: u64,
+    pub turn_secret: Option<Secret>,
+    pub turn_port: u16,
+    pub turn_tls_port: Option<u16>,
+    pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    pub turn_cert: Option<PathBuf>,
+    pub turn_key: Option<PathBuf>,
+    pub relay_ip: Vec<IpAddr>,
+    pub external_ip: Vec<ExternalIpArg>,
+    pub realm: String,
+    pub user: Vec<UserPass>,
+    pub auth_secret: Vec<Secret>,
+    pub allow_peer: Vec<IpNet>,
+    pub deny_peer: Vec<IpNet>,
+    pub allow_loopback_peers: bool,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub user_quota: u32,
+    pub total_quota: u32,
+    pub max_lifetime: u64,
+    pub unauth_rate: u32,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Where each value came from.
+    #[serde(skip)]
+    pub provenance: Provenance,
+    /// Things worth telling the operator that do not stop the start (logged once logging is up).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+pub const DEFAULT_HTTP: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
+pub const DEFAULT_TURN_PORT: u16 = 3478;
+pub const DEFAULT_TURNS_PORT: u16 = 5349;
+
+impl Resolved {
+    /// Applies defaults to merged options and checks the rules that involve several settings.
+    pub fn new(o: Options, provenance: Provenance) -> Result<Resolved, ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            key: key_of(field),
+            from: provenance.describe(field),
+            message,
+        };
+        let tls_self_signed = o.tls_self_signed.unwrap_or(false);
+        match (&o.tls_cert, &o.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid("tls_key", "--tls-cert needs --tls-key too".into()));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls_cert", "--tls-key needs --tls-cert too".into()));
+            }
+            (Some(_), Some(_)) if tls_self_signed => {
+                return Err(invalid(
+                    "tls_self_signed",
+                    "choose either --tls-self-signed or --tls-cert/--tls-key".into(),
+                ));
+            }
+            _ => {}
+        }
+        let (turn_cert, turn_key) = match (o.turn_cert, o.turn_key) {
+            (Some(c), Some(k)) => (Some(c), Some(k)),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "turn_key",
+                    "--turn-cert needs --turn-key too".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "turn_cert",
+                    "--turn-key needs --turn-cert too".into(),
+                ));
+            }
+            (None, None) => (o.tls_cert.clone(), o.tls_key.clone()),
+        };
+        let min_port = o.min_port.unwrap_or(49152);
+        let max_port = o.max_port.unwrap_or(65535);
+        if min_port == 0 || min_port > max_port {
+            let field = if provenance.layer("min_port") >= provenance.layer("max_port") {
+                "min_port"
+            } else {
+                "max_port"
+            };
+            return Err(invalid(
+                field,
+                format!(
+                    "the relay port range {min_port}-{max_port} is empty (need 1 <= min-port <= max-port)"
+                ),
+            ));
+        }
+        let realm = o.realm.unwrap_or_else(|| "peercall".to_owned());
+        if realm.is_empty()
+            || realm.len() > 127
+            || realm.chars().any(|c| c.is_control() || c == '"')
+        {
+            return Err(invalid(
+                "realm",
+                "must be 1 to 127 printable characters without quotes".into(),
+            ));
+        }
+        if let Some(host) = &o.public_host {
+            if host.is_empty() || host.contains(['/', ' ', '?', '#', '@']) {
+                return Err(invalid(
+                    "public_host",
+                    format!("{host:?} is not a host name or IP address (no scheme, path or port)"),
+                ));
+            }
+        }
+        let at_least = |field: &str, value: u64, min: u64, unit: &str| {
+            if value < min {
+                Err(invalid(
+                    field,
+                    format!("{value} is too small: the minimum is {min}{unit}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let room_capacity = o.room_capacity.unwrap_or(6);
+        at_least("room_capacity", room_capacity as u64, 2, "")?;
+        let max_rooms = o.max_rooms.unwrap_or(10_000);
+        at_least("max_rooms", max_rooms as u64, 1, "")?;
+        let max_message_bytes = o.max_message_bytes.unwrap_or(64 * 1024);
+        at_least(
+            "max_message_bytes",
+            max_message_bytes as u64,
+            1024,
+            " bytes",
+        )?;
+        let max_messages_per_sec = o.max_messages_per_sec.unwrap_or(50);
+        at_least("max_messages_per_sec", max_messages_per_sec.into(), 1, "")?;
+        let max_connections_per_ip = o.max_connections_per_ip.unwrap_or(20);
+        at_least(
+            "max_connections_per_ip",
+            max_connections_per_ip.into(),
+            1,
+            "",
+        )?;
+        let credential_ttl = o.credential_ttl.unwrap_or(6 * 3600);
+        at_least("credential_ttl", credential_ttl, 60, " seconds")?;
+        let resume_grace = o.resume_grace.unwrap_or(20);
+        let ping_interval = o.ping_interval.unwrap_or(15);
+        at_least("ping_interval", ping_interval, 1, " second")?;
+        let ping_timeout = o.ping_timeout.unwrap_or(30);
+        if ping_timeout <= ping_interval {
+            return Err(invalid(
+                "ping_timeout",
+                format!("{ping_timeout} s must be longer than --ping-interval ({ping_interval} s)"),
+            ));
+        }
+        let user_quota = o.user_quota.unwrap_or(32);
+        at_least("user_quota", user_quota.into(), 1, "")?;
+        let total_quota = o.total_quota.unwrap_or(20_000);
+        at_least("total_quota", total_quota.into(), 1, "")?;
+        let max_lifetime = o.max_lifetime.unwrap_or(3600);
+        at_least(
+            "max_lifetime",
+            max_lifetime,
+            600,
+            " seconds (the RFC 8656 default lifetime)",
+        )?;
+        let unauth_rate = o.unauth_rate.unwrap_or(100);
+        at_least("unauth_rate", unauth_rate.into(), 1, "")?;
+        let log_level = o.log_level.unwrap_or_else(|| "info".to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(invalid(
+                "log_level",
+                format!("{log_level:?} is not a level or tracing filter: {e}"),
+            ));
+        }
+        let listen = if o.listen.is_empty() {
+            vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_TURN_PORT))]
+        } else {
+            o.listen
+        };
+        let tls_listen = if o.tls_listen.is_empty() {
+            let mut v: Vec<SocketAddr> = listen
+                .iter()
+                .map(|a| SocketAddr::new(a.ip(), DEFAULT_TURNS_PORT))
+                .collect();
+            v.dedup();
+            v
+        } else {
+            o.tls_listen
+        };
+        let mut warnings = Vec::new();
+        if o.auth_secret.iter().any(|s| s.0.len() < 16) {
+            warnings.push("an --auth-secret shorter than 16 characters is easy to guess; use a long random one".into());
+        }
+        if o.join_token_secret.as_ref().is_some_and(|s| s.0.len() < 16) {
+            warnings.push("--join-token-secret shorter than 16 characters is easy to guess".into());
+        }
+        Ok(Resolved {
+            http: o.http.unwrap_or(DEFAULT_HTTP),
+            tls_cert: o.tls_cert,
+            tls_key: o.tls_key,
+            tls_self_signed,
+            public_host: o.public_host,
+            room_capacity,
+            max_rooms,
+            max_message_bytes,
+            max_messages_per_sec,
+            max_connections_per_ip,
+            require_room_password: o.require_room_password.unwrap_or(false),
+            join_token_secret: o.join_token_secret,
+            credential_ttl,
+            resume_grace,
+            ping_interval,
+            ping_timeout,
+            turn_secret: o.turn_secret,
+            turn_port: o.turn_port.unwrap_or(DEFAULT_TURN_PORT),
+            turn_tls_port: o.turn_tls_port,
+            listen,
+            tls_listen,
+            turn_cert,
+            turn_key,
+            relay_ip: o.relay_ip,
+            external_ip: o.external_ip,
+            realm,
+            user: o.user,
+            auth_secret: o.auth_secret,
+            allow_peer: o.allow_peer,
+            deny_peer: o.deny_peer,
+            allow_loopback_peers: o.allow_loopback_peers.unwrap_or(false),
+            min_port,
+            max_port,
+            user_quota,
+            total_quota,
+            max_lifetime,
+            unauth_rate,
+            log_level,
+            log_format: o.log_format.unwrap_or_default(),
+            provenance,
+            warnings,
+        })
+    }
+
+    pub fn http_tls(&self) -> HttpTls {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => HttpTls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ if self.tls_self_signed => HttpTls::SelfSigned,
+            _ => HttpTls::Off,
+        }
+    }
+
+    /// The effective configuration as TOML, each line followed by where its value came from.
+    pub fn to_annotated_toml(&self) -> String {
+        let text = toml::to_string(self)
+            .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"));
+        let mut out = String::new();
+        for line in text.lines() {
+            let field = line
+                .split_once(" = ")
+                .map(|(k, _)| k.trim().replace('-', "_"));
+            match field {
+                Some(field) if FIELDS.contains(&field.as_str()) => {
+                    out.push_str(&format!(
+                        "{line:<50} # {}\n",
+                        self.provenance.describe(&field)
+                    ));
+                }
+                _ => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Reads the configuration from all three layers.
+///
+/// `flags` are the options given on the command line, `config_flag` the `--config` flag, `env` the process
+/// environment (only `PEERCALL_*` entries are looked at) and `read_file` reads the config file. Pure apart from
+/// `read_file`, so every rule is unit-tested.
+pub fn load(
+    flags: Options,
+    config_flag: Option<PathBuf>,
+    env: &[(String, String)],
+    read_file: &dyn Fn(&Path) -> std::io::Result<String>,
+) -> Result<Resolved, ConfigError> {
+    let (env_options, unknown_env) =
+        Options::from_env(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let config_path = config_flag.or_else(|| {
+        env.iter()
+            .find(|(k, v)| k == "PEERCALL_CONFIG" && !v.is_empty())
+            .map(|(_, v)| PathBuf::from(v))
+    });
+    let file_options = match &config_path {
+        Some(path) => {
+            let text = read_file(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            parse_file(&text, path)?
+        }
+        None => Options::default(),
+    };
+    let (merged, layers) = Options::merge(flags, env_options, file_options);
+    let provenance = Provenance {
+        layers,
+        file: config_path,
+    };
+    let mut resolved = Resolved::new(merged, provenance)?;
+    for name in unknown_env {
+        resolved
+            .warnings
+            .push(format!("ignoring environment variable {name}: not a peercall setting (see docs/configuration.md)"));
+    }
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Every flag group, as `peercall serve` plus `peercall signal` see them.
+    #[derive(Parser)]
+    struct AllFlags {
+        #[command(flatten)]
+        http: HttpFlags,
+        #[command(flatten)]
+        signal: SignalFlags,
+        #[command(flatten)]
+        external: ExternalTurnFlags,
+        #[command(flatten)]
+        turn: TurnFlags,
+        #[command(flatten)]
+        log: LogFlags,
+    }
+
+    fn flags(args: &[&str]) -> Options {
+        let all = AllFlags::try_parse_from(std::iter::once("peercall").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("test flags {args:?} parse: {e}"));
+        let mut o = Options::default();
+        all.http.apply(&mut o);
+        all.signal.apply(&mut o);
+        all.external.apply(&mut o);
+        all.turn.apply(&mut o);
+        all.log.apply(&mut o);
+        o
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn no_file(path: &Path) -> std::io::Result<String> {
+        panic!("no file should be read, asked for {}", path.display())
+    }
+
+    fn file(text: &'static str) -> impl Fn(&Path) -> std::io::Result<String> {
+        move |_| Ok(text.to_owned())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let r = load(Options::default(), None, &[], &no_file).expect("defaults are valid");
+        assert_eq!(r.http.to_string(), "0.0.0.0:8080");
+        assert_eq!(
+            r.listen,
+            vec!["0.0.0.0:3478".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(
+            r.tls_listen,
+            vec!["0.0.0.0:5349".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(r.http_tls(), HttpTls::Off);
+        assert!(!r.allow_loopback_peers);
+        assert_eq!((r.min_port, r.max_port), (49152, 65535));
+        assert_eq!(r.realm, "peercall");
+        assert_eq!(r.room_capacity, 6);
+        assert_eq!(r.max_message_bytes, 65536);
+        assert_eq!(r.credential_ttl, 21600);
+        assert_eq!(r.log_level, "info");
+        assert_eq!(r.log_format, LogFormat::Human);
+        assert!(r.auth_secret.is_empty() && r.user.is_empty());
+        assert!(r.provenance.layers.values().all(|l| *l == Layer::Default));
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let text =
+            "http = \"127.0.0.1:9001\"\nrealm = \"file\"\nroom-capacity = 3\nmax-rooms = 7\n";
+        let r = load(
+            flags(&["--http", "127.0.0.1:9003"]),
+            Some("site.toml".into()),
+            &env(&[
+                ("PEERCALL_HTTP", "127.0.0.1:9002"),
+                ("PEERCALL_REALM", "env"),
+                ("PEERCALL_MAX_ROOMS", ""),
+            ]),
+            &file(text),
+        )
+        .expect("valid");
+        assert_eq!(
+            r.http,
+            "127.0.0.1:9003".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(r.realm, "env");
+        assert_eq!(r.room_capacity, 3);
+        // An empty variable is "not set": the file's value stays.
+        assert_eq!(r.max_rooms, 7);
+        assert_eq!(r.max_message_bytes, 65536);
+        assert_eq!(r.provenance.layer("http"), Layer::Flag);
+        assert_eq!(r.provenance.layer("realm"), Layer::Env);
+        assert_eq!(r.provenance.layer("room_capacity"), Layer::File);
+        assert_eq!(r.provenance.layer("max_message_bytes"), Layer::Default);
+        assert_eq!(
+            r.provenance.describe("room_capacity"),
+            "config file site.toml"
+        );
+        assert_eq!(
+            r.provenance.describe("realm"),
+            "environment variable PEERCALL_REALM"
+        );
+        assert_eq!(r.provenance.describe("http"), "flag --http");
+    }
+
+    #[test]
+    fn config_path_from_flag_beats_env() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let read = |p: &Path| {
+            seen.borrow_mut().push(p.to_owned());
+            Ok(String::new())
+        };
+        load(
+            Options::default(),
+            None,
+            &env(&[("PEERCALL_CONFIG", "/from/env.toml")]),
+            &read,
+        )
+        .expect("valid");
+        load(
+            Options::default(),
+            Some("/from/flag.toml".into()),
+            &env(&[("PEERCALL_CONFIG", "/from/env.toml")]),
+            &read,
+        )
+        .expect("valid");
+        assert_eq!(
+            *seen.borrow(),
+            vec![
+                PathBuf::from("/from/env.toml"),
+                PathBuf::from("/from/flag.toml")
+            ]
+        );
+    }
+
+    #[test]
+    fn lists_replace_lower_layers_and_split_env_on_commas() {
+        let text = "listen = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nrelay-ip = [\"10.0.0.1\"]\nuser = [\"a:b\"]\n";
+        let r = load(
+            flags(&["--listen", "127.0.0.1:3", "--listen", "127.0.0.1:4"]),
+            Some("f.toml".into()),
+            &env(&[
+                ("PEERCALL_RELAY_IP", "10.0.0.2, 10.0.0.3"),
+                ("PEERCALL_USER", ""),
+            ]),
+            &file(text),
+        )
+        .expect("valid");
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:3".parse().expect("a"),
+            "127.0.0.1:4".parse().expect("a"),
+        ];
+        assert_eq!(r.listen, addrs);
+        assert_eq!(
+            r.relay_ip,
+            vec![
+                "10.0.0.2".parse::<IpAddr>().expect("ip"),
+                "10.0.0.3".parse().expect("ip")
+            ]
+        );
+        assert_eq!(r.user.len(), 1);
+        assert_eq!(r.user[0].name, "a");
+        // TURNS follows the TURN addresses unless given.
+        assert_eq!(
+            r.tls_listen,
+            vec!["127.0.0.1:5349".parse::<SocketAddr>().expect("a")]
+        );
+    }
+
+    #[test]
+    fn booleans_in_every_layer() {
+        let r = load(flags(&["--allow-loopback-peers"]), None, &[], &no_file).expect("valid");
+        assert!(r.allow_loopback_peers);
+        // A flag can switch off what the environment or the file switched on.
+        let r = load(
+            flags(&["--allow-loopback-peers=false"]),
+            None,
+            &env(&[("PEERCALL_ALLOW_LOOPBACK_PEERS", "true")]),
+            &no_file,
+        )
+        .expect("valid");
+        assert!(!r.allow_loopback_peers);
+        let r = load(
+            Options::default(),
+            Some("f".into()),
+            &[],
+            &file("tls-self-signed = true\n"),
+        )
+        .expect("valid");
+        assert_eq!(r.http_tls(), HttpTls::SelfSigned);
+        let err = load(
+            Options::default(),
+            None,
+            &env(&[("PEERCALL_TLS_SELF_SIGNED", "yes")]),
+            &no_file,
+        )
+        .expect_err("yes is not a bool");
+        assert!(
+            err.to_string().contains("PEERCALL_TLS_SELF_SIGNED"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line_and_suggests() {
+        let err = parse_file(
+            "http = \"127.0.0.1:1\"\nrelam = \"x\"\n",
+            Path::new("/etc/peercall.toml"),
+        )
+        .expect_err("unknown key");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("config file /etc/peercall.toml, line 2, key `relam`: unknown key"),
+            "{text}"
+        );
+        assert!(text.contains("did you mean `realm`"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn bad_values_name_key_file_and_line() {
+        for (toml_text, key, line) in [
+            ("http = \"not an address\"\n", "http", 1),
+            ("realm = \"r\"\nmin-port = 70000\n", "min-port", 2),
+            ("listen = [\"127.0.0.1:1\", \"nope\"]\n", "listen", 1),
+            ("allow-peer = [\"10.0.0.0/33\"]\n", "allow-peer", 1),
+            ("user = [\"nocolon\"]\n", "user", 1),
+            ("external-ip = \"1.2.3.4/x\"\n", "external-ip", 1),
+            ("log-format = \"xml\"\n", "log-format", 1),
+            (
+                "allow-loopback-peers = \"maybe\"\n",
+                "allow-loopback-peers",
+                1,
+            ),
+            ("room-capacity = [1]\n", "room-capacity", 1),
+        ] {
+            let err = parse_file(toml_text, Path::new("x.toml")).expect_err(toml_text);
+            let text = err.to_string();
+            let want = format!("config file x.toml, line {line}, key `{key}`: ");
+            assert!(
+                text.starts_with(&want),
+                "{toml_text:?} gave {text:?}, want prefix {want:?}"
+            );
+            assert!(!text.contains('\n'), "one line: {text}");
+        }
+    }
+
+    #[test]
+    fn broken_toml_names_file_and_line() {
+        let err = parse_file("realm = \"x\"\nthis is not toml\n", Path::new("x.toml"))
+            .expect_err("syntax");
+        let text = err.to_string();
+        assert!(text.starts_with("config file x.toml, line 2"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+
+    #[test]
+    fn unreadable_file_names_the_file() {
+        let err = load(
+            Options::default(),
+            Some("/nope/p.toml".into()),
+            &[],
+            &|_| Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        )
+        .expect_err("unreadable");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read config file /nope/p.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        for (var, value) in [
+            ("PEERCALL_HTTP", "x"),
+            ("PEERCALL_MIN_PORT", "-1"),
+            ("PEERCALL_LISTEN", "127.0.0.1:1,bad"),
+            ("PEERCALL_DENY_PEER", "10.0.0.0/99"),
+            ("PEERCALL_LOG_FORMAT", "xml"),
+        ] {
+            let err =
+                load(Options::default(), None, &env(&[(var, value)]), &no_file).expect_err(var);
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("environment variable {var}: ")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_env_variables_warn_but_do_not_stop() {
+        let r = load(
+            Options::default(),
+            None,
+            &env(&[("PEERCALL_RELAM", "x"), ("HOME", "/root")]),
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.warnings.len(), 1);
+        assert!(r.warnings[0].contains("PEERCALL_RELAM"));
+    }
+
+    #[test]
+    fn cross_field_rules_name_the_key_and_its_source() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--tls-cert", "c.pem"], "invalid tls-key"),
+            (&["--tls-key", "k.pem"], "invalid tls-cert"),
+            (
+                &["--tls-cert", "c", "--tls-key", "k", "--tls-self-signed"],
+                "invalid tls-self-signed",
+            ),
+            (&["--turn-cert", "c"], "invalid turn-key"),
+            (
+                &["--min-port", "6000", "--max-port", "5000"],
+                "invalid min-port (from flag --min-port)",
+            ),
+            (&["--min-port", "0"], "invalid min-port"),
+            (&["--room-capacity", "1"], "invalid room-capacity"),
+            (&["--max-message-bytes", "10"], "invalid max-message-bytes"),
+            (&["--credential-ttl", "5"], "invalid credential-ttl"),
+            (
+                &["--ping-interval", "30", "--ping-timeout", "30"],
+                "invalid ping-timeout",
+            ),
+            (&["--realm", ""], "invalid realm"),
+            (&["--public-host", "https://x"], "invalid public-host"),
+            (&["--log-level", "info,,=="], "invalid log-level"),
+            (&["--user-quota", "0"], "invalid user-quota"),
+            (&["--max-lifetime", "10"], "invalid max-lifetime"),
+        ];
+        for (args, want) in cases {
+            let err = load(flags(args), None, &[], &no_file).expect_err(want);
+            assert!(err.to_string().starts_with(want), "{args:?}: {err}");
+        }
+        // The file's name appears when the bad value came from it.
+        let err = load(
+            Options::default(),
+            Some("p.toml".into()),
+            &[],
+            &file("max-port = 100\n"),
+        )
+        .expect_err("empty range");
+        assert!(
+            err.to_string()
+                .starts_with("invalid max-port (from config file p.toml)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn turn_tls_defaults_to_the_http_certificate() {
+        let r = load(
+            flags(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.turn_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(r.turn_key, Some(PathBuf::from("k.pem")));
+        let r = load(
+            flags(&[
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--turn-cert",
+                "t.pem",
+                "--turn-key",
+                "tk.pem",
+            ]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.turn_cert, Some(PathBuf::from("t.pem")));
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let r = load(
+            flags(&[
+                "--auth-secret",
+                "s3cr3t-value-long-enough",
+                "--user",
+                "alice:pa55word",
+            ]),
+            None,
+            &env(&[("PEERCALL_JOIN_TOKEN_SECRET", "j0in-secret-long-enough")]),
+            &no_file,
+        )
+        .expect("valid");
+        for text in [format!("{r:?}"), r.to_annotated_toml()] {
+            assert!(
+                !text.contains("s3cr3t") && !text.contains("pa55word") && !text.contains("j0in"),
+                "{text}"
+            );
+            assert!(text.contains("alice"), "{text}");
+        }
+    }
+
+    #[test]
+    fn annotated_toml_is_valid_config_and_names_sources() {
+        let r = load(flags(&["--realm", "example"]), None, &[], &no_file).expect("valid");
+        let text = r.to_annotated_toml();
+        assert!(text.contains("realm = \"example\""), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("realm = ") && l.ends_with("# flag --realm")),
+            "{text}"
+        );
+        // What --print-config prints can be fed back as a config file.
+        let again = parse_file(&text, Path::new("printed.toml")).expect("printed config parses");
+        assert_eq!(again.realm.as_deref(), Some("example"));
+    }
+
+    #[test]
+    fn every_setting_has_a_flag_an_env_variable_and_a_toml_key() {
+        use clap::CommandFactory;
+        let command = AllFlags::command();
+        let longs: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(longs.len(), FIELDS.len(), "{longs:?}");
+        for field in FIELDS {
+            assert!(
+                longs.contains(&key_of(field)),
+                "no flag --{}",
+                key_of(field)
+            );
+            // Each key is known to the file parser (a value of the wrong type is an error, but not "unknown key").
+            if let Err(e) = parse_file(&format!("{} = {{}}\n", key_of(field)), Path::new("k.toml"))
+            {
+                assert!(!e.to_string().contains("unknown key"), "{e}");
+            }
+            // And each variable is recognised.
+            let (_, unknown) =
+                Options::from_env([(env_var_of(field).as_str(), "")]).expect("empty is unset");
+            assert!(unknown.is_empty(), "{} not recognised", env_var_of(field));
+        }
+    }
+
+    #[test]
+    fn docs_and_example_list_every_setting() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let docs = std::fs::read_to_string(root.join("docs/configuration.md"))
+            .expect("docs/configuration.md");
+        let example = std::fs::read_to_string(root.join("peercall.example.toml"))
+            .expect("peercall.example.toml");
+        for field in FIELDS {
+            let key = key_of(field);
+            assert!(
+                docs.contains(&format!("`--{key}")),
+                "docs/configuration.md misses --{key}"
+            );
+            assert!(
+                docs.contains(&format!("`{}`", env_var_of(field))),
+                "docs misses {}",
+                env_var_of(field)
+            );
+            assert!(
+                example.lines().any(|l| l
+                    .trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} ="))),
+                "peercall.example.toml misses {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn example_file_parses_and_resolves_and_its_commented_values_too() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../peercall.example.toml");
+        let text = std::fs::read_to_string(&path).expect("peercall.example.toml");
+        let options = parse_file(&text, &path).expect("peercall.example.toml is valid");
+        Resolved::new(options, Provenance::default()).expect("peercall.example.toml resolves");
+        // Uncomment every `# key = value` line: the example values must be valid too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| FIELDS.contains(&k.replace('-', "_").as_str())) =>
+                {
+                    format!("{rest}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let options = parse_file(&uncommented, &path).expect("uncommented example parses");
+        let (merged, _) = Options::merge(Options::default(), Options::default(), options);
+        assert!(
+            merged.realm.is_some(),
+            "the example sets realm once uncommented"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! The HTTP(S) port: web client, signaling WebSocket, `/healthz` and `/metrics`.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum_server::tls_rustls::RustlsConfig;
+use tokio::task::JoinHandle;
+
+use crate::config::{HttpTls, Resolved};
+use crate::parts::{Mode, Parts, SignalPart, TurnPart};
+use crate::tls;
+
+/// The bound, not yet serving, HTTP port (bound first, so "port in use" is the first error a user sees).
+pub struct Bound {
+    listener: std::net::TcpListener,
+    pub addr: SocketAddr,
+    tls: Option<TlsSource>,
+}
+
+enum TlsSource {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        config: Arc<rustls::ServerConfig>,
+    },
+    SelfSigned(tls::SelfSigned),
+}
+
+/// Binds the HTTP port and loads its certificate. Errors name the address or file and the flag to change.
+pub fn bind(mode: Mode, config: &Resolved) -> anyhow::Result<Bound> {
+    let what = if mode.runs_signal() {
+        "the web client and signaling"
+    } else {
+        "/healthz and /metrics"
+    };
+    let listener = std::net::TcpListener::bind(config.http).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (is another peercall or web server running? change --http)"
+        } else {
+            " (change --http)"
+        };
+        anyhow!("cannot listen on {} for {what}: {e}{hint}", config.http)
+    })?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot configure the HTTP socket")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the HTTP socket address")?;
+    let tls = match config.http_tls() {
+        HttpTls::Off => None,
+        HttpTls::Files { cert, key } => {
+            let server_config = tls::server_config_from_files(&cert, &key)?;
+            Some(TlsSource::Files {
+                cert,
+                key,
+                config: server_config,
+            })
+        }
+        HttpTls::SelfSigned => Some(TlsSource::SelfSigned(tls::self_signed()?)),
+    };
+    Ok(Bound {
+        listener,
+        addr,
+        tls,
+    })
+}
+
+/// The running HTTP server.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// For `--tls-self-signed`: the certificate's SHA-256 fingerprint and the names it covers.
+    pub self_signed: Option<(String, Vec<String>)>,
+    /// Whether the web client is served, and whether it is the real one.
+    pub web: Option<bool>,
+    handle: axum_server::Handle,
+    reload: Option<(RustlsConfig, PathBuf, PathBuf)>,
+    shutting_down: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Stops accepting connections; requests in flight get `grace` to finish.
+    pub fn stop_accepting(&self, grace: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.handle.graceful_shutdown(Some(grace));
+    }
+
+    /// Re-reads `--tls-cert/--tls-key` (SIGHUP); new connections use the new certificate.
+    pub fn reload_tls(&self) {
+        if let Some((rustls_config, cert, key)) = &self.reload {
+            match tls::server_config_from_files(cert, key) {
+                Ok(fresh) => {
+                    rustls_config.reload_from_config(fresh);
+                    tracing::info!("SIGHUP: HTTPS certificate reloaded from {}", cert.display());
+                }
+                Err(e) => tracing::error!(
+                    "SIGHUP: HTTPS certificate NOT reloaded, the old one stays: {e:#}"
+                ),
+            }
+        }
+    }
+
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    mode: Mode,
+    turn: Option<TurnPart>,
+    signal: Option<SignalPart>,
+    web_available: Option<bool>,
+    http_addr: SocketAddr,
+    tls: bool,
+    started: Instant,
+    started_unix: f64,
+    shutting_down: Arc<AtomicBool>,
+}
+
+/// Serves the bound port: `/healthz`, `/metrics`, and under serve/signal the signaling WebSocket and web client.
+pub fn serve(mode: Mode, bound: Bound, parts: &Parts) -> HttpServer {
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let web = parts.signal.as_ref().map(|_| crate::parts::web_router());
+    let state = AppState {
+        mode,
+        turn: parts.turn.clone(),
+        signal: parts.signal.clone(),
+        web_available: web.as_ref().map(|(_, available)| *available),
+        http_addr: bound.addr,
+        tls: bound.tls.is_some(),
+        started: Instant::now(),
+        started_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        shutting_down: shutting_down.clone(),
+    };
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Some(signal) = &parts.signal {
+        app = app.merge(signal.router());
+    }
+    let web_available = web.as_ref().map(|(_, available)| *available);
+    if let Some((web_router, _)) = web {
+        app = app.merge(web_router);
+    }
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+
+    let (task, self_signed, reload) = match bound.tls {
+        None => {
+            let server = axum_server::from_tcp(bound.listener).handle(handle.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = server.serve(make_service).await {
+                    tracing::error!("HTTP server stopped: {e}");
+                }
+            });
+            (task, None, None)
+        }
+        Some(source) => {
+            let (server_config, self_signed, files) = match source {
+                TlsSource::Files { cert, key, config } => (config, None, Some((cert, key))),
+                TlsSource::SelfSigned(s) => (s.config, Some((s.fingerprint, s.names)), None),
+            };
+            let rustls_config = RustlsConfig::from_config(server_config);
+            let server = axum_server::from_tcp_rustls(bound.listener, rustls_config.clone())
+                .handle(handle.clone());
+            let reload = files.map(|(cert, key)| (rustls_config, cert, key));
+            let task = tokio::spawn(async move {
+                if let Err(e) = server.serve(make_service).await {
+                    tracing::error!("HTTPS server stopped: {e}");
+                }
+            });
+            (task, self_signed, reload)
+        }
+    };
+    HttpServer {
+        addr: bound.addr,
+        tls: reload.is_some() || self_signed.is_some(),
+        self_signed,
+        web: web_available,
+        handle,
+        reload,
+        shutting_down,
+        task,
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let shutting_down = state.shutting_down.load(Ordering::SeqCst);
+    let mut healthy = !shutting_down;
+    let turn = match &state.turn {
+        Some(turn) => {
+            let up = turn.is_running();
+            healthy &= up;
+            let a = turn.addrs();
+            serde_json::json!({
+                "status": if up { "up" } else { "down" },
+                "udp": a.udp, "tcp": a.tcp, "tls": a.tls, "relay_ips": a.relay_ips,
+            })
+        }
+        None => serde_json::json!({ "status": "not running" }),
+    };
+    let signaling = match &state.signal {
+        Some(signal) => {
+            let mut v = signal.stats_json();
+            v["status"] = (if signal.available {
+                "up"
+            } else {
+                "not yet available"
+            })
+            .into();
+            v["url"] = format!(
+                "{}://{}/ws",
+                if state.tls { "wss" } else { "ws" },
+                state.http_addr
+            )
+            .into();
+            v
+        }
+        None => serde_json::json!({ "status": "not running" }),
+    };
+    let web = match state.web_available {
+        Some(true) => serde_json::json!({ "status": "up" }),
+        Some(false) => serde_json::json!({ "status": "not yet available" }),
+        None => serde_json::json!({ "status": "not running" }),
+    };
+    let body = serde_json::json!({
+        "status": if shutting_down { "shutting down" } else if healthy { "ok" } else { "unavailable" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "mode": state.mode.name(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "parts": {
+            "http": { "status": "up", "address": state.http_addr, "tls": state.tls },
+            "web": web,
+            "signaling": signaling,
+            "turn": turn,
+        },
+    });
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::with_capacity(8192);
+    process_metrics(&state, &mut out);
+    if let Some(turn) = &state.turn {
+        turn.metrics_text(&mut out);
+    }
+    if let Some(signal) = &state.signal {
+        signal.metrics_text(&mut out);
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        out,
+    )
+}
+
+fn process_metrics(state: &AppState, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP peercall_build_info peercall version and mode; always 1."
+    );
+    let _ = writeln!(out, "# TYPE peercall_build_info gauge");
+    let _ = writeln!(
+        out,
+        "peercall_build_info{{version=\"{}\",mode=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        state.mode.name()
+    );
+    let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    gauge(
+        "peercall_uptime_seconds",
+        "Seconds since peercall started.",
+        "gauge",
+        format!("{:.3}", state.started.elapsed().as_secs_f64()),
+    );
+    gauge(
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch, in seconds.",
+        "gauge",
+        format!("{:.3}", state.started_unix),
+    );
+    if let Some((cpu, rss)) = proc_self_stat() {
+        gauge(
+            "process_cpu_seconds_total",
+            "User and system CPU time spent, in seconds.",
+            "counter",
+            format!("{cpu:.2}"),
+        );
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size, in bytes.",
+            "gauge",
+            rss.to_string(),
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            "process_open_fds",
+            "Open file descriptors.",
+            "gauge",
+            fds.count().to_string(),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP peercall_part_up Whether a part of peercall runs and is healthy (1) or not (0)."
+    );
+    let _ = writeln!(out, "# TYPE peercall_part_up gauge");
+    let _ = writeln!(out, "peercall_part_up{{part=\"http\"}} 1");
+    if let Some(turn) = &state.turn {
+        let _ = writeln!(
+            out,
+            "peercall_part_up{{part=\"turn\"}} {}",
+            u8::from(turn.is_running())
+        );
+    }
+    if let Some(signal) = &state.signal {
+        let _ = writeln!(
+            out,
+            "peercall_part_up{{part=\"signaling\"}} {}",
+            u8::from(signal.available)
+        );
+    }
+}
+
+/// CPU seconds and resident bytes of this process, from /proc/self/stat.
+fn proc_self_stat() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime 15, rss 24 (in pages).
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    // SAFETY: sysconf only reads system constants.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if ticks <= 0 || page <= 0 {
+        return None;
+    }
+    Some(((utime + stime) / ticks as f64, rss_pages * page as u64))
+}

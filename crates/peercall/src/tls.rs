@@ -1,0 +1,213 @@
+//! TLS for the web/signaling port: certificate files, or a self-signed certificate made at start.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+/// Loads a PEM certificate chain and key. Errors name the file and the flag.
+pub fn server_config_from_files(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    let cert_pem = std::fs::read(cert).with_context(|| {
+        format!(
+            "cannot read the certificate file {} (--tls-cert)",
+            cert.display()
+        )
+    })?;
+    let key_pem = std::fs::read(key).with_context(|| {
+        format!(
+            "cannot read the private key file {} (--tls-key)",
+            key.display()
+        )
+    })?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "{} (--tls-cert) is not a PEM certificate chain",
+                cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(anyhow!(
+            "{} (--tls-cert) holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+            cert.display()
+        ));
+    }
+    let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .with_context(|| format!("{} (--tls-key) is not a PEM private key", key.display()))?
+        .ok_or_else(|| anyhow!("{} (--tls-key) holds no PEM private key", key.display()))?;
+    build(certs, private_key).with_context(|| {
+        format!(
+            "the certificate {} and the key {} do not match or are unsupported",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// A self-signed certificate and its parts.
+pub struct SelfSigned {
+    pub config: Arc<ServerConfig>,
+    /// SHA-256 of the certificate, colon-separated upper-case hex, as browsers show it.
+    pub fingerprint: String,
+    /// The names and addresses the certificate is valid for.
+    pub names: Vec<String>,
+}
+
+/// A certificate for localhost, the loopback addresses, the host name and this machine's interface addresses.
+pub fn self_signed() -> anyhow::Result<SelfSigned> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Some(host) = hostname() {
+        names.push(host.clone());
+        if !host.contains('.') {
+            names.push(format!("{host}.local"));
+        }
+    }
+    names.extend(
+        interface_addresses()
+            .into_iter()
+            .filter(|ip| !ip.is_unspecified() && !is_ipv6_link_local(ip))
+            .map(|ip| ip.to_string()),
+    );
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    let mut params = rcgen::CertificateParams::new(names.clone())
+        .context("cannot make a self-signed certificate")?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "peercall self-signed");
+    let key_pair =
+        rcgen::KeyPair::generate().context("cannot make a key for the self-signed certificate")?;
+    let cert = params
+        .self_signed(&key_pair)
+        .context("cannot make a self-signed certificate")?;
+    let cert_der: CertificateDer<'static> = cert.der().clone();
+    let fingerprint = fingerprint(&cert_der);
+    let key = PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
+    Ok(SelfSigned {
+        config: build(vec![cert_der], key)?,
+        fingerprint,
+        names,
+    })
+}
+
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    Sha256::digest(cert_der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn build(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn is_ipv6_link_local(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    valid.then(|| name.to_owned())
+}
+
+/// Addresses of this machine's interfaces, read locally with getifaddrs (no network traffic).
+pub fn interface_addresses() -> Vec<IpAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below by freeifaddrs; it is only read in between, and
+    // each sockaddr is read as the type its family names.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let addr = (*cur).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_covers_localhost_and_loopback() {
+        let s = self_signed().expect("self-signed certificate");
+        for name in ["localhost", "127.0.0.1", "::1"] {
+            assert!(
+                s.names.iter().any(|n| n == name),
+                "{name} missing from {:?}",
+                s.names
+            );
+        }
+        assert_eq!(s.fingerprint.len(), 32 * 3 - 1);
+    }
+
+    #[test]
+    fn interface_addresses_include_loopback() {
+        let addrs = interface_addresses();
+        assert!(addrs.iter().any(|a| a.is_loopback()), "{addrs:?}");
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("peercall-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let missing = dir.join("missing.pem");
+        let err = server_config_from_files(&missing, &missing).expect_err("missing file");
+        assert!(format!("{err:#}").contains("missing.pem"), "{err:#}");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not pem").expect("write");
+        let err = server_config_from_files(&junk, &junk).expect_err("junk");
+        assert!(
+            format!("{err:#}").contains("holds no PEM certificate"),
+            "{err:#}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
