@@ -337,17 +337,15 @@ impl Rooms {
 
     fn join(&mut self, now: Instant, conn: ConnId, join: Join) -> Result<(), ErrorCode> {
         // Resume: a live resume token for the same room gives back the same peer.
-        if let Some(token) = &join.resume {
-            if let Some(peer_id) = self.by_resume.get(token).cloned() {
-                if self
-                    .peers
-                    .get(&peer_id)
-                    .is_some_and(|p| p.room == join.room)
-                {
-                    self.resume(now, conn, &peer_id, join);
-                    return Ok(());
-                }
-            }
+        if let Some(token) = &join.resume
+            && let Some(peer_id) = self.by_resume.get(token).cloned()
+            && self
+                .peers
+                .get(&peer_id)
+                .is_some_and(|p| p.room == join.room)
+        {
+            self.resume(now, conn, &peer_id, join);
+            return Ok(());
         }
 
         let mut name = join.name;
@@ -381,15 +379,15 @@ impl Rooms {
 
         match self.rooms.get(&join.room) {
             Some(room) => {
-                if let Some(hash) = &room.password {
-                    if !join.password.as_deref().is_some_and(|p| hash.matches(p)) {
-                        return self.close_with_error(
-                            conn,
-                            ErrorCode::WrongPassword,
-                            "wrong password for this room",
-                            Some("join"),
-                        );
-                    }
+                if let Some(hash) = &room.password
+                    && !join.password.as_deref().is_some_and(|p| hash.matches(p))
+                {
+                    return self.close_with_error(
+                        conn,
+                        ErrorCode::WrongPassword,
+                        "wrong password for this room",
+                        Some("join"),
+                    );
                 }
                 if room.members.len() >= self.config.max_peers_per_room {
                     let message = format!(
@@ -750,12 +748,12 @@ impl Rooms {
 
     fn forget_conn(&mut self, conn: ConnId) -> Option<Conn> {
         let c = self.conns.remove(&conn)?;
-        if let Some(ip) = c.ip {
-            if let Some(n) = self.per_ip.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.per_ip.remove(&ip);
-                }
+        if let Some(ip) = c.ip
+            && let Some(n) = self.per_ip.get_mut(&ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
             }
         }
         Some(c)
@@ -803,10 +801,8 @@ impl Rooms {
         ref_type: Option<&'static str>,
     ) -> Result<(), ErrorCode> {
         self.emit_error(conn, code, message, ref_type);
-        if let Some(c) = self.forget_conn(conn) {
-            if let Some(peer) = c.peer {
-                self.remove_peer(&peer);
-            }
+        if let Some(peer) = self.forget_conn(conn).and_then(|c| c.peer) {
+            self.remove_peer(&peer);
         }
         self.out.push_back(Output::Close {
             conn,

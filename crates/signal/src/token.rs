@@ -77,10 +77,12 @@ pub fn verify_join_token(
     if !valid_room(&claims.room) {
         return Err(TokenError::Malformed);
     }
-    if let Some(name) = &claims.name {
-        if valid_name(name, "join").is_err() {
-            return Err(TokenError::Malformed);
-        }
+    if claims
+        .name
+        .as_ref()
+        .is_some_and(|n| valid_name(n, "join").is_err())
+    {
+        return Err(TokenError::Malformed);
     }
     if now_unix >= claims.exp {
         return Err(TokenError::Expired);
