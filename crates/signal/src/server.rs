@@ -39,6 +39,10 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 const TIMER_MAX_SLEEP: Duration = Duration::from_secs(30);
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Write timeout when the ping timeout is off.
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wake-up period of a connection task when keepalive is off entirely.
+const NO_KEEPALIVE_WAKE: Duration = Duration::from_secs(3600);
 /// Queued messages written per flush.
 const WRITE_BATCH: usize = 64;
 
@@ -386,12 +390,22 @@ async fn run_connection(
     });
     let mut session = Session::new(cfg, Instant::now());
     let (mut sink, mut stream) = socket.split();
+    // A zero interval or timeout turns that part of the keepalive off.
+    let ping_interval = (!cfg.ping_interval.is_zero()).then_some(cfg.ping_interval);
+    let ping_timeout = (!cfg.ping_timeout.is_zero()).then_some(cfg.ping_timeout);
+    let write_timeout = ping_timeout
+        .unwrap_or(DEFAULT_WRITE_TIMEOUT)
+        .max(Duration::from_millis(100));
     let mut last_seen = Instant::now();
-    let mut next_ping = last_seen + cfg.ping_interval;
-    let write_timeout = cfg.ping_timeout.max(Duration::from_millis(100));
+    let mut next_ping = ping_interval.map(|i| last_seen + i);
 
     let end = loop {
-        let deadline = next_ping.min(last_seen + cfg.ping_timeout);
+        let silent_until = ping_timeout.map(|t| last_seen + t);
+        let deadline = match (next_ping, silent_until) {
+            (Some(p), Some(t)) => p.min(t),
+            (Some(x), None) | (None, Some(x)) => x,
+            (None, None) => last_seen + NO_KEEPALIVE_WAKE,
+        };
         tokio::select! {
             biased;
             () = inner.shutdown.cancelled() => break End::Shutdown,
@@ -440,17 +454,19 @@ async fn run_connection(
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
-                if now >= last_seen + cfg.ping_timeout {
+                if silent_until.is_some_and(|t| now >= t) {
                     inner.metrics.ping_timeout();
                     tracing::debug!(conn = conn.0, "signaling client silent past the ping timeout: closing");
                     break End::Lost;
                 }
-                if now >= next_ping {
+                if let (Some(at), Some(interval)) = (next_ping, ping_interval)
+                    && now >= at
+                {
                     let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         break End::Lost;
                     }
-                    next_ping = now + cfg.ping_interval;
+                    next_ping = Some(now + interval);
                 }
             }
         }

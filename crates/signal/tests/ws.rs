@@ -638,3 +638,20 @@ async fn shutdown_says_going_away_and_refuses_new_clients() {
         "new connections are refused after shutdown"
     );
 }
+
+#[tokio::test]
+async fn zero_ping_settings_turn_the_keepalive_off() {
+    let config = SignalConfig {
+        ping_interval: Duration::ZERO,
+        ping_timeout: Duration::ZERO,
+        ..SignalConfig::default()
+    };
+    let (svc, addr) = serve(config).await;
+    let mut silent = Client::connect(addr).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(svc.stats().connections, 1);
+    // No ping was sent meanwhile: the first frame is the pong to our ping.
+    silent.send(json!({"type":"ping"})).await;
+    let first = timeout(WAIT, silent.ws.next()).await.expect("in time");
+    assert!(matches!(first, Some(Ok(Message::Text(_)))), "{first:?}");
+}
