@@ -12,6 +12,7 @@ pub enum PacketKind {
     Other,
 }
 
+/// Demultiplexes by the first byte: 0–3 STUN, 64–79 ChannelData (RFC 7983, RFC 8656 §12).
 pub fn classify(buf: &[u8]) -> PacketKind {
     match buf.first() {
         Some(0..=3) => PacketKind::Stun,
@@ -28,13 +29,14 @@ pub struct ChannelData<'a> {
 }
 
 impl<'a> ChannelData<'a> {
-    /// Parses a ChannelData message; padding after the data (TCP) is allowed and ignored.
+    /// Parses a ChannelData message; bytes after the data (padding over TCP, or over UDP where RFC 8656
+    /// §12.5 allows it) are ignored.
     pub fn parse(buf: &'a [u8]) -> Result<Self, ParseError> {
         if buf.len() < 4 {
             return Err(ParseError::TooShort);
         }
         let channel = u16::from_be_bytes([buf[0], buf[1]]);
-        if !(0x4000..=0x4FFF).contains(&channel) {
+        if !CHANNEL_RANGE.contains(&channel) {
             return Err(ParseError::NotChannelData);
         }
         let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
@@ -43,13 +45,57 @@ impl<'a> ChannelData<'a> {
     }
 }
 
+/// The channel numbers a client may bind (RFC 8656 §12).
+pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+
 /// Writes the 4-byte ChannelData header at the start of `buf`, so a payload already sitting at `buf[4..]`
 /// (received there directly) becomes a frame without a copy.
-pub fn write_channel_data_header(buf: &mut [u8], channel: u16, len: u16) -> Result<(), EncodeError> {
+pub fn write_channel_data_header(
+    buf: &mut [u8],
+    channel: u16,
+    len: u16,
+) -> Result<(), EncodeError> {
+    if !CHANNEL_RANGE.contains(&channel) {
+        return Err(EncodeError::BadChannel);
+    }
     let head = buf.get_mut(..4).ok_or(EncodeError::BufferTooSmall)?;
     head[0..2].copy_from_slice(&channel.to_be_bytes());
     head[2..4].copy_from_slice(&len.to_be_bytes());
     Ok(())
+}
+
+/// Completes a ChannelData frame around `payload_len` bytes already at `buf[4..]`: writes the header and,
+/// when `pad` (TCP/TLS), zeroes the padding to 4 bytes. Returns the frame length to send.
+pub fn frame_channel_data_in_place(
+    buf: &mut [u8],
+    channel: u16,
+    payload_len: usize,
+    pad: bool,
+) -> Result<usize, EncodeError> {
+    let len = u16::try_from(payload_len).map_err(|_| EncodeError::TooLong)?;
+    let n = if pad {
+        channel_data_padded_len(payload_len)
+    } else {
+        4 + payload_len
+    };
+    let frame = buf.get_mut(..n).ok_or(EncodeError::BufferTooSmall)?;
+    write_channel_data_header(frame, channel, len)?;
+    frame[4 + payload_len..].fill(0);
+    Ok(n)
+}
+
+/// Writes a ChannelData frame carrying a copy of `payload`; returns the frame length.
+pub fn write_channel_data(
+    buf: &mut [u8],
+    channel: u16,
+    payload: &[u8],
+    pad: bool,
+) -> Result<usize, EncodeError> {
+    let room = buf
+        .get_mut(4..4 + payload.len())
+        .ok_or(EncodeError::BufferTooSmall)?;
+    room.copy_from_slice(payload);
+    frame_channel_data_in_place(buf, channel, payload.len(), pad)
 }
 
 /// Size of a ChannelData frame with this payload over TCP/TLS, where frames are padded to 4 bytes.
@@ -69,7 +115,7 @@ pub fn stream_frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
                 return Err(ParseError::BadCookie);
             }
             let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-            if len % 4 != 0 {
+            if len & 3 != 0 {
                 return Err(ParseError::UnalignedLength);
             }
             Ok(Some(HEADER_LEN + len))

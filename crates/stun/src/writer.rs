@@ -1,7 +1,14 @@
 //! Encoding STUN messages into caller-owned buffers.
 
-use crate::attrs::{Attribute, FINGERPRINT_XOR, Family, attr, write_address};
-use crate::{Class, HEADER_LEN, MAGIC_COOKIE, Method, TransactionId, hmac_sha1, hmac_sha256, message_type};
+use std::net::SocketAddr;
+
+use crate::attrs::{
+    Data, EncodeAttr, FINGERPRINT_XOR, Family, PasswordAlgorithm, XorPeerAddress, attr,
+};
+use crate::message::{Message, padded};
+use crate::{
+    Class, HEADER_LEN, MAGIC_COOKIE, Method, TransactionId, hmac_sha1, hmac_sha256, message_type,
+};
 
 /// Why a message could not be written.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -9,133 +16,166 @@ use crate::{Class, HEADER_LEN, MAGIC_COOKIE, Method, TransactionId, hmac_sha1, h
 pub enum EncodeError {
     #[error("the output buffer is too small")]
     BufferTooSmall,
-    #[error("an attribute value is longer than 65535 bytes or the message than 65535")]
+    #[error("an attribute value or the message is longer than 65535 bytes")]
     TooLong,
     #[error("the error code must be between 300 and 699")]
     BadErrorCode,
+    #[error("attribute {0:#06x} has a value a receiver would reject")]
+    InvalidValue(u16),
+    #[error("attribute {0:#06x} cannot follow MESSAGE-INTEGRITY or FINGERPRINT")]
+    AfterIntegrity(u16),
+    #[error("channel number outside 0x4000-0x4FFF")]
+    BadChannel,
 }
 
-/// Writes one message into `buf`. Attributes are appended in call order; the header length is kept current.
+/// How far the message has progressed through its trailing attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Open,
+    Integrity,
+    IntegritySha256,
+    Fingerprint,
+}
+
+/// Writes one message into `buf`. Attributes are appended in call order and the header length is kept
+/// current, so the bytes are a valid message after every call. It refuses attributes that a receiver would
+/// ignore because they follow MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT.
+#[derive(Debug)]
 pub struct MessageWriter<'b> {
     buf: &'b mut [u8],
     len: usize,
+    stage: Stage,
 }
 
 impl<'b> MessageWriter<'b> {
-    pub fn new(buf: &'b mut [u8], class: Class, method: Method, tid: &TransactionId) -> Result<Self, EncodeError> {
-        if buf.len() < HEADER_LEN {
-            return Err(EncodeError::BufferTooSmall);
+    pub fn new(
+        buf: &'b mut [u8],
+        class: Class,
+        method: Method,
+        tid: &TransactionId,
+    ) -> Result<Self, EncodeError> {
+        let head = buf
+            .get_mut(..HEADER_LEN)
+            .ok_or(EncodeError::BufferTooSmall)?;
+        head[0..2].copy_from_slice(&message_type(class, method).to_be_bytes());
+        head[2..4].copy_from_slice(&[0, 0]);
+        head[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        head[8..20].copy_from_slice(tid);
+        Ok(MessageWriter {
+            buf,
+            len: HEADER_LEN,
+            stage: Stage::Open,
+        })
+    }
+
+    /// A response to `request`: same method and transaction id. `buf` must not be the request's buffer
+    /// (copy the transaction id first and use [`MessageWriter::new`] to answer in place).
+    pub fn response(
+        buf: &'b mut [u8],
+        request: &Message<'_>,
+        class: Class,
+    ) -> Result<Self, EncodeError> {
+        Self::new(buf, class, request.method(), request.transaction_id())
+    }
+
+    /// The transaction id written in the header.
+    pub fn transaction_id(&self) -> TransactionId {
+        self.buf[8..20]
+            .try_into()
+            .expect("new() wrote the 20-byte header")
+    }
+
+    fn check_order(&self, typ: u16) -> Result<(), EncodeError> {
+        let allowed = match self.stage {
+            Stage::Open => true,
+            Stage::Integrity => typ == attr::MESSAGE_INTEGRITY_SHA256 || typ == attr::FINGERPRINT,
+            Stage::IntegritySha256 => typ == attr::FINGERPRINT,
+            Stage::Fingerprint => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(EncodeError::AfterIntegrity(typ))
         }
-        buf[0..2].copy_from_slice(&message_type(class, method).to_be_bytes());
-        buf[2..4].copy_from_slice(&[0, 0]);
-        buf[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        buf[8..20].copy_from_slice(tid);
-        Ok(MessageWriter { buf, len: HEADER_LEN })
     }
 
-    fn tid(&self) -> TransactionId {
-        self.buf[8..20].try_into().expect("the header was written in new()")
+    fn note(&mut self, typ: u16) {
+        self.stage = match typ {
+            attr::MESSAGE_INTEGRITY => Stage::Integrity,
+            attr::MESSAGE_INTEGRITY_SHA256 => Stage::IntegritySha256,
+            attr::FINGERPRINT => Stage::Fingerprint,
+            _ => self.stage,
+        };
     }
 
-    /// Appends a raw attribute (value padded with zeros to 4 bytes).
-    pub fn add_raw(&mut self, typ: u16, parts: &[&[u8]]) -> Result<(), EncodeError> {
-        let vlen: usize = parts.iter().map(|p| p.len()).sum();
+    /// Reserves room for an attribute with a `vlen`-byte value; returns the value's range in `buf`.
+    fn begin(&mut self, typ: u16, vlen: usize) -> Result<std::ops::Range<usize>, EncodeError> {
+        self.check_order(typ)?;
         let vlen16 = u16::try_from(vlen).map_err(|_| EncodeError::TooLong)?;
-        let total = 4 + ((vlen + 3) & !3);
-        let end = self.len + total;
+        let end = self.len + 4 + padded(vlen);
         if end - HEADER_LEN > usize::from(u16::MAX) {
             return Err(EncodeError::TooLong);
         }
         if end > self.buf.len() {
             return Err(EncodeError::BufferTooSmall);
         }
-        let b = &mut self.buf[self.len..end];
-        b[0..2].copy_from_slice(&typ.to_be_bytes());
-        b[2..4].copy_from_slice(&vlen16.to_be_bytes());
-        let mut at = 4;
-        for p in parts {
-            b[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        b[at..].fill(0);
+        let at = self.len;
+        self.buf[at..at + 2].copy_from_slice(&typ.to_be_bytes());
+        self.buf[at + 2..at + 4].copy_from_slice(&vlen16.to_be_bytes());
+        self.buf[at + 4 + vlen..end].fill(0);
         self.len = end;
-        self.set_length(self.len - HEADER_LEN);
-        Ok(())
+        self.set_length(end - HEADER_LEN);
+        self.note(typ);
+        Ok(at + 4..at + 4 + vlen)
     }
 
     fn set_length(&mut self, len: usize) {
-        // Bounded by add_raw's TooLong check.
+        // Callers checked len <= 65535.
         let len = u16::try_from(len).unwrap_or(u16::MAX);
         self.buf[2..4].copy_from_slice(&len.to_be_bytes());
     }
 
-    /// Appends a typed attribute.
-    pub fn add(&mut self, a: &Attribute<'_>) -> Result<(), EncodeError> {
-        let typ = a.typ();
-        let mut scratch = [0u8; 20];
-        match *a {
-            Attribute::MappedAddress(addr) | Attribute::AlternateServer(addr) => {
-                let n = write_address(&mut scratch, addr, None);
-                self.add_raw(typ, &[&scratch[..n]])
-            }
-            Attribute::XorMappedAddress(addr) | Attribute::XorPeerAddress(addr) | Attribute::XorRelayedAddress(addr) => {
-                let tid = self.tid();
-                let n = write_address(&mut scratch, addr, Some(&tid));
-                self.add_raw(typ, &[&scratch[..n]])
-            }
-            Attribute::Username(s)
-            | Attribute::Realm(s)
-            | Attribute::Nonce(s)
-            | Attribute::Software(s)
-            | Attribute::AlternateDomain(s) => self.add_raw(typ, &[s.as_bytes()]),
-            Attribute::UserHash(h) => self.add_raw(typ, &[h]),
-            Attribute::MessageIntegrity(m) => self.add_raw(typ, &[m]),
-            Attribute::MessageIntegritySha256(m) => self.add_raw(typ, &[m]),
-            Attribute::Fingerprint(v) => self.add_raw(typ, &[&v.to_be_bytes()]),
-            Attribute::ErrorCode { code, reason } => {
-                let head = error_head(code)?;
-                self.add_raw(typ, &[&head, reason.as_bytes()])
-            }
-            Attribute::AddressErrorCode { family, code, reason } => {
-                let mut head = error_head(code)?;
-                head[0] = family_code(family);
-                self.add_raw(typ, &[&head, reason.as_bytes()])
-            }
-            Attribute::PasswordAlgorithms(raw) | Attribute::UnknownAttributes(raw) | Attribute::Data(raw) => {
-                self.add_raw(typ, &[raw])
-            }
-            Attribute::PasswordAlgorithm { algorithm, params } => {
-                let plen = u16::try_from(params.len()).map_err(|_| EncodeError::TooLong)?;
-                let mut head = [0u8; 4];
-                head[0..2].copy_from_slice(&algorithm.to_be_bytes());
-                head[2..4].copy_from_slice(&plen.to_be_bytes());
-                let pad = [0u8; 3];
-                self.add_raw(typ, &[&head, params, &pad[..(4 - params.len() % 4) % 4]])
-            }
-            Attribute::ChannelNumber(n) => {
-                let v = n.to_be_bytes();
-                self.add_raw(typ, &[&[v[0], v[1], 0, 0]])
-            }
-            Attribute::Lifetime(v) | Attribute::Priority(v) => self.add_raw(typ, &[&v.to_be_bytes()]),
-            Attribute::RequestedAddressFamily(f) | Attribute::AdditionalAddressFamily(f) => {
-                self.add_raw(typ, &[&[family_code(f), 0, 0, 0]])
-            }
-            Attribute::EvenPort(r) => self.add_raw(typ, &[&[if r { 0x80 } else { 0 }]]),
-            Attribute::RequestedTransport(p) => self.add_raw(typ, &[&[p, 0, 0, 0]]),
-            Attribute::DontFragment | Attribute::UseCandidate => self.add_raw(typ, &[]),
-            Attribute::ReservationToken(t) => self.add_raw(typ, &[&t]),
-            Attribute::Icmp { typ: t, code, data } => {
-                let d = data.to_be_bytes();
-                self.add_raw(typ, &[&[0, 0, t, code], &d])
-            }
-            Attribute::IceControlled(v) | Attribute::IceControlling(v) => self.add_raw(typ, &[&v.to_be_bytes()]),
-            Attribute::Unknown { value, .. } => self.add_raw(typ, &[value]),
-        }
+    /// Appends a typed attribute: an [`crate::Attribute`] or any per-attribute struct.
+    pub fn add<A: EncodeAttr + ?Sized>(&mut self, attr: &A) -> Result<(), EncodeError> {
+        let vlen = attr.value_len()?;
+        let tid = self.transaction_id();
+        let range = self.begin(attr.attr_type(), vlen)?;
+        attr.write_value(&mut self.buf[range], &tid);
+        Ok(())
     }
 
-    /// Appends MESSAGE-INTEGRITY (HMAC-SHA1 over everything so far, length counting the attribute).
+    /// Appends an attribute whose value is the concatenation of `parts` (padded with zeros).
+    pub fn add_raw(&mut self, typ: u16, parts: &[&[u8]]) -> Result<(), EncodeError> {
+        let vlen = parts.iter().map(|p| p.len()).sum();
+        let range = self.begin(typ, vlen)?;
+        let mut at = range.start;
+        for p in parts {
+            self.buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        Ok(())
+    }
+
+    /// Appends an attribute whose value the caller fills in: returns the (unpadded) value bytes. Lets a
+    /// payload be read or copied straight into place.
+    pub fn add_with_len(&mut self, typ: u16, vlen: usize) -> Result<&mut [u8], EncodeError> {
+        let range = self.begin(typ, vlen)?;
+        Ok(&mut self.buf[range])
+    }
+
+    /// Appends PASSWORD-ALGORITHMS listing `algorithms`.
+    pub fn add_password_algorithms(
+        &mut self,
+        algorithms: &[PasswordAlgorithm<'_>],
+    ) -> Result<(), EncodeError> {
+        self.add(&crate::attrs::PasswordAlgorithms::new(algorithms))
+    }
+
+    /// Appends MESSAGE-INTEGRITY: HMAC-SHA1 over the message so far, with the header length already
+    /// counting this attribute (RFC 8489 §14.5).
     pub fn add_message_integrity(&mut self, key: &[u8]) -> Result<(), EncodeError> {
-        self.reserve(24)?;
+        self.check_order(attr::MESSAGE_INTEGRITY)?;
+        self.fits(24)?;
         self.set_length(self.len + 24 - HEADER_LEN);
         let mac = hmac_sha1(key, &[&self.buf[..self.len]]);
         self.add_raw(attr::MESSAGE_INTEGRITY, &[&mac])
@@ -143,49 +183,88 @@ impl<'b> MessageWriter<'b> {
 
     /// Appends MESSAGE-INTEGRITY-SHA256 (full 32 bytes).
     pub fn add_message_integrity_sha256(&mut self, key: &[u8]) -> Result<(), EncodeError> {
-        self.reserve(36)?;
+        self.check_order(attr::MESSAGE_INTEGRITY_SHA256)?;
+        self.fits(36)?;
         self.set_length(self.len + 36 - HEADER_LEN);
         let mac = hmac_sha256(key, &[&self.buf[..self.len]]);
         self.add_raw(attr::MESSAGE_INTEGRITY_SHA256, &[&mac])
     }
 
-    /// Appends FINGERPRINT; it must be the last attribute.
+    /// Appends FINGERPRINT (CRC-32 of the message so far XOR 0x5354554E); nothing may follow it.
     pub fn add_fingerprint(&mut self) -> Result<(), EncodeError> {
-        self.reserve(8)?;
+        self.check_order(attr::FINGERPRINT)?;
+        self.fits(8)?;
         self.set_length(self.len + 8 - HEADER_LEN);
         let crc = crc32fast::hash(&self.buf[..self.len]) ^ FINGERPRINT_XOR;
         self.add_raw(attr::FINGERPRINT, &[&crc.to_be_bytes()])
     }
 
-    fn reserve(&self, n: usize) -> Result<(), EncodeError> {
-        if self.len + n > self.buf.len() { Err(EncodeError::BufferTooSmall) } else { Ok(()) }
+    /// Checks that an attribute of `n` bytes fits, before the header length is changed for it.
+    fn fits(&self, n: usize) -> Result<(), EncodeError> {
+        if self.len + n > self.buf.len() {
+            Err(EncodeError::BufferTooSmall)
+        } else if self.len + n - HEADER_LEN > usize::from(u16::MAX) {
+            Err(EncodeError::TooLong)
+        } else {
+            Ok(())
+        }
     }
 
-    /// Bytes written so far.
+    /// Bytes written so far (header included).
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no attribute has been written yet.
     pub fn is_empty(&self) -> bool {
         self.len == HEADER_LEN
     }
 
-    /// Ends the message; returns its total length.
+    /// The message as written so far.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Ends the message; returns its total length. The buffer is free for reuse afterwards.
     pub fn finish(self) -> usize {
         self.len
     }
 }
 
-fn family_code(f: Family) -> u8 {
-    match f {
-        Family::V4 => 1,
-        Family::V6 => 2,
-    }
+/// Where the payload of a Data indication starts for a peer of `family`: header, XOR-PEER-ADDRESS and the
+/// DATA attribute header come first.
+pub const fn data_indication_payload_offset(family: Family) -> usize {
+    HEADER_LEN + 4 + family.address_value_len() + 4
 }
 
-fn error_head(code: u16) -> Result<[u8; 4], EncodeError> {
-    if !(300..700).contains(&code) {
-        return Err(EncodeError::BadErrorCode);
-    }
-    Ok([0, 0, (code / 100) as u8, (code % 100) as u8])
+/// Writes a Data indication (XOR-PEER-ADDRESS, DATA) carrying a copy of `payload`; returns its length.
+pub fn write_data_indication(
+    buf: &mut [u8],
+    tid: &TransactionId,
+    peer: SocketAddr,
+    payload: &[u8],
+) -> Result<usize, EncodeError> {
+    let mut w = MessageWriter::new(buf, Class::Indication, Method::DATA, tid)?;
+    w.add(&XorPeerAddress(peer))?;
+    w.add(&Data(payload))?;
+    Ok(w.finish())
+}
+
+/// Turns `payload_len` bytes already sitting at [`data_indication_payload_offset`] of `buf` into a Data
+/// indication by writing everything around them (headers in front, padding after); returns its length.
+/// A driver can receive a peer datagram straight into place, so relaying costs no copy.
+pub fn write_data_indication_in_place(
+    buf: &mut [u8],
+    tid: &TransactionId,
+    peer: SocketAddr,
+    payload_len: usize,
+) -> Result<usize, EncodeError> {
+    let offset = data_indication_payload_offset(Family::of(peer.ip()));
+    let mut w = MessageWriter::new(buf, Class::Indication, Method::DATA, tid)?;
+    w.add(&XorPeerAddress(peer))?;
+    // begin() writes only the DATA header and the padding after the value, not the value itself.
+    w.add_with_len(attr::DATA, payload_len)?;
+    let n = w.finish();
+    debug_assert_eq!(n, offset + padded(payload_len));
+    Ok(n)
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use peercall_stun::{Attribute, Class, Message, Method, MessageWriter, attr, long_term_key_md5};
+use peercall_stun::{Attribute, Class, Message, MessageWriter, Method, attr, long_term_key_md5};
 
 fn bytes(hex_text: &str) -> Vec<u8> {
     let clean: String = hex_text.split_whitespace().collect();
@@ -51,11 +51,24 @@ fn sample_request_parses_and_verifies() {
     let msg = Message::parse(&buf).expect("parses");
     assert_eq!(msg.class(), Class::Request);
     assert_eq!(msg.method(), Method::BINDING);
-    assert_eq!(msg.decode(attr::SOFTWARE), Some(Ok(Attribute::Software("STUN test client"))));
-    assert_eq!(msg.decode(attr::USERNAME), Some(Ok(Attribute::Username("evtj:h6vY"))));
-    assert_eq!(msg.decode(attr::PRIORITY), Some(Ok(Attribute::Priority(0x6e0001ff))));
-    assert_eq!(msg.decode(attr::ICE_CONTROLLED), Some(Ok(Attribute::IceControlled(0x932ff9b151263b36))));
-    msg.verify_integrity(SHORT_TERM_PASSWORD).expect("MESSAGE-INTEGRITY matches");
+    assert_eq!(
+        msg.decode_any(attr::SOFTWARE),
+        Some(Ok(Attribute::Software("STUN test client")))
+    );
+    assert_eq!(
+        msg.decode_any(attr::USERNAME),
+        Some(Ok(Attribute::Username("evtj:h6vY")))
+    );
+    assert_eq!(
+        msg.decode_any(attr::PRIORITY),
+        Some(Ok(Attribute::Priority(0x6e0001ff)))
+    );
+    assert_eq!(
+        msg.decode_any(attr::ICE_CONTROLLED),
+        Some(Ok(Attribute::IceControlled(0x932ff9b151263b36)))
+    );
+    msg.verify_integrity(SHORT_TERM_PASSWORD)
+        .expect("MESSAGE-INTEGRITY matches");
     msg.verify_fingerprint().expect("FINGERPRINT matches");
     assert!(msg.verify_integrity(b"wrong password").is_err());
 }
@@ -66,9 +79,16 @@ fn sample_ipv4_response() {
     let msg = Message::parse(&buf).expect("parses");
     assert_eq!(msg.class(), Class::Success);
     let expected: SocketAddr = "192.0.2.1:32853".parse().expect("addr");
-    assert_eq!(msg.decode(attr::XOR_MAPPED_ADDRESS), Some(Ok(Attribute::XorMappedAddress(expected))));
-    assert_eq!(msg.decode(attr::SOFTWARE), Some(Ok(Attribute::Software("test vector"))));
-    msg.verify_integrity(SHORT_TERM_PASSWORD).expect("MESSAGE-INTEGRITY matches");
+    assert_eq!(
+        msg.decode_any(attr::XOR_MAPPED_ADDRESS),
+        Some(Ok(Attribute::XorMappedAddress(expected)))
+    );
+    assert_eq!(
+        msg.decode_any(attr::SOFTWARE),
+        Some(Ok(Attribute::Software("test vector")))
+    );
+    msg.verify_integrity(SHORT_TERM_PASSWORD)
+        .expect("MESSAGE-INTEGRITY matches");
     msg.verify_fingerprint().expect("FINGERPRINT matches");
 }
 
@@ -76,9 +96,15 @@ fn sample_ipv4_response() {
 fn sample_ipv6_response() {
     let buf = bytes(RESPONSE_V6);
     let msg = Message::parse(&buf).expect("parses");
-    let expected: SocketAddr = "[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().expect("addr");
-    assert_eq!(msg.decode(attr::XOR_MAPPED_ADDRESS), Some(Ok(Attribute::XorMappedAddress(expected))));
-    msg.verify_integrity(SHORT_TERM_PASSWORD).expect("MESSAGE-INTEGRITY matches");
+    let expected: SocketAddr = "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
+        .parse()
+        .expect("addr");
+    assert_eq!(
+        msg.decode_any(attr::XOR_MAPPED_ADDRESS),
+        Some(Ok(Attribute::XorMappedAddress(expected)))
+    );
+    msg.verify_integrity(SHORT_TERM_PASSWORD)
+        .expect("MESSAGE-INTEGRITY matches");
     msg.verify_fingerprint().expect("FINGERPRINT matches");
 }
 
@@ -86,11 +112,21 @@ fn sample_ipv6_response() {
 fn sample_long_term_request() {
     let buf = bytes(LONG_TERM);
     let msg = Message::parse(&buf).expect("parses");
-    assert_eq!(msg.decode(attr::USERNAME), Some(Ok(Attribute::Username("マトリックス"))));
-    assert_eq!(msg.decode(attr::REALM), Some(Ok(Attribute::Realm("example.org"))));
-    assert_eq!(msg.decode(attr::NONCE), Some(Ok(Attribute::Nonce("f//499k954d6OL34oL9FSTvy64sA"))));
+    assert_eq!(
+        msg.decode_any(attr::USERNAME),
+        Some(Ok(Attribute::Username("マトリックス")))
+    );
+    assert_eq!(
+        msg.decode_any(attr::REALM),
+        Some(Ok(Attribute::Realm("example.org")))
+    );
+    assert_eq!(
+        msg.decode_any(attr::NONCE),
+        Some(Ok(Attribute::Nonce("f//499k954d6OL34oL9FSTvy64sA")))
+    );
     let key = long_term_key_md5("マトリックス", "example.org", "TheMatrIX");
-    msg.verify_integrity(&key).expect("MESSAGE-INTEGRITY matches");
+    msg.verify_integrity(&key)
+        .expect("MESSAGE-INTEGRITY matches");
     assert!(!msg.has_fingerprint());
 }
 
@@ -102,7 +138,8 @@ fn writer_reproduces_sample_ipv4_response() {
     let mut buf = [0u8; 128];
     let mut w = MessageWriter::new(&mut buf, Class::Success, Method::BINDING, &tid).expect("fits");
     // The RFC pads SOFTWARE with a space, which is part of the value's padding bytes only.
-    w.add_raw(attr::SOFTWARE, &[b"test vector", b" "]).expect("fits");
+    w.add_raw(attr::SOFTWARE, &[b"test vector", b" "])
+        .expect("fits");
     let mapped: SocketAddr = "192.0.2.1:32853".parse().expect("addr");
     w.add(&Attribute::XorMappedAddress(mapped)).expect("fits");
     w.add_message_integrity(SHORT_TERM_PASSWORD).expect("fits");
