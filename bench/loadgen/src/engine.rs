@@ -235,8 +235,7 @@ impl Engine {
         }
     }
 
-    /// Finds the highest rate with loss below `max_loss` percent: multiply by `factor` while it holds, then
-    /// bisect between the last good and first bad rate until they are within `precision` (relative).
+    /// Finds the highest rate with loss below `cfg.max_loss` percent (see [`search`]).
     pub fn sweep(
         &self,
         w: &dyn Workload,
@@ -244,11 +243,7 @@ impl Engine {
         tag_base: u32,
         verbose: bool,
     ) -> Sweep {
-        let mut steps = Vec::new();
-        let mut good: Option<Step> = None;
-        let mut bad_rate: Option<f64> = None;
-        let mut rate = cfg.start_rate;
-        for i in 0..cfg.max_steps {
+        let (best, steps) = search(cfg, |rate, i| {
             let step = self.run(
                 w,
                 rate,
@@ -271,44 +266,59 @@ impl Engine {
                     }
                 );
             }
-            if ok {
-                if good
-                    .as_ref()
-                    .is_none_or(|g| g.target_rate < step.target_rate)
-                {
-                    good = Some(step.clone());
-                }
-            } else {
-                bad_rate = Some(bad_rate.map_or(rate, |b: f64| b.min(rate)));
+            (step, ok)
+        });
+        Sweep { best, steps }
+    }
+}
+
+/// The rate search shared by every benchmark: multiply the rate by `factor` while `run` says it holds, then
+/// bisect between the last good and the first bad rate until they are within `precision` (relative).
+/// Returns the result at the best good rate and every step. At most `cfg.max_steps` runs.
+pub fn search<S: Clone>(
+    cfg: &SweepConfig,
+    mut run: impl FnMut(f64, usize) -> (S, bool),
+) -> (Option<S>, Vec<S>) {
+    let mut steps = Vec::new();
+    let mut good: Option<(f64, S)> = None;
+    let mut bad_rate: Option<f64> = None;
+    let mut rate = cfg.start_rate.clamp(cfg.min_rate, cfg.max_rate);
+    for i in 0..cfg.max_steps {
+        let (step, ok) = run(rate, i);
+        if ok {
+            if good.as_ref().is_none_or(|(g, _)| *g < rate) {
+                good = Some((rate, step.clone()));
             }
-            steps.push(step);
-            let lo = good.as_ref().map(|g| g.target_rate);
-            rate = match (lo, bad_rate) {
-                (Some(lo), None) => lo * cfg.factor,
-                (Some(lo), Some(hi)) => {
-                    if hi / lo <= 1.0 + cfg.precision {
-                        break;
-                    }
-                    (lo + hi) / 2.0
-                }
-                (None, Some(hi)) => {
-                    if hi <= cfg.min_rate {
-                        break;
-                    }
-                    (hi / cfg.factor).max(cfg.min_rate)
-                }
-                (None, None) => unreachable!("a step is either good or bad"),
-            };
-            if rate > cfg.max_rate {
-                if lo.is_some_and(|l| l >= cfg.max_rate) {
+        } else {
+            bad_rate = Some(bad_rate.map_or(rate, |b: f64| b.min(rate)));
+        }
+        steps.push(step);
+        let lo = good.as_ref().map(|(g, _)| *g);
+        rate = match (lo, bad_rate) {
+            (Some(lo), None) => lo * cfg.factor,
+            (Some(lo), Some(hi)) => {
+                if hi / lo <= 1.0 + cfg.precision {
                     break;
                 }
-                rate = cfg.max_rate;
+                (lo + hi) / 2.0
             }
-            std::thread::sleep(cfg.pause);
+            (None, Some(hi)) => {
+                if hi <= cfg.min_rate {
+                    break;
+                }
+                (hi / cfg.factor).max(cfg.min_rate)
+            }
+            (None, None) => unreachable!("a step is either good or bad"),
+        };
+        if rate > cfg.max_rate {
+            if lo.is_some_and(|l| l >= cfg.max_rate) {
+                break;
+            }
+            rate = cfg.max_rate;
         }
-        Sweep { best: good, steps }
+        std::thread::sleep(cfg.pause);
     }
+    (good.map(|(_, s)| s), steps)
 }
 
 #[derive(Clone, Debug)]
@@ -499,9 +509,13 @@ pub struct BindingWorkload;
 
 impl Workload for BindingWorkload {
     fn fill(&self, _sock: usize, _seq: u64, ts: u64, tag: u32, buf: &mut [u8]) -> usize {
-        buf[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+        let t = crate::stunmsg::message_type(
+            crate::stunmsg::Class::Request,
+            crate::stunmsg::method::BINDING,
+        );
+        buf[0..2].copy_from_slice(&t.to_be_bytes());
         buf[2..4].copy_from_slice(&0u16.to_be_bytes());
-        buf[4..8].copy_from_slice(&peercall_stun::MAGIC_COOKIE.to_be_bytes());
+        buf[4..8].copy_from_slice(&crate::stunmsg::MAGIC_COOKIE.to_be_bytes());
         buf[8..16].copy_from_slice(&ts.to_be_bytes());
         buf[16..20].copy_from_slice(&tag.to_be_bytes());
         20
@@ -509,8 +523,13 @@ impl Workload for BindingWorkload {
 
     fn check(&self, pkt: &[u8], tag: u32) -> Option<u64> {
         if pkt.len() < 20
-            || pkt[0..2] != 0x0101u16.to_be_bytes()
-            || pkt[4..8] != peercall_stun::MAGIC_COOKIE.to_be_bytes()
+            || pkt[0..2]
+                != crate::stunmsg::message_type(
+                    crate::stunmsg::Class::Success,
+                    crate::stunmsg::method::BINDING,
+                )
+                .to_be_bytes()
+            || pkt[4..8] != crate::stunmsg::MAGIC_COOKIE.to_be_bytes()
             || pkt[16..20] != tag.to_be_bytes()
         {
             return None;
@@ -564,8 +583,8 @@ mod tests {
         let w = BindingWorkload;
         let mut buf = [0u8; 64];
         let n = w.fill(0, 0, 555, 3, &mut buf);
-        let req = peercall_stun::Message::parse(&buf[..n]).expect("a valid Binding request");
-        assert_eq!(req.method(), peercall_stun::Method::BINDING);
+        let req = crate::stunmsg::Parsed::parse(&buf[..n]).expect("a valid Binding request");
+        assert_eq!(req.method, crate::stunmsg::method::BINDING);
         assert_eq!(w.check(&buf[..n], 3), None, "a request is not an answer");
         buf[0..2].copy_from_slice(&0x0101u16.to_be_bytes());
         assert_eq!(w.check(&buf[..n], 3), Some(555));

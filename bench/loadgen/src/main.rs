@@ -8,6 +8,7 @@ mod procfs;
 mod relay;
 mod signal;
 mod stats;
+mod stunmsg;
 mod sys;
 mod turnclient;
 

@@ -5,12 +5,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::stunmsg::{Builder, Class, Parsed, TransactionId, attr, long_term_key, method};
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use peercall_stun::{
-    Attribute, Class, Message, MessageWriter, Method, TransactionId, attr, long_term_key_md5,
-};
 use tokio::net::UdpSocket;
 
 /// How the load generator authenticates.
@@ -134,21 +132,6 @@ pub async fn transact(
     bail!("no response after {} tries", retry.tries.max(1))
 }
 
-/// The error code of an error response, with its reason.
-pub fn error_code(msg: &Message<'_>) -> (u16, String) {
-    match msg.decode(attr::ERROR_CODE) {
-        Some(Ok(Attribute::ErrorCode { code, reason })) => (code, reason.to_owned()),
-        _ => (0, "error response without a valid ERROR-CODE".to_owned()),
-    }
-}
-
-fn text_attr(msg: &Message<'_>, typ: u16) -> Option<String> {
-    match msg.decode(typ) {
-        Some(Ok(Attribute::Realm(s) | Attribute::Nonce(s))) => Some(s.to_owned()),
-        _ => None,
-    }
-}
-
 /// One allocation: its socket (connected to the server) and its authentication state.
 pub struct Session {
     pub sock: UdpSocket,
@@ -161,30 +144,51 @@ pub struct Session {
     pub retry: Retry,
 }
 
-/// Builds an authenticated request into `buf`; returns its length.
-#[allow(clippy::too_many_arguments)]
+/// An attribute of a request (the few this client sends).
+#[derive(Clone, Copy, Debug)]
+pub enum Attr {
+    RequestedTransportUdp,
+    Lifetime(u32),
+    ChannelNumber(u16),
+    XorPeerAddress(SocketAddr),
+}
+
+/// Builds an authenticated request: the attributes, then USERNAME, REALM, NONCE and MESSAGE-INTEGRITY.
 pub fn build_auth_request(
-    buf: &mut [u8],
-    method: Method,
+    method: u16,
     tid: &TransactionId,
-    attrs: &[Attribute<'_>],
+    attrs: &[Attr],
     username: &str,
     realm: &str,
     nonce: &str,
     key: &[u8],
-) -> anyhow::Result<usize> {
-    let mut w = MessageWriter::new(buf, Class::Request, method, tid).map_err(|e| anyhow!("{e}"))?;
+) -> Vec<u8> {
+    let mut b = Builder::new(Class::Request, method, tid);
     for a in attrs {
-        w.add(a).map_err(|e| anyhow!("{e}"))?;
+        b = add_attr(b, *a);
     }
-    w.add(&Attribute::Username(username))
-        .map_err(|e| anyhow!("{e}"))?;
-    w.add(&Attribute::Realm(realm))
-        .map_err(|e| anyhow!("{e}"))?;
-    w.add(&Attribute::Nonce(nonce))
-        .map_err(|e| anyhow!("{e}"))?;
-    w.add_message_integrity(key).map_err(|e| anyhow!("{e}"))?;
-    Ok(w.finish())
+    b.text(attr::USERNAME, username)
+        .text(attr::REALM, realm)
+        .text(attr::NONCE, nonce)
+        .integrity(key)
+}
+
+fn add_attr(b: Builder, a: Attr) -> Builder {
+    match a {
+        Attr::RequestedTransportUdp => b.u32(attr::REQUESTED_TRANSPORT, 17 << 24),
+        Attr::Lifetime(l) => b.u32(attr::LIFETIME, l),
+        Attr::ChannelNumber(c) => b.u32(attr::CHANNEL_NUMBER, u32::from(c) << 16),
+        Attr::XorPeerAddress(p) => b.xor_address(attr::XOR_PEER_ADDRESS, p),
+    }
+}
+
+fn method_name(m: u16) -> &'static str {
+    match m {
+        method::ALLOCATE => "Allocate",
+        method::REFRESH => "Refresh",
+        method::CHANNEL_BIND => "ChannelBind",
+        _ => "request",
+    }
 }
 
 impl Session {
@@ -203,28 +207,27 @@ impl Session {
             .context("connect client socket")?;
         // 1. Unauthenticated Allocate: expect 401 with REALM and NONCE.
         let tid = new_tid();
-        let mut buf = [0u8; 512];
-        let mut w = MessageWriter::new(&mut buf, Class::Request, Method::ALLOCATE, &tid)
-            .map_err(|e| anyhow!("{e}"))?;
-        w.add(&Attribute::RequestedTransport(17))
-            .map_err(|e| anyhow!("{e}"))?;
-        let n = w.finish();
-        let resp = transact(&sock, &buf[..n], &tid, retry)
+        let req = add_attr(
+            Builder::new(Class::Request, method::ALLOCATE, &tid),
+            Attr::RequestedTransportUdp,
+        )
+        .finish();
+        let resp = transact(&sock, &req, &tid, retry)
             .await
             .context("Allocate (unauthenticated)")?;
-        let msg = Message::parse(&resp).map_err(|e| anyhow!("bad response to Allocate: {e}"))?;
-        if msg.class() != Class::Error {
+        let msg = Parsed::parse(&resp).ok_or_else(|| anyhow!("malformed response to Allocate"))?;
+        if msg.class != Class::Error {
             bail!(
                 "the server allocated without authentication; this benchmark expects long-term auth"
             );
         }
-        let (code, reason) = error_code(&msg);
+        let (code, reason) = msg.error_code().unwrap_or((0, "no ERROR-CODE".into()));
         if code != 401 {
             bail!("Allocate without credentials: expected 401, got {code} {reason}");
         }
-        let realm = text_attr(&msg, attr::REALM).context("401 without REALM")?;
-        let nonce = text_attr(&msg, attr::NONCE).context("401 without NONCE")?;
-        let key = long_term_key_md5(username, &realm, password);
+        let realm = msg.text(attr::REALM).context("401 without REALM")?;
+        let nonce = msg.text(attr::NONCE).context("401 without NONCE")?;
+        let key = long_term_key(username, &realm, password);
         let mut s = Session {
             sock,
             username: username.to_owned(),
@@ -236,37 +239,28 @@ impl Session {
             retry,
         };
         // 2. Authenticated Allocate.
-        let mut attrs = vec![Attribute::RequestedTransport(17)];
+        let mut attrs = vec![Attr::RequestedTransportUdp];
         if let Some(l) = lifetime {
-            attrs.push(Attribute::Lifetime(l));
+            attrs.push(Attr::Lifetime(l));
         }
         let resp = s
-            .request(Method::ALLOCATE, &attrs)
+            .request(method::ALLOCATE, &attrs)
             .await
             .context("Allocate")?;
-        let msg = Message::parse(&resp).map_err(|e| anyhow!("bad Allocate response: {e}"))?;
-        s.relayed = match msg.decode(attr::XOR_RELAYED_ADDRESS) {
-            Some(Ok(Attribute::XorRelayedAddress(a))) => a,
-            _ => bail!("Allocate success without XOR-RELAYED-ADDRESS"),
-        };
-        if let Some(Ok(Attribute::XorMappedAddress(a))) = msg.decode(attr::XOR_MAPPED_ADDRESS) {
-            s.mapped = Some(a);
-        }
+        let msg = Parsed::parse(&resp).ok_or_else(|| anyhow!("malformed Allocate response"))?;
+        s.relayed = msg
+            .xor_address(attr::XOR_RELAYED_ADDRESS)
+            .context("Allocate success without XOR-RELAYED-ADDRESS")?;
+        s.mapped = msg.xor_address(attr::XOR_MAPPED_ADDRESS);
         Ok(s)
     }
 
-    /// An authenticated request; retries once per stale nonce (438). Returns the success response, whose
-    /// MESSAGE-INTEGRITY has been checked.
-    pub async fn request(
-        &mut self,
-        method: Method,
-        attrs: &[Attribute<'_>],
-    ) -> anyhow::Result<Vec<u8>> {
+    /// An authenticated request; retries with the new nonce on 438 (stale nonce). Returns the success
+    /// response, whose MESSAGE-INTEGRITY has been checked.
+    pub async fn request(&mut self, method: u16, attrs: &[Attr]) -> anyhow::Result<Vec<u8>> {
         for _ in 0..3 {
             let tid = new_tid();
-            let mut buf = [0u8; 1024];
-            let n = build_auth_request(
-                &mut buf,
+            let req = build_auth_request(
                 method,
                 &tid,
                 attrs,
@@ -274,19 +268,30 @@ impl Session {
                 &self.realm,
                 &self.nonce,
                 &self.key,
-            )?;
-            let resp = transact(&self.sock, &buf[..n], &tid, self.retry).await?;
-            let msg = Message::parse(&resp).map_err(|e| anyhow!("bad response: {e}"))?;
-            match msg.class() {
+            );
+            let resp = transact(&self.sock, &req, &tid, self.retry).await?;
+            let msg = Parsed::parse(&resp).ok_or_else(|| anyhow!("malformed response"))?;
+            if msg.method != method {
+                bail!(
+                    "answer to {} has method {:#x}",
+                    method_name(method),
+                    msg.method
+                );
+            }
+            match msg.class {
                 Class::Success => {
-                    msg.verify_integrity(&self.key)
-                        .map_err(|e| anyhow!("response MESSAGE-INTEGRITY: {e}"))?;
+                    if !msg.verify_integrity(&self.key) {
+                        bail!(
+                            "{} response: MESSAGE-INTEGRITY missing or wrong",
+                            method_name(method)
+                        );
+                    }
                     return Ok(resp);
                 }
                 Class::Error => {
-                    let (code, reason) = error_code(&msg);
+                    let (code, reason) = msg.error_code().unwrap_or((0, "no ERROR-CODE".into()));
                     if code == 438 || code == 401 {
-                        match text_attr(&msg, attr::NONCE) {
+                        match msg.text(attr::NONCE) {
                             Some(n) if n != self.nonce => {
                                 self.nonce = n;
                                 continue;
@@ -294,27 +299,24 @@ impl Session {
                             _ => {}
                         }
                     }
-                    bail!("{} refused: {code} {reason}", method.name());
+                    bail!("{} refused: {code} {reason}", method_name(method));
                 }
-                c => bail!("unexpected {c:?} response to {}", method.name()),
+                c => bail!("unexpected {c:?} response to {}", method_name(method)),
             }
         }
-        bail!("{}: the nonce kept going stale", method.name())
+        bail!("{}: the nonce kept going stale", method_name(method))
     }
 
     pub async fn refresh(&mut self, lifetime: u32) -> anyhow::Result<()> {
-        self.request(Method::REFRESH, &[Attribute::Lifetime(lifetime)])
+        self.request(method::REFRESH, &[Attr::Lifetime(lifetime)])
             .await
             .map(|_| ())
     }
 
     pub async fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> anyhow::Result<()> {
         self.request(
-            Method::CHANNEL_BIND,
-            &[
-                Attribute::ChannelNumber(channel),
-                Attribute::XorPeerAddress(peer),
-            ],
+            method::CHANNEL_BIND,
+            &[Attr::ChannelNumber(channel), Attr::XorPeerAddress(peer)],
         )
         .await
         .map(|_| ())
@@ -349,41 +351,28 @@ mod tests {
 
     #[test]
     fn authenticated_request_verifies_with_the_long_term_key() {
-        let key = long_term_key_md5("u", "test", "p");
+        let key = long_term_key("u", "test", "p");
         let tid = new_tid();
-        let mut buf = [0u8; 512];
         let peer: SocketAddr = "127.0.0.1:5000".parse().expect("literal");
-        let n = build_auth_request(
-            &mut buf,
-            Method::CHANNEL_BIND,
+        let req = build_auth_request(
+            method::CHANNEL_BIND,
             &tid,
-            &[
-                Attribute::ChannelNumber(0x4000),
-                Attribute::XorPeerAddress(peer),
-            ],
+            &[Attr::ChannelNumber(0x4000), Attr::XorPeerAddress(peer)],
             "u",
             "test",
             "abc",
             &key,
-        )
-        .expect("fits");
-        let msg = Message::parse(&buf[..n]).expect("well-formed");
-        assert_eq!(msg.method(), Method::CHANNEL_BIND);
-        assert_eq!(msg.class(), Class::Request);
-        msg.verify_integrity(&key)
-            .expect("integrity with the right key");
-        assert!(
-            msg.verify_integrity(&long_term_key_md5("u", "test", "wrong"))
-                .is_err()
         );
+        let msg = Parsed::parse(&req).expect("well-formed");
         assert_eq!(
-            msg.decode(attr::XOR_PEER_ADDRESS),
-            Some(Ok(Attribute::XorPeerAddress(peer)))
+            (msg.class, msg.method),
+            (Class::Request, method::CHANNEL_BIND)
         );
-        assert_eq!(
-            msg.decode(attr::USERNAME),
-            Some(Ok(Attribute::Username("u")))
-        );
+        assert!(msg.verify_integrity(&key));
+        assert!(!msg.verify_integrity(&long_term_key("u", "test", "wrong")));
+        assert_eq!(msg.xor_address(attr::XOR_PEER_ADDRESS), Some(peer));
+        assert_eq!(msg.text(attr::USERNAME).as_deref(), Some("u"));
+        assert_eq!(msg.get(attr::CHANNEL_NUMBER), Some(&[0x40, 0, 0, 0][..]));
         assert_ne!(new_tid(), new_tid());
     }
 
@@ -394,57 +383,41 @@ mod tests {
         let addr = server.local_addr().expect("bound");
         let relayed: SocketAddr = "127.0.0.1:50000".parse().expect("literal");
         let srv = tokio::spawn(async move {
-            let key = long_term_key_md5("u", "R", "p");
+            let key = long_term_key("u", "R", "p");
             let mut buf = [0u8; 1500];
             let mut seen_nonces = Vec::new();
             for step in 0..3 {
                 let (n, from) = server.recv_from(&mut buf).await.expect("recv");
-                let msg = Message::parse(&buf[..n]).expect("client sends valid STUN");
-                let tid = *msg.transaction_id();
-                let mut out = [0u8; 512];
-                let len = match step {
+                let msg = Parsed::parse(&buf[..n]).expect("client sends valid STUN");
+                let tid = msg.tid();
+                let out = match step {
                     0 => {
                         assert!(msg.get(attr::MESSAGE_INTEGRITY).is_none());
-                        let mut w =
-                            MessageWriter::new(&mut out, Class::Error, Method::ALLOCATE, &tid)
-                                .expect("fits");
-                        w.add(&Attribute::ErrorCode {
-                            code: 401,
-                            reason: "Unauthorized",
-                        })
-                        .expect("fits");
-                        w.add(&Attribute::Realm("R")).expect("fits");
-                        w.add(&Attribute::Nonce("n1")).expect("fits");
-                        w.finish()
+                        Builder::new(Class::Error, method::ALLOCATE, &tid)
+                            .raw(attr::ERROR_CODE, b"\0\0\x04\x01Unauthorized")
+                            .text(attr::REALM, "R")
+                            .text(attr::NONCE, "n1")
+                            .finish()
                     }
                     1 => {
-                        msg.verify_integrity(&key).expect("client uses MD5(u:R:p)");
-                        seen_nonces.push(msg.decode(attr::NONCE).map(|a| format!("{a:?}")));
-                        let mut w =
-                            MessageWriter::new(&mut out, Class::Error, Method::ALLOCATE, &tid)
-                                .expect("fits");
-                        w.add(&Attribute::ErrorCode {
-                            code: 438,
-                            reason: "Stale Nonce",
-                        })
-                        .expect("fits");
-                        w.add(&Attribute::Realm("R")).expect("fits");
-                        w.add(&Attribute::Nonce("n2")).expect("fits");
-                        w.finish()
+                        assert!(msg.verify_integrity(&key), "client uses MD5(u:R:p)");
+                        seen_nonces.push(msg.text(attr::NONCE));
+                        Builder::new(Class::Error, method::ALLOCATE, &tid)
+                            .raw(attr::ERROR_CODE, b"\0\0\x04\x26Stale Nonce")
+                            .text(attr::REALM, "R")
+                            .text(attr::NONCE, "n2")
+                            .finish()
                     }
                     _ => {
-                        msg.verify_integrity(&key).expect("client uses MD5(u:R:p)");
-                        assert_eq!(msg.decode(attr::NONCE), Some(Ok(Attribute::Nonce("n2"))));
-                        let mut w =
-                            MessageWriter::new(&mut out, Class::Success, Method::ALLOCATE, &tid)
-                                .expect("fits");
-                        w.add(&Attribute::XorRelayedAddress(relayed)).expect("fits");
-                        w.add(&Attribute::XorMappedAddress(from)).expect("fits");
-                        w.add_message_integrity(&key).expect("fits");
-                        w.finish()
+                        assert!(msg.verify_integrity(&key), "client uses MD5(u:R:p)");
+                        assert_eq!(msg.text(attr::NONCE).as_deref(), Some("n2"));
+                        Builder::new(Class::Success, method::ALLOCATE, &tid)
+                            .xor_address(attr::XOR_RELAYED_ADDRESS, relayed)
+                            .xor_address(attr::XOR_MAPPED_ADDRESS, from)
+                            .integrity(&key)
                     }
                 };
-                server.send_to(&out[..len], from).await.expect("send");
+                server.send_to(&out, from).await.expect("send");
             }
             seen_nonces
         });
@@ -462,6 +435,6 @@ mod tests {
         assert_eq!(s.nonce, "n2");
         assert_eq!(s.mapped, s.sock.local_addr().ok());
         let nonces = srv.await.expect("server task");
-        assert_eq!(nonces, vec![Some("Ok(Nonce(\"n1\"))".to_owned())]);
+        assert_eq!(nonces, vec![Some("n1".to_owned())]);
     }
 }
