@@ -3,8 +3,11 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use peercall_stun::{ChannelData, Family, long_term_key_md5};
 use peercall_stun::{
-    Attribute, ChannelData, Class, Message, MessageWriter, Method, write_channel_data_header,
+    Class, Data, Lifetime, Message, MessageWriter, Method, Username, XorMappedAddress,
+    XorPeerAddress, XorRelayedAddress, data_indication_payload_offset, frame_channel_data_in_place,
+    write_data_indication_in_place,
 };
 
 fn time(name: &str, iterations: u32, mut f: impl FnMut()) {
@@ -16,7 +19,7 @@ fn time(name: &str, iterations: u32, mut f: impl FnMut()) {
         f();
     }
     let ns = start.elapsed().as_nanos() as f64 / f64::from(iterations);
-    println!("{name:<48} {ns:>8.1} ns/op");
+    println!("{name:<56} {ns:>8.1} ns/op");
 }
 
 fn main() {
@@ -24,7 +27,7 @@ fn main() {
     let mut request = [0u8; 128];
     let mut w =
         MessageWriter::new(&mut request, Class::Request, Method::BINDING, &tid).expect("fits");
-    w.add(&Attribute::Username("user:peer")).expect("fits");
+    w.add(&Username("user:peer")).expect("fits");
     w.add_message_integrity(b"password").expect("fits");
     w.add_fingerprint().expect("fits");
     let n = w.finish();
@@ -40,9 +43,28 @@ fn main() {
         },
     );
 
+    let key = long_term_key_md5("user", "example.org", "secret");
+    let peer = "198.51.100.20:6000".parse().expect("addr");
+    let payload = [0x5Au8; 1000];
+    let mut send = [0u8; 1200];
+    let mut w = MessageWriter::new(&mut send, Class::Indication, Method::SEND, &tid).expect("fits");
+    w.add(&XorPeerAddress(peer)).expect("fits");
+    w.add(&Data(&payload)).expect("fits");
+    let n = w.finish();
+    let send = &send[..n];
+    time(
+        "parse Send indication + decode peer and DATA (1000 B)",
+        2_000_000,
+        || {
+            let msg = Message::parse(black_box(send)).expect("valid");
+            black_box(msg.decode::<XorPeerAddress>());
+            black_box(msg.decode::<Data>());
+        },
+    );
+
     let mut frame = [0u8; 1204];
-    write_channel_data_header(&mut frame, 0x4001, 1200).expect("fits");
-    time("ChannelData parse (1200 B)", 2_000_000, || {
+    frame_channel_data_in_place(&mut frame, 0x4001, 1200, false).expect("fits");
+    time("ChannelData parse (1200 B)", 5_000_000, || {
         black_box(ChannelData::parse(black_box(&frame)).expect("valid"));
     });
 
@@ -55,12 +77,36 @@ fn main() {
         || {
             let mut w =
                 MessageWriter::new(&mut out, Class::Success, Method::ALLOCATE, &tid).expect("fits");
-            w.add(&Attribute::XorRelayedAddress(relayed)).expect("fits");
-            w.add(&Attribute::XorMappedAddress(mapped)).expect("fits");
-            w.add(&Attribute::Lifetime(600)).expect("fits");
-            w.add_message_integrity(b"0123456789abcdef").expect("fits");
+            w.add(&XorRelayedAddress(relayed)).expect("fits");
+            w.add(&XorMappedAddress(mapped)).expect("fits");
+            w.add(&Lifetime(600)).expect("fits");
+            w.add_message_integrity(black_box(&key)).expect("fits");
             w.add_fingerprint().expect("fits");
             black_box(w.finish());
+        },
+    );
+
+    let mut ind = [0u8; 1500];
+    let at = data_indication_payload_offset(Family::V4);
+    ind[at..at + 1000].fill(1);
+    time(
+        "Data indication around a received payload (in place)",
+        2_000_000,
+        || {
+            black_box(
+                write_data_indication_in_place(black_box(&mut ind), &tid, peer, 1000)
+                    .expect("fits"),
+            );
+        },
+    );
+    time(
+        "ChannelData header in front of a received payload",
+        5_000_000,
+        || {
+            black_box(
+                frame_channel_data_in_place(black_box(&mut frame), 0x4001, 1000, true)
+                    .expect("fits"),
+            );
         },
     );
 }

@@ -490,3 +490,22 @@ proptest! {
         prop_assert_eq!(msg.method(), Method(method));
     }
 }
+
+/// The fuzz seeds (RFC sample messages, a ChannelData frame) stay valid inputs and pass the fuzz entry.
+#[test]
+fn fuzz_seeds_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/parse");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("seed directory exists") {
+        let path = entry.expect("readable").path();
+        let data = std::fs::read(&path).expect("readable seed");
+        match classify(&data) {
+            PacketKind::Stun => assert!(Message::parse(&data).is_ok(), "{path:?}"),
+            PacketKind::ChannelData => assert!(ChannelData::parse(&data).is_ok(), "{path:?}"),
+            PacketKind::Other => panic!("{path:?} is neither STUN nor ChannelData"),
+        }
+        fuzz_entry(&data);
+        seen += 1;
+    }
+    assert!(seen >= 6, "only {seen} seeds");
+}
