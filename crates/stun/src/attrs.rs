@@ -613,6 +613,16 @@ pub struct ErrorCode<'a> {
     pub reason: &'a str,
 }
 
+impl ErrorCode<'static> {
+    /// `code` with the RFC's reason phrase, e.g. `ErrorCode::new(error_code::STALE_NONCE)`.
+    pub fn new(code: u16) -> Self {
+        ErrorCode {
+            code,
+            reason: crate::error_code::reason(code),
+        }
+    }
+}
+
 impl<'a> DecodeAttr<'a> for ErrorCode<'a> {
     const TYPE: u16 = attr::ERROR_CODE;
     fn decode_value(value: &'a [u8], _: &TransactionId) -> Result<Self, ParseError> {

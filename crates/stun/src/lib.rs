@@ -97,6 +97,47 @@ pub(crate) fn split_type(t: u16) -> (Class, Method) {
     (class, Method(method))
 }
 
+/// ERROR-CODE numbers of RFC 8489 §14.8 and RFC 8656 §19, and their recommended reason phrases.
+pub mod error_code {
+    pub const TRY_ALTERNATE: u16 = 300;
+    pub const BAD_REQUEST: u16 = 400;
+    pub const UNAUTHENTICATED: u16 = 401;
+    pub const FORBIDDEN: u16 = 403;
+    pub const MOBILITY_FORBIDDEN: u16 = 405;
+    pub const UNKNOWN_ATTRIBUTE: u16 = 420;
+    pub const ALLOCATION_MISMATCH: u16 = 437;
+    pub const STALE_NONCE: u16 = 438;
+    pub const ADDRESS_FAMILY_NOT_SUPPORTED: u16 = 440;
+    pub const WRONG_CREDENTIALS: u16 = 441;
+    pub const UNSUPPORTED_TRANSPORT_PROTOCOL: u16 = 442;
+    pub const PEER_ADDRESS_FAMILY_MISMATCH: u16 = 443;
+    pub const ALLOCATION_QUOTA_REACHED: u16 = 486;
+    pub const SERVER_ERROR: u16 = 500;
+    pub const INSUFFICIENT_CAPACITY: u16 = 508;
+
+    /// The RFC's reason phrase for `code` ("Error" for codes it does not name).
+    pub fn reason(code: u16) -> &'static str {
+        match code {
+            TRY_ALTERNATE => "Try Alternate",
+            BAD_REQUEST => "Bad Request",
+            UNAUTHENTICATED => "Unauthenticated",
+            FORBIDDEN => "Forbidden",
+            MOBILITY_FORBIDDEN => "Mobility Forbidden",
+            UNKNOWN_ATTRIBUTE => "Unknown Attribute",
+            ALLOCATION_MISMATCH => "Allocation Mismatch",
+            STALE_NONCE => "Stale Nonce",
+            ADDRESS_FAMILY_NOT_SUPPORTED => "Address Family not Supported",
+            WRONG_CREDENTIALS => "Wrong Credentials",
+            UNSUPPORTED_TRANSPORT_PROTOCOL => "Unsupported Transport Protocol",
+            PEER_ADDRESS_FAMILY_MISMATCH => "Peer Address Family Mismatch",
+            ALLOCATION_QUOTA_REACHED => "Allocation Quota Reached",
+            SERVER_ERROR => "Server Error",
+            INSUFFICIENT_CAPACITY => "Insufficient Capacity",
+            _ => "Error",
+        }
+    }
+}
+
 /// The long-term credential key of RFC 8489 §9.2.2: MD5(username ":" realm ":" password).
 pub fn long_term_key_md5(username: &str, realm: &str, password: &str) -> [u8; 16] {
     let mut h = Md5::new();

@@ -691,3 +691,32 @@ fn every_known_type_has_a_decoder() {
     assert!(!attr::is_known(0x0003));
     assert!(!attr::is_known(0x8030));
 }
+
+#[test]
+fn standard_error_reasons() {
+    assert_eq!(
+        ErrorCode::new(error_code::STALE_NONCE),
+        ErrorCode {
+            code: 438,
+            reason: "Stale Nonce"
+        }
+    );
+    assert_eq!(
+        error_code::reason(error_code::UNKNOWN_ATTRIBUTE),
+        "Unknown Attribute"
+    );
+    assert_eq!(error_code::reason(499), "Error");
+    let mut buf = [0u8; 64];
+    let mut w = MessageWriter::new(&mut buf, Class::Error, Method::REFRESH, &TID).expect("fits");
+    w.add(&ErrorCode::new(error_code::ALLOCATION_MISMATCH))
+        .expect("fits");
+    let n = w.finish();
+    let msg = Message::parse(&buf[..n]).expect("valid");
+    assert_eq!(
+        msg.decode::<ErrorCode>(),
+        Some(Ok(ErrorCode {
+            code: 437,
+            reason: "Allocation Mismatch"
+        }))
+    );
+}
