@@ -194,8 +194,26 @@ pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 /// on a codec bug.
 pub fn fuzz_entry(data: &[u8]) {
     let _ = classify(data);
-    let _ = stream_frame_len(data);
-    let _ = ChannelData::parse(data);
+    if let Ok(Some(n)) = stream_frame_len(data) {
+        assert!(n >= 4, "a frame is at least a ChannelData header");
+    }
+    let mut out = [0u8; 1024];
+    if let Ok(cd) = ChannelData::parse(data) {
+        // Re-framing the payload gives the same frame back.
+        if let Ok(n) = write_channel_data(&mut out, cd.channel, cd.data, false) {
+            assert_eq!(
+                ChannelData::parse(&out[..n]),
+                Ok(cd),
+                "ChannelData re-framed"
+            );
+        }
+    }
+    // The payload writers accept any bytes and produce parseable frames carrying them.
+    let peer = std::net::SocketAddr::from(([192, 0, 2, 1], 9));
+    if let Ok(n) = write_data_indication(&mut out, &[0; 12], peer, data) {
+        let msg = Message::parse(&out[..n]).expect("what the writer wrote parses");
+        assert_eq!(msg.decode::<Data>(), Some(Ok(Data(data))));
+    }
     let Ok(msg) = Message::parse(data) else {
         return;
     };
@@ -241,7 +259,6 @@ pub fn fuzz_entry(data: &[u8]) {
         let _ = msg.decode_any(typ);
     }
     // Every attribute, re-encoded alone, decodes to the same value.
-    let mut out = [0u8; 1024];
     for raw in msg.attributes() {
         let Ok(a) = Attribute::decode(raw.typ, raw.value, &tid) else {
             continue;
