@@ -16,7 +16,9 @@ pub enum PacketKind {
 pub fn classify(buf: &[u8]) -> PacketKind {
     match buf.first() {
         Some(0..=3) => PacketKind::Stun,
-        Some(0x40..=0x4F) => PacketKind::ChannelData,
+        // RFC 8656 narrowed channels to 0x4000-0x4FFF; RFC 5766 clients (coturn's own among them) still use
+        // 0x4000-0x7FFE, so the wider range is accepted.
+        Some(0x40..=0x7F) => PacketKind::ChannelData,
         _ => PacketKind::Other,
     }
 }
@@ -46,7 +48,7 @@ impl<'a> ChannelData<'a> {
 }
 
 /// The channel numbers a client may bind (RFC 8656 §12).
-pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFE;
 
 /// Writes the 4-byte ChannelData header at the start of `buf`, so a payload already sitting at `buf[4..]`
 /// (received there directly) becomes a frame without a copy.

@@ -1,7 +1,32 @@
 //! Sans-IO, zero-copy STUN (RFC 8489) and TURN (RFC 8656) wire codec.
 //!
-//! [`Message::parse`] validates a message in place over `&[u8]` and hands out attribute values as sub-slices;
-//! [`MessageWriter`] encodes into a caller-owned buffer. Nothing here allocates, reads a clock or does I/O.
+//! [`Message::parse`] validates a message in place over `&[u8]` once (header, attribute framing, where the
+//! integrity attributes sit), so lookups afterwards cannot go out of bounds and follow the RFC's ordering
+//! rules. Values come out typed and borrowed: `msg.decode::<Data>()` is a sub-slice of the datagram, which
+//! is what lets a relay forward payloads without copying. [`MessageWriter`] encodes into a caller-owned
+//! buffer; [`write_data_indication_in_place`] and [`frame_channel_data_in_place`] wrap a payload that was
+//! received straight into its final position. Nothing here allocates, reads a clock or does I/O.
+//!
+//! ```
+//! use peercall_stun::{Class, Message, MessageWriter, Method, Username, XorMappedAddress};
+//!
+//! let mut req = [0u8; 64];
+//! let mut w = MessageWriter::new(&mut req, Class::Request, Method::BINDING, &[7; 12]).unwrap();
+//! w.add(&Username("alice")).unwrap();
+//! w.add_message_integrity(b"password").unwrap();
+//! let n = w.finish();
+//!
+//! let msg = Message::parse(&req[..n]).unwrap();
+//! assert_eq!(msg.decode::<Username>(), Some(Ok(Username("alice"))));
+//! msg.verify_integrity(b"password").unwrap();
+//!
+//! let mut out = [0u8; 64];
+//! let mut w = MessageWriter::response(&mut out, &msg, Class::Success).unwrap();
+//! w.add(&XorMappedAddress("192.0.2.1:3478".parse().unwrap())).unwrap();
+//! w.add_fingerprint().unwrap();
+//! let n = w.finish();
+//! assert_eq!(Message::parse(&out[..n]).unwrap().transaction_id(), &[7; 12]);
+//! ```
 
 mod attrs;
 mod channel;

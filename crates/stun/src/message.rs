@@ -31,7 +31,7 @@ pub enum ParseError {
     BadText(u16),
     #[error("attribute {0:#06x} is longer than allowed")]
     TextTooLong(u16),
-    #[error("not a ChannelData message (channel number outside 0x4000-0x4FFF)")]
+    #[error("not a ChannelData message (channel number outside 0x4000-0x7FFE)")]
     NotChannelData,
     #[error("ChannelData length runs past the end")]
     ChannelDataOverrun,

@@ -24,7 +24,7 @@ pub enum EncodeError {
     InvalidValue(u16),
     #[error("attribute {0:#06x} cannot follow MESSAGE-INTEGRITY or FINGERPRINT")]
     AfterIntegrity(u16),
-    #[error("channel number outside 0x4000-0x4FFF")]
+    #[error("channel number outside 0x4000-0x7FFE")]
     BadChannel,
 }
 

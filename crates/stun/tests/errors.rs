@@ -548,7 +548,7 @@ fn channel_data_errors() {
         ParseError::NotChannelData
     );
     assert_eq!(
-        ChannelData::parse(&[0x50, 0x00, 0x00, 0x00]).unwrap_err(),
+        ChannelData::parse(&[0x7F, 0xFF, 0x00, 0x00]).unwrap_err(),
         ParseError::NotChannelData
     );
     assert_eq!(
@@ -566,7 +566,7 @@ fn channel_data_errors() {
         Err(EncodeError::BadChannel)
     );
     assert_eq!(
-        write_channel_data_header(&mut buf, 0x5000, 0),
+        write_channel_data_header(&mut buf, 0x7FFF, 0),
         Err(EncodeError::BadChannel)
     );
     assert_eq!(
@@ -604,10 +604,11 @@ fn classify_and_stream_framing() {
     for b in 0..=3u8 {
         assert_eq!(classify(&[b]), PacketKind::Stun);
     }
-    for b in 0x40..=0x4Fu8 {
+    // RFC 5766's channel range (0x4000-0x7FFE), which coturn's clients use, is accepted.
+    for b in 0x40..=0x7Fu8 {
         assert_eq!(classify(&[b]), PacketKind::ChannelData);
     }
-    for b in [4u8, 0x14, 0x17, 0x3F, 0x50, 0x80, 0xFF] {
+    for b in [4u8, 0x14, 0x17, 0x3F, 0x80, 0xFF] {
         assert_eq!(classify(&[b]), PacketKind::Other, "{b:#x}");
     }
 

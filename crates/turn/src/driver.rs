@@ -292,27 +292,39 @@ struct DriverPorts<'a> {
 }
 
 impl RelayPorts for DriverPorts<'_> {
-    fn bind(&mut self, family: Family) -> Option<SocketAddr> {
+    fn bind(&mut self, family: Family, even: bool) -> Option<SocketAddr> {
         let ip = *self.shared.relay_ips.iter().find(|ip| Family::of(**ip) == family)?;
         let (min, max) = self.shared.ports;
         let span = u32::from(max - min) + 1;
         let start: u32 = rand::random::<u32>() % span;
         // Bounded: at most 64 tries, then report no capacity rather than scanning the whole range.
         for i in 0..span.min(64) {
-            let port = min + ((start + i * 7919) % span) as u16;
+            let mut port = min + ((start + i * 7919) % span) as u16;
+            if even && port % 2 == 1 {
+                if port == max {
+                    continue;
+                }
+                port += 1;
+            }
             let addr = SocketAddr::new(ip, port);
-            if self.in_use.contains_key(&addr) {
-                continue;
+            if self.bind_at(addr) {
+                return Some(addr);
             }
-            let Ok(std_socket) = StdUdpSocket::bind(addr) else { continue };
-            if std_socket.set_nonblocking(true).is_err() {
-                continue;
-            }
-            let Ok(socket) = UdpSocket::from_std(std_socket) else { continue };
-            self.started.push((addr, Arc::new(socket), CancellationToken::new()));
-            return Some(addr);
         }
         None
+    }
+
+    fn bind_at(&mut self, addr: SocketAddr) -> bool {
+        if self.in_use.contains_key(&addr) || self.started.iter().any(|(a, _, _)| *a == addr) {
+            return false;
+        }
+        let Ok(std_socket) = StdUdpSocket::bind(addr) else { return false };
+        if std_socket.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let Ok(socket) = UdpSocket::from_std(std_socket) else { return false };
+        self.started.push((addr, Arc::new(socket), CancellationToken::new()));
+        true
     }
 
     fn advertised(&self, relay: SocketAddr) -> SocketAddr {

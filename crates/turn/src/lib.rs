@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use driver::{Listening, TurnHandle, TurnServer};
+pub use driver::{Listening, TurnHandle, TurnServer, interface_addresses};
 pub use metrics::TurnMetrics;
 
 /// TLS certificate and key files (PEM) for TURNS.
@@ -101,7 +101,7 @@ impl Default for TurnConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TurnError {
-    #[error("cannot listen on {transport} {addr}: {source}")]
+    #[error("cannot listen on {transport} {addr}")]
     Bind { transport: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot read TLS {what} {path}: {message}")]
     Tls { what: &'static str, path: PathBuf, message: String },

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peercall_stun::{
-    Attribute, ChannelData, Class, Family, Message, MessageWriter, Method, PacketKind, TransactionId, attr,
+    Attribute, CHANNEL_RANGE, ChannelData, Class, Family, Message, MessageWriter, Method, PacketKind, TransactionId, attr,
     classify, write_channel_data_header,
 };
 
@@ -50,8 +50,11 @@ pub struct FiveTuple {
 
 /// Creates relay sockets for the core (the driver binds real sockets; tests hand out fake addresses).
 pub trait RelayPorts {
-    /// A new relayed transport address of this family, or `None` when none is free.
-    fn bind(&mut self, family: Family) -> Option<SocketAddr>;
+    /// A new relayed transport address of this family (with an even port when `even`), or `None` when none
+    /// is free.
+    fn bind(&mut self, family: Family, even: bool) -> Option<SocketAddr>;
+    /// Binds exactly `addr` (the odd port an EVEN-PORT R=1 request reserves); false when it is taken.
+    fn bind_at(&mut self, addr: SocketAddr) -> bool;
     /// The address to advertise for a relay address (1:1 NAT mapping, `--external-ip`).
     fn advertised(&self, relay: SocketAddr) -> SocketAddr {
         relay
@@ -179,6 +182,26 @@ pub struct Core {
     metrics: Arc<TurnMetrics>,
     scratch_keys: Vec<[u8; 16]>,
     indications: u64,
+    reservations: Vec<Reservation>,
+    reservation_counter: u64,
+}
+
+/// A relay port held for a later Allocate (EVEN-PORT R=1).
+struct Reservation {
+    token: [u8; 8],
+    addr: SocketAddr,
+    expires: Instant,
+}
+
+/// How long a reserved port waits for its Allocate.
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+fn reservation_token(key: &[u8; 32], counter: u64) -> [u8; 8] {
+    let mut t = counter.to_be_bytes();
+    for (b, k) in t.iter_mut().zip(key.iter().rev()) {
+        *b ^= k;
+    }
+    t
 }
 
 /// An error answer: code and reason phrase.
@@ -198,6 +221,8 @@ impl Core {
             metrics,
             scratch_keys: Vec::with_capacity(4),
             indications: 0,
+            reservations: Vec::new(),
+            reservation_counter: 0,
         }
     }
 
@@ -250,8 +275,12 @@ impl Core {
             self.metrics.malformed.inc();
             return Action::Nothing;
         };
-        let Some(alloc) = self.allocations.get(&from) else { return Action::Nothing };
+        let Some(alloc) = self.allocations.get(&from) else {
+            tracing::debug!(client = %from.client, "ChannelData without allocation dropped");
+            return Action::Nothing;
+        };
         let Some(ch) = alloc.channels.iter().find(|c| c.number == cd.channel && c.expires > now.instant) else {
+            tracing::debug!(client = %from.client, channel = cd.channel, "ChannelData on unbound channel dropped");
             return Action::Nothing;
         };
         let peer = ch.peer;
@@ -348,9 +377,9 @@ impl Core {
             return Err((401, "Unauthorized", None, true));
         }
         let (Some(Ok(Attribute::Username(username))), Some(Ok(Attribute::Realm(_))), Some(Ok(Attribute::Nonce(nonce)))) =
-            (msg.decode(attr::USERNAME), msg.decode(attr::REALM), msg.decode(attr::NONCE))
+            (msg.decode_any(attr::USERNAME), msg.decode_any(attr::REALM), msg.decode_any(attr::NONCE))
         else {
-            return Err((400, "Bad Request", None, false));
+            return Err((400, "Bad Request: USERNAME, REALM and NONCE are required", None, false));
         };
         if !self.credentials.nonce_valid(nonce, from.client, now.unix) {
             fail(&self.metrics, AuthFailure::StaleNonce);
@@ -386,24 +415,30 @@ impl Core {
         if self.allocations.contains_key(&from) {
             return Err(Refusal(437, "Allocation Mismatch"));
         }
-        match msg.decode(attr::REQUESTED_TRANSPORT) {
+        match msg.decode_any(attr::REQUESTED_TRANSPORT) {
             Some(Ok(Attribute::RequestedTransport(UDP))) => {}
             Some(Ok(Attribute::RequestedTransport(_))) => return Err(Refusal(442, "Unsupported Transport Protocol")),
             _ => return Err(Refusal(400, "Bad Request")),
         }
-        if msg.get(attr::RESERVATION_TOKEN).is_some() && msg.get(attr::EVEN_PORT).is_some() {
+        let even_port = match msg.decode_any(attr::EVEN_PORT) {
+            Some(Ok(Attribute::EvenPort(reserve))) => Some(reserve),
+            Some(_) => return Err(Refusal(400, "Bad Request")),
+            None => None,
+        };
+        let token = match msg.decode_any(attr::RESERVATION_TOKEN) {
+            Some(Ok(Attribute::ReservationToken(t))) => Some(t),
+            Some(_) => return Err(Refusal(400, "Bad Request")),
+            None => None,
+        };
+        if token.is_some() && (even_port.is_some() || msg.get(attr::REQUESTED_ADDRESS_FAMILY).is_some()) {
             return Err(Refusal(400, "Bad Request"));
         }
-        if msg.get(attr::RESERVATION_TOKEN).is_some() {
-            // We never hand out reservations, so no token can be valid.
-            return Err(Refusal(508, "Insufficient Capacity"));
-        }
-        let family = match msg.decode(attr::REQUESTED_ADDRESS_FAMILY) {
+        let family = match msg.decode_any(attr::REQUESTED_ADDRESS_FAMILY) {
             None => Family::V4,
             Some(Ok(Attribute::RequestedAddressFamily(f))) => f,
             Some(_) => return Err(Refusal(440, "Address Family not Supported")),
         };
-        let username = match msg.decode(attr::USERNAME) {
+        let username = match msg.decode_any(attr::USERNAME) {
             Some(Ok(Attribute::Username(u))) => u,
             _ => return Err(Refusal(400, "Bad Request")),
         };
@@ -414,13 +449,29 @@ impl Core {
         if self.allocations.len() >= self.config.total_quota as usize {
             return Err(Refusal(508, "Insufficient Capacity"));
         }
-        let Some(relay) = ports.bind(family) else {
-            return if family == Family::V6 {
-                Err(Refusal(440, "Address Family not Supported"))
-            } else {
-                Err(Refusal(508, "Insufficient Capacity"))
-            };
+        let relay = match token {
+            Some(t) => {
+                let at = self.reservations.iter().position(|r| r.token == t && r.expires > now.instant);
+                let Some(at) = at else { return Err(Refusal(508, "Insufficient Capacity")) };
+                self.reservations.swap_remove(at).addr
+            }
+            None => match ports.bind(family, even_port.is_some()) {
+                Some(relay) => relay,
+                None if family == Family::V6 => return Err(Refusal(440, "Address Family not Supported")),
+                None => return Err(Refusal(508, "Insufficient Capacity")),
+            },
         };
+        // EVEN-PORT with R=1: hold the next port for a later Allocate with RESERVATION-TOKEN (RFC 8656 §7.2).
+        let mut reserved_token = None;
+        if even_port == Some(true) {
+            let next = SocketAddr::new(relay.ip(), relay.port().wrapping_add(1));
+            if next.port() != 0 && ports.bind_at(next) {
+                self.reservation_counter = self.reservation_counter.wrapping_add(1);
+                let t = reservation_token(&self.config.nonce_key, self.reservation_counter);
+                self.reservations.push(Reservation { token: t, addr: next, expires: now.instant + RESERVATION_LIFETIME });
+                reserved_token = Some(t);
+            }
+        }
         let lifetime = self.lifetime(&msg);
         let username: Box<str> = username.into();
         *self.per_user.entry(username.clone()).or_insert(0) += 1;
@@ -441,12 +492,13 @@ impl Core {
         let mut w = writer(out, Class::Success, Method::ALLOCATE, tid)?;
         let ok = w.add(&Attribute::XorRelayedAddress(ports.advertised(relay))).is_ok()
             && w.add(&Attribute::XorMappedAddress(from.client)).is_ok()
-            && w.add(&Attribute::Lifetime(lifetime.as_secs() as u32)).is_ok();
+            && w.add(&Attribute::Lifetime(lifetime.as_secs() as u32)).is_ok()
+            && reserved_token.is_none_or(|t| w.add(&Attribute::ReservationToken(t)).is_ok());
         finish(w, ok, &key, msg.has_fingerprint())
     }
 
     fn lifetime(&self, msg: &Message<'_>) -> Duration {
-        match msg.decode(attr::LIFETIME) {
+        match msg.decode_any(attr::LIFETIME) {
             Some(Ok(Attribute::Lifetime(secs))) => {
                 Duration::from_secs(u64::from(secs)).clamp(self.config.default_lifetime, self.config.max_lifetime)
             }
@@ -465,7 +517,7 @@ impl Core {
         if !self.allocations.contains_key(&from) {
             return Err(Refusal(437, "Allocation Mismatch"));
         }
-        let requested_zero = matches!(msg.decode(attr::LIFETIME), Some(Ok(Attribute::Lifetime(0))));
+        let requested_zero = matches!(msg.decode_any(attr::LIFETIME), Some(Ok(Attribute::Lifetime(0))));
         let lifetime = if requested_zero {
             self.remove(from);
             Duration::ZERO
@@ -543,19 +595,19 @@ impl Core {
         if !self.allocations.contains_key(&from) {
             return Err(Refusal(437, "Allocation Mismatch"));
         }
-        let number = match msg.decode(attr::CHANNEL_NUMBER) {
-            Some(Ok(Attribute::ChannelNumber(n))) if (0x4000..=0x4FFF).contains(&n) => n,
-            _ => return Err(Refusal(400, "Bad Request")),
+        let number = match msg.decode_any(attr::CHANNEL_NUMBER) {
+            Some(Ok(Attribute::ChannelNumber(n))) if CHANNEL_RANGE.contains(&n) => n,
+            _ => return Err(Refusal(400, "Bad Request: CHANNEL-NUMBER missing or out of range")),
         };
-        let peer = match msg.decode(attr::XOR_PEER_ADDRESS) {
+        let peer = match msg.decode_any(attr::XOR_PEER_ADDRESS) {
             Some(Ok(Attribute::XorPeerAddress(p))) => p,
-            _ => return Err(Refusal(400, "Bad Request")),
+            _ => return Err(Refusal(400, "Bad Request: XOR-PEER-ADDRESS missing")),
         };
         self.check_peer(from, peer)?;
         let alloc = self.allocations.get_mut(&from).ok_or(Refusal(437, "Allocation Mismatch"))?;
         let live = |c: &&mut Channel| c.expires > now.instant;
         if alloc.channels.iter_mut().filter(live).any(|c| (c.number == number) != (c.peer == peer)) {
-            return Err(Refusal(400, "Bad Request"));
+            return Err(Refusal(400, "Bad Request: channel or peer already bound differently"));
         }
         let until = now.instant + CHANNEL_LIFETIME;
         match alloc.channels.iter_mut().find(|c| c.number == number) {
@@ -583,7 +635,7 @@ impl Core {
     ) -> Action<'a> {
         let Some(alloc) = self.allocations.get(&from) else { return Action::Nothing };
         let (Some(Ok(Attribute::XorPeerAddress(peer))), Some(Ok(Attribute::Data(data)))) =
-            (msg.decode(attr::XOR_PEER_ADDRESS), msg.decode(attr::DATA))
+            (msg.decode_any(attr::XOR_PEER_ADDRESS), msg.decode_any(attr::DATA))
         else {
             return Action::Nothing;
         };
@@ -608,6 +660,7 @@ impl Core {
         let Some(five) = self.by_relay.get(&relay).copied() else { return PeerAction::Drop };
         let Some(alloc) = self.allocations.get(&five) else { return PeerAction::Drop };
         if !alloc.permitted(peer.ip(), now.instant) {
+            tracing::debug!(%relay, %peer, "peer packet without permission dropped");
             self.metrics.no_permission.inc();
             return PeerAction::Drop;
         }
@@ -648,6 +701,14 @@ impl Core {
         for five in expired {
             self.remove(five);
         }
+        let released = &mut self.released;
+        self.reservations.retain(|r| {
+            let live = r.expires > now;
+            if !live {
+                released.push(r.addr);
+            }
+            live
+        });
         for alloc in self.allocations.values_mut() {
             let before = alloc.permissions.len();
             alloc.permissions.retain(|(_, exp)| *exp > now);
@@ -696,16 +757,13 @@ impl Core {
         if code == 0 {
             return 0;
         }
+        tracing::debug!(client = %from.client, method = msg.method().name(), code, reason, "request refused");
         let Ok(mut w) = MessageWriter::new(out, Class::Error, msg.method(), msg.transaction_id()) else { return 0 };
         let mut ok = w.add(&Attribute::ErrorCode { code, reason }).is_ok();
         if code == 420 {
             let mut unknown = [0u16; 8];
             let n = msg.unknown_comprehension_required(attr::is_known, &mut unknown);
-            let mut raw = [0u8; 16];
-            for (i, t) in unknown[..n].iter().enumerate() {
-                raw[2 * i..2 * i + 2].copy_from_slice(&t.to_be_bytes());
-            }
-            ok &= w.add(&Attribute::UnknownAttributes(&raw[..2 * n])).is_ok();
+            ok &= w.add(&Attribute::UnknownAttributes(peercall_stun::UnknownAttributes::new(&unknown[..n]))).is_ok();
         }
         if with_nonce {
             let nonce = self.credentials.nonce(from.client, now.unix);

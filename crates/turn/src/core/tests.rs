@@ -9,12 +9,17 @@ struct FakePorts {
 }
 
 impl RelayPorts for FakePorts {
-    fn bind(&mut self, family: Family) -> Option<SocketAddr> {
+    fn bind(&mut self, family: Family, even: bool) -> Option<SocketAddr> {
         if family != Family::of(self.ip) {
             return None;
         }
-        self.next += 1;
+        self.next += if even { 2 - self.next % 2 } else { 1 };
         Some(SocketAddr::new(self.ip, self.next))
+    }
+
+    fn bind_at(&mut self, addr: SocketAddr) -> bool {
+        self.next = self.next.max(addr.port());
+        true
     }
 }
 
@@ -76,19 +81,19 @@ impl Harness {
                 let msg = Message::parse(&self.out[..n]).expect("server writes valid STUN");
                 Some(Resp {
                     class: msg.class(),
-                    code: match msg.decode(attr::ERROR_CODE) {
+                    code: match msg.decode_any(attr::ERROR_CODE) {
                         Some(Ok(A::ErrorCode { code, .. })) => Some(code),
                         _ => None,
                     },
-                    nonce: match msg.decode(attr::NONCE) {
+                    nonce: match msg.decode_any(attr::NONCE) {
                         Some(Ok(A::Nonce(n))) => Some(n.to_owned()),
                         _ => None,
                     },
-                    relayed: match msg.decode(attr::XOR_RELAYED_ADDRESS) {
+                    relayed: match msg.decode_any(attr::XOR_RELAYED_ADDRESS) {
                         Some(Ok(A::XorRelayedAddress(a))) => Some(a),
                         _ => None,
                     },
-                    lifetime: match msg.decode(attr::LIFETIME) {
+                    lifetime: match msg.decode_any(attr::LIFETIME) {
                         Some(Ok(A::Lifetime(l))) => Some(l),
                         _ => None,
                     },
@@ -143,7 +148,7 @@ fn binding_returns_mapped_address_without_auth() {
     let action = h.core.handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports);
     let Action::Reply(n) = action else { panic!("expected a reply") };
     let msg = Message::parse(&h.out[..n]).expect("valid");
-    assert_eq!(msg.decode(attr::XOR_MAPPED_ADDRESS), Some(Ok(A::XorMappedAddress(h.client.client))));
+    assert_eq!(msg.decode_any(attr::XOR_MAPPED_ADDRESS), Some(Ok(A::XorMappedAddress(h.client.client))));
     assert_eq!(h.core.allocation_count(), 0);
 }
 
@@ -328,8 +333,8 @@ fn send_indication_and_data_indication() {
     };
     let msg = Message::parse(&out[..n]).expect("valid");
     assert_eq!(msg.method(), Method::DATA);
-    assert_eq!(msg.decode(attr::DATA), Some(Ok(A::Data(b"world"))));
-    assert_eq!(msg.decode(attr::XOR_PEER_ADDRESS), Some(Ok(A::XorPeerAddress(peer))));
+    assert_eq!(msg.decode_any(attr::DATA), Some(Ok(A::Data(b"world"))));
+    assert_eq!(msg.decode_any(attr::XOR_PEER_ADDRESS), Some(Ok(A::XorPeerAddress(peer))));
 }
 
 #[test]
@@ -347,4 +352,29 @@ fn garbage_is_dropped() {
     for packet in [&[][..], &[0xFF; 10][..], &[0, 1, 0, 0][..], &[0x40, 0, 0, 200][..]] {
         assert!(h.send(packet).is_none());
     }
+}
+
+#[test]
+fn even_port_reservation_is_claimed_by_token() {
+    let mut h = harness(false, 10);
+    let nonce = h.nonce();
+    let key = long_term_key_md5("u", REALM, "p");
+    let req = request(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), A::EvenPort(true), A::Username("u"), A::Realm(REALM), A::Nonce(&nonce)],
+        Some(&key),
+    );
+    let action = h.core.handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports);
+    let Action::Reply(n) = action else { panic!("expected a reply") };
+    let msg = Message::parse(&h.out[..n]).expect("valid");
+    let Some(Ok(A::XorRelayedAddress(relay))) = msg.decode_any(attr::XOR_RELAYED_ADDRESS) else { panic!("no relay") };
+    assert_eq!(relay.port() % 2, 0, "even port");
+    let Some(Ok(A::ReservationToken(token))) = msg.decode_any(attr::RESERVATION_TOKEN) else { panic!("no token") };
+    h.client.client.set_port(40100);
+    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17), A::ReservationToken(token)], "u", "p");
+    assert_eq!(r.relayed.map(|a| a.port()), Some(relay.port() + 1), "{r:?}");
+    // The token is single-use.
+    h.client.client.set_port(40101);
+    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17), A::ReservationToken(token)], "u", "p");
+    assert_eq!(r.code, Some(508));
 }
