@@ -117,7 +117,10 @@ impl SignalService {
     }
 
     /// A router serving `GET /ws`. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so
-    /// the per-IP limit applies (without it, connections are not limited per IP).
+    /// the per-IP limit applies (without it, connections are not limited per IP), and set `TCP_NODELAY` on
+    /// accepted sockets (`listener.tap_io(|t| { let _ = t.set_nodelay(true); })`): signaling is many small
+    /// writes, and Nagle plus delayed ACKs add up to 40 ms per round trip (measured: 2000 joins took 45 s
+    /// without it, 2.5 s with it).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/ws", get(ws_handler))
