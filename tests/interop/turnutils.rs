@@ -41,7 +41,17 @@ fn start(extra: &[&str]) -> Server {
     let listen = format!("127.0.0.1:{port}");
     let http = format!("127.0.0.1:{http}");
     let mut child = Command::new(BIN)
-        .args(["turn", "--listen", &listen, "--relay-ip", "127.0.0.1", "--http", &http, "--realm", "test"])
+        .args([
+            "turn",
+            "--listen",
+            &listen,
+            "--relay-ip",
+            "127.0.0.1",
+            "--http",
+            &http,
+            "--realm",
+            "test",
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -66,12 +76,21 @@ fn start(extra: &[&str]) -> Server {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let Output { stdout, stderr, .. } = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (install coturn)"));
-    format!("{}{}", String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr))
+    let Output { stdout, stderr, .. } = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (install coturn)"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&stderr)
+    )
 }
 
 fn uclient(args: &[&str]) -> String {
-    run(Command::new("timeout").arg("60").arg("turnutils_uclient").args(args))
+    run(Command::new("timeout")
+        .arg("60")
+        .arg("turnutils_uclient")
+        .args(args))
 }
 
 /// Asserts uclient's closing summary: at least `min_msgs` sent, every one received, none lost.
@@ -81,21 +100,57 @@ fn assert_no_loss(out: &str, min_msgs: u32) {
         .filter_map(|l| l.split("start_mclient: tot_send_msgs=").nth(1))
         .last()
         .unwrap_or_else(|| panic!("no uclient summary in:\n{out}"));
-    let (sent, received) = summary.split_once(", tot_recv_msgs=").unwrap_or_else(|| panic!("odd summary {summary}"));
+    let (sent, received) = summary
+        .split_once(", tot_recv_msgs=")
+        .unwrap_or_else(|| panic!("odd summary {summary}"));
     let sent: u32 = sent.trim().parse().expect("sent count");
     let received: u32 = received.trim().parse().expect("received count");
     assert!(sent >= min_msgs, "only {sent} messages sent:\n{out}");
     assert_eq!(sent, received, "messages lost:\n{out}");
-    assert!(out.contains("Total lost packets 0 (0.000000%)"), "loss reported in:\n{out}");
+    assert!(
+        out.contains("Total lost packets 0 (0.000000%)"),
+        "loss reported in:\n{out}"
+    );
 }
 
 #[test]
 fn uclient_client_to_client_over_udp_and_tcp_with_static_user() {
     let s = start(&["--user", "u:p", "--allow-loopback-peers"]);
     let port = s.port.to_string();
-    let out = uclient(&["-y", "-m", "4", "-n", "50", "-l", "120", "-u", "u", "-w", "p", "-p", &port, "127.0.0.1"]);
+    let out = uclient(&[
+        "-y",
+        "-m",
+        "4",
+        "-n",
+        "50",
+        "-l",
+        "120",
+        "-u",
+        "u",
+        "-w",
+        "p",
+        "-p",
+        &port,
+        "127.0.0.1",
+    ]);
     assert_no_loss(&out, 200);
-    let out = uclient(&["-t", "-y", "-m", "2", "-n", "50", "-l", "120", "-u", "u", "-w", "p", "-p", &port, "127.0.0.1"]);
+    let out = uclient(&[
+        "-t",
+        "-y",
+        "-m",
+        "2",
+        "-n",
+        "50",
+        "-l",
+        "120",
+        "-u",
+        "u",
+        "-w",
+        "p",
+        "-p",
+        &port,
+        "127.0.0.1",
+    ]);
     assert_no_loss(&out, 100);
 }
 
@@ -103,11 +158,42 @@ fn uclient_client_to_client_over_udp_and_tcp_with_static_user() {
 fn uclient_with_rest_api_secret() {
     let s = start(&["--auth-secret", "north-secret", "--allow-loopback-peers"]);
     let port = s.port.to_string();
-    let out = uclient(&["-y", "-m", "2", "-n", "40", "-l", "200", "-u", "alice", "-W", "north-secret", "-p", &port, "127.0.0.1"]);
+    let out = uclient(&[
+        "-y",
+        "-m",
+        "2",
+        "-n",
+        "40",
+        "-l",
+        "200",
+        "-u",
+        "alice",
+        "-W",
+        "north-secret",
+        "-p",
+        &port,
+        "127.0.0.1",
+    ]);
     assert_no_loss(&out, 80);
     // A wrong secret gets nothing through.
-    let out = uclient(&["-y", "-m", "1", "-n", "5", "-u", "alice", "-W", "wrong", "-p", &port, "127.0.0.1"]);
-    assert!(!out.contains("Total lost packets 0 (0.000000%)"), "a wrong secret must not relay:\n{out}");
+    let out = uclient(&[
+        "-y",
+        "-m",
+        "1",
+        "-n",
+        "5",
+        "-u",
+        "alice",
+        "-W",
+        "wrong",
+        "-p",
+        &port,
+        "127.0.0.1",
+    ]);
+    assert!(
+        !out.contains("Total lost packets 0 (0.000000%)"),
+        "a wrong secret must not relay:\n{out}"
+    );
 }
 
 #[test]
@@ -122,8 +208,23 @@ fn uclient_to_turnutils_peer() {
         .expect("start turnutils_peer (install coturn)");
     std::thread::sleep(Duration::from_millis(300));
     let out = uclient(&[
-        "-m", "2", "-n", "40", "-l", "150", "-u", "u", "-w", "p", "-e", "127.0.0.1", "-r", &peer_port.to_string(), "-p",
-        &s.port.to_string(), "127.0.0.1",
+        "-m",
+        "2",
+        "-n",
+        "40",
+        "-l",
+        "150",
+        "-u",
+        "u",
+        "-w",
+        "p",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port.to_string(),
+        "-p",
+        &s.port.to_string(),
+        "127.0.0.1",
     ]);
     let _ = peer.kill();
     let _ = peer.wait();
@@ -133,7 +234,13 @@ fn uclient_to_turnutils_peer() {
 #[test]
 fn stunclient_gets_the_mapped_address() {
     let s = start(&["--user", "u:p"]);
-    let out = run(Command::new("timeout").args(["20", "turnutils_stunclient", "-p", &s.port.to_string(), "127.0.0.1"]));
+    let out = run(Command::new("timeout").args([
+        "20",
+        "turnutils_stunclient",
+        "-p",
+        &s.port.to_string(),
+        "127.0.0.1",
+    ]));
     assert!(out.contains("UDP reflexive addr: 127.0.0.1:"), "{out}");
 }
 
@@ -147,12 +254,23 @@ struct Client {
 impl Client {
     fn new(port: u16) -> Client {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-        Client { socket, server: SocketAddr::from(([127, 0, 0, 1], port)), buf: vec![0; 2048] }
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        Client {
+            socket,
+            server: SocketAddr::from(([127, 0, 0, 1], port)),
+            buf: vec![0; 2048],
+        }
     }
 
     /// Sends a request and returns (class, error code, the response bytes).
-    fn request(&mut self, method: Method, attrs: &[Attribute<'_>], key: Option<&[u8]>) -> (Class, Option<u16>, Vec<u8>) {
+    fn request(
+        &mut self,
+        method: Method,
+        attrs: &[Attribute<'_>],
+        key: Option<&[u8]>,
+    ) -> (Class, Option<u16>, Vec<u8>) {
         let tid: [u8; 12] = rand_tid();
         let mut out = [0u8; 1024];
         let mut w = MessageWriter::new(&mut out, Class::Request, method, &tid).expect("fits");
@@ -164,7 +282,10 @@ impl Client {
         }
         let n = w.finish();
         self.socket.send_to(&out[..n], self.server).expect("send");
-        let (n, _) = self.socket.recv_from(&mut self.buf).expect("the server answers");
+        let (n, _) = self
+            .socket
+            .recv_from(&mut self.buf)
+            .expect("the server answers");
         let msg = Message::parse(&self.buf[..n]).expect("valid STUN answer");
         let code = match msg.decode_any(attr::ERROR_CODE) {
             Some(Ok(Attribute::ErrorCode { code, .. })) => Some(code),
@@ -174,7 +295,8 @@ impl Client {
     }
 
     fn nonce(&mut self) -> String {
-        let (_, code, bytes) = self.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17)], None);
+        let (_, code, bytes) =
+            self.request(Method::ALLOCATE, &[Attribute::RequestedTransport(17)], None);
         assert_eq!(code, Some(401));
         let msg = Message::parse(&bytes).expect("valid");
         match msg.decode_any(attr::NONCE) {
@@ -187,14 +309,21 @@ impl Client {
         let nonce = self.nonce();
         let key = long_term_key_md5("u", "test", "p");
         let mut all = attrs.to_vec();
-        all.extend([Attribute::Username("u"), Attribute::Realm("test"), Attribute::Nonce(&nonce)]);
+        all.extend([
+            Attribute::Username("u"),
+            Attribute::Realm("test"),
+            Attribute::Nonce(&nonce),
+        ]);
         let (class, code, _) = self.request(method, &all, Some(&key));
         (class, code)
     }
 }
 
 fn rand_tid() -> [u8; 12] {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
     let mut tid = [0u8; 12];
     tid.copy_from_slice(&nanos.to_be_bytes()[4..16]);
     tid
@@ -205,16 +334,36 @@ fn loopback_peer_is_refused_by_default_and_allowed_by_flag() {
     let peer = Attribute::XorPeerAddress("127.0.0.1:9".parse().expect("addr"));
     let s = start(&["--user", "u:p"]);
     let mut c = Client::new(s.port);
-    assert_eq!(c.authed(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]).0, Class::Success);
-    assert_eq!(c.authed(Method::CREATE_PERMISSION, &[peer]), (Class::Error, Some(403)));
+    assert_eq!(
+        c.authed(Method::ALLOCATE, &[Attribute::RequestedTransport(17)])
+            .0,
+        Class::Success
+    );
+    assert_eq!(
+        c.authed(Method::CREATE_PERMISSION, &[peer]),
+        (Class::Error, Some(403))
+    );
     let mapped = Attribute::XorPeerAddress("[::ffff:127.0.0.1]:9".parse().expect("addr"));
-    assert_eq!(c.authed(Method::CHANNEL_BIND, &[Attribute::ChannelNumber(0x4000), mapped]), (Class::Error, Some(403)));
+    assert_eq!(
+        c.authed(
+            Method::CHANNEL_BIND,
+            &[Attribute::ChannelNumber(0x4000), mapped]
+        ),
+        (Class::Error, Some(403))
+    );
     drop(s);
 
     let s = start(&["--user", "u:p", "--allow-loopback-peers"]);
     let mut c = Client::new(s.port);
-    assert_eq!(c.authed(Method::ALLOCATE, &[Attribute::RequestedTransport(17)]).0, Class::Success);
-    assert_eq!(c.authed(Method::CREATE_PERMISSION, &[peer]), (Class::Success, None));
+    assert_eq!(
+        c.authed(Method::ALLOCATE, &[Attribute::RequestedTransport(17)])
+            .0,
+        Class::Success
+    );
+    assert_eq!(
+        c.authed(Method::CREATE_PERMISSION, &[peer]),
+        (Class::Success, None)
+    );
 }
 
 #[test]
@@ -224,15 +373,33 @@ fn negative_tests_and_garbage_flood_leave_the_server_answering() {
     // coturn's negative test modes: wrong requests (-N) and a refresh of a deleted allocation (-R).
     // They may wait for answers that, by design, never come: bounded by 15 s each.
     for mode in ["-N", "-R"] {
-        let args = [mode, "-y", "-m", "1", "-n", "5", "-u", "u", "-w", "p", "-p", &port, "127.0.0.1"];
-        let _ = run(Command::new("timeout").arg("15").arg("turnutils_uclient").args(args));
+        let args = [
+            mode,
+            "-y",
+            "-m",
+            "1",
+            "-n",
+            "5",
+            "-u",
+            "u",
+            "-w",
+            "p",
+            "-p",
+            &port,
+            "127.0.0.1",
+        ];
+        let _ = run(Command::new("timeout")
+            .arg("15")
+            .arg("turnutils_uclient")
+            .args(args));
     }
     // A bounded flood of random and truncated datagrams (20,000 packets, at most 10 s).
     let flood = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let target = SocketAddr::from(([127, 0, 0, 1], s.port));
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut valid = [0u8; 64];
-    let mut w = MessageWriter::new(&mut valid, Class::Request, Method::ALLOCATE, &[9; 12]).expect("fits");
+    let mut w =
+        MessageWriter::new(&mut valid, Class::Request, Method::ALLOCATE, &[9; 12]).expect("fits");
     w.add(&Attribute::RequestedTransport(17)).expect("fits");
     let valid_len = w.finish();
     let started = Instant::now();
@@ -253,15 +420,41 @@ fn negative_tests_and_garbage_flood_leave_the_server_answering() {
                 p[at] ^= bytes[0] | 1;
                 p
             }
-            _ => [0x40, 0x00, 0xff, 0xff].iter().copied().chain(bytes).collect(),
+            _ => [0x40, 0x00, 0xff, 0xff]
+                .iter()
+                .copied()
+                .chain(bytes)
+                .collect(),
         };
         let _ = flood.send_to(&packet, target);
     }
     let mut c = Client::new(s.port);
     let (class, _, bytes) = c.request(Method::BINDING, &[], None);
-    assert_eq!(class, Class::Success, "the server still answers a Binding after the flood");
+    assert_eq!(
+        class,
+        Class::Success,
+        "the server still answers a Binding after the flood"
+    );
     let msg = Message::parse(&bytes).expect("valid");
-    assert!(matches!(msg.decode_any(attr::XOR_MAPPED_ADDRESS), Some(Ok(Attribute::XorMappedAddress(_)))));
-    let out = uclient(&["-y", "-m", "1", "-n", "20", "-l", "100", "-u", "u", "-w", "p", "-p", &port, "127.0.0.1"]);
+    assert!(matches!(
+        msg.decode_any(attr::XOR_MAPPED_ADDRESS),
+        Some(Ok(Attribute::XorMappedAddress(_)))
+    ));
+    let out = uclient(&[
+        "-y",
+        "-m",
+        "1",
+        "-n",
+        "20",
+        "-l",
+        "100",
+        "-u",
+        "u",
+        "-w",
+        "p",
+        "-p",
+        &port,
+        "127.0.0.1",
+    ]);
     assert_no_loss(&out, 20);
 }

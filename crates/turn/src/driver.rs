@@ -56,7 +56,9 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in the core; keep serving with the state as it is.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -78,7 +80,10 @@ pub struct TurnHandle {
 fn now() -> Now {
     Now {
         instant: Instant::now(),
-        unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     }
 }
 
@@ -94,13 +99,25 @@ impl TurnServer {
         for addr in &config.listen {
             let socket = UdpSocket::bind(addr)
                 .await
-                .map_err(|source| TurnError::Bind { transport: "UDP", addr: *addr, source })?;
-            let local = socket.local_addr().map_err(|source| TurnError::Bind { transport: "UDP", addr: *addr, source })?;
+                .map_err(|source| TurnError::Bind {
+                    transport: "UDP",
+                    addr: *addr,
+                    source,
+                })?;
+            let local = socket.local_addr().map_err(|source| TurnError::Bind {
+                transport: "UDP",
+                addr: *addr,
+                source,
+            })?;
             // TCP on the same port as UDP, as TURN clients expect.
             let tcp_addr = SocketAddr::new(addr.ip(), local.port());
             let listener = TcpListener::bind(tcp_addr)
                 .await
-                .map_err(|source| TurnError::Bind { transport: "TCP", addr: tcp_addr, source })?;
+                .map_err(|source| TurnError::Bind {
+                    transport: "TCP",
+                    addr: tcp_addr,
+                    source,
+                })?;
             listening.udp.push(local);
             listening.tcp.push(tcp_addr);
             udp_listeners.insert(local, Arc::new(socket));
@@ -115,14 +132,25 @@ impl TurnServer {
             for addr in &config.tls_listen {
                 let listener = TcpListener::bind(addr)
                     .await
-                    .map_err(|source| TurnError::Bind { transport: "TLS", addr: *addr, source })?;
-                let local =
-                    listener.local_addr().map_err(|source| TurnError::Bind { transport: "TLS", addr: *addr, source })?;
+                    .map_err(|source| TurnError::Bind {
+                        transport: "TLS",
+                        addr: *addr,
+                        source,
+                    })?;
+                let local = listener.local_addr().map_err(|source| TurnError::Bind {
+                    transport: "TLS",
+                    addr: *addr,
+                    source,
+                })?;
                 listening.tls.push(local);
                 tls.push(listener);
             }
         }
-        let relay_ips = if config.relay_ip.is_empty() { default_relay_ips(&config.listen)? } else { config.relay_ip.clone() };
+        let relay_ips = if config.relay_ip.is_empty() {
+            default_relay_ips(&config.listen)?
+        } else {
+            config.relay_ip.clone()
+        };
         listening.relay_ips = relay_ips.clone();
 
         let metrics = Arc::new(TurnMetrics::default());
@@ -130,7 +158,11 @@ impl TurnServer {
             realm: config.realm.clone(),
             users: config.users.clone(),
             auth_secrets: config.auth_secrets.clone(),
-            policy: PeerPolicy::new(&config.allow_peer, &config.deny_peer, config.allow_loopback_peers),
+            policy: PeerPolicy::new(
+                &config.allow_peer,
+                &config.deny_peer,
+                config.allow_loopback_peers,
+            ),
             user_quota: config.user_quota,
             total_quota: config.total_quota,
             default_lifetime: config.default_lifetime,
@@ -141,7 +173,11 @@ impl TurnServer {
         };
         let core = Core::new(Arc::new(core_config), metrics.clone());
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { core, relays: HashMap::new(), streams: HashMap::new() }),
+            state: Mutex::new(State {
+                core,
+                relays: HashMap::new(),
+                streams: HashMap::new(),
+            }),
             metrics,
             udp_listeners,
             relay_ips,
@@ -150,7 +186,12 @@ impl TurnServer {
             tls: tls_config,
             shutdown: CancellationToken::new(),
         });
-        Ok(TurnServer { shared, tcp, tls, listening })
+        Ok(TurnServer {
+            shared,
+            tcp,
+            tls,
+            listening,
+        })
     }
 
     pub fn local_addrs(&self) -> Listening {
@@ -162,7 +203,10 @@ impl TurnServer {
     }
 
     pub fn handle(&self) -> TurnHandle {
-        TurnHandle { shared: self.shared.clone(), listening: self.listening.clone() }
+        TurnHandle {
+            shared: self.shared.clone(),
+            listening: self.listening.clone(),
+        }
     }
 
     /// Serves until `shutdown` is cancelled; then closes every socket (allocations end with the process).
@@ -172,10 +216,18 @@ impl TurnServer {
             tasks.spawn(udp_listener(self.shared.clone(), socket.clone()));
         }
         for listener in self.tcp {
-            tasks.spawn(stream_listener(self.shared.clone(), listener, Transport::Tcp));
+            tasks.spawn(stream_listener(
+                self.shared.clone(),
+                listener,
+                Transport::Tcp,
+            ));
         }
         for listener in self.tls {
-            tasks.spawn(stream_listener(self.shared.clone(), listener, Transport::Tls));
+            tasks.spawn(stream_listener(
+                self.shared.clone(),
+                listener,
+                Transport::Tls,
+            ));
         }
         tasks.spawn(timers(self.shared.clone()));
         shutdown.cancelled().await;
@@ -219,7 +271,8 @@ fn load_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TurnError> {
         path: path.to_owned(),
         message,
     };
-    let cert_pem = std::fs::read(&files.cert).map_err(|e| err("certificate", &files.cert, e.to_string()))?;
+    let cert_pem =
+        std::fs::read(&files.cert).map_err(|e| err("certificate", &files.cert, e.to_string()))?;
     let key_pem = std::fs::read(&files.key).map_err(|e| err("key", &files.key, e.to_string()))?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -227,20 +280,28 @@ fn load_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TurnError> {
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| err("key", &files.key, e.to_string()))?
         .ok_or_else(|| err("key", &files.key, "no private key found".into()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err("certificate", &files.cert, e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| err("certificate", &files.cert, e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err("certificate", &files.cert, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| err("certificate", &files.cert, e.to_string()))?;
     Ok(Arc::new(config))
 }
 
 fn default_relay_ips(listen: &[SocketAddr]) -> Result<Vec<IpAddr>, TurnError> {
-    let mut ips: Vec<IpAddr> = listen.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified()).collect();
+    let mut ips: Vec<IpAddr> = listen
+        .iter()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
     if ips.is_empty() {
         // Wildcard listener: relay from the first non-loopback IPv4 address, else loopback (a laptop offline).
-        let found = interface_addresses().into_iter().find(|ip| ip.is_ipv4() && !ip.is_loopback());
+        let found = interface_addresses()
+            .into_iter()
+            .find(|ip| ip.is_ipv4() && !ip.is_loopback());
         ips.push(found.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     }
     ips.dedup();
@@ -268,7 +329,9 @@ pub fn interface_addresses() -> Vec<IpAddr> {
                 match i32::from((*addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(addr as *const libc::sockaddr_in6);
@@ -293,7 +356,11 @@ struct DriverPorts<'a> {
 
 impl RelayPorts for DriverPorts<'_> {
     fn bind(&mut self, family: Family, even: bool) -> Option<SocketAddr> {
-        let ip = *self.shared.relay_ips.iter().find(|ip| Family::of(**ip) == family)?;
+        let ip = *self
+            .shared
+            .relay_ips
+            .iter()
+            .find(|ip| Family::of(**ip) == family)?;
         let (min, max) = self.shared.ports;
         let span = u32::from(max - min) + 1;
         let start: u32 = rand::random::<u32>() % span;
@@ -318,17 +385,26 @@ impl RelayPorts for DriverPorts<'_> {
         if self.in_use.contains_key(&addr) || self.started.iter().any(|(a, _, _)| *a == addr) {
             return false;
         }
-        let Ok(std_socket) = StdUdpSocket::bind(addr) else { return false };
+        let Ok(std_socket) = StdUdpSocket::bind(addr) else {
+            return false;
+        };
         if std_socket.set_nonblocking(true).is_err() {
             return false;
         }
-        let Ok(socket) = UdpSocket::from_std(std_socket) else { return false };
-        self.started.push((addr, Arc::new(socket), CancellationToken::new()));
+        let Ok(socket) = UdpSocket::from_std(std_socket) else {
+            return false;
+        };
+        self.started
+            .push((addr, Arc::new(socket), CancellationToken::new()));
         true
     }
 
     fn advertised(&self, relay: SocketAddr) -> SocketAddr {
-        let mapped = self.shared.external.iter().find(|e| e.private.is_none_or(|p| p == relay.ip()));
+        let mapped = self
+            .shared
+            .external
+            .iter()
+            .find(|e| e.private.is_none_or(|p| p == relay.ip()));
         match mapped {
             Some(e) => SocketAddr::new(e.public, relay.port()),
             None => relay,
@@ -340,14 +416,25 @@ impl RelayPorts for DriverPorts<'_> {
 enum Out {
     Nothing,
     Reply(usize),
-    ToPeer { socket: Arc<UdpSocket>, peer: SocketAddr, start: usize, len: usize },
+    ToPeer {
+        socket: Arc<UdpSocket>,
+        peer: SocketAddr,
+        start: usize,
+        len: usize,
+    },
 }
 
 fn client_packet(shared: &Arc<Shared>, from: FiveTuple, packet: &[u8], out: &mut [u8]) -> Out {
     let mut guard = shared.lock();
     let state = &mut *guard;
-    let mut ports = DriverPorts { shared, started: Vec::new(), in_use: &state.relays };
-    let action = state.core.handle_client(now(), from, packet, out, &mut ports);
+    let mut ports = DriverPorts {
+        shared,
+        started: Vec::new(),
+        in_use: &state.relays,
+    };
+    let action = state
+        .core
+        .handle_client(now(), from, packet, out, &mut ports);
     let started = std::mem::take(&mut ports.started);
     let result = match action {
         Action::Nothing => Out::Nothing,
@@ -356,13 +443,24 @@ fn client_packet(shared: &Arc<Shared>, from: FiveTuple, packet: &[u8], out: &mut
         Action::ToPeer { relay, peer, data } => {
             let start = data.as_ptr() as usize - packet.as_ptr() as usize;
             match state.relays.get(&relay) {
-                Some(r) => Out::ToPeer { socket: r.socket.clone(), peer, start, len: data.len() },
+                Some(r) => Out::ToPeer {
+                    socket: r.socket.clone(),
+                    peer,
+                    start,
+                    len: data.len(),
+                },
                 None => Out::Nothing,
             }
         }
     };
     for (addr, socket, stop) in started {
-        state.relays.insert(addr, RelaySocket { socket: socket.clone(), stop: stop.clone() });
+        state.relays.insert(
+            addr,
+            RelaySocket {
+                socket: socket.clone(),
+                stop: stop.clone(),
+            },
+        );
         tokio::spawn(relay_task(shared.clone(), addr, socket, stop));
     }
     result
@@ -381,20 +479,34 @@ async fn udp_listener(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             // ICMP errors from earlier sends surface here on Linux; they are not fatal.
             Err(_) => continue,
         };
-        let from = FiveTuple { client, server, transport: Transport::Udp };
+        let from = FiveTuple {
+            client,
+            server,
+            transport: Transport::Udp,
+        };
         match client_packet(&shared, from, &buf[..n], &mut out) {
             Out::Nothing => {}
             Out::Reply(len) => {
                 let _ = socket.send_to(&out[..len], client).await;
             }
-            Out::ToPeer { socket: relay, peer, start, len } => {
+            Out::ToPeer {
+                socket: relay,
+                peer,
+                start,
+                len,
+            } => {
                 let _ = relay.send_to(&buf[start..start + len], peer).await;
             }
         }
     }
 }
 
-async fn relay_task(shared: Arc<Shared>, relay: SocketAddr, socket: Arc<UdpSocket>, stop: CancellationToken) {
+async fn relay_task(
+    shared: Arc<Shared>,
+    relay: SocketAddr,
+    socket: Arc<UdpSocket>,
+    stop: CancellationToken,
+) {
     let mut buf = vec![0u8; BUF];
     let mut out = vec![0u8; BUF];
     loop {
@@ -405,12 +517,18 @@ async fn relay_task(shared: Arc<Shared>, relay: SocketAddr, socket: Arc<UdpSocke
         let Ok((len, peer)) = received else { continue };
         let (action, stream) = {
             let mut state = shared.lock();
-            let action = state.core.handle_peer(now(), relay, peer, &mut buf, len, &mut out);
+            let action = state
+                .core
+                .handle_peer(now(), relay, peer, &mut buf, len, &mut out);
             let to = match &action {
-                PeerAction::ChannelData { to, .. } | PeerAction::DataIndication { to, .. } => Some(*to),
+                PeerAction::ChannelData { to, .. } | PeerAction::DataIndication { to, .. } => {
+                    Some(*to)
+                }
                 PeerAction::Drop => None,
             };
-            let stream = to.filter(|t| t.transport != Transport::Udp).and_then(|t| state.streams.get(&t).cloned());
+            let stream = to
+                .filter(|t| t.transport != Transport::Udp)
+                .and_then(|t| state.streams.get(&t).cloned());
             (action, stream)
         };
         let (to, bytes) = match action {
@@ -442,7 +560,9 @@ async fn timers(shared: Arc<Shared>) {
             let mut state = shared.lock();
             state.core.handle_timeout(Instant::now());
             let gone = state.core.take_released();
-            gone.iter().filter_map(|addr| state.relays.remove(addr)).collect()
+            gone.iter()
+                .filter_map(|addr| state.relays.remove(addr))
+                .collect()
         };
         for r in released {
             r.stop.cancel();
@@ -452,17 +572,28 @@ async fn timers(shared: Arc<Shared>) {
 
 async fn stream_listener(shared: Arc<Shared>, listener: TcpListener, transport: Transport) {
     loop {
-        let Ok((stream, client)) = listener.accept().await else { continue };
-        let Ok(server) = stream.local_addr() else { continue };
+        let Ok((stream, client)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(server) = stream.local_addr() else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let five = FiveTuple { client, server, transport };
+        let five = FiveTuple {
+            client,
+            server,
+            transport,
+        };
         if transport == Transport::Tls {
-            let Some((_, config)) = &shared.tls else { continue };
+            let Some((_, config)) = &shared.tls else {
+                continue;
+            };
             let config = config.read().unwrap_or_else(|p| p.into_inner()).clone();
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                let handshake =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
                 if let Ok(Ok(tls)) = handshake {
                     stream_connection(shared, five, tls).await;
                 }
@@ -474,7 +605,11 @@ async fn stream_listener(shared: Arc<Shared>, listener: TcpListener, transport: 
 }
 
 /// One TCP/TLS client: frames in (RFC 8656 §12.5 framing), replies and relayed packets out.
-async fn stream_connection<S: AsyncRead + AsyncWrite + Send + 'static>(shared: Arc<Shared>, five: FiveTuple, stream: S) {
+async fn stream_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
+    shared: Arc<Shared>,
+    five: FiveTuple,
+    stream: S,
+) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
     shared.lock().streams.insert(five, tx.clone());
@@ -510,7 +645,12 @@ async fn stream_connection<S: AsyncRead + AsyncWrite + Send + 'static>(shared: A
                         break 'read;
                     }
                 }
-                Out::ToPeer { socket, peer, start, len } => {
+                Out::ToPeer {
+                    socket,
+                    peer,
+                    start,
+                    len,
+                } => {
                     let _ = socket.send_to(&buf[start..start + len], peer).await;
                 }
             }
@@ -523,7 +663,9 @@ async fn stream_connection<S: AsyncRead + AsyncWrite + Send + 'static>(shared: A
         state.streams.remove(&five);
         state.core.connection_closed(five);
         let gone = state.core.take_released();
-        gone.iter().filter_map(|addr| state.relays.remove(addr)).collect::<Vec<_>>()
+        gone.iter()
+            .filter_map(|addr| state.relays.remove(addr))
+            .collect::<Vec<_>>()
     };
     for r in released {
         r.stop.cancel();

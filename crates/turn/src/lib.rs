@@ -38,9 +38,14 @@ impl FromStr for ExternalIp {
             Some((p, q)) => (p, Some(q)),
             None => (s, None),
         };
-        let public = public.parse().map_err(|_| format!("{s:?}: {public:?} is not an IP address"))?;
+        let public = public
+            .parse()
+            .map_err(|_| format!("{s:?}: {public:?} is not an IP address"))?;
         let private = match private {
-            Some(q) => Some(q.parse().map_err(|_| format!("{s:?}: {q:?} is not an IP address"))?),
+            Some(q) => Some(
+                q.parse()
+                    .map_err(|_| format!("{s:?}: {q:?} is not an IP address"))?,
+            ),
             None => None,
         };
         Ok(ExternalIp { public, private })
@@ -102,10 +107,20 @@ impl Default for TurnConfig {
 #[non_exhaustive]
 pub enum TurnError {
     #[error("cannot listen on {transport} {addr}")]
-    Bind { transport: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        transport: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read TLS {what} {path}: {message}")]
-    Tls { what: &'static str, path: PathBuf, message: String },
-    #[error("no relay address: give --relay-ip (listening on a wildcard address and no interface address found)")]
+    Tls {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error(
+        "no relay address: give --relay-ip (listening on a wildcard address and no interface address found)"
+    )]
     NoRelayIp,
     #[error("relay port range {0}..={1} is empty")]
     BadPortRange(u16, u16),

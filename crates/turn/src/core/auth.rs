@@ -50,7 +50,12 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn new(realm: &str, users: &[(String, String)], secrets: &[String], nonce_key: [u8; 32]) -> Credentials {
+    pub fn new(
+        realm: &str,
+        users: &[(String, String)],
+        secrets: &[String],
+        nonce_key: [u8; 32],
+    ) -> Credentials {
         let users = users
             .iter()
             .map(|(name, password)| (name.clone(), long_term_key_md5(name, realm, password)))
@@ -83,7 +88,9 @@ impl Credentials {
         if b.len() != 32 {
             return false;
         }
-        let Some(expiry) = parse_hex_u32(&b[..8]) else { return false };
+        let Some(expiry) = parse_hex_u32(&b[..8]) else {
+            return false;
+        };
         if u64::from(expiry) < unix_now {
             return false;
         }
@@ -94,8 +101,8 @@ impl Credentials {
     }
 
     fn nonce_mac(&self, client: SocketAddr, expiry: u32) -> [u8; 32] {
-        let mut mac =
-            <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.nonce_key).expect("HMAC accepts keys of any length");
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.nonce_key)
+            .expect("HMAC accepts keys of any length");
         match client.ip() {
             std::net::IpAddr::V4(v4) => mac.update(&v4.octets()),
             std::net::IpAddr::V6(v6) => mac.update(&v6.octets()),
@@ -107,7 +114,12 @@ impl Credentials {
 
     /// Candidate keys for `username`: the static user's key, or one per shared secret for REST usernames
     /// (`EXPIRY:USER` or `USER:EXPIRY`). The caller tries each against MESSAGE-INTEGRITY.
-    pub fn keys(&self, username: &str, unix_now: u64, out: &mut Vec<[u8; 16]>) -> Result<(), AuthFailure> {
+    pub fn keys(
+        &self,
+        username: &str,
+        unix_now: u64,
+        out: &mut Vec<[u8; 16]>,
+    ) -> Result<(), AuthFailure> {
         out.clear();
         if let Some(key) = self.users.get(username) {
             out.push(*key);
@@ -130,7 +142,8 @@ impl Credentials {
 
 /// The password of a REST username: base64(HMAC-SHA1(secret, username)).
 pub fn rest_password(secret: &[u8], username: &str) -> String {
-    let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    let mut mac =
+        <Hmac<sha1::Sha1> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
     mac.update(username.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
@@ -138,7 +151,9 @@ pub fn rest_password(secret: &[u8], username: &str) -> String {
 /// The expiry of a REST username, whichever side of the colon holds the timestamp.
 fn rest_expiry(username: &str) -> Option<u64> {
     let (a, b) = username.split_once(':').unwrap_or((username, ""));
-    a.parse::<u64>().ok().or_else(|| b.rsplit(':').next().and_then(|t| t.parse().ok()))
+    a.parse::<u64>()
+        .ok()
+        .or_else(|| b.rsplit(':').next().and_then(|t| t.parse().ok()))
 }
 
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
@@ -159,7 +174,12 @@ mod tests {
     use super::*;
 
     fn creds() -> Credentials {
-        Credentials::new("r", &[("u".into(), "p".into())], &["s1".into(), "s2".into()], [9; 32])
+        Credentials::new(
+            "r",
+            &[("u".into(), "p".into())],
+            &["s1".into(), "s2".into()],
+            [9; 32],
+        )
     }
 
     #[test]
@@ -181,7 +201,10 @@ mod tests {
         let mut keys = Vec::new();
         creds().keys("u", 0, &mut keys).expect("known");
         assert_eq!(keys, vec![long_term_key_md5("u", "r", "p")]);
-        assert_eq!(creds().keys("nobody", 0, &mut keys), Err(AuthFailure::UnknownUser));
+        assert_eq!(
+            creds().keys("nobody", 0, &mut keys),
+            Err(AuthFailure::UnknownUser)
+        );
     }
 
     #[test]
@@ -191,9 +214,17 @@ mod tests {
         assert_eq!(keys.len(), 2, "one key per secret");
         let pass = rest_password(b"s2", "2000:alice");
         assert_eq!(keys[1], long_term_key_md5("2000:alice", "r", &pass));
-        creds().keys("alice:2000", 1000, &mut keys).expect("USER:EXPIRY accepted");
-        assert_eq!(creds().keys("999:alice", 1000, &mut keys), Err(AuthFailure::Expired));
-        assert_eq!(creds().keys("alice", 1000, &mut keys), Err(AuthFailure::UnknownUser));
+        creds()
+            .keys("alice:2000", 1000, &mut keys)
+            .expect("USER:EXPIRY accepted");
+        assert_eq!(
+            creds().keys("999:alice", 1000, &mut keys),
+            Err(AuthFailure::Expired)
+        );
+        assert_eq!(
+            creds().keys("alice", 1000, &mut keys),
+            Err(AuthFailure::UnknownUser)
+        );
     }
 
     #[test]
@@ -201,7 +232,8 @@ mod tests {
         // base64(HMAC-SHA1("secret", "1700000000:user")), computed independently.
         let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(b"secret").expect("key");
         mac.update(b"1700000000:user");
-        let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         assert_eq!(rest_password(b"secret", "1700000000:user"), expected);
         assert_eq!(expected.len(), 28);
     }

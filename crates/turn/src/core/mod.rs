@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peercall_stun::{
-    Attribute, CHANNEL_RANGE, ChannelData, Class, Family, Message, MessageWriter, Method, PacketKind, TransactionId, attr,
-    classify, write_channel_data_header,
+    Attribute, CHANNEL_RANGE, ChannelData, Class, Family, Message, MessageWriter, Method,
+    PacketKind, TransactionId, attr, classify, write_channel_data_header,
 };
 
 use crate::metrics::TurnMetrics;
@@ -68,7 +68,11 @@ pub enum Action<'a> {
     /// Send `out[..n]` back to the client on the same 5-tuple.
     Reply(usize),
     /// Send `data` from relay socket `relay` to `peer`.
-    ToPeer { relay: SocketAddr, peer: SocketAddr, data: &'a [u8] },
+    ToPeer {
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: &'a [u8],
+    },
 }
 
 /// What the driver must do with a datagram a peer sent to a relay address.
@@ -76,9 +80,15 @@ pub enum Action<'a> {
 pub enum PeerAction {
     Drop,
     /// `buf[..n]` (ChannelData framed in place) goes to the client.
-    ChannelData { to: FiveTuple, n: usize },
+    ChannelData {
+        to: FiveTuple,
+        n: usize,
+    },
     /// `out[..n]` (a Data indication) goes to the client.
-    DataIndication { to: FiveTuple, n: usize },
+    DataIndication {
+        to: FiveTuple,
+        n: usize,
+    },
 }
 
 /// Server-wide settings of the core.
@@ -115,7 +125,9 @@ struct Channel {
 
 impl Allocation {
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
-        self.permissions.iter().any(|(p, exp)| *p == ip && *exp > now)
+        self.permissions
+            .iter()
+            .any(|(p, exp)| *p == ip && *exp > now)
     }
 
     /// Installs or refreshes a permission; true when it is new.
@@ -144,7 +156,10 @@ impl RateTable {
     const SIZE: usize = 4096;
 
     fn new(rate: u32) -> RateTable {
-        RateTable { buckets: vec![(0.0, None); Self::SIZE].into_boxed_slice(), rate: rate as f32 }
+        RateTable {
+            buckets: vec![(0.0, None); Self::SIZE].into_boxed_slice(),
+            rate: rate as f32,
+        }
     }
 
     fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
@@ -158,7 +173,9 @@ impl RateTable {
         let idx = (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize % Self::SIZE;
         let burst = self.rate * 2.0;
         let (tokens, last) = &mut self.buckets[idx];
-        let refill = last.map_or(burst, |l| now.saturating_duration_since(l).as_secs_f32() * self.rate);
+        let refill = last.map_or(burst, |l| {
+            now.saturating_duration_since(l).as_secs_f32() * self.rate
+        });
         *tokens = (*tokens + refill).min(burst);
         *last = Some(now);
         if *tokens >= 1.0 {
@@ -209,7 +226,12 @@ struct Refusal(u16, &'static str);
 
 impl Core {
     pub fn new(config: Arc<CoreConfig>, metrics: Arc<TurnMetrics>) -> Core {
-        let credentials = Credentials::new(&config.realm, &config.users, &config.auth_secrets, config.nonce_key);
+        let credentials = Credentials::new(
+            &config.realm,
+            &config.users,
+            &config.auth_secrets,
+            config.nonce_key,
+        );
         Core {
             rate: RateTable::new(config.unauth_rate_per_sec),
             config,
@@ -279,16 +301,29 @@ impl Core {
             tracing::debug!(client = %from.client, "ChannelData without allocation dropped");
             return Action::Nothing;
         };
-        let Some(ch) = alloc.channels.iter().find(|c| c.number == cd.channel && c.expires > now.instant) else {
+        let Some(ch) = alloc
+            .channels
+            .iter()
+            .find(|c| c.number == cd.channel && c.expires > now.instant)
+        else {
             tracing::debug!(client = %from.client, channel = cd.channel, "ChannelData on unbound channel dropped");
             return Action::Nothing;
         };
         let peer = ch.peer;
-        if !alloc.permitted(peer.ip(), now.instant) || !self.config.policy.check(peer.ip(), self.by_relay.contains_key(&peer)) {
+        if !alloc.permitted(peer.ip(), now.instant)
+            || !self
+                .config
+                .policy
+                .check(peer.ip(), self.by_relay.contains_key(&peer))
+        {
             return Action::Nothing;
         }
         self.metrics.to_peer(cd.data.len());
-        Action::ToPeer { relay: alloc.relay, peer, data: cd.data }
+        Action::ToPeer {
+            relay: alloc.relay,
+            peer,
+            data: cd.data,
+        }
     }
 
     fn client_stun<'a>(
@@ -310,9 +345,16 @@ impl Core {
                 self.metrics.request(method, matches!(result, Ok(_)));
                 match result {
                     Ok(n) => Action::Reply(n),
-                    Err((code, reason, key, with_nonce)) => {
-                        Action::Reply(self.error(now, from, msg, out, code, reason, key.as_ref(), with_nonce))
-                    }
+                    Err((code, reason, key, with_nonce)) => Action::Reply(self.error(
+                        now,
+                        from,
+                        msg,
+                        out,
+                        code,
+                        reason,
+                        key.as_ref(),
+                        with_nonce,
+                    )),
                 }
             }
             Class::Indication if method == Method::SEND => self.send_indication(now, from, msg),
@@ -322,7 +364,9 @@ impl Core {
 
     fn binding(&mut self, from: FiveTuple, msg: Message<'_>, out: &mut [u8]) -> Action<'static> {
         let tid = msg.transaction_id();
-        let Ok(mut w) = MessageWriter::new(out, Class::Success, Method::BINDING, tid) else { return Action::Nothing };
+        let Ok(mut w) = MessageWriter::new(out, Class::Success, Method::BINDING, tid) else {
+            return Action::Nothing;
+        };
         if w.add(&Attribute::XorMappedAddress(from.client)).is_err() {
             return Action::Nothing;
         }
@@ -356,10 +400,16 @@ impl Core {
         let key = self.authenticate(now, from, msg)?;
         let refuse = |r: Refusal| (r.0, r.1, Some(key), false);
         let n = match msg.method() {
-            Method::ALLOCATE => self.allocate(now, from, msg, out, key, ports).map_err(refuse)?,
+            Method::ALLOCATE => self
+                .allocate(now, from, msg, out, key, ports)
+                .map_err(refuse)?,
             Method::REFRESH => self.refresh(now, from, msg, out, key).map_err(refuse)?,
-            Method::CREATE_PERMISSION => self.create_permission(now, from, msg, out, key).map_err(refuse)?,
-            Method::CHANNEL_BIND => self.channel_bind(now, from, msg, out, key).map_err(refuse)?,
+            Method::CREATE_PERMISSION => self
+                .create_permission(now, from, msg, out, key)
+                .map_err(refuse)?,
+            Method::CHANNEL_BIND => self
+                .channel_bind(now, from, msg, out, key)
+                .map_err(refuse)?,
             _ => return Err((400, "Bad Request", Some(key), false)),
         };
         Ok(n)
@@ -376,20 +426,39 @@ impl Core {
             fail(&self.metrics, AuthFailure::MissingIntegrity);
             return Err((401, "Unauthorized", None, true));
         }
-        let (Some(Ok(Attribute::Username(username))), Some(Ok(Attribute::Realm(_))), Some(Ok(Attribute::Nonce(nonce)))) =
-            (msg.decode_any(attr::USERNAME), msg.decode_any(attr::REALM), msg.decode_any(attr::NONCE))
+        let (
+            Some(Ok(Attribute::Username(username))),
+            Some(Ok(Attribute::Realm(_))),
+            Some(Ok(Attribute::Nonce(nonce))),
+        ) = (
+            msg.decode_any(attr::USERNAME),
+            msg.decode_any(attr::REALM),
+            msg.decode_any(attr::NONCE),
+        )
         else {
-            return Err((400, "Bad Request: USERNAME, REALM and NONCE are required", None, false));
+            return Err((
+                400,
+                "Bad Request: USERNAME, REALM and NONCE are required",
+                None,
+                false,
+            ));
         };
         if !self.credentials.nonce_valid(nonce, from.client, now.unix) {
             fail(&self.metrics, AuthFailure::StaleNonce);
             return Err((438, "Stale Nonce", None, true));
         }
-        if let Err(f) = self.credentials.keys(username, now.unix, &mut self.scratch_keys) {
+        if let Err(f) = self
+            .credentials
+            .keys(username, now.unix, &mut self.scratch_keys)
+        {
             fail(&self.metrics, f);
             return Err((401, "Unauthorized", None, true));
         }
-        let key = self.scratch_keys.iter().find(|k| msg.verify_integrity(&k[..]).is_ok()).copied();
+        let key = self
+            .scratch_keys
+            .iter()
+            .find(|k| msg.verify_integrity(&k[..]).is_ok())
+            .copied();
         let Some(key) = key else {
             fail(&self.metrics, AuthFailure::BadIntegrity);
             return Err((401, "Unauthorized", None, true));
@@ -417,7 +486,9 @@ impl Core {
         }
         match msg.decode_any(attr::REQUESTED_TRANSPORT) {
             Some(Ok(Attribute::RequestedTransport(UDP))) => {}
-            Some(Ok(Attribute::RequestedTransport(_))) => return Err(Refusal(442, "Unsupported Transport Protocol")),
+            Some(Ok(Attribute::RequestedTransport(_))) => {
+                return Err(Refusal(442, "Unsupported Transport Protocol"));
+            }
             _ => return Err(Refusal(400, "Bad Request")),
         }
         let even_port = match msg.decode_any(attr::EVEN_PORT) {
@@ -430,7 +501,9 @@ impl Core {
             Some(_) => return Err(Refusal(400, "Bad Request")),
             None => None,
         };
-        if token.is_some() && (even_port.is_some() || msg.get(attr::REQUESTED_ADDRESS_FAMILY).is_some()) {
+        if token.is_some()
+            && (even_port.is_some() || msg.get(attr::REQUESTED_ADDRESS_FAMILY).is_some())
+        {
             return Err(Refusal(400, "Bad Request"));
         }
         let family = match msg.decode_any(attr::REQUESTED_ADDRESS_FAMILY) {
@@ -451,13 +524,20 @@ impl Core {
         }
         let relay = match token {
             Some(t) => {
-                let at = self.reservations.iter().position(|r| r.token == t && r.expires > now.instant);
-                let Some(at) = at else { return Err(Refusal(508, "Insufficient Capacity")) };
+                let at = self
+                    .reservations
+                    .iter()
+                    .position(|r| r.token == t && r.expires > now.instant);
+                let Some(at) = at else {
+                    return Err(Refusal(508, "Insufficient Capacity"));
+                };
                 self.reservations.swap_remove(at).addr
             }
             None => match ports.bind(family, even_port.is_some()) {
                 Some(relay) => relay,
-                None if family == Family::V6 => return Err(Refusal(440, "Address Family not Supported")),
+                None if family == Family::V6 => {
+                    return Err(Refusal(440, "Address Family not Supported"));
+                }
                 None => return Err(Refusal(508, "Insufficient Capacity")),
             },
         };
@@ -468,7 +548,11 @@ impl Core {
             if next.port() != 0 && ports.bind_at(next) {
                 self.reservation_counter = self.reservation_counter.wrapping_add(1);
                 let t = reservation_token(&self.config.nonce_key, self.reservation_counter);
-                self.reservations.push(Reservation { token: t, addr: next, expires: now.instant + RESERVATION_LIFETIME });
+                self.reservations.push(Reservation {
+                    token: t,
+                    addr: next,
+                    expires: now.instant + RESERVATION_LIFETIME,
+                });
                 reserved_token = Some(t);
             }
         }
@@ -490,18 +574,20 @@ impl Core {
         self.metrics.allocations.inc();
         let tid = msg.transaction_id();
         let mut w = writer(out, Class::Success, Method::ALLOCATE, tid)?;
-        let ok = w.add(&Attribute::XorRelayedAddress(ports.advertised(relay))).is_ok()
+        let ok = w
+            .add(&Attribute::XorRelayedAddress(ports.advertised(relay)))
+            .is_ok()
             && w.add(&Attribute::XorMappedAddress(from.client)).is_ok()
-            && w.add(&Attribute::Lifetime(lifetime.as_secs() as u32)).is_ok()
+            && w.add(&Attribute::Lifetime(lifetime.as_secs() as u32))
+                .is_ok()
             && reserved_token.is_none_or(|t| w.add(&Attribute::ReservationToken(t)).is_ok());
         finish(w, ok, &key, msg.has_fingerprint())
     }
 
     fn lifetime(&self, msg: &Message<'_>) -> Duration {
         match msg.decode_any(attr::LIFETIME) {
-            Some(Ok(Attribute::Lifetime(secs))) => {
-                Duration::from_secs(u64::from(secs)).clamp(self.config.default_lifetime, self.config.max_lifetime)
-            }
+            Some(Ok(Attribute::Lifetime(secs))) => Duration::from_secs(u64::from(secs))
+                .clamp(self.config.default_lifetime, self.config.max_lifetime),
             _ => self.config.default_lifetime,
         }
     }
@@ -517,7 +603,10 @@ impl Core {
         if !self.allocations.contains_key(&from) {
             return Err(Refusal(437, "Allocation Mismatch"));
         }
-        let requested_zero = matches!(msg.decode_any(attr::LIFETIME), Some(Ok(Attribute::Lifetime(0))));
+        let requested_zero = matches!(
+            msg.decode_any(attr::LIFETIME),
+            Some(Ok(Attribute::Lifetime(0)))
+        );
         let lifetime = if requested_zero {
             self.remove(from);
             Duration::ZERO
@@ -529,17 +618,29 @@ impl Core {
             lifetime
         };
         let mut w = writer(out, Class::Success, Method::REFRESH, msg.transaction_id())?;
-        let ok = w.add(&Attribute::Lifetime(lifetime.as_secs() as u32)).is_ok();
+        let ok = w
+            .add(&Attribute::Lifetime(lifetime.as_secs() as u32))
+            .is_ok();
         finish(w, ok, &key, msg.has_fingerprint())
     }
 
     /// Checks one XOR-PEER-ADDRESS for CreatePermission/ChannelBind: family and policy.
     fn check_peer(&self, from: FiveTuple, peer: SocketAddr) -> Result<(), Refusal> {
-        let relay = self.allocations.get(&from).map(|a| a.relay).ok_or(Refusal(437, "Allocation Mismatch"))?;
-        if relay.is_ipv4() != policy::normalize(peer.ip()).is_ipv4() && relay.is_ipv4() != peer.is_ipv4() {
+        let relay = self
+            .allocations
+            .get(&from)
+            .map(|a| a.relay)
+            .ok_or(Refusal(437, "Allocation Mismatch"))?;
+        if relay.is_ipv4() != policy::normalize(peer.ip()).is_ipv4()
+            && relay.is_ipv4() != peer.is_ipv4()
+        {
             return Err(Refusal(443, "Peer Address Family Mismatch"));
         }
-        if !self.config.policy.check(peer.ip(), self.by_relay.contains_key(&peer)) {
+        if !self
+            .config
+            .policy
+            .check(peer.ip(), self.by_relay.contains_key(&peer))
+        {
             self.metrics.policy_denied.inc();
             return Err(Refusal(403, "Forbidden"));
         }
@@ -561,7 +662,9 @@ impl Core {
         let mut peers = [None::<SocketAddr>; 16];
         let mut count = 0;
         for a in msg.attributes().filter(|a| a.typ == attr::XOR_PEER_ADDRESS) {
-            let Ok(Attribute::XorPeerAddress(peer)) = Attribute::decode(a.typ, a.value, msg.transaction_id()) else {
+            let Ok(Attribute::XorPeerAddress(peer)) =
+                Attribute::decode(a.typ, a.value, msg.transaction_id())
+            else {
                 return Err(Refusal(400, "Bad Request"));
             };
             self.check_peer(from, peer)?;
@@ -574,13 +677,21 @@ impl Core {
         if count == 0 {
             return Err(Refusal(400, "Bad Request"));
         }
-        let alloc = self.allocations.get_mut(&from).ok_or(Refusal(437, "Allocation Mismatch"))?;
+        let alloc = self
+            .allocations
+            .get_mut(&from)
+            .ok_or(Refusal(437, "Allocation Mismatch"))?;
         for peer in peers.iter().flatten() {
             if alloc.permit(peer.ip(), now.instant + PERMISSION_LIFETIME) {
                 self.metrics.permissions.inc();
             }
         }
-        let w = writer(out, Class::Success, Method::CREATE_PERMISSION, msg.transaction_id())?;
+        let w = writer(
+            out,
+            Class::Success,
+            Method::CREATE_PERMISSION,
+            msg.transaction_id(),
+        )?;
         finish(w, true, &key, msg.has_fingerprint())
     }
 
@@ -597,17 +708,33 @@ impl Core {
         }
         let number = match msg.decode_any(attr::CHANNEL_NUMBER) {
             Some(Ok(Attribute::ChannelNumber(n))) if CHANNEL_RANGE.contains(&n) => n,
-            _ => return Err(Refusal(400, "Bad Request: CHANNEL-NUMBER missing or out of range")),
+            _ => {
+                return Err(Refusal(
+                    400,
+                    "Bad Request: CHANNEL-NUMBER missing or out of range",
+                ));
+            }
         };
         let peer = match msg.decode_any(attr::XOR_PEER_ADDRESS) {
             Some(Ok(Attribute::XorPeerAddress(p))) => p,
             _ => return Err(Refusal(400, "Bad Request: XOR-PEER-ADDRESS missing")),
         };
         self.check_peer(from, peer)?;
-        let alloc = self.allocations.get_mut(&from).ok_or(Refusal(437, "Allocation Mismatch"))?;
+        let alloc = self
+            .allocations
+            .get_mut(&from)
+            .ok_or(Refusal(437, "Allocation Mismatch"))?;
         let live = |c: &&mut Channel| c.expires > now.instant;
-        if alloc.channels.iter_mut().filter(live).any(|c| (c.number == number) != (c.peer == peer)) {
-            return Err(Refusal(400, "Bad Request: channel or peer already bound differently"));
+        if alloc
+            .channels
+            .iter_mut()
+            .filter(live)
+            .any(|c| (c.number == number) != (c.peer == peer))
+        {
+            return Err(Refusal(
+                400,
+                "Bad Request: channel or peer already bound differently",
+            ));
         }
         let until = now.instant + CHANNEL_LIFETIME;
         match alloc.channels.iter_mut().find(|c| c.number == number) {
@@ -616,34 +743,50 @@ impl Core {
                 c.expires = until;
             }
             None => {
-                alloc.channels.push(Channel { number, peer, expires: until });
+                alloc.channels.push(Channel {
+                    number,
+                    peer,
+                    expires: until,
+                });
                 self.metrics.channels.inc();
             }
         }
         if alloc.permit(peer.ip(), now.instant + PERMISSION_LIFETIME) {
             self.metrics.permissions.inc();
         }
-        let w = writer(out, Class::Success, Method::CHANNEL_BIND, msg.transaction_id())?;
+        let w = writer(
+            out,
+            Class::Success,
+            Method::CHANNEL_BIND,
+            msg.transaction_id(),
+        )?;
         finish(w, true, &key, msg.has_fingerprint())
     }
 
-    fn send_indication<'a>(
-        &mut self,
-        now: Now,
-        from: FiveTuple,
-        msg: Message<'a>,
-    ) -> Action<'a> {
-        let Some(alloc) = self.allocations.get(&from) else { return Action::Nothing };
-        let (Some(Ok(Attribute::XorPeerAddress(peer))), Some(Ok(Attribute::Data(data)))) =
-            (msg.decode_any(attr::XOR_PEER_ADDRESS), msg.decode_any(attr::DATA))
-        else {
+    fn send_indication<'a>(&mut self, now: Now, from: FiveTuple, msg: Message<'a>) -> Action<'a> {
+        let Some(alloc) = self.allocations.get(&from) else {
             return Action::Nothing;
         };
-        if !alloc.permitted(peer.ip(), now.instant) || !self.config.policy.check(peer.ip(), self.by_relay.contains_key(&peer)) {
+        let (Some(Ok(Attribute::XorPeerAddress(peer))), Some(Ok(Attribute::Data(data)))) = (
+            msg.decode_any(attr::XOR_PEER_ADDRESS),
+            msg.decode_any(attr::DATA),
+        ) else {
+            return Action::Nothing;
+        };
+        if !alloc.permitted(peer.ip(), now.instant)
+            || !self
+                .config
+                .policy
+                .check(peer.ip(), self.by_relay.contains_key(&peer))
+        {
             return Action::Nothing;
         }
         self.metrics.to_peer(data.len());
-        Action::ToPeer { relay: alloc.relay, peer, data }
+        Action::ToPeer {
+            relay: alloc.relay,
+            peer,
+            data,
+        }
     }
 
     /// A datagram from `peer` to relay address `relay`. The payload sits at `buf[4..4 + len]` so a
@@ -657,16 +800,26 @@ impl Core {
         len: usize,
         out: &mut [u8],
     ) -> PeerAction {
-        let Some(five) = self.by_relay.get(&relay).copied() else { return PeerAction::Drop };
-        let Some(alloc) = self.allocations.get(&five) else { return PeerAction::Drop };
+        let Some(five) = self.by_relay.get(&relay).copied() else {
+            return PeerAction::Drop;
+        };
+        let Some(alloc) = self.allocations.get(&five) else {
+            return PeerAction::Drop;
+        };
         if !alloc.permitted(peer.ip(), now.instant) {
             tracing::debug!(%relay, %peer, "peer packet without permission dropped");
             self.metrics.no_permission.inc();
             return PeerAction::Drop;
         }
         self.metrics.to_client(len);
-        if let Some(ch) = alloc.channels.iter().find(|c| c.peer == peer && c.expires > now.instant) {
-            let Ok(len16) = u16::try_from(len) else { return PeerAction::Drop };
+        if let Some(ch) = alloc
+            .channels
+            .iter()
+            .find(|c| c.peer == peer && c.expires > now.instant)
+        {
+            let Ok(len16) = u16::try_from(len) else {
+                return PeerAction::Drop;
+            };
             if write_channel_data_header(buf, ch.number, len16).is_err() {
                 return PeerAction::Drop;
             }
@@ -687,17 +840,28 @@ impl Core {
         let Ok(mut w) = MessageWriter::new(out, Class::Indication, Method::DATA, &tid) else {
             return PeerAction::Drop;
         };
-        let Some(payload) = buf.get(4..4 + len) else { return PeerAction::Drop };
-        if w.add(&Attribute::XorPeerAddress(peer)).is_err() || w.add(&Attribute::Data(payload)).is_err() {
+        let Some(payload) = buf.get(4..4 + len) else {
+            return PeerAction::Drop;
+        };
+        if w.add(&Attribute::XorPeerAddress(peer)).is_err()
+            || w.add(&Attribute::Data(payload)).is_err()
+        {
             return PeerAction::Drop;
         }
-        PeerAction::DataIndication { to: five, n: w.finish() }
+        PeerAction::DataIndication {
+            to: five,
+            n: w.finish(),
+        }
     }
 
     /// Removes what expired. Call at least once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<FiveTuple> =
-            self.allocations.iter().filter(|(_, a)| a.expires <= now).map(|(k, _)| *k).collect();
+        let expired: Vec<FiveTuple> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| a.expires <= now)
+            .map(|(k, _)| *k)
+            .collect();
         for five in expired {
             self.remove(five);
         }
@@ -712,10 +876,14 @@ impl Core {
         for alloc in self.allocations.values_mut() {
             let before = alloc.permissions.len();
             alloc.permissions.retain(|(_, exp)| *exp > now);
-            self.metrics.permissions.sub((before - alloc.permissions.len()) as i64);
+            self.metrics
+                .permissions
+                .sub((before - alloc.permissions.len()) as i64);
             let before = alloc.channels.len();
             alloc.channels.retain(|c| c.expires > now);
-            self.metrics.channels.sub((before - alloc.channels.len()) as i64);
+            self.metrics
+                .channels
+                .sub((before - alloc.channels.len()) as i64);
         }
     }
 
@@ -758,12 +926,19 @@ impl Core {
             return 0;
         }
         tracing::debug!(client = %from.client, method = msg.method().name(), code, reason, "request refused");
-        let Ok(mut w) = MessageWriter::new(out, Class::Error, msg.method(), msg.transaction_id()) else { return 0 };
+        let Ok(mut w) = MessageWriter::new(out, Class::Error, msg.method(), msg.transaction_id())
+        else {
+            return 0;
+        };
         let mut ok = w.add(&Attribute::ErrorCode { code, reason }).is_ok();
         if code == 420 {
             let mut unknown = [0u16; 8];
             let n = msg.unknown_comprehension_required(attr::is_known, &mut unknown);
-            ok &= w.add(&Attribute::UnknownAttributes(peercall_stun::UnknownAttributes::new(&unknown[..n]))).is_ok();
+            ok &= w
+                .add(&Attribute::UnknownAttributes(
+                    peercall_stun::UnknownAttributes::new(&unknown[..n]),
+                ))
+                .is_ok();
         }
         if with_nonce {
             let nonce = self.credentials.nonce(from.client, now.unix);
@@ -784,13 +959,28 @@ impl Core {
     }
 }
 
-fn writer<'b>(out: &'b mut [u8], class: Class, method: Method, tid: &TransactionId) -> Result<MessageWriter<'b>, Refusal> {
+fn writer<'b>(
+    out: &'b mut [u8],
+    class: Class,
+    method: Method,
+    tid: &TransactionId,
+) -> Result<MessageWriter<'b>, Refusal> {
     MessageWriter::new(out, class, method, tid).map_err(|_| Refusal(500, "Server Error"))
 }
 
-fn finish(mut w: MessageWriter<'_>, ok: bool, key: &[u8; 16], fingerprint: bool) -> Result<usize, Refusal> {
-    let ok = ok && w.add_message_integrity(key).is_ok() && (!fingerprint || w.add_fingerprint().is_ok());
-    if ok { Ok(w.finish()) } else { Err(Refusal(500, "Server Error")) }
+fn finish(
+    mut w: MessageWriter<'_>,
+    ok: bool,
+    key: &[u8; 16],
+    fingerprint: bool,
+) -> Result<usize, Refusal> {
+    let ok =
+        ok && w.add_message_integrity(key).is_ok() && (!fingerprint || w.add_fingerprint().is_ok());
+    if ok {
+        Ok(w.finish())
+    } else {
+        Err(Refusal(500, "Server Error"))
+    }
 }
 
 /// Transaction ids of Data indications are never answered; a counter salted with the server key keeps

@@ -18,7 +18,9 @@ pub fn normalize(ip: IpAddr) -> IpAddr {
         return embedded([o[12], o[13], o[14], o[15]]);
     }
     // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48 (address in the low 32 bits)
-    if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4]) || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) {
+    if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4])
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+    {
         return embedded([o[12], o[13], o[14], o[15]]);
     }
     // 6to4 2002:AABB:CCDD::/48
@@ -66,7 +68,10 @@ pub fn special_purpose_ranges() -> Vec<IpNet> {
         "ff00::/8",
     ]
     .iter()
-    .map(|r| r.parse().expect("static special-purpose range list is valid CIDR"))
+    .map(|r| {
+        r.parse()
+            .expect("static special-purpose range list is valid CIDR")
+    })
     .collect()
 }
 
@@ -85,7 +90,11 @@ impl PeerPolicy {
             allow_all.push("127.0.0.0/8".parse().expect("valid CIDR"));
             allow_all.push("::1/128".parse().expect("valid CIDR"));
         }
-        PeerPolicy { special: special_purpose_ranges(), deny: deny.to_vec(), allow: allow_all }
+        PeerPolicy {
+            special: special_purpose_ranges(),
+            deny: deny.to_vec(),
+            allow: allow_all,
+        }
     }
 
     /// `is_own_relay` says whether the (normalised) address is one of this server's relayed addresses, which
@@ -96,13 +105,24 @@ impl PeerPolicy {
         }
         let ip = normalize(peer);
         // Operator deny ranges win over allow ranges; then explicit allow opens special-purpose ranges.
-        if self.deny.iter().any(|n| n.contains(&ip) || n.contains(&peer)) {
+        if self
+            .deny
+            .iter()
+            .any(|n| n.contains(&ip) || n.contains(&peer))
+        {
             return false;
         }
-        if self.allow.iter().any(|n| n.contains(&ip) || n.contains(&peer)) {
+        if self
+            .allow
+            .iter()
+            .any(|n| n.contains(&ip) || n.contains(&peer))
+        {
             return true;
         }
-        !self.special.iter().any(|n| n.contains(&ip) || n.contains(&peer))
+        !self
+            .special
+            .iter()
+            .any(|n| n.contains(&ip) || n.contains(&peer))
     }
 }
 
@@ -118,12 +138,39 @@ mod tests {
     fn refuses_every_special_range_by_default() {
         let p = default_policy();
         for ip in [
-            "127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.1.1",
-            "100.64.0.1", "0.0.0.0", "0.1.2.3", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
-            "192.0.2.1", "198.51.100.1", "203.0.113.1", "198.18.0.1", "192.0.0.8", "::", "::1", "fe80::1",
-            "fc00::1", "fd12::1", "ff02::1", "2001:db8::1", "fec0::1", "100::1",
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "198.18.0.1",
+            "192.0.0.8",
+            "::",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "fd12::1",
+            "ff02::1",
+            "2001:db8::1",
+            "fec0::1",
+            "100::1",
         ] {
-            assert!(!p.check(ip.parse().expect("ip"), false), "{ip} must be refused");
+            assert!(
+                !p.check(ip.parse().expect("ip"), false),
+                "{ip} must be refused"
+            );
         }
     }
 
@@ -140,15 +187,27 @@ mod tests {
             "2002:c0a8:101::",
             "2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo: !0x80fffffe = 127.0.0.1
         ] {
-            assert!(!p.check(ip.parse().expect("ip"), false), "{ip} must be refused");
+            assert!(
+                !p.check(ip.parse().expect("ip"), false),
+                "{ip} must be refused"
+            );
         }
     }
 
     #[test]
     fn allows_public_addresses() {
         let p = default_policy();
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
-            assert!(p.check(ip.parse().expect("ip"), false), "{ip} must be allowed");
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert!(
+                p.check(ip.parse().expect("ip"), false),
+                "{ip} must be allowed"
+            );
         }
     }
 
@@ -158,7 +217,11 @@ mod tests {
         assert!(p.check("127.0.0.1".parse().expect("ip"), false));
         assert!(p.check("::ffff:127.0.0.1".parse().expect("ip"), false));
         assert!(!p.check("10.0.0.1".parse().expect("ip"), false));
-        let p = PeerPolicy::new(&["10.0.0.0/8".parse().expect("net")], &["8.8.8.0/24".parse().expect("net")], false);
+        let p = PeerPolicy::new(
+            &["10.0.0.0/8".parse().expect("net")],
+            &["8.8.8.0/24".parse().expect("net")],
+            false,
+        );
         assert!(p.check("10.9.9.9".parse().expect("ip"), false));
         assert!(!p.check("8.8.8.8".parse().expect("ip"), false));
         assert!(p.check("8.8.4.4".parse().expect("ip"), false));

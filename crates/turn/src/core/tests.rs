@@ -51,8 +51,14 @@ fn harness(allow_loopback: bool, user_quota: u32) -> Harness {
     };
     Harness {
         core: Core::new(Arc::new(config), metrics.clone()),
-        ports: FakePorts { next: 50000, ip: "127.0.0.1".parse().expect("ip") },
-        now: Now { instant: Instant::now(), unix: 1_700_000_000 },
+        ports: FakePorts {
+            next: 50000,
+            ip: "127.0.0.1".parse().expect("ip"),
+        },
+        now: Now {
+            instant: Instant::now(),
+            unix: 1_700_000_000,
+        },
         client: FiveTuple {
             client: "192.0.2.10:40000".parse().expect("addr"),
             server: "127.0.0.1:3478".parse().expect("addr"),
@@ -75,7 +81,13 @@ struct Resp {
 
 impl Harness {
     fn send(&mut self, packet: &[u8]) -> Option<Resp> {
-        let action = self.core.handle_client(self.now, self.client, packet, &mut self.out, &mut self.ports);
+        let action = self.core.handle_client(
+            self.now,
+            self.client,
+            packet,
+            &mut self.out,
+            &mut self.ports,
+        );
         match action {
             Action::Reply(n) if n > 0 => {
                 let msg = Message::parse(&self.out[..n]).expect("server writes valid STUN");
@@ -145,10 +157,17 @@ fn request(method: Method, attrs: &[A<'_>], key: Option<&[u8]>) -> Vec<u8> {
 fn binding_returns_mapped_address_without_auth() {
     let mut h = harness(false, 10);
     let req = request(Method::BINDING, &[], None);
-    let action = h.core.handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports);
-    let Action::Reply(n) = action else { panic!("expected a reply") };
+    let action = h
+        .core
+        .handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports);
+    let Action::Reply(n) = action else {
+        panic!("expected a reply")
+    };
     let msg = Message::parse(&h.out[..n]).expect("valid");
-    assert_eq!(msg.decode_any(attr::XOR_MAPPED_ADDRESS), Some(Ok(A::XorMappedAddress(h.client.client))));
+    assert_eq!(
+        msg.decode_any(attr::XOR_MAPPED_ADDRESS),
+        Some(Ok(A::XorMappedAddress(h.client.client)))
+    );
     assert_eq!(h.core.allocation_count(), 0);
 }
 
@@ -184,7 +203,12 @@ fn wrong_password_stale_nonce_and_rest_credentials() {
     let key = long_term_key_md5("u", REALM, "p");
     let req = request(
         Method::ALLOCATE,
-        &[A::RequestedTransport(17), A::Username("u"), A::Realm(REALM), A::Nonce(&nonce)],
+        &[
+            A::RequestedTransport(17),
+            A::Username("u"),
+            A::Realm(REALM),
+            A::Nonce(&nonce),
+        ],
         Some(&key),
     );
     assert_eq!(h.send(&req).expect("answer").code, Some(438));
@@ -196,7 +220,12 @@ fn wrong_password_stale_nonce_and_rest_credentials() {
     let expired = format!("{}:bob", h.now.unix - 1);
     let pass = auth::rest_password(b"secret", &expired);
     h.client.client.set_port(40001);
-    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], &expired, &pass);
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17)],
+        &expired,
+        &pass,
+    );
     assert_eq!(r.code, Some(401));
 }
 
@@ -207,9 +236,28 @@ fn allocate_errors() {
     assert_eq!(r.code, Some(400), "missing REQUESTED-TRANSPORT");
     let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(6)], "u", "p");
     assert_eq!(r.code, Some(442));
-    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17), A::RequestedAddressFamily(Family::V6)], "u", "p");
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[
+            A::RequestedTransport(17),
+            A::RequestedAddressFamily(Family::V6),
+        ],
+        "u",
+        "p",
+    );
     assert_eq!(r.code, Some(440));
-    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17), A::Unknown { typ: 0x7777, value: &[] }], "u", "p");
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[
+            A::RequestedTransport(17),
+            A::Unknown {
+                typ: 0x7777,
+                value: &[],
+            },
+        ],
+        "u",
+        "p",
+    );
     assert_eq!(r.code, Some(420));
     h.allocate();
     h.client.client.set_port(40002);
@@ -239,9 +287,11 @@ fn refresh_and_delete() {
 fn allocation_expires() {
     let mut h = harness(false, 10);
     h.allocate();
-    h.core.handle_timeout(h.now.instant + Duration::from_secs(599));
+    h.core
+        .handle_timeout(h.now.instant + Duration::from_secs(599));
     assert_eq!(h.core.allocation_count(), 1);
-    h.core.handle_timeout(h.now.instant + Duration::from_secs(601));
+    h.core
+        .handle_timeout(h.now.instant + Duration::from_secs(601));
     assert_eq!(h.core.allocation_count(), 0);
 }
 
@@ -250,17 +300,37 @@ fn loopback_peer_refused_by_default_and_allowed_by_flag() {
     let mut h = harness(false, 10);
     h.allocate();
     let peer: SocketAddr = "127.0.0.1:9999".parse().expect("addr");
-    let r = h.authed(Method::CREATE_PERMISSION, &[A::XorPeerAddress(peer)], "u", "p");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(peer)],
+        "u",
+        "p",
+    );
     assert_eq!(r.code, Some(403));
-    let r = h.authed(Method::CHANNEL_BIND, &[A::ChannelNumber(0x4000), A::XorPeerAddress(peer)], "u", "p");
+    let r = h.authed(
+        Method::CHANNEL_BIND,
+        &[A::ChannelNumber(0x4000), A::XorPeerAddress(peer)],
+        "u",
+        "p",
+    );
     assert_eq!(r.code, Some(403));
     let mapped: SocketAddr = "[::ffff:127.0.0.1]:9999".parse().expect("addr");
-    let r = h.authed(Method::CREATE_PERMISSION, &[A::XorPeerAddress(mapped)], "u", "p");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(mapped)],
+        "u",
+        "p",
+    );
     assert_eq!(r.code, Some(403), "IPv4-mapped loopback is loopback");
 
     let mut h = harness(true, 10);
     h.allocate();
-    let r = h.authed(Method::CREATE_PERMISSION, &[A::XorPeerAddress(peer)], "u", "p");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(peer)],
+        "u",
+        "p",
+    );
     assert_eq!(r.class, Class::Success, "{r:?}");
 }
 
@@ -270,7 +340,12 @@ fn own_relay_address_is_always_a_valid_peer() {
     let first = h.allocate();
     h.client.client.set_port(40005);
     h.allocate();
-    let r = h.authed(Method::CREATE_PERMISSION, &[A::XorPeerAddress(first)], "u", "p");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(first)],
+        "u",
+        "p",
+    );
     assert_eq!(r.class, Class::Success, "{r:?}");
 }
 
@@ -283,11 +358,23 @@ fn relays_both_ways_with_permissions_and_channels() {
     let mut buf = vec![0u8; 64];
     buf[4..8].copy_from_slice(b"ping");
     let mut out = vec![0u8; 256];
-    assert_eq!(h.core.handle_peer(h.now, relay, peer, &mut buf, 4, &mut out), PeerAction::Drop);
-    let r = h.authed(Method::CHANNEL_BIND, &[A::ChannelNumber(0x4001), A::XorPeerAddress(peer)], "u", "p");
+    assert_eq!(
+        h.core
+            .handle_peer(h.now, relay, peer, &mut buf, 4, &mut out),
+        PeerAction::Drop
+    );
+    let r = h.authed(
+        Method::CHANNEL_BIND,
+        &[A::ChannelNumber(0x4001), A::XorPeerAddress(peer)],
+        "u",
+        "p",
+    );
     assert_eq!(r.class, Class::Success, "{r:?}");
     // Peer → client arrives as ChannelData, framed in place.
-    match h.core.handle_peer(h.now, relay, peer, &mut buf, 4, &mut out) {
+    match h
+        .core
+        .handle_peer(h.now, relay, peer, &mut buf, 4, &mut out)
+    {
         PeerAction::ChannelData { to, n } => {
             assert_eq!(to, h.client);
             assert_eq!(&buf[..n], &[0x40, 0x01, 0, 4, b'p', b'i', b'n', b'g']);
@@ -296,18 +383,45 @@ fn relays_both_ways_with_permissions_and_channels() {
     }
     // Client → peer over the channel.
     let frame = [0x40, 0x01, 0, 3, b'a', b'b', b'c', 0];
-    let action = h.core.handle_client(h.now, h.client, &frame[..7], &mut h.out, &mut h.ports);
-    assert_eq!(action, Action::ToPeer { relay, peer, data: b"abc" });
+    let action = h
+        .core
+        .handle_client(h.now, h.client, &frame[..7], &mut h.out, &mut h.ports);
+    assert_eq!(
+        action,
+        Action::ToPeer {
+            relay,
+            peer,
+            data: b"abc"
+        }
+    );
     // Rebinding the channel to another peer is refused.
     let other: SocketAddr = "127.0.0.1:10000".parse().expect("addr");
-    let r = h.authed(Method::CHANNEL_BIND, &[A::ChannelNumber(0x4001), A::XorPeerAddress(other)], "u", "p");
+    let r = h.authed(
+        Method::CHANNEL_BIND,
+        &[A::ChannelNumber(0x4001), A::XorPeerAddress(other)],
+        "u",
+        "p",
+    );
     assert_eq!(r.code, Some(400));
-    let r = h.authed(Method::CHANNEL_BIND, &[A::ChannelNumber(0x3FFF), A::XorPeerAddress(other)], "u", "p");
+    let r = h.authed(
+        Method::CHANNEL_BIND,
+        &[A::ChannelNumber(0x3FFF), A::XorPeerAddress(other)],
+        "u",
+        "p",
+    );
     assert_eq!(r.code, Some(400), "channel number out of range");
     // Permissions expire after 300 s without refresh; then peer data is dropped.
-    h.core.handle_timeout(h.now.instant + Duration::from_secs(301));
-    let later = Now { instant: h.now.instant + Duration::from_secs(301), unix: h.now.unix + 301 };
-    assert_eq!(h.core.handle_peer(later, relay, peer, &mut buf, 4, &mut out), PeerAction::Drop);
+    h.core
+        .handle_timeout(h.now.instant + Duration::from_secs(301));
+    let later = Now {
+        instant: h.now.instant + Duration::from_secs(301),
+        unix: h.now.unix + 301,
+    };
+    assert_eq!(
+        h.core
+            .handle_peer(later, relay, peer, &mut buf, 4, &mut out),
+        PeerAction::Drop
+    );
     assert!(h.metrics.packets_relayed().0 >= 1);
 }
 
@@ -316,25 +430,53 @@ fn send_indication_and_data_indication() {
     let mut h = harness(true, 10);
     let relay = h.allocate();
     let peer: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
-    let send = request(Method::SEND, &[A::XorPeerAddress(peer), A::Data(b"hello")], None);
+    let send = request(
+        Method::SEND,
+        &[A::XorPeerAddress(peer), A::Data(b"hello")],
+        None,
+    );
     let mut send = send;
-    send[0..2].copy_from_slice(&peercall_stun::message_type(Class::Indication, Method::SEND).to_be_bytes());
-    let action = h.core.handle_client(h.now, h.client, &send, &mut h.out, &mut h.ports);
+    send[0..2].copy_from_slice(
+        &peercall_stun::message_type(Class::Indication, Method::SEND).to_be_bytes(),
+    );
+    let action = h
+        .core
+        .handle_client(h.now, h.client, &send, &mut h.out, &mut h.ports);
     assert_eq!(action, Action::Nothing, "no permission yet");
-    let r = h.authed(Method::CREATE_PERMISSION, &[A::XorPeerAddress(peer)], "u", "p");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(peer)],
+        "u",
+        "p",
+    );
     assert_eq!(r.class, Class::Success);
-    let action = h.core.handle_client(h.now, h.client, &send, &mut h.out, &mut h.ports);
-    assert_eq!(action, Action::ToPeer { relay, peer, data: b"hello" });
+    let action = h
+        .core
+        .handle_client(h.now, h.client, &send, &mut h.out, &mut h.ports);
+    assert_eq!(
+        action,
+        Action::ToPeer {
+            relay,
+            peer,
+            data: b"hello"
+        }
+    );
     let mut buf = vec![0u8; 64];
     buf[4..9].copy_from_slice(b"world");
     let mut out = vec![0u8; 256];
-    let PeerAction::DataIndication { n, .. } = h.core.handle_peer(h.now, relay, peer, &mut buf, 5, &mut out) else {
+    let PeerAction::DataIndication { n, .. } = h
+        .core
+        .handle_peer(h.now, relay, peer, &mut buf, 5, &mut out)
+    else {
         panic!("expected a Data indication");
     };
     let msg = Message::parse(&out[..n]).expect("valid");
     assert_eq!(msg.method(), Method::DATA);
     assert_eq!(msg.decode_any(attr::DATA), Some(Ok(A::Data(b"world"))));
-    assert_eq!(msg.decode_any(attr::XOR_PEER_ADDRESS), Some(Ok(A::XorPeerAddress(peer))));
+    assert_eq!(
+        msg.decode_any(attr::XOR_PEER_ADDRESS),
+        Some(Ok(A::XorPeerAddress(peer)))
+    );
 }
 
 #[test]
@@ -349,7 +491,12 @@ fn unauthenticated_flood_is_rate_limited() {
 #[test]
 fn garbage_is_dropped() {
     let mut h = harness(false, 10);
-    for packet in [&[][..], &[0xFF; 10][..], &[0, 1, 0, 0][..], &[0x40, 0, 0, 200][..]] {
+    for packet in [
+        &[][..],
+        &[0xFF; 10][..],
+        &[0, 1, 0, 0][..],
+        &[0x40, 0, 0, 200][..],
+    ] {
         assert!(h.send(packet).is_none());
     }
 }
@@ -361,20 +508,44 @@ fn even_port_reservation_is_claimed_by_token() {
     let key = long_term_key_md5("u", REALM, "p");
     let req = request(
         Method::ALLOCATE,
-        &[A::RequestedTransport(17), A::EvenPort(true), A::Username("u"), A::Realm(REALM), A::Nonce(&nonce)],
+        &[
+            A::RequestedTransport(17),
+            A::EvenPort(true),
+            A::Username("u"),
+            A::Realm(REALM),
+            A::Nonce(&nonce),
+        ],
         Some(&key),
     );
-    let action = h.core.handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports);
-    let Action::Reply(n) = action else { panic!("expected a reply") };
+    let action = h
+        .core
+        .handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports);
+    let Action::Reply(n) = action else {
+        panic!("expected a reply")
+    };
     let msg = Message::parse(&h.out[..n]).expect("valid");
-    let Some(Ok(A::XorRelayedAddress(relay))) = msg.decode_any(attr::XOR_RELAYED_ADDRESS) else { panic!("no relay") };
+    let Some(Ok(A::XorRelayedAddress(relay))) = msg.decode_any(attr::XOR_RELAYED_ADDRESS) else {
+        panic!("no relay")
+    };
     assert_eq!(relay.port() % 2, 0, "even port");
-    let Some(Ok(A::ReservationToken(token))) = msg.decode_any(attr::RESERVATION_TOKEN) else { panic!("no token") };
+    let Some(Ok(A::ReservationToken(token))) = msg.decode_any(attr::RESERVATION_TOKEN) else {
+        panic!("no token")
+    };
     h.client.client.set_port(40100);
-    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17), A::ReservationToken(token)], "u", "p");
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), A::ReservationToken(token)],
+        "u",
+        "p",
+    );
     assert_eq!(r.relayed.map(|a| a.port()), Some(relay.port() + 1), "{r:?}");
     // The token is single-use.
     h.client.client.set_port(40101);
-    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17), A::ReservationToken(token)], "u", "p");
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), A::ReservationToken(token)],
+        "u",
+        "p",
+    );
     assert_eq!(r.code, Some(508));
 }
