@@ -216,9 +216,6 @@ impl Rooms {
             let limit = self.config.max_connections_per_ip;
             let count = self.per_ip.entry(ip).or_insert(0);
             if limit > 0 && *count >= limit {
-                if *count == 0 {
-                    self.per_ip.remove(&ip);
-                }
                 self.emit_error(
                     id,
                     ErrorCode::TooManyConnections,
