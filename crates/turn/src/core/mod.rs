@@ -221,6 +221,10 @@ fn reservation_token(key: &[u8; 32], counter: u64) -> [u8; 8] {
     t
 }
 
+/// An error to answer: code, reason, the key to sign it with (when the request authenticated) and whether to
+/// add REALM and NONCE. Code 0 means "drop silently".
+type ErrorReply = (u16, &'static str, Option<[u8; 16]>, bool);
+
 /// An error answer: code and reason phrase.
 struct Refusal(u16, &'static str);
 
@@ -342,7 +346,7 @@ impl Core {
             }
             Class::Request => {
                 let result = self.authenticated_request(now, from, msg, out, ports);
-                self.metrics.request(method, matches!(result, Ok(_)));
+                self.metrics.request(method, result.is_ok());
                 match result {
                     Ok(n) => Action::Reply(n),
                     Err((code, reason, key, with_nonce)) => Action::Reply(self.error(
@@ -378,7 +382,6 @@ impl Core {
 
     /// Authenticates and runs a request; `Ok(n)` is a success written to `out`, `Err` an error to answer with
     /// (its key, when the request was authenticated, so the error carries MESSAGE-INTEGRITY).
-    #[allow(clippy::type_complexity)]
     fn authenticated_request(
         &mut self,
         now: Now,
@@ -386,7 +389,7 @@ impl Core {
         msg: Message<'_>,
         out: &mut [u8],
         ports: &mut dyn RelayPorts,
-    ) -> Result<usize, (u16, &'static str, Option<[u8; 16]>, bool)> {
+    ) -> Result<usize, ErrorReply> {
         let authenticated_before = msg.get(attr::MESSAGE_INTEGRITY).is_some();
         if !authenticated_before && !self.rate.allow(from.client.ip(), now.instant) {
             self.metrics.rate_limited.inc();
@@ -420,7 +423,7 @@ impl Core {
         now: Now,
         from: FiveTuple,
         msg: Message<'_>,
-    ) -> Result<[u8; 16], (u16, &'static str, Option<[u8; 16]>, bool)> {
+    ) -> Result<[u8; 16], ErrorReply> {
         let fail = |m: &TurnMetrics, f: AuthFailure| m.auth_failed(f);
         if msg.get(attr::MESSAGE_INTEGRITY).is_none() {
             fail(&self.metrics, AuthFailure::MissingIntegrity);
@@ -464,10 +467,10 @@ impl Core {
             return Err((401, "Unauthorized", None, true));
         };
         // A request on an existing allocation must come from the user who made it (RFC 8656 §5).
-        if let Some(alloc) = self.allocations.get(&from) {
-            if &*alloc.username != username || alloc.key != key {
-                return Err((441, "Wrong Credentials", None, false));
-            }
+        if let Some(alloc) = self.allocations.get(&from)
+            && (&*alloc.username != username || alloc.key != key)
+        {
+            return Err((441, "Wrong Credentials", None, false));
         }
         Ok(key)
     }

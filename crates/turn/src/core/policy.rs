@@ -18,9 +18,7 @@ pub fn normalize(ip: IpAddr) -> IpAddr {
         return embedded([o[12], o[13], o[14], o[15]]);
     }
     // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48 (address in the low 32 bits)
-    if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4])
-        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
-    {
+    if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
         return embedded([o[12], o[13], o[14], o[15]]);
     }
     // 6to4 2002:AABB:CCDD::/48
