@@ -12,7 +12,8 @@ pub enum PacketKind {
     Other,
 }
 
-/// Demultiplexes by the first byte: 0–3 STUN, 64–79 ChannelData (RFC 7983, RFC 8656 §12).
+/// Demultiplexes by the first byte: 0–3 STUN, 64–127 ChannelData (RFC 7983 assigns 64–79 to RFC 8656
+/// channels; RFC 5766 clients such as coturn's may use channels up to 0x7FFE).
 pub fn classify(buf: &[u8]) -> PacketKind {
     match buf.first() {
         Some(0..=3) => PacketKind::Stun,
@@ -47,7 +48,8 @@ impl<'a> ChannelData<'a> {
     }
 }
 
-/// The channel numbers a client may bind (RFC 8656 §12).
+/// The channel numbers accepted: RFC 8656 §12 allows 0x4000–0x4FFF, but RFC 5766 clients (coturn's among
+/// them) still bind up to 0x7FFE, so the older, wider range is kept for interop.
 pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFE;
 
 /// Writes the 4-byte ChannelData header at the start of `buf`, so a payload already sitting at `buf[4..]`

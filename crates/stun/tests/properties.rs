@@ -404,7 +404,7 @@ proptest! {
     }
 
     #[test]
-    fn channel_data_round_trips(channel in 0x4000u16..=0x4FFF, payload in proptest::collection::vec(any::<u8>(), 0..1500), pad in any::<bool>()) {
+    fn channel_data_round_trips(channel in CHANNEL_RANGE, payload in proptest::collection::vec(any::<u8>(), 0..1500), pad in any::<bool>()) {
         let mut buf = vec![0xAAu8; 4 + payload.len() + 3];
         let n = write_channel_data(&mut buf, channel, &payload, pad).expect("fits");
         prop_assert_eq!(n, if pad { channel_data_padded_len(payload.len()) } else { 4 + payload.len() });
@@ -420,7 +420,7 @@ proptest! {
     /// exactly the frames that were sent.
     #[test]
     fn stream_framing_recovers_frames(
-        frames in proptest::collection::vec((any::<bool>(), inputs(), 0x4000u16..=0x4FFF), 1..8),
+        frames in proptest::collection::vec((any::<bool>(), inputs(), CHANNEL_RANGE), 1..8),
         chunk in 1usize..200,
     ) {
         let mut stream = Vec::new();
