@@ -135,6 +135,7 @@ export class Peer extends EventTarget {
   /** ICE restart (new ufrag/pwd, fresh candidates); waits for signaling when it is down. */
   restartIce(reason) {
     if (this.closed || !this.pc || !this.negotiated) return;
+    if (this.orphan) return; // its signaling id is unknown until it tells us over the data channel
     if (!this.host.signalingUp()) {
       this.pendingRestart = true;
       return;

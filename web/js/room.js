@@ -349,9 +349,10 @@ function onWelcome(welcome) {
     // keep flowing peer to peer; we tell those peers our new id over the data channel and wait a moment for
     // theirs before treating a listed id as someone new.
     state.myId = welcome.id;
+    const listedIds = new Set(listed.map((p) => p.id));
     for (const peer of [...state.peers.values()]) {
       if (peer.connectionState === 'connected' && peer.channelOpen) {
-        peer.orphan = true;
+        peer.orphan = !listedIds.has(peer.id); // already known by its new id when it told us first
         peer.sendData({ t: 'id', id: welcome.id });
       } else {
         removePeer(peer.id, { announce: false });
@@ -369,8 +370,10 @@ function onWelcome(welcome) {
 
 /** A peer id we have not seen: admitted at once, or after a short wait while orphaned connections may claim it. */
 function admitLater(id, name, { offer }) {
-  if (state.peers.has(id)) {
-    renamePeer(state.peers.get(id), name);
+  const known = state.peers.get(id);
+  if (known) {
+    known.orphan = false;
+    renamePeer(known, name);
     return;
   }
   const hasOrphans = [...state.peers.values()].some((p) => p.orphan);
@@ -772,7 +775,8 @@ function layout() {
   const spotlight = remotes.length === 1 && local;
   stage.classList.toggle('spotlight', Boolean(spotlight));
   const tiles = spotlight ? remotes : [...remotes, local].filter(Boolean);
-  const grid = bestGrid(width, height, tiles.length, gap);
+  // One other person: as large as the stage allows (a tall tile on a phone); otherwise an even grid.
+  const grid = bestGrid(width, height, tiles.length, gap, spotlight ? { minAspect: 9 / 16 } : {});
   for (const tile of tiles) {
     tile.el.classList.remove('pip');
     tile.el.style.width = `${grid.w}px`;
@@ -784,6 +788,13 @@ function layout() {
     const pipW = Math.round(Math.min(280, Math.max(112, width * (portrait ? 0.3 : 0.22))));
     local.el.style.width = `${pipW}px`;
     local.el.style.height = `${Math.round(portrait ? (pipW * 4) / 3 : (pipW * 9) / 16)}px`;
+    // Inside the bottom-right corner of the other person's video.
+    const inset = width < 600 ? 10 : 14;
+    local.el.style.right = `${parseFloat(styles.paddingRight) + (width - grid.w) / 2 + inset}px`;
+    local.el.style.bottom = `${parseFloat(styles.paddingBottom) + (height - grid.h) / 2 + inset}px`;
+  } else if (local) {
+    local.el.style.right = '';
+    local.el.style.bottom = '';
   }
 }
 
@@ -872,7 +883,8 @@ function renderStats() {
   cards.replaceChildren(...[...state.peers.values()].map((peer) => {
     const s = peer.lastStats;
     const pair = s?.pair;
-    const candidate = (c) => (c ? `${c.type} · ${c.protocol}${c.relayProtocol ? ` (relay over ${c.relayProtocol})` : ''} · ${c.address ?? '?'}:${c.port ?? '?'}` : '—');
+    const hostPort = (c) => `${String(c.address ?? '?').includes(':') ? `[${c.address}]` : (c.address ?? '?')}:${c.port ?? '?'}`;
+    const candidate = (c) => (c ? `${c.type} · ${c.protocol}${c.relayProtocol ? ` (relay over ${c.relayProtocol})` : ''} · ${hostPort(c)}` : '—');
     const video = s?.videoIn?.frameWidth ? `${s.videoIn.frameWidth}×${s.videoIn.frameHeight} @ ${Math.round(s.videoIn.framesPerSecond ?? 0)} fps` : '—';
     const codecs = [s?.audioIn?.codec, s?.videoIn?.codec].filter(Boolean).join(', ') || '—';
     const sendCodecs = [s?.audioOut?.codec, s?.videoOut?.codec].filter(Boolean).join(', ') || '—';

@@ -104,14 +104,13 @@ export class Tile {
   }
 }
 
-const MAX_ASPECT = 16 / 9;
-const MIN_ASPECT = 3 / 4;
-
 /**
  * Sizes `count` tiles to fill a width × height area: tries every column count and keeps the largest tile whose
- * aspect ratio stays between 3:4 (portrait phones) and 16:9.
+ * aspect ratio stays within [minAspect, maxAspect]. Landscape stages keep tiles landscape (≥ 4:3, so camera
+ * video is not cropped to a sliver); portrait stages (phones) may use tiles down to 3:4.
  */
-export function bestGrid(width, height, count, gap) {
+export function bestGrid(width, height, count, gap, { minAspect, maxAspect = 16 / 9 } = {}) {
+  minAspect ??= width >= height ? 4 / 3 : 3 / 4;
   let best = { cols: 1, rows: 1, w: 0, h: 0 };
   if (count < 1 || width <= 0 || height <= 0) return best;
   for (let cols = 1; cols <= count; cols++) {
@@ -119,8 +118,8 @@ export function bestGrid(width, height, count, gap) {
     let w = (width - gap * (cols - 1)) / cols;
     let hgt = (height - gap * (rows - 1)) / rows;
     if (w <= 0 || hgt <= 0) continue;
-    if (w / hgt > MAX_ASPECT) w = hgt * MAX_ASPECT;
-    else if (w / hgt < MIN_ASPECT) hgt = w / MIN_ASPECT;
+    if (w / hgt > maxAspect) w = hgt * maxAspect;
+    else if (w / hgt < minAspect) hgt = w / minAspect;
     if (w * hgt > best.w * best.h) best = { cols, rows, w, h: hgt };
   }
   return { ...best, w: Math.floor(best.w), h: Math.floor(best.h) };
