@@ -155,3 +155,64 @@ test('leaving removes the tile for the others; rejoining works', { timeout: 120_
     throw e;
   }
 });
+
+test('refusals are explained in words: password needed, wrong password, room full', { timeout: 120_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const server = await startServer({ extraArgs: ['--room-capacity', '2'] });
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('locked');
+  const people = [];
+
+  /** Opens the pre-join screen (no auto-join) and joins with `password` (or none). */
+  async function prejoin(name, password) {
+    const context = await browser.newContext({ viewport: { width: 1100, height: 760 }, permissions: ['camera', 'microphone'] });
+    const page = await context.newPage();
+    const participant = { name, context, page, errors: [], console: [] };
+    page.on('pageerror', (e) => participant.errors.push(e.message));
+    people.push(participant);
+    await page.goto(`${server.url}/r/${room}?name=${name}`);
+    await page.waitForSelector('#prejoin:not([hidden])', { timeout: 10_000 });
+    await attempt(participant, password);
+    return participant;
+  }
+  async function attempt(participant, password) {
+    const { page } = participant;
+    if (password !== null) {
+      if (!(await page.evaluate(() => document.querySelector('#password-box').open))) await page.click('#password-box summary');
+      await page.fill('#password-input', password);
+    }
+    await page.click('#join-btn');
+  }
+  const inCall = (p) => waitFor(() => p.page.evaluate(() => window.peercall.phase() === 'call' && window.peercall.status() === 'connected'),
+    { timeout: 15_000, what: `${p.name} to be in the call` });
+  const refusedWith = async (p, text) => {
+    await waitFor(() => p.page.isVisible('#prejoin-error'), { timeout: 10_000, what: `${p.name} to be told why` });
+    assert.equal(await p.page.textContent('#prejoin-error'), text);
+    assert.equal(await p.page.evaluate(() => document.querySelector('#password-box').open), true, 'the password field is open');
+  };
+  try {
+    const ada = await prejoin('Ada', 'sesame'); // the first one sets the password
+    await inCall(ada);
+
+    const bob = await prejoin('Bob', null);
+    await refusedWith(bob, 'This room has a password. Enter it to join.');
+    await attempt(bob, 'open-sesame');
+    await refusedWith(bob, 'That password is not right for this room.');
+    await attempt(bob, 'sesame');
+    await inCall(bob);
+    await waitConnected(bob, 'Ada');
+
+    const cyd = await prejoin('Cyd', 'sesame');
+    await waitFor(() => cyd.page.isVisible('#ended'), { timeout: 10_000, what: 'Cyd to be refused' });
+    assert.equal(await cyd.page.textContent('#ended-title'), 'This room is full');
+    assert.match(await cyd.page.textContent('#ended-text'), /Try again when someone leaves/);
+    assert.deepEqual((await tilesOf(ada)).filter((x) => !x.local).map((x) => x.name), ['Bob'], 'Cyd never appeared for Ada');
+    assert.deepEqual(people.flatMap((p) => p.errors), [], 'no page errors');
+  } catch (e) {
+    for (const p of people) e.message += `\n${await describe(p)}`;
+    throw e;
+  }
+});

@@ -188,9 +188,12 @@ export async function startServer({ httpPort, turnPort, extraArgs = [] } = {}) {
 // ------------------------------------------------------------------------------------------------------------
 // Browser and participants.
 
-export async function launchBrowser() {
+/** Launches Chromium. `cameras`: how many fake cameras it offers (default 1; it always offers 3 microphones). */
+export async function launchBrowser({ cameras = 1 } = {}) {
   if (!existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM} (apt-get install chromium)`);
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS, timeout: 30_000 });
+  const args = CHROMIUM_FLAGS.map((flag) =>
+    flag === '--use-fake-device-for-media-stream' && cameras > 1 ? `${flag}=device-count=${cameras}` : flag);
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: 30_000 });
 }
 
 export const DESKTOP = { width: 1280, height: 800 };
@@ -302,6 +305,7 @@ export function tilesOf(participant) {
       name: tile.querySelector('.tile-name')?.textContent ?? '',
       mic: tile.dataset.mic,
       cam: tile.dataset.cam,
+      screen: tile.classList.contains('tile-screen'),
       videoWidth: video?.videoWidth ?? 0,
       visible: tile.getBoundingClientRect().width > 0,
     };
