@@ -704,13 +704,13 @@ impl Resolved {
                 "must be 1 to 127 printable characters without quotes".into(),
             ));
         }
-        if let Some(host) = &o.public_host {
-            if host.is_empty() || host.contains(['/', ' ', '?', '#', '@']) {
-                return Err(invalid(
-                    "public_host",
-                    format!("{host:?} is not a host name or IP address (no scheme, path or port)"),
-                ));
-            }
+        if let Some(host) = &o.public_host
+            && (host.is_empty() || host.contains(['/', ' ', '?', '#', '@']))
+        {
+            return Err(invalid(
+                "public_host",
+                format!("{host:?} is not a host name or IP address (no scheme, path or port)"),
+            ));
         }
         let at_least = |field: &str, value: u64, min: u64, unit: &str| {
             if value < min {
