@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  Cleanup, describe, join, launchBrowser, startServer, statsOf, tilesOf, uniqueRoom, waitConnected, waitFor,
+  Cleanup, describe, join, launchBrowser, peersOf, startServer, statsOf, tilesOf, uniqueRoom, waitConnected, waitFor,
   waitMediaFlowing,
 } from './harness.mjs';
 
@@ -79,6 +79,56 @@ test('switching camera and microphone and sharing the screen mid-call need no re
     const bobEnd = await sending(bob, ada.id);
     assert.deepEqual([end.local, end.remote, end.offers], [start.local, start.remote, start.offers], 'Ada\'s SDP never changed');
     assert.deepEqual([bobEnd.local, bobEnd.remote], [bobStart.local, bobStart.remote], 'Bob\'s SDP never changed');
+    assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\n${await describe(bob)}`;
+    throw e;
+  }
+});
+
+test('simultaneous ICE restarts from both sides (glare) resolve by perfect negotiation', { timeout: 120_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('glare');
+  const ada = await join(browser, server, room, 'Ada');
+  const bob = await join(browser, server, room, 'Bob');
+  const ufrags = (p, id) => p.page.evaluate((peer) => {
+    const pc = window.peercall.pc(peer);
+    const ufrag = (d) => d?.sdp.match(/^a=ice-ufrag:(\S+)/m)?.[1] ?? null;
+    return { local: ufrag(pc.currentLocalDescription), remote: ufrag(pc.currentRemoteDescription), signaling: pc.signalingState };
+  }, id);
+  try {
+    await waitConnected(ada, 'Bob');
+    await waitConnected(bob, 'Ada');
+    await waitMediaFlowing(bob, ada.id);
+    const polite = (await peersOf(ada))[0].polite;
+    assert.equal(polite, ada.id < bob.id, 'the lower id is the polite side');
+    assert.notEqual(polite, (await peersOf(bob))[0].polite, 'exactly one side is polite');
+
+    for (let round = 1; round <= 3; round++) {
+      const before = { ada: await ufrags(ada, bob.id), bob: await ufrags(bob, ada.id) };
+      // Both ask for an ICE restart at the same moment: two offers cross.
+      await Promise.all([
+        ada.page.evaluate((id) => window.peercall.restartIce(id), bob.id),
+        bob.page.evaluate((id) => window.peercall.restartIce(id), ada.id),
+      ]);
+      await waitFor(async () => {
+        const [a, b] = [await ufrags(ada, bob.id), await ufrags(bob, ada.id)];
+        return a.signaling === 'stable' && b.signaling === 'stable' && a.local !== before.ada.local && b.local !== before.bob.local
+          && a.remote === b.local && b.remote === a.local;
+      }, { timeout: 15_000, what: `round ${round}: both sides on fresh, matching ICE credentials` });
+      await waitConnected(ada, 'Bob');
+      await waitConnected(bob, 'Ada');
+    }
+    const collisions = (await peersOf(ada))[0].collisions + (await peersOf(bob))[0].collisions;
+    t.diagnostic(`${collisions} crossing offers resolved in 3 rounds`);
+    assert.ok(collisions >= 1, 'the offers really crossed at least once');
+    await waitMediaFlowing(ada, bob.id);
+    await waitMediaFlowing(bob, ada.id);
     assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
   } catch (e) {
     e.message += `\n${await describe(ada)}\n${await describe(bob)}`;

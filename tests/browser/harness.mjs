@@ -249,11 +249,15 @@ export async function peerNamed(participant, name) {
   return (await peersOf(participant)).find((p) => p.name === name) ?? null;
 }
 
-/** Waits until `participant` is connected to the participant called `name` and returns that peer entry. */
+/**
+ * Waits until `participant` has exactly one entry for the participant called `name`, connected with its data
+ * channel open and known by its current signaling id (not an orphan of a lost session); returns that entry.
+ */
 export function waitConnected(participant, name, { timeout = 20_000 } = {}) {
   return waitFor(async () => {
-    const peer = await peerNamed(participant, name);
-    return peer?.connectionState === 'connected' && peer.channel === 'open' ? peer : null;
+    const entries = (await peersOf(participant)).filter((p) => p.name === name);
+    const peer = entries[0];
+    return entries.length === 1 && !peer.orphan && peer.connectionState === 'connected' && peer.channel === 'open' ? peer : null;
   }, { timeout, what: `${participant.name} to be connected to ${name}` });
 }
 
@@ -324,7 +328,20 @@ export function uniqueRoom(prefix = 'room') {
 /** A description of a participant's state for failure messages. */
 export async function describe(participant) {
   try {
-    const info = await participant.page.evaluate(() => ({ id: window.peercall?.id, status: window.peercall?.status(), peers: window.peercall?.peers() }));
+    const info = await participant.page.evaluate(async () => {
+      const peers = window.peercall?.peers() ?? [];
+      for (const peer of peers) {
+        const s = await window.peercall.stats(peer.id).catch(() => null);
+        peer.stats = s && {
+          pair: s.pair && `${s.pair.local?.type}/${s.pair.remote?.type} ${s.pair.local?.protocol}`,
+          bytes: [s.bytesSent, s.bytesReceived],
+          framesDecoded: s.videoIn?.framesDecoded,
+          framesEncoded: s.videoOut?.framesEncoded,
+          audioPackets: s.audioIn?.packetsReceived,
+        };
+      }
+      return { id: window.peercall?.id, status: window.peercall?.status(), peers };
+    });
     return `${participant.name}: ${JSON.stringify(info)}\n  errors: ${participant.errors.join(' | ')}\n  console tail: ${participant.console.slice(-8).join(' | ')}`;
   } catch (e) {
     return `${participant.name}: (page unavailable: ${e.message})`;

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  Cleanup, describe, join, launchBrowser, mediaFlowing, RawWebSocket, sleep, startServer, statusOf, tilesOf,
+  Cleanup, describe, join, launchBrowser, mediaFlowing, peersOf, RawWebSocket, sleep, startServer, statsOf, statusOf, tilesOf,
   uniqueRoom, waitConnected, waitFor, waitMediaFlowing,
 } from './harness.mjs';
 
@@ -173,6 +173,40 @@ test('forged, foreign, invalid and oversized messages get errors; the call is un
     assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
   } catch (e) {
     e.message += `\n${await describe(ada)}\n${await describe(bob)}`;
+    throw e;
+  }
+});
+
+test('a relayed call recovers when the server and its TURN relay restart', { timeout: 150_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  let server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('relay-restart');
+  const ada = await join(browser, server, room, 'Ada', { relay: true });
+  const bob = await join(browser, server, room, 'Bob', { relay: true });
+  try {
+    await waitConnected(ada, 'Bob');
+    await waitMediaFlowing(bob, ada.id);
+    const { httpPort, turnPort } = server;
+    await server.kill('SIGKILL'); // the relay goes with it: media stops
+    await waitFor(async () => (await peersOf(ada))[0]?.connectionState !== 'connected', { timeout: 20_000, what: 'Ada to notice the relay is gone' });
+    const downAt = Date.now();
+    server = await startServer({ httpPort, turnPort }); // new process: new TURN secret, no allocations
+    for (const [viewer, other] of [[ada, 'Bob'], [bob, 'Ada']]) {
+      const peer = await waitConnected(viewer, other, { timeout: 45_000 });
+      const stats = await statsOf(viewer, peer.id);
+      assert.equal(stats.pair?.local?.type, 'relay', `${viewer.name} is relayed again`);
+      await waitMediaFlowing(viewer, peer.id, { what: `${viewer.name} to receive ${other} again` });
+      const names = (await tilesOf(viewer)).filter((x) => !x.local).map((x) => x.name);
+      assert.deepEqual(names, [other], `${viewer.name} shows one tile for ${other}`);
+    }
+    t.diagnostic(`call restored ${Date.now() - downAt} ms after the relay failure was noticed`);
+    assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\n${await describe(bob)}\n--- server ---\n${server.logs().slice(-2000)}`;
     throw e;
   }
 });

@@ -42,6 +42,7 @@ export class Peer extends EventTarget {
     this.restartTimer = null;
     this.watchdog = null;
     this.restarts = 0;
+    this.collisions = 0; // offers that crossed ours (glare), resolved by the polite/impolite rule
     this.pendingRestart = false;
     this.lastStats = null;
     this.closed = false;
@@ -177,6 +178,7 @@ export class Peer extends EventTarget {
       const description = { type: message.type, sdp: message.sdp };
       const readyForOffer = !this.makingOffer && (pc.signalingState === 'stable' || this.settingRemoteAnswer);
       const collision = description.type === 'offer' && !readyForOffer;
+      if (collision) this.collisions += 1;
       this.ignoreOffer = !this.polite && collision;
       if (this.ignoreOffer) return;
       this.settingRemoteAnswer = description.type === 'answer';

@@ -384,7 +384,14 @@ function admitLater(id, name, { offer }) {
   clearTimeout(state.deferred.get(id)?.timer);
   const timer = setTimeout(() => {
     state.deferred.delete(id);
-    if (!state.peers.has(id)) addPeer(id, name, { offer });
+    if (state.peers.has(id)) return;
+    // Nobody claimed this id: a stale copy of the same person (same name, connection down) gives way.
+    for (const peer of [...state.peers.values()]) {
+      if (peer.orphan && peer.name === cleanName(name) && peer.connectionState !== 'connected') {
+        removePeer(peer.id, { announce: false });
+      }
+    }
+    addPeer(id, name, { offer });
   }, ORPHAN_WAIT_MS);
   state.deferred.set(id, { timer, name });
 }
@@ -487,7 +494,14 @@ function addPeer(id, name, { offer }) {
   });
   peer.addEventListener('state', () => {
     renderPeer(peer);
-    if (peer.orphan && ['failed', 'closed'].includes(peer.connectionState)) removePeer(peer.id, { announce: true });
+    // An orphan (its signaling session was lost and it has not told us its new id) cannot be ICE-restarted:
+    // once its connection drops, it is gone; the person comes back under their new id.
+    if (peer.orphan && ['failed', 'closed'].includes(peer.connectionState)) removePeer(peer.id, { announce: false });
+    if (peer.orphan && peer.connectionState === 'disconnected') {
+      setTimeout(() => {
+        if (peer.orphan && !peer.closed && peer.connectionState !== 'connected') removePeer(peer.id, { announce: false });
+      }, ORPHAN_WAIT_MS);
+    }
     renderPresence();
   });
   peer.addEventListener('channel', () => {
@@ -527,11 +541,14 @@ function rekeyPeer(peer, newId) {
   if (peer.id === newId) return;
   const duplicate = state.peers.get(newId);
   if (duplicate && duplicate !== peer) {
-    // A fresh entry was created for the new id before we learned who it is: keep the live connection.
-    if (duplicate.connectionState === 'connected' && peer.connectionState !== 'connected') {
-      removePeer(peer.id, { announce: false });
+    if (!duplicate.orphan && duplicate.connectionState === 'connected') {
+      // A live connection already answers to that id. If the claimer is a stale copy (its session was lost),
+      // drop it; otherwise it is claiming someone else's id: ignore it.
+      if (peer.orphan) removePeer(peer.id, { announce: false });
+      else console.warn(`peercall: ${peer.id} claimed the id of ${newId}; ignored`);
       return;
     }
+    // A fresh entry was created for the new id before we learned who it is: keep the established connection.
     removePeer(newId, { announce: false });
   }
   clearTimeout(state.deferred.get(newId)?.timer);
@@ -980,6 +997,8 @@ window.peercall = {
     channel: p.dc?.readyState ?? null,
     remote: { ...p.remote },
     orphan: p.orphan,
+    polite: p.polite,
+    collisions: p.collisions,
   })),
   pc: (id) => state.peers.get(id)?.pc ?? null,
   async stats(id) {
@@ -990,6 +1009,8 @@ window.peercall = {
   chat: () => state.chat.map(({ from, name, text, mine, via }) => ({ from, name, text, mine, via })),
   local: () => ({ micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState() }),
   iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
+  /** Restarts ICE with one peer now (what a failed or stalled connection triggers by itself). */
+  restartIce: (id) => state.peers.get(id)?.restartIce('requested'),
   toggleMic,
   toggleCam,
   sendChat,
