@@ -1,9 +1,10 @@
 // What people do in a call: chat, mute, camera off, leave and come back.
 
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { test } from 'node:test';
 import {
-  Cleanup, describe, framesFrom, join, launchBrowser, sleep, startServer, statsOf, tilesOf, uniqueRoom,
+  Cleanup, describe, ensureArtifacts, framesFrom, join, launchBrowser, sleep, startServer, statsOf, tilesOf, uniqueRoom,
   waitConnected, waitFor, waitMediaFlowing,
 } from './harness.mjs';
 
@@ -128,6 +129,7 @@ test('leaving removes the tile for the others; rejoining works', { timeout: 120_
     await ada.page.click('#ctl-leave');
     await waitFor(() => ada.page.isVisible('#ended'), { timeout: 5000, what: 'Ada to see the ended screen' });
     assert.equal(await ada.page.textContent('#ended-title'), 'You left the call');
+    await ada.page.screenshot({ path: path.join(ensureArtifacts(), 'call-left.png') });
     await waitFor(async () => (await tilesOf(bob)).every((x) => x.name !== 'Ada'), { timeout: 5000, what: 'Ada\'s tile to disappear for Bob' });
     t.diagnostic(`Ada's tile disappeared for Bob after ${Date.now() - leftAt} ms`);
     assert.deepEqual(await bob.page.evaluate(() => window.peercall.peers()), []);
@@ -201,6 +203,7 @@ test('refusals are explained in words: password needed, wrong password, room ful
     await refusedWith(bob, 'This room has a password. Enter it to join.');
     await attempt(bob, 'open-sesame');
     await refusedWith(bob, 'That password is not right for this room.');
+    await bob.page.screenshot({ path: path.join(ensureArtifacts(), 'prejoin-wrong-password.png') });
     await attempt(bob, 'sesame');
     await inCall(bob);
     await waitConnected(bob, 'Ada');
@@ -208,6 +211,7 @@ test('refusals are explained in words: password needed, wrong password, room ful
     const cyd = await prejoin('Cyd', 'sesame');
     await waitFor(() => cyd.page.isVisible('#ended'), { timeout: 10_000, what: 'Cyd to be refused' });
     assert.equal(await cyd.page.textContent('#ended-title'), 'This room is full');
+    await cyd.page.screenshot({ path: path.join(ensureArtifacts(), 'room-full.png') });
     assert.match(await cyd.page.textContent('#ended-text'), /Try again when someone leaves/);
     assert.deepEqual((await tilesOf(ada)).filter((x) => !x.local).map((x) => x.name), ['Bob'], 'Cyd never appeared for Ada');
     assert.deepEqual(people.flatMap((p) => p.errors), [], 'no page errors');

@@ -203,7 +203,7 @@ export const PHONE = { width: 390, height: 844 };
  * Opens `/r/<room>?name=<name>&join=1` in a fresh browser context (its own storage) and waits until the page
  * is in the call with signaling connected. Page errors are recorded in `participant.errors`.
  */
-export async function join(browser, server, room, name, { relay = false, viewport = DESKTOP, mobile = false, timeout = 20_000 } = {}) {
+export async function join(browser, server, room, name, { relay = false, viewport = DESKTOP, mobile = false, timeout = 20_000, init = null } = {}) {
   const context = await browser.newContext({
     viewport,
     deviceScaleFactor: mobile ? 2 : 1,
@@ -211,6 +211,7 @@ export async function join(browser, server, room, name, { relay = false, viewpor
     hasTouch: mobile,
     permissions: ['camera', 'microphone'],
   });
+  if (init) await context.addInitScript(init);
   const page = await context.newPage();
   const participant = { name, context, page, errors: [], console: [] };
   page.on('pageerror', (e) => participant.errors.push(e.message));

@@ -1,9 +1,10 @@
 // The call survives the signaling server going away, and a hostile client cannot disturb it.
 
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { test } from 'node:test';
 import {
-  Cleanup, describe, join, launchBrowser, mediaFlowing, peersOf, RawWebSocket, sleep, startServer, statsOf, statusOf, tilesOf,
+  Cleanup, describe, ensureArtifacts, join, launchBrowser, mediaFlowing, peersOf, RawWebSocket, sleep, startServer, statsOf, statusOf, tilesOf,
   uniqueRoom, waitConnected, waitFor, waitMediaFlowing,
 } from './harness.mjs';
 
@@ -31,6 +32,7 @@ test('restarting the signaling server mid-call: media keeps flowing, clients rec
       const pill = await p.page.textContent('#status-text');
       assert.match(pill, /Reconnecting/, `${p.name} sees the reconnecting status`);
     }
+    await ada.page.screenshot({ path: path.join(ensureArtifacts(), 'call-reconnecting.png') });
     // While signaling is down the call goes on: it is peer to peer.
     for (const [viewer, other] of [[ada, bob], [bob, ada]]) {
       const flow = await mediaFlowing(viewer, other.id);

@@ -94,6 +94,13 @@ test('screenshots: two-party call on a desktop and on a phone, plus landing, pre
       await sleep(500);
       shots.push(await shoot({ page }, 'prejoin-desktop.png'));
       await context.close();
+      const phone = await browser.newContext({ viewport: PHONE, deviceScaleFactor: 2, isMobile: true, hasTouch: true, permissions: ['camera', 'microphone'] });
+      const phonePage = await phone.newPage();
+      await phonePage.goto(`${server.url}/r/${room}?name=Ada`);
+      await waitFor(() => phonePage.evaluate(() => document.querySelector('#preview-video').videoWidth > 0), { what: 'camera preview on the phone' });
+      assert.ok(await phonePage.evaluate(() => document.documentElement.scrollWidth <= innerWidth), 'pre-join fits the phone width');
+      shots.push(await shoot({ page: phonePage }, 'prejoin-phone.png'));
+      await phone.close();
     }
 
     // Two-party call, desktop.

@@ -295,7 +295,15 @@ function join() {
   renderPresence();
   const signaling = new Signaling({ url: signalingUrl(), room: ROOM, name: state.name, password: state.password });
   state.signaling = signaling;
-  signaling.addEventListener('state', (e) => renderStatus(e.detail));
+  signaling.addEventListener('state', (e) => {
+    const previous = $('#status').dataset.status;
+    renderStatus(e.detail);
+    if (previous === 'connected' && e.detail.state === 'reconnecting') {
+      toast('Lost the connection to the server. Your call goes on; reconnecting…', { kind: 'warn', timeout: 5000 });
+    } else if (previous === 'reconnecting' && e.detail.state === 'connected') {
+      toast('Reconnected to the server', { kind: 'success' });
+    }
+  });
   signaling.addEventListener('welcome', (e) => onWelcome(e.detail));
   signaling.addEventListener('signal', (e) => onSignal(e.detail));
   signaling.addEventListener('error', (e) => console.warn('peercall: signaling refused a message', e.detail));
@@ -966,6 +974,7 @@ function showEnded(title, text, iconName) {
   setIcon($('#ended-icon'), iconName);
   $('#ended-icon').dataset.kind = iconName;
   $('#ended-rejoin').hidden = !ROOM_RE.test(ROOM);
+  $('#ended-rejoin-label').textContent = iconName === 'leave' ? 'Rejoin' : 'Try again';
   $('#ended-rejoin').focus();
 }
 
