@@ -98,7 +98,7 @@ fn assert_no_loss(out: &str, min_msgs: u32) {
     let summary = out
         .lines()
         .filter_map(|l| l.split("start_mclient: tot_send_msgs=").nth(1))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no uclient summary in:\n{out}"));
     let (sent, received) = summary
         .split_once(", tot_recv_msgs=")
