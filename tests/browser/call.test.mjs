@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  Cleanup, describe, join, launchBrowser, mediaFlowing, sleep, startServer, tilesOf, uniqueRoom, waitConnected, waitFor,
+  Cleanup, describe, join, launchBrowser, mediaFlowing, sleep, startServer, statsOf, tilesOf, uniqueRoom, waitConnected, waitFor,
   waitMediaFlowing,
 } from './harness.mjs';
 
@@ -138,6 +138,59 @@ test('three participants: everyone sees and hears the other two', { timeout: 120
     assert.ok(flows.every((f) => f.ok), flows.map((f) => f.problems.join(', ')).join(' | '));
   } catch (e) {
     for (const p of people) e.message += `\n${await describe(p)}`;
+    throw e;
+  }
+});
+
+test('fresh TURN credentials (ice-servers) reach running connections; an ICE restart then uses them', { timeout: 180_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  // Shortest TTL the server accepts (60 s): it sends fresh credentials at 80 % of it.
+  const server = await startServer({ extraArgs: ['--credential-ttl', '60'] });
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('refresh');
+  const ada = await join(browser, server, room, 'Ada', { relay: true });
+  const bob = await join(browser, server, room, 'Bob', { relay: true });
+  const turnUser = (p) => p.page.evaluate((peer) => {
+    const fromWelcome = window.peercall.iceServers().find((s) => s.username)?.username;
+    const inUse = window.peercall.pc(peer).getConfiguration().iceServers.find((s) => s.username)?.username;
+    return { fromWelcome, inUse };
+  }, p === ada ? bob.id : ada.id);
+  try {
+    await waitConnected(ada, 'Bob');
+    await waitMediaFlowing(bob, ada.id);
+    const first = await turnUser(ada);
+    assert.ok(first.fromWelcome && first.inUse === first.fromWelcome, JSON.stringify(first));
+    const fresh = await waitFor(async () => {
+      const now = await turnUser(ada);
+      return now.fromWelcome !== first.fromWelcome ? now : null;
+    }, { timeout: 70_000, interval: 1000, what: 'an ice-servers update' });
+    assert.equal(fresh.inUse, fresh.fromWelcome, 'the running connection got the new credentials (setConfiguration)');
+    assert.ok(Number(fresh.fromWelcome.split(':')[0]) > Number(first.fromWelcome.split(':')[0]), 'they expire later');
+    // An ICE restart now allocates on the TURN server with the new credentials and the call goes on, relayed.
+    const allocations = async () => {
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      const line = metrics.split('\n').find((l) => l.startsWith('peercall_turn_requests_total{method="allocate",result="success"}'));
+      assert.ok(line, 'peercall counts successful allocations');
+      return Number(line.split(/\s+/).pop());
+    };
+    // Wait until the first credentials have expired, so only the fresh ones can work.
+    const expiry = Number(first.fromWelcome.split(':')[0]) * 1000;
+    await sleep(Math.max(0, expiry - Date.now() + 1500));
+    const allocatedBefore = await allocations();
+    await ada.page.evaluate((id) => window.peercall.restartIce(id), bob.id);
+    await waitFor(async () => (await allocations()) > allocatedBefore, { timeout: 10_000, what: 'new TURN allocations after the ICE restart' });
+    await sleep(2000);
+    const peer = await waitConnected(ada, 'Bob');
+    const stats = await statsOf(ada, peer.id);
+    assert.equal(stats.pair?.local?.type, 'relay');
+    await waitMediaFlowing(bob, ada.id);
+    await waitMediaFlowing(ada, bob.id);
+    assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\n${await describe(bob)}`;
     throw e;
   }
 });
