@@ -212,3 +212,40 @@ test('a relayed call recovers when the server and its TURN relay restart', { tim
     throw e;
   }
 });
+
+test('a dropped signaling connection resumes the same session: same id, nobody sees a leave', { timeout: 90_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('resume');
+  const ada = await join(browser, server, room, 'Ada');
+  const bob = await join(browser, server, room, 'Bob');
+  try {
+    await waitConnected(bob, 'Ada');
+    await waitMediaFlowing(bob, ada.id);
+    // Mark Bob's connection object to Ada, to prove later it is the very same one.
+    await bob.page.evaluate((id) => { window.peercall.pc(id).marker = 'original'; }, ada.id);
+    const toasts = () => bob.page.evaluate(() => [...document.querySelectorAll('.toast')].map((x) => x.textContent));
+
+    for (let i = 1; i <= 3; i++) {
+      await ada.page.evaluate(() => window.peercall.dropSignaling());
+      await waitFor(async () => (await statusOf(ada)) === 'reconnecting', { timeout: 5000, what: 'Ada to notice the drop' });
+      await waitFor(async () => (await statusOf(ada)) === 'connected', { timeout: 15_000, what: `Ada to resume (drop ${i})` });
+      assert.equal(await ada.page.evaluate(() => window.peercall.id), ada.id, 'Ada keeps her id');
+    }
+    assert.ok(!(await toasts()).some((x) => /Ada (left|joined)/.test(x)), 'Bob saw no leave or join');
+    assert.equal(await bob.page.evaluate((id) => window.peercall.pc(id)?.marker, ada.id), 'original', 'Bob\'s connection to Ada was never replaced');
+    await waitMediaFlowing(bob, ada.id);
+    // Signaling works for Ada after resuming: a newcomer connects to her.
+    const cyd = await join(browser, server, room, 'Cyd');
+    await waitConnected(ada, 'Cyd', { timeout: 30_000 });
+    await waitMediaFlowing(ada, cyd.id);
+    assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\n${await describe(bob)}\n--- server ---\n${server.logs().slice(-2000)}`;
+    throw e;
+  }
+});

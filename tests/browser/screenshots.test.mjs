@@ -106,6 +106,10 @@ test('screenshots: two-party call on a desktop and on a phone, plus landing, pre
     // Two-party call, desktop.
     const ada = await join(browser, server, room, 'Ada', { viewport: DESKTOP });
     people.push(ada);
+    await waitFor(() => ada.page.isVisible('#empty-hint'), { what: 'the invite hint while alone' });
+    assert.equal(await ada.page.textContent('#invite-url'), `${server.url}/r/${room}`);
+    await sleep(500);
+    shots.push(await shoot(ada, 'call-alone-desktop.png'));
     const bob = await join(browser, server, room, 'Bob', { viewport: DESKTOP });
     people.push(bob);
     await waitConnected(ada, 'Bob');
@@ -140,6 +144,9 @@ test('screenshots: two-party call on a desktop and on a phone, plus landing, pre
     assert.match(panel, /VP8|VP9|H264|AV1/, 'the video codec is shown');
     assert.match(panel, /opus/i, 'the audio codec is shown');
     shots.push(await shoot(ada, 'call-desktop-stats.png'));
+    await ada.page.click('#tab-people');
+    assert.deepEqual(await ada.page.$$eval('#people-list .person-name', (els) => els.map((e) => e.textContent)), ['Ada (you)', 'Bob']);
+    shots.push(await shoot(ada, 'call-desktop-people.png'));
     await ada.page.click('#side-close');
 
     // Bob mutes: Ada's screenshot then shows the muted indicator.
@@ -170,6 +177,11 @@ test('screenshots: two-party call on a desktop and on a phone, plus landing, pre
     await cyd.page.click('#ctl-chat');
     await sleep(300);
     shots.push(await shoot(cyd, 'call-phone-chat.png'));
+    await cyd.page.click('#side-close');
+    await cyd.page.click('#ctl-settings');
+    await sleep(300);
+    shots.push(await shoot(cyd, 'call-phone-settings.png'));
+    await cyd.page.keyboard.press('Escape');
 
     t.diagnostic(`screenshots: ${shots.map((s) => path.relative(process.cwd(), s)).join(', ')}`);
     assert.deepEqual(people.flatMap((p) => p.errors), [], 'no page errors');

@@ -1018,6 +1018,8 @@ window.peercall = {
   chat: () => state.chat.map(({ from, name, text, mine, via }) => ({ from, name, text, mine, via })),
   local: () => ({ micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState() }),
   iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
+  /** Drops the signaling WebSocket as a network blip would (the client reconnects and resumes by itself). */
+  dropSignaling: () => state.signaling?.ws?.close(),
   /** Restarts ICE with one peer now (what a failed or stalled connection triggers by itself). */
   restartIce: (id) => state.peers.get(id)?.restartIce('requested'),
   toggleMic,
