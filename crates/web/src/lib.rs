@@ -41,12 +41,12 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 const PERMISSIONS: &str =
     "camera=(self), microphone=(self), display-capture=(self), geolocation=(), payment=(), usb=()";
 
-/// One embedded file, ready to serve.
-#[derive(Clone, Copy)]
+/// One embedded file, ready to serve (cheap to clone: the body is static, the tag a shared header value).
+#[derive(Clone)]
 struct Asset {
     body: &'static [u8],
     content_type: &'static str,
-    etag: &'static str,
+    etag: HeaderValue,
     html: bool,
 }
 
@@ -54,8 +54,9 @@ impl Asset {
     fn new(file: &'static File<'static>) -> Asset {
         let body = file.contents();
         let content_type = content_type(&file.path().to_string_lossy());
-        // Computed once per file when the router is built; leaked so handlers can copy the asset freely.
-        let etag: &'static str = Box::leak(format!("\"{:016x}\"", fnv1a(body)).into_boxed_str());
+        // Computed once per file when the router is built.
+        let etag = HeaderValue::from_str(&format!("\"{:016x}\"", fnv1a(body)))
+            .expect("a quoted hex string is a valid header value");
         Asset {
             body,
             content_type,
@@ -79,14 +80,14 @@ pub fn router() -> Router {
     let mut app = Router::new()
         .route(
             "/",
-            get(move |headers: HeaderMap| async move { respond(landing, &headers) }),
+            get(move |headers: HeaderMap| async move { respond(&landing, &headers) }),
         )
         .route(
             "/r/{room}",
             get(
                 move |Path(name): Path<String>, headers: HeaderMap| async move {
                     if valid_room(&name) {
-                        respond(room, &headers)
+                        respond(&room, &headers)
                     } else {
                         not_found()
                     }
@@ -101,7 +102,7 @@ pub fn router() -> Router {
         let asset = Asset::new(file);
         app = app.route(
             &format!("/{path}"),
-            get(move |headers: HeaderMap| async move { respond(asset, &headers) }),
+            get(move |headers: HeaderMap| async move { respond(&asset, &headers) }),
         );
     }
     app
@@ -125,11 +126,11 @@ fn valid_room(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn respond(asset: Asset, request: &HeaderMap) -> Response {
+fn respond(asset: &Asset, request: &HeaderMap) -> Response {
     let fresh = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| etag_matches(v, asset.etag));
+        .is_some_and(|v| etag_matches(v, asset.etag.as_bytes()));
     let mut response = if fresh {
         Response::builder()
             .status(StatusCode::NOT_MODIFIED)
@@ -142,7 +143,7 @@ fn respond(asset: Asset, request: &HeaderMap) -> Response {
     }
     .expect("static status and header values form a valid response");
     let headers = response.headers_mut();
-    headers.insert(header::ETAG, HeaderValue::from_static(asset.etag));
+    headers.insert(header::ETAG, asset.etag.clone());
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     security_headers(headers, asset.html);
     response
@@ -184,11 +185,11 @@ fn security_headers(headers: &mut HeaderMap, html: bool) {
 }
 
 /// `If-None-Match` holds `*` or a list of (possibly weak) entity tags.
-fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+fn etag_matches(if_none_match: &str, etag: &[u8]) -> bool {
     if_none_match
         .split(',')
         .map(str::trim)
-        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/").as_bytes() == etag)
 }
 
 /// Content types by extension. JavaScript modules must be `text/javascript` (browsers refuse module scripts
