@@ -1,7 +1,7 @@
 // The room page (/r/<room>): pre-join check, then the call.
 //
 // URL parameters: name=NAME (display name), join=1 (skip the pre-join screen when a name is known),
-// relay=1 (iceTransportPolicy "relay": media only through TURN).
+// relay=1 (iceTransportPolicy "relay": media only through TURN), token=T (join token, when the server requires one).
 
 import { $, h, icon, setIcon, store, cleanName, ROOM_RE, toast, copyText, formatBitrate, formatTime, hueOf } from './util.js';
 import { Signaling, signalingUrl } from './signaling.js';
@@ -293,7 +293,13 @@ function join() {
   fillDevicePickers();
   layout();
   renderPresence();
-  const signaling = new Signaling({ url: signalingUrl(), room: ROOM, name: state.name, password: state.password });
+  const signaling = new Signaling({
+    url: signalingUrl(),
+    room: ROOM,
+    name: state.name,
+    password: state.password,
+    token: params.get('token') ?? undefined, // HMAC join token, for deployments that embed peercall
+  });
   state.signaling = signaling;
   signaling.addEventListener('state', (e) => {
     const previous = $('#status').dataset.status;
@@ -985,6 +991,7 @@ function rejoin() {
     next.set('join', '1');
   }
   if (FORCE_RELAY) next.set('relay', '1');
+  if (params.get('token')) next.set('token', params.get('token'));
   location.assign(`/r/${encodeURIComponent(ROOM)}${next.size ? `?${next}` : ''}`);
 }
 
