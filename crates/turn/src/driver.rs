@@ -17,6 +17,12 @@ use crate::{ExternalIp, TlsFiles, TurnConfig, TurnError, TurnMetrics};
 
 /// Large enough for any UDP datagram plus a ChannelData header.
 const BUF: usize = 65_536 + 8;
+/// Largest peer datagram a relay accepts. Media over TURN stays under the path MTU (about 1200-1500 bytes);
+/// a small per-allocation buffer keeps 10,000 allocations cheap. Larger datagrams are dropped, not truncated.
+const RELAY_PAYLOAD_MAX: usize = 4096;
+/// ChannelData header in front of the payload, padding, and room for a Data indication's attributes.
+const RELAY_BUF: usize = RELAY_PAYLOAD_MAX + 4 + 3;
+const INDICATION_BUF: usize = RELAY_PAYLOAD_MAX + 64;
 /// Frames queued towards one TCP/TLS client before further relayed packets are dropped (UDP semantics).
 const STREAM_QUEUE: usize = 256;
 
@@ -507,14 +513,19 @@ async fn relay_task(
     socket: Arc<UdpSocket>,
     stop: CancellationToken,
 ) {
-    let mut buf = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF];
+    // One extra byte tells an oversized datagram (which recv_from would silently truncate) from a full one.
+    let mut buf = vec![0u8; RELAY_BUF + 1];
+    let mut out = vec![0u8; INDICATION_BUF];
     loop {
         let received = tokio::select! {
             _ = stop.cancelled() => return,
-            r = socket.recv_from(&mut buf[4..]) => r,
+            r = socket.recv_from(&mut buf[4..4 + RELAY_PAYLOAD_MAX + 1]) => r,
         };
         let Ok((len, peer)) = received else { continue };
+        if len > RELAY_PAYLOAD_MAX {
+            shared.metrics.malformed.inc();
+            continue;
+        }
         let (action, stream) = {
             let mut state = shared.lock();
             let action = state
