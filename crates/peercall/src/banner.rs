@@ -80,11 +80,13 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
         }
         let relays: Vec<String> = a.relay_ips.iter().map(IpAddr::to_string).collect();
         lines.push(format!(
-            "  relay        from {} ports {}-{}, realm \"{}\"",
+            "  relay        from {} ports {}-{}, realm \"{}\", {} UDP thread{}",
             relays.join(", "),
             config.min_port,
             config.max_port,
-            config.realm
+            config.realm,
+            a.threads,
+            if a.threads == 1 { "" } else { "s" }
         ));
         let auth = match (config.auth_secret.len(), config.user.len(), mode) {
             (0, 0, Mode::Serve) => "shared secret made at start, known only to this process's signaling".to_owned(),

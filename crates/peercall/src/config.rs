@@ -350,6 +350,9 @@ settings! {
         max_lifetime: Option<u64> [value_name = "SECONDS"];
         /// Unauthenticated requests per second accepted from one source address [default: 100]
         unauth_rate: Option<u32> [value_name = "N"];
+        /// Threads relaying UDP, each with its own SO_REUSEPORT sockets (coturn's --relay-threads); 0 = one per
+        /// CPU [default: 0]
+        relay_threads: Option<u32> [value_name = "N"];
     }
 
     /// Logging flags.
@@ -624,6 +627,7 @@ pub struct Resolved {
     pub total_quota: u32,
     pub max_lifetime: u64,
     pub unauth_rate: u32,
+    pub relay_threads: u32,
     pub log_level: String,
     pub log_format: LogFormat,
     /// Where each value came from.
@@ -767,6 +771,13 @@ impl Resolved {
         )?;
         let unauth_rate = o.unauth_rate.unwrap_or(100);
         at_least("unauth_rate", unauth_rate.into(), 1, "")?;
+        let relay_threads = o.relay_threads.unwrap_or(0);
+        if relay_threads > 64 {
+            return Err(invalid(
+                "relay_threads",
+                format!("{relay_threads} is more than 64"),
+            ));
+        }
         let log_level = o.log_level.unwrap_or_else(|| "info".to_owned());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             return Err(invalid(
@@ -834,6 +845,7 @@ impl Resolved {
             total_quota,
             max_lifetime,
             unauth_rate,
+            relay_threads,
             log_level,
             log_format: o.log_format.unwrap_or_default(),
             provenance,

@@ -45,6 +45,7 @@ pub struct TurnAddrs {
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
     pub relay_ips: Vec<IpAddr>,
+    pub threads: usize,
 }
 
 /// The running STUN/TURN server.
@@ -61,6 +62,7 @@ impl TurnPart {
             tcp: l.tcp,
             tls: l.tls,
             relay_ips: l.relay_ips,
+            threads: l.threads,
         }
     }
 
@@ -204,6 +206,7 @@ pub async fn start(mode: Mode, config: &Resolved) -> anyhow::Result<Parts> {
             total_quota: config.total_quota,
             max_lifetime: Duration::from_secs(config.max_lifetime),
             unauth_rate_per_sec: config.unauth_rate,
+            threads: config.relay_threads as usize,
             software: Some(format!("peercall {}", env!("CARGO_PKG_VERSION"))),
             ..peercall_turn::TurnConfig::default()
         };

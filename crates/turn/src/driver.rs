@@ -1,30 +1,58 @@
-//! The tokio driver: sockets in, core decisions out. No protocol logic lives here.
+//! The driver: sockets in, core decisions out. No protocol logic lives here.
+//!
+//! UDP runs on shard threads, one per core by default. Each shard owns a [`Core`], an SO_REUSEPORT socket on
+//! every UDP listening address and the relay sockets of its allocations, all in one epoll set. The kernel
+//! spreads clients over the shards by their address, so a client's requests and ChannelData always reach the
+//! shard that holds its allocation. A shard reads up to [`BATCH`] datagrams per `recvmmsg`, runs the core on
+//! them under one uncontended lock, and sends the results with `sendmmsg`; the relay path allocates nothing.
+//! What the shards must agree on (quotas, relay addresses, reservations) lives in one [`Ledger`].
+//!
+//! TCP and TLS clients run as tokio tasks; each connection is served by one shard's core (picked by the
+//! client's address), and relayed packets towards it go through a bounded queue.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use peercall_stun::{Family, stream_frame_len};
+use peercall_udp::{Epoll, RecvBatch, SendBuffers, SendQueue, epoll_events, udp_socket};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::policy::PeerPolicy;
-use crate::core::{Action, Core, CoreConfig, FiveTuple, Now, PeerAction, RelayPorts, Transport};
+use crate::core::{
+    Action, Core, CoreConfig, FiveTuple, Ledger, Now, PeerAction, RelayPorts, Transport,
+};
 use crate::{ExternalIp, TlsFiles, TurnConfig, TurnError, TurnMetrics};
 
-/// Large enough for any UDP datagram plus a ChannelData header.
-const BUF: usize = 65_536 + 8;
-/// Largest peer datagram a relay accepts. Media over TURN stays under the path MTU (about 1200-1500 bytes);
-/// a small per-allocation buffer keeps 10,000 allocations cheap. Larger datagrams are dropped, not truncated.
+/// Large enough for any datagram or stream frame plus a ChannelData header.
+const STREAM_BUF: usize = 65_536 + 8;
+/// Largest peer datagram a relay accepts. Media over TURN stays under the path MTU (about 1200-1500 bytes).
+/// Larger datagrams are dropped, not truncated.
 const RELAY_PAYLOAD_MAX: usize = 4096;
-/// ChannelData header in front of the payload, padding, and room for a Data indication's attributes.
-const RELAY_BUF: usize = RELAY_PAYLOAD_MAX + 4 + 3;
+/// Largest client datagram read on a UDP listener: a ChannelData or Send indication carrying the largest
+/// payload a relay would pass the other way, plus room for its attributes.
+const CLIENT_DATAGRAM_MAX: usize = RELAY_PAYLOAD_MAX + 256;
+/// Room for any reply the core writes (it needs at least 1500 bytes).
+const REPLY_BUF: usize = 2048;
 const INDICATION_BUF: usize = RELAY_PAYLOAD_MAX + 64;
+/// Datagrams per recvmmsg/sendmmsg.
+const BATCH: usize = 64;
+/// Socket buffers of each shard's listening sockets: bursts from many clients land here.
+const LISTENER_SOCKET_BUFFER: usize = 4 << 20;
 /// Frames queued towards one TCP/TLS client before further relayed packets are dropped (UDP semantics).
 const STREAM_QUEUE: usize = 256;
+/// How often a shard expires allocations, permissions and channels.
+const TICK: Duration = Duration::from_secs(1);
+/// Longest a shard sleeps in epoll, so it notices shutdown.
+const POLL_TIMEOUT: Duration = Duration::from_millis(200);
+/// Epoll tokens at and above this are relay sockets; below, the index of a listening socket.
+const RELAY_TOKEN_BASE: u64 = 1 << 32;
 
 /// Where the server listens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,38 +61,72 @@ pub struct Listening {
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
     pub relay_ips: Vec<IpAddr>,
+    /// Shard threads serving UDP.
+    pub threads: usize,
 }
 
-/// Mutable state shared by the driver's tasks. The lock is held only while the core decides, never across
-/// an await or a socket call.
+/// One shard: a core, its sockets and its epoll set.
+struct Shard {
+    state: Mutex<State>,
+    epoll: Epoll,
+    /// This shard's SO_REUSEPORT socket on each UDP listening address (epoll token = index).
+    listeners: Vec<(SocketAddr, StdUdpSocket)>,
+}
+
+/// A shard's mutable state. The lock is taken once per batch by the shard thread, and by TCP/TLS tasks for
+/// their own packets; it is never held across an await.
 struct State {
     core: Core,
-    relays: HashMap<SocketAddr, RelaySocket>,
+    relays: HashMap<SocketAddr, Relay>,
+    by_token: HashMap<u64, SocketAddr>,
+    next_token: u64,
     streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
 }
 
-struct RelaySocket {
-    socket: Arc<UdpSocket>,
-    stop: CancellationToken,
+struct Relay {
+    socket: StdUdpSocket,
+    token: u64,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    metrics: Arc<TurnMetrics>,
-    udp_listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
-    relay_ips: Vec<IpAddr>,
-    external: Vec<ExternalIp>,
-    ports: (u16, u16),
-    tls: Option<(TlsFiles, RwLock<Arc<rustls::ServerConfig>>)>,
-    shutdown: CancellationToken,
-}
-
-impl Shared {
+impl Shard {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in the core; keep serving with the state as it is.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This shard's socket on UDP listening address `server`.
+    fn listener(&self, server: SocketAddr) -> Option<&StdUdpSocket> {
+        self.listeners
+            .iter()
+            .find(|(a, _)| *a == server)
+            .map(|(_, s)| s)
+    }
+}
+
+struct Shared {
+    shards: Vec<Shard>,
+    metrics: Arc<TurnMetrics>,
+    relay_ips: Vec<IpAddr>,
+    external: Vec<ExternalIp>,
+    ports: (u16, u16),
+    tls: Option<(TlsFiles, RwLock<Arc<rustls::ServerConfig>>)>,
+    shutdown: CancellationToken,
+    stopping: AtomicBool,
+    /// Relay sockets bound for EVEN-PORT reservations, waiting (unread) for the Allocate that claims them,
+    /// which any shard may handle.
+    reserved: Mutex<HashMap<SocketAddr, StdUdpSocket>>,
+}
+
+impl Shared {
+    fn reserved(&self) -> MutexGuard<'_, HashMap<SocketAddr, StdUdpSocket>> {
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shard that serves a TCP/TLS connection.
+    fn shard_for(&self, five: &FiveTuple) -> usize {
+        usize::from(five.client.port()) % self.shards.len()
     }
 }
 
@@ -93,28 +155,46 @@ fn now() -> Now {
     }
 }
 
+fn shard_count(configured: usize) -> usize {
+    let n = if configured == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        configured
+    };
+    n.clamp(1, 64)
+}
+
 impl TurnServer {
     /// Binds every listening socket (so "port in use" is reported at start, naming the address).
     pub async fn bind(config: TurnConfig) -> Result<TurnServer, TurnError> {
         if config.min_port == 0 || config.min_port > config.max_port {
             return Err(TurnError::BadPortRange(config.min_port, config.max_port));
         }
-        let mut udp_listeners = HashMap::new();
-        let mut tcp = Vec::new();
-        let mut listening = Listening::default();
-        for addr in &config.listen {
-            let socket = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| TurnError::Bind {
-                    transport: "UDP",
-                    addr: *addr,
-                    source,
-                })?;
-            let local = socket.local_addr().map_err(|source| TurnError::Bind {
+        let threads = shard_count(config.threads);
+        let udp_err = |addr: SocketAddr| {
+            move |source| TurnError::Bind {
                 transport: "UDP",
-                addr: *addr,
+                addr,
                 source,
-            })?;
+            }
+        };
+        // listeners[shard][i]: shard's socket on the i-th listening address.
+        let mut listeners: Vec<Vec<(SocketAddr, StdUdpSocket)>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        let mut tcp = Vec::new();
+        let mut listening = Listening {
+            threads,
+            ..Listening::default()
+        };
+        for addr in &config.listen {
+            let first = udp_socket(*addr, LISTENER_SOCKET_BUFFER, true).map_err(udp_err(*addr))?;
+            let local = first.local_addr().map_err(udp_err(*addr))?;
+            listeners[0].push((local, first));
+            for shard in listeners.iter_mut().skip(1) {
+                let socket =
+                    udp_socket(local, LISTENER_SOCKET_BUFFER, true).map_err(udp_err(local))?;
+                shard.push((local, socket));
+            }
             // TCP on the same port as UDP, as TURN clients expect.
             let tcp_addr = SocketAddr::new(addr.ip(), local.port());
             let listener = TcpListener::bind(tcp_addr)
@@ -126,7 +206,6 @@ impl TurnServer {
                 })?;
             listening.udp.push(local);
             listening.tcp.push(tcp_addr);
-            udp_listeners.insert(local, Arc::new(socket));
             tcp.push(listener);
         }
         let tls_config = match &config.tls {
@@ -136,19 +215,13 @@ impl TurnServer {
         let mut tls = Vec::new();
         if tls_config.is_some() {
             for addr in &config.tls_listen {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| TurnError::Bind {
-                        transport: "TLS",
-                        addr: *addr,
-                        source,
-                    })?;
-                let local = listener.local_addr().map_err(|source| TurnError::Bind {
+                let tls_err = |source| TurnError::Bind {
                     transport: "TLS",
                     addr: *addr,
                     source,
-                })?;
-                listening.tls.push(local);
+                };
+                let listener = TcpListener::bind(addr).await.map_err(tls_err)?;
+                listening.tls.push(listener.local_addr().map_err(tls_err)?);
                 tls.push(listener);
             }
         }
@@ -160,7 +233,7 @@ impl TurnServer {
         listening.relay_ips = relay_ips.clone();
 
         let metrics = Arc::new(TurnMetrics::default());
-        let core_config = CoreConfig {
+        let core_config = Arc::new(CoreConfig {
             realm: config.realm.clone(),
             users: config.users.clone(),
             auth_secrets: config.auth_secrets.clone(),
@@ -176,21 +249,38 @@ impl TurnServer {
             unauth_rate_per_sec: config.unauth_rate_per_sec,
             software: config.software.clone(),
             nonce_key: rand::random(),
-        };
-        let core = Core::new(Arc::new(core_config), metrics.clone());
+        });
+        let ledger = Arc::new(Ledger::default());
+        let mut shards = Vec::with_capacity(threads);
+        for shard_listeners in listeners {
+            let epoll = Epoll::new().map_err(udp_err(listening.udp[0]))?;
+            for (i, (local, socket)) in shard_listeners.iter().enumerate() {
+                epoll
+                    .add(socket.as_raw_fd(), i as u64)
+                    .map_err(udp_err(*local))?;
+            }
+            shards.push(Shard {
+                state: Mutex::new(State {
+                    core: Core::with_ledger(core_config.clone(), metrics.clone(), ledger.clone()),
+                    relays: HashMap::new(),
+                    by_token: HashMap::new(),
+                    next_token: 0,
+                    streams: HashMap::new(),
+                }),
+                epoll,
+                listeners: shard_listeners,
+            });
+        }
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                core,
-                relays: HashMap::new(),
-                streams: HashMap::new(),
-            }),
+            shards,
             metrics,
-            udp_listeners,
             relay_ips,
             external: config.external_ip.clone(),
             ports: (config.min_port, config.max_port),
             tls: tls_config,
             shutdown: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
+            reserved: Mutex::new(HashMap::new()),
         });
         Ok(TurnServer {
             shared,
@@ -217,10 +307,30 @@ impl TurnServer {
 
     /// Serves until `shutdown` is cancelled; then closes every socket (allocations end with the process).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), TurnError> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for socket in self.shared.udp_listeners.values() {
-            tasks.spawn(udp_listener(self.shared.clone(), socket.clone()));
+        let mut threads = Vec::new();
+        for index in 0..self.shared.shards.len() {
+            let shared = self.shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("turn-shard-{index}"))
+                .spawn(move || shard_loop(&shared, index));
+            match thread {
+                Ok(t) => threads.push(t),
+                Err(source) => {
+                    self.shared.stopping.store(true, Ordering::Release);
+                    return Err(TurnError::Bind {
+                        transport: "UDP",
+                        addr: self
+                            .listening
+                            .udp
+                            .first()
+                            .copied()
+                            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                        source,
+                    });
+                }
+            }
         }
+        let mut tasks = tokio::task::JoinSet::new();
         for listener in self.tcp {
             tasks.spawn(stream_listener(
                 self.shared.clone(),
@@ -235,15 +345,24 @@ impl TurnServer {
                 Transport::Tls,
             ));
         }
-        tasks.spawn(timers(self.shared.clone()));
         shutdown.cancelled().await;
         self.shared.shutdown.cancel();
-        let relays: Vec<RelaySocket> = self.shared.lock().relays.drain().map(|(_, r)| r).collect();
-        for r in relays {
-            r.stop.cancel();
-        }
+        self.shared.stopping.store(true, Ordering::Release);
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        for shard in &self.shared.shards {
+            let mut state = shard.lock();
+            state.relays.clear();
+            state.by_token.clear();
+            state.streams.clear();
+        }
+        self.shared.reserved().clear();
         Ok(())
     }
 }
@@ -353,11 +472,25 @@ pub fn interface_addresses() -> Vec<IpAddr> {
     out
 }
 
-/// Binds relay sockets for the core. New sockets are collected and started once the lock is released.
+/// Binds relay sockets for a core. New sockets are collected and registered with the shard once the core
+/// has decided; reserved ones wait in [`Shared::reserved`].
 struct DriverPorts<'a> {
     shared: &'a Shared,
-    started: Vec<(SocketAddr, Arc<UdpSocket>, CancellationToken)>,
-    in_use: &'a HashMap<SocketAddr, RelaySocket>,
+    started: Vec<(SocketAddr, StdUdpSocket)>,
+}
+
+impl<'a> DriverPorts<'a> {
+    fn new(shared: &'a Shared) -> DriverPorts<'a> {
+        DriverPorts {
+            shared,
+            started: Vec::new(),
+        }
+    }
+}
+
+fn bind_relay(addr: SocketAddr) -> Option<StdUdpSocket> {
+    // Default socket buffers: the kernel charges them only as datagrams queue, so idle allocations stay cheap.
+    udp_socket(addr, 0, false).ok()
 }
 
 impl RelayPorts for DriverPorts<'_> {
@@ -370,7 +503,8 @@ impl RelayPorts for DriverPorts<'_> {
         let (min, max) = self.shared.ports;
         let span = u32::from(max - min) + 1;
         let start: u32 = rand::random::<u32>() % span;
-        // Bounded: at most 64 tries, then report no capacity rather than scanning the whole range.
+        // Bounded: at most 64 tries, then report no capacity rather than scanning the whole range. The
+        // kernel's bind is the arbiter of which ports are free, across shards and processes.
         for i in 0..span.min(64) {
             let mut port = min + ((start + i * 7919) % span) as u16;
             if even && port % 2 == 1 {
@@ -380,7 +514,8 @@ impl RelayPorts for DriverPorts<'_> {
                 port += 1;
             }
             let addr = SocketAddr::new(ip, port);
-            if self.bind_at(addr) {
+            if let Some(socket) = bind_relay(addr) {
+                self.started.push((addr, socket));
                 return Some(addr);
             }
         }
@@ -388,21 +523,23 @@ impl RelayPorts for DriverPorts<'_> {
     }
 
     fn bind_at(&mut self, addr: SocketAddr) -> bool {
-        if self.in_use.contains_key(&addr) || self.started.iter().any(|(a, _, _)| *a == addr) {
-            return false;
+        match bind_relay(addr) {
+            Some(socket) => {
+                self.shared.reserved().insert(addr, socket);
+                true
+            }
+            None => false,
         }
-        let Ok(std_socket) = StdUdpSocket::bind(addr) else {
-            return false;
-        };
-        if std_socket.set_nonblocking(true).is_err() {
-            return false;
+    }
+
+    fn claim(&mut self, addr: SocketAddr) -> bool {
+        match self.shared.reserved().remove(&addr) {
+            Some(socket) => {
+                self.started.push((addr, socket));
+                true
+            }
+            None => false,
         }
-        let Ok(socket) = UdpSocket::from_std(std_socket) else {
-            return false;
-        };
-        self.started
-            .push((addr, Arc::new(socket), CancellationToken::new()));
-        true
     }
 
     fn advertised(&self, relay: SocketAddr) -> SocketAddr {
@@ -418,165 +555,199 @@ impl RelayPorts for DriverPorts<'_> {
     }
 }
 
-/// Runs the core on one client packet and returns what to send where, with the lock released.
-enum Out {
-    Nothing,
-    Reply(usize),
-    ToPeer {
-        socket: Arc<UdpSocket>,
-        peer: SocketAddr,
-        start: usize,
-        len: usize,
-    },
-}
-
-fn client_packet(shared: &Arc<Shared>, from: FiveTuple, packet: &[u8], out: &mut [u8]) -> Out {
-    let mut guard = shared.lock();
-    let state = &mut *guard;
-    let mut ports = DriverPorts {
-        shared,
-        started: Vec::new(),
-        in_use: &state.relays,
-    };
-    let action = state
-        .core
-        .handle_client(now(), from, packet, out, &mut ports);
-    let started = std::mem::take(&mut ports.started);
-    let result = match action {
-        Action::Nothing => Out::Nothing,
-        Action::Reply(0) => Out::Nothing,
-        Action::Reply(n) => Out::Reply(n),
-        Action::ToPeer { relay, peer, data } => {
-            let start = data.as_ptr() as usize - packet.as_ptr() as usize;
-            match state.relays.get(&relay) {
-                Some(r) => Out::ToPeer {
-                    socket: r.socket.clone(),
-                    peer,
-                    start,
-                    len: data.len(),
-                },
-                None => Out::Nothing,
-            }
-        }
-    };
-    for (addr, socket, stop) in started {
-        state.relays.insert(
-            addr,
-            RelaySocket {
-                socket: socket.clone(),
-                stop: stop.clone(),
-            },
-        );
-        tokio::spawn(relay_task(shared.clone(), addr, socket, stop));
-    }
-    result
-}
-
-async fn udp_listener(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
-    let server = match socket.local_addr() {
-        Ok(a) => a,
-        Err(_) => return,
-    };
-    let mut buf = vec![0u8; BUF];
-    let mut out = vec![0u8; 2048];
-    loop {
-        let (n, client) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            // ICMP errors from earlier sends surface here on Linux; they are not fatal.
-            Err(_) => continue,
-        };
-        let from = FiveTuple {
-            client,
-            server,
-            transport: Transport::Udp,
-        };
-        match client_packet(&shared, from, &buf[..n], &mut out) {
-            Out::Nothing => {}
-            Out::Reply(len) => {
-                let _ = socket.send_to(&out[..len], client).await;
-            }
-            Out::ToPeer {
-                socket: relay,
-                peer,
-                start,
-                len,
-            } => {
-                let _ = relay.send_to(&buf[start..start + len], peer).await;
-            }
-        }
-    }
-}
-
-async fn relay_task(
-    shared: Arc<Shared>,
-    relay: SocketAddr,
-    socket: Arc<UdpSocket>,
-    stop: CancellationToken,
+/// After the core ran: registers the relay sockets it started and closes those whose allocation ended.
+fn settle(
+    shared: &Shared,
+    shard: &Shard,
+    state: &mut State,
+    started: Vec<(SocketAddr, StdUdpSocket)>,
 ) {
-    // One extra byte tells an oversized datagram (which recv_from would silently truncate) from a full one.
-    let mut buf = vec![0u8; RELAY_BUF + 1];
-    let mut out = vec![0u8; INDICATION_BUF];
-    loop {
-        let received = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = socket.recv_from(&mut buf[4..4 + RELAY_PAYLOAD_MAX + 1]) => r,
+    for (addr, socket) in started {
+        let token = RELAY_TOKEN_BASE + state.next_token;
+        state.next_token += 1;
+        if shard.epoll.add(socket.as_raw_fd(), token).is_err() {
+            // Out of kernel resources for epoll: the allocation stays, but its peers cannot reach it.
+            tracing::warn!(relay = %addr, "cannot watch relay socket");
+        }
+        state.by_token.insert(token, addr);
+        state.relays.insert(addr, Relay { socket, token });
+    }
+    for addr in state.core.take_released() {
+        match state.relays.remove(&addr) {
+            Some(relay) => {
+                state.by_token.remove(&relay.token);
+                shard.epoll.remove(relay.socket.as_raw_fd());
+            }
+            None => {
+                shared.reserved().remove(&addr);
+            }
+        }
+    }
+}
+
+/// A shard thread's reusable buffers: allocated once, reused for every batch.
+struct Buffers {
+    from_clients: RecvBatch,
+    from_peers: RecvBatch,
+    replies: Vec<u8>,
+    indications: Vec<u8>,
+    send: SendBuffers,
+}
+
+impl Buffers {
+    fn new() -> Buffers {
+        Buffers {
+            from_clients: RecvBatch::new(BATCH, CLIENT_DATAGRAM_MAX, 0),
+            // 4 bytes of headroom for the ChannelData header, 3 bytes of room for its TCP padding.
+            from_peers: RecvBatch::new(BATCH, RELAY_PAYLOAD_MAX + 3, 4),
+            replies: vec![0; BATCH * REPLY_BUF],
+            indications: vec![0; BATCH * INDICATION_BUF],
+            send: SendBuffers::new(BATCH),
+        }
+    }
+}
+
+fn shard_loop(shared: &Shared, index: usize) {
+    let shard = &shared.shards[index];
+    let mut buffers = Buffers::new();
+    let mut events = epoll_events(256);
+    let mut next_tick = Instant::now() + TICK;
+    while !shared.stopping.load(Ordering::Acquire) {
+        let timeout = next_tick
+            .saturating_duration_since(Instant::now())
+            .min(POLL_TIMEOUT);
+        for token in shard.epoll.wait(&mut events, timeout) {
+            if token < RELAY_TOKEN_BASE {
+                from_clients(shared, shard, token as usize, &mut buffers);
+            } else {
+                from_peers(shared, shard, token, &mut buffers);
+            }
+        }
+        let t = Instant::now();
+        if t >= next_tick {
+            next_tick = t + TICK;
+            let mut guard = shard.lock();
+            let state = &mut *guard;
+            state.core.handle_timeout(t);
+            settle(shared, shard, state, Vec::new());
+        }
+    }
+}
+
+/// A batch of datagrams from clients on listening socket `i`.
+fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buffers) {
+    let Some((server, socket)) = shard.listeners.get(i) else {
+        return;
+    };
+    let fd = socket.as_raw_fd();
+    // Errors here are ICMP reports for earlier sends; they are not fatal.
+    let n = b.from_clients.recv(fd).unwrap_or(0);
+    if n == 0 {
+        return;
+    }
+    let now = now();
+    let mut guard = shard.lock();
+    let state = &mut *guard;
+    let mut ports = DriverPorts::new(shared);
+    let mut queue = b.send.queue();
+    for (k, reply) in b.replies.chunks_mut(REPLY_BUF).take(n).enumerate() {
+        let Some(client) = b.from_clients.source(k) else {
+            continue;
         };
-        let Ok((len, peer)) = received else { continue };
-        if len > RELAY_PAYLOAD_MAX {
+        if b.from_clients.truncated(k) {
             shared.metrics.malformed.inc();
             continue;
         }
-        let (action, stream) = {
-            let mut state = shared.lock();
-            let action = state
-                .core
-                .handle_peer(now(), relay, peer, &mut buf, len, &mut out);
-            let to = match &action {
-                PeerAction::ChannelData { to, .. } | PeerAction::DataIndication { to, .. } => {
-                    Some(*to)
-                }
-                PeerAction::Drop => None,
-            };
-            let stream = to
-                .filter(|t| t.transport != Transport::Udp)
-                .and_then(|t| state.streams.get(&t).cloned());
-            (action, stream)
+        let from = FiveTuple {
+            client,
+            server: *server,
+            transport: Transport::Udp,
         };
-        let (to, bytes) = match action {
-            PeerAction::Drop => continue,
-            PeerAction::ChannelData { to, n } => (to, &buf[..n]),
-            PeerAction::DataIndication { to, n } => (to, &out[..n]),
-        };
-        match to.transport {
-            Transport::Udp => {
-                if let Some(listener) = shared.udp_listeners.get(&to.server) {
-                    let _ = listener.send_to(bytes, to.client).await;
-                }
+        let packet = b.from_clients.packet(k);
+        match state
+            .core
+            .handle_client(now, from, packet, reply, &mut ports)
+        {
+            Action::Nothing | Action::Reply(0) => {}
+            Action::Reply(len) => {
+                let reply: &[u8] = reply;
+                queue.push(fd, &reply[..len], client);
             }
-            Transport::Tcp | Transport::Tls => {
-                if let Some(tx) = stream {
-                    // A full queue drops the packet, as UDP would: a slow client cannot grow our memory.
-                    let _ = tx.try_send(bytes.to_vec());
+            Action::ToPeer { relay, peer, data } => {
+                if let Some(r) = state.relays.get(&relay) {
+                    queue.push(r.socket.as_raw_fd(), data, peer);
                 }
             }
         }
     }
+    // Sent before the lock is released: the relay sockets named in the queue stay open until then.
+    queue.flush();
+    drop(queue);
+    settle(shared, shard, state, ports.started);
 }
 
-async fn timers(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let released: Vec<RelaySocket> = {
-            let mut state = shared.lock();
-            state.core.handle_timeout(Instant::now());
-            let gone = state.core.take_released();
-            gone.iter()
-                .filter_map(|addr| state.relays.remove(addr))
-                .collect()
+/// A batch of datagrams from peers on the relay socket of epoll `token`.
+fn from_peers(shared: &Shared, shard: &Shard, token: u64, b: &mut Buffers) {
+    let mut guard = shard.lock();
+    let state = &mut *guard;
+    let Some(&relay) = state.by_token.get(&token) else {
+        return;
+    };
+    let Some(socket) = state.relays.get(&relay).map(|r| &r.socket) else {
+        return;
+    };
+    let n = b.from_peers.recv(socket.as_raw_fd()).unwrap_or(0);
+    if n == 0 {
+        return;
+    }
+    let now = now();
+    let mut queue = b.send.queue();
+    let indications = b.indications.chunks_mut(INDICATION_BUF);
+    for (item, indication) in b.from_peers.received_mut().zip(indications) {
+        let Some(peer) = item.source else { continue };
+        if item.truncated || item.len > RELAY_PAYLOAD_MAX {
+            shared.metrics.malformed.inc();
+            continue;
+        }
+        let slot = item.slot;
+        let action = state
+            .core
+            .handle_peer(now, relay, peer, slot, item.len, indication);
+        let (to, bytes): (FiveTuple, &[u8]) = match action {
+            PeerAction::Drop => continue,
+            PeerAction::ChannelData { to, n } => {
+                let slot: &[u8] = slot;
+                (to, &slot[..n])
+            }
+            PeerAction::DataIndication { to, n } => {
+                let indication: &[u8] = indication;
+                (to, &indication[..n])
+            }
         };
-        for r in released {
-            r.stop.cancel();
+        deliver(shard, &state.streams, &mut queue, to, bytes);
+    }
+    queue.flush();
+}
+
+/// Queues a relayed packet towards a client: on this shard's listening socket for UDP, on the client's
+/// bounded stream queue for TCP/TLS (a full queue drops it, as UDP would: a slow client cannot grow memory).
+fn deliver<'d>(
+    shard: &Shard,
+    streams: &HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    queue: &mut SendQueue<'_, 'd>,
+    to: FiveTuple,
+    bytes: &'d [u8],
+) {
+    match to.transport {
+        Transport::Udp => {
+            if let Some(listener) = shard.listener(to.server) {
+                queue.push(listener.as_raw_fd(), bytes, to.client);
+            }
+        }
+        Transport::Tcp | Transport::Tls => {
+            if let Some(tx) = streams.get(&to) {
+                let _ = tx.try_send(bytes.to_vec());
+            }
         }
     }
 }
@@ -615,15 +786,45 @@ async fn stream_listener(shared: Arc<Shared>, listener: TcpListener, transport: 
     }
 }
 
+/// Runs a shard's core on one frame from a TCP/TLS client; returns the length of a reply written to `out`.
+/// Packets for a peer leave at once from the relay socket, without blocking (a full buffer drops them).
+fn stream_packet(
+    shared: &Shared,
+    shard: &Shard,
+    from: FiveTuple,
+    frame: &[u8],
+    out: &mut [u8],
+) -> usize {
+    let mut guard = shard.lock();
+    let state = &mut *guard;
+    let mut ports = DriverPorts::new(shared);
+    let reply = match state
+        .core
+        .handle_client(now(), from, frame, out, &mut ports)
+    {
+        Action::Nothing => 0,
+        Action::Reply(n) => n,
+        Action::ToPeer { relay, peer, data } => {
+            if let Some(r) = state.relays.get(&relay) {
+                let _ = r.socket.send_to(data, peer);
+            }
+            0
+        }
+    };
+    settle(shared, shard, state, ports.started);
+    reply
+}
+
 /// One TCP/TLS client: frames in (RFC 8656 §12.5 framing), replies and relayed packets out.
 async fn stream_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     shared: Arc<Shared>,
     five: FiveTuple,
     stream: S,
 ) {
+    let shard = &shared.shards[shared.shard_for(&five)];
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-    shared.lock().streams.insert(five, tx.clone());
+    shard.lock().streams.insert(five, tx.clone());
     let writer_task = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
             if writer.write_all(&frame).await.is_err() {
@@ -631,9 +832,9 @@ async fn stream_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
             }
         }
     });
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; STREAM_BUF];
     let mut filled = 0;
-    let mut out = vec![0u8; 2048];
+    let mut out = vec![0u8; REPLY_BUF];
     'read: loop {
         let n = match reader.read(&mut buf[filled..]).await {
             Ok(0) | Err(_) => break,
@@ -649,37 +850,20 @@ async fn stream_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
             if filled < frame_len {
                 break;
             }
-            match client_packet(&shared, five, &buf[..frame_len], &mut out) {
-                Out::Nothing => {}
-                Out::Reply(len) => {
-                    if tx.send(out[..len].to_vec()).await.is_err() {
-                        break 'read;
-                    }
-                }
-                Out::ToPeer {
-                    socket,
-                    peer,
-                    start,
-                    len,
-                } => {
-                    let _ = socket.send_to(&buf[start..start + len], peer).await;
-                }
+            let reply = stream_packet(&shared, shard, five, &buf[..frame_len], &mut out);
+            if reply > 0 && tx.send(out[..reply].to_vec()).await.is_err() {
+                break 'read;
             }
             buf.copy_within(frame_len..filled, 0);
             filled -= frame_len;
         }
     }
-    let released = {
-        let mut state = shared.lock();
+    {
+        let mut guard = shard.lock();
+        let state = &mut *guard;
         state.streams.remove(&five);
         state.core.connection_closed(five);
-        let gone = state.core.take_released();
-        gone.iter()
-            .filter_map(|addr| state.relays.remove(addr))
-            .collect::<Vec<_>>()
-    };
-    for r in released {
-        r.stop.cancel();
+        settle(&shared, shard, state, Vec::new());
     }
     drop(tx);
     let _ = writer_task.await;

@@ -1,7 +1,7 @@
 //! STUN/TURN server (RFC 8489, RFC 8656): a sans-IO core ([`core`]) and the tokio driver around it.
 //!
-//! The driver only moves bytes: UDP and TCP/TLS listeners feed client packets to the core, one task per
-//! relay socket feeds peer datagrams, and the core's answers go out on the socket it names.
+//! The driver only moves bytes: shard threads (one per CPU) read UDP client and peer datagrams in batches and
+//! send the core's answers in batches; tokio tasks serve TCP and TLS clients.
 
 pub mod core;
 mod driver;
@@ -74,6 +74,8 @@ pub struct TurnConfig {
     pub default_lifetime: Duration,
     pub unauth_rate_per_sec: u32,
     pub software: Option<String>,
+    /// Threads serving UDP, each with its own core and SO_REUSEPORT sockets; 0 = one per CPU.
+    pub threads: usize,
 }
 
 impl Default for TurnConfig {
@@ -98,6 +100,7 @@ impl Default for TurnConfig {
             default_lifetime: Duration::from_secs(600),
             unauth_rate_per_sec: 100,
             software: None,
+            threads: 0,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`RelayPorts`], so tests run the whole state machine without a socket.
 
 pub mod auth;
+mod ledger;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use peercall_stun::{
 
 use crate::metrics::TurnMetrics;
 use auth::{AuthFailure, Credentials};
+pub use ledger::Ledger;
 use policy::PeerPolicy;
 
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -55,6 +57,12 @@ pub trait RelayPorts {
     fn bind(&mut self, family: Family, even: bool) -> Option<SocketAddr>;
     /// Binds exactly `addr` (the odd port an EVEN-PORT R=1 request reserves); false when it is taken.
     fn bind_at(&mut self, addr: SocketAddr) -> bool;
+    /// Starts serving `addr`, held since an earlier [`RelayPorts::bind_at`] (perhaps by another core), for
+    /// the Allocate that claimed its reservation; false when it is gone.
+    fn claim(&mut self, addr: SocketAddr) -> bool {
+        let _ = addr;
+        true
+    }
     /// The address to advertise for a relay address (1:1 NAT mapping, `--external-ip`).
     fn advertised(&self, relay: SocketAddr) -> SocketAddr {
         relay
@@ -193,33 +201,16 @@ pub struct Core {
     credentials: Credentials,
     allocations: HashMap<FiveTuple, Allocation>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
-    per_user: HashMap<Box<str>, u32>,
+    ledger: Arc<Ledger>,
     rate: RateTable,
     released: Vec<SocketAddr>,
     metrics: Arc<TurnMetrics>,
     scratch_keys: Vec<[u8; 16]>,
     indications: u64,
-    reservations: Vec<Reservation>,
-    reservation_counter: u64,
-}
-
-/// A relay port held for a later Allocate (EVEN-PORT R=1).
-struct Reservation {
-    token: [u8; 8],
-    addr: SocketAddr,
-    expires: Instant,
 }
 
 /// How long a reserved port waits for its Allocate.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
-
-fn reservation_token(key: &[u8; 32], counter: u64) -> [u8; 8] {
-    let mut t = counter.to_be_bytes();
-    for (b, k) in t.iter_mut().zip(key.iter().rev()) {
-        *b ^= k;
-    }
-    t
-}
 
 /// An error to answer: code, reason, the key to sign it with (when the request authenticated) and whether to
 /// add REALM and NONCE. Code 0 means "drop silently".
@@ -229,7 +220,18 @@ type ErrorReply = (u16, &'static str, Option<[u8; 16]>, bool);
 struct Refusal(u16, &'static str);
 
 impl Core {
+    /// A core that shares nothing with others.
     pub fn new(config: Arc<CoreConfig>, metrics: Arc<TurnMetrics>) -> Core {
+        Core::with_ledger(config, metrics, Arc::new(Ledger::default()))
+    }
+
+    /// One of several cores of a server (one per thread), sharing quotas, relay addresses and reservations
+    /// through `ledger`.
+    pub fn with_ledger(
+        config: Arc<CoreConfig>,
+        metrics: Arc<TurnMetrics>,
+        ledger: Arc<Ledger>,
+    ) -> Core {
         let credentials = Credentials::new(
             &config.realm,
             &config.users,
@@ -242,13 +244,11 @@ impl Core {
             credentials,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
-            per_user: HashMap::new(),
+            ledger,
             released: Vec::new(),
             metrics,
             scratch_keys: Vec::with_capacity(4),
             indications: 0,
-            reservations: Vec::new(),
-            reservation_counter: 0,
         }
     }
 
@@ -264,6 +264,11 @@ impl Core {
     /// Whether `relay` belongs to a live allocation of this core.
     pub fn is_relay(&self, relay: SocketAddr) -> bool {
         self.by_relay.contains_key(&relay)
+    }
+
+    /// The allocation of `from`, if any: its relayed address.
+    pub fn relay_of(&self, from: &FiveTuple) -> Option<SocketAddr> {
+        self.allocations.get(from).map(|a| a.relay)
     }
 
     /// A packet from a client. `out` receives any reply (at least 1500 bytes).
@@ -318,7 +323,7 @@ impl Core {
             || !self
                 .config
                 .policy
-                .check(peer.ip(), self.by_relay.contains_key(&peer))
+                .check(peer.ip(), || self.ledger.is_relay(peer))
         {
             return Action::Nothing;
         }
@@ -518,50 +523,29 @@ impl Core {
             Some(Ok(Attribute::Username(u))) => u,
             _ => return Err(Refusal(400, "Bad Request")),
         };
-        let user_count = self.per_user.get(username).copied().unwrap_or(0);
-        if user_count >= self.config.user_quota {
-            return Err(Refusal(486, "Allocation Quota Reached"));
-        }
-        if self.allocations.len() >= self.config.total_quota as usize {
-            return Err(Refusal(508, "Insufficient Capacity"));
-        }
-        let relay = match token {
-            Some(t) => {
-                let at = self
-                    .reservations
-                    .iter()
-                    .position(|r| r.token == t && r.expires > now.instant);
-                let Some(at) = at else {
-                    return Err(Refusal(508, "Insufficient Capacity"));
-                };
-                self.reservations.swap_remove(at).addr
+        self.ledger
+            .admit(username, self.config.user_quota, self.config.total_quota)?;
+        let relay = match self.relay_for(now, token, family, even_port.is_some(), ports) {
+            Ok(relay) => relay,
+            Err(refusal) => {
+                self.ledger.release(username);
+                return Err(refusal);
             }
-            None => match ports.bind(family, even_port.is_some()) {
-                Some(relay) => relay,
-                None if family == Family::V6 => {
-                    return Err(Refusal(440, "Address Family not Supported"));
-                }
-                None => return Err(Refusal(508, "Insufficient Capacity")),
-            },
         };
         // EVEN-PORT with R=1: hold the next port for a later Allocate with RESERVATION-TOKEN (RFC 8656 §7.2).
         let mut reserved_token = None;
         if even_port == Some(true) {
             let next = SocketAddr::new(relay.ip(), relay.port().wrapping_add(1));
             if next.port() != 0 && ports.bind_at(next) {
-                self.reservation_counter = self.reservation_counter.wrapping_add(1);
-                let t = reservation_token(&self.config.nonce_key, self.reservation_counter);
-                self.reservations.push(Reservation {
-                    token: t,
-                    addr: next,
-                    expires: now.instant + RESERVATION_LIFETIME,
-                });
-                reserved_token = Some(t);
+                reserved_token = Some(self.ledger.reserve(
+                    next,
+                    now.instant + RESERVATION_LIFETIME,
+                    &self.config.nonce_key,
+                ));
             }
         }
         let lifetime = self.lifetime(&msg);
         let username: Box<str> = username.into();
-        *self.per_user.entry(username.clone()).or_insert(0) += 1;
         self.allocations.insert(
             from,
             Allocation {
@@ -574,6 +558,7 @@ impl Core {
             },
         );
         self.by_relay.insert(relay, from);
+        self.ledger.add_relay(relay);
         self.metrics.allocations.inc();
         let tid = msg.transaction_id();
         let mut w = writer(out, Class::Success, Method::ALLOCATE, tid)?;
@@ -585,6 +570,28 @@ impl Core {
                 .is_ok()
             && reserved_token.is_none_or(|t| w.add(&Attribute::ReservationToken(t)).is_ok());
         finish(w, ok, &key, msg.has_fingerprint())
+    }
+
+    /// The relayed address of a new allocation: a claimed reservation or a fresh port.
+    fn relay_for(
+        &mut self,
+        now: Now,
+        token: Option<[u8; 8]>,
+        family: Family,
+        even: bool,
+        ports: &mut dyn RelayPorts,
+    ) -> Result<SocketAddr, Refusal> {
+        match token {
+            Some(t) => match self.ledger.claim(t, now.instant) {
+                Some(addr) if ports.claim(addr) => Ok(addr),
+                _ => Err(Refusal(508, "Insufficient Capacity")),
+            },
+            None => match ports.bind(family, even) {
+                Some(relay) => Ok(relay),
+                None if family == Family::V6 => Err(Refusal(440, "Address Family not Supported")),
+                None => Err(Refusal(508, "Insufficient Capacity")),
+            },
+        }
     }
 
     fn lifetime(&self, msg: &Message<'_>) -> Duration {
@@ -642,7 +649,7 @@ impl Core {
         if !self
             .config
             .policy
-            .check(peer.ip(), self.by_relay.contains_key(&peer))
+            .check(peer.ip(), || self.ledger.is_relay(peer))
         {
             self.metrics.policy_denied.inc();
             return Err(Refusal(403, "Forbidden"));
@@ -780,7 +787,7 @@ impl Core {
             || !self
                 .config
                 .policy
-                .check(peer.ip(), self.by_relay.contains_key(&peer))
+                .check(peer.ip(), || self.ledger.is_relay(peer))
         {
             return Action::Nothing;
         }
@@ -868,14 +875,7 @@ impl Core {
         for five in expired {
             self.remove(five);
         }
-        let released = &mut self.released;
-        self.reservations.retain(|r| {
-            let live = r.expires > now;
-            if !live {
-                released.push(r.addr);
-            }
-            live
-        });
+        self.ledger.expire_reservations(now, &mut self.released);
         for alloc in self.allocations.values_mut() {
             let before = alloc.permissions.len();
             alloc.permissions.retain(|(_, exp)| *exp > now);
@@ -898,12 +898,8 @@ impl Core {
     fn remove(&mut self, five: FiveTuple) {
         if let Some(a) = self.allocations.remove(&five) {
             self.by_relay.remove(&a.relay);
-            if let Some(n) = self.per_user.get_mut(&a.username) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_user.remove(&a.username);
-                }
-            }
+            self.ledger.remove_relay(a.relay);
+            self.ledger.release(&a.username);
             self.metrics.allocations.sub(1);
             self.metrics.channels.sub(a.channels.len() as i64);
             self.metrics.permissions.sub(a.permissions.len() as i64);

@@ -95,12 +95,14 @@ impl PeerPolicy {
         }
     }
 
-    /// `is_own_relay` says whether the (normalised) address is one of this server's relayed addresses, which
-    /// is always allowed so two relay-only clients on one host reach each other.
-    pub fn check(&self, peer: IpAddr, is_own_relay: bool) -> bool {
-        if is_own_relay {
-            return true;
-        }
+    /// `is_own_relay` says whether the peer is one of this server's relayed addresses, which is always allowed
+    /// so two relay-only clients on one host reach each other. It is asked only when the ranges alone would
+    /// refuse, so the relay path does not pay for the lookup when the peer is an ordinary address.
+    pub fn check(&self, peer: IpAddr, is_own_relay: impl FnOnce() -> bool) -> bool {
+        self.ranges_allow(peer) || is_own_relay()
+    }
+
+    fn ranges_allow(&self, peer: IpAddr) -> bool {
         let ip = normalize(peer);
         // Operator deny ranges win over allow ranges; then explicit allow opens special-purpose ranges.
         if self
@@ -166,7 +168,7 @@ mod tests {
             "100::1",
         ] {
             assert!(
-                !p.check(ip.parse().expect("ip"), false),
+                !p.check(ip.parse().expect("ip"), || false),
                 "{ip} must be refused"
             );
         }
@@ -186,7 +188,7 @@ mod tests {
             "2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo: !0x80fffffe = 127.0.0.1
         ] {
             assert!(
-                !p.check(ip.parse().expect("ip"), false),
+                !p.check(ip.parse().expect("ip"), || false),
                 "{ip} must be refused"
             );
         }
@@ -203,7 +205,7 @@ mod tests {
             "64:ff9b::808:808",
         ] {
             assert!(
-                p.check(ip.parse().expect("ip"), false),
+                p.check(ip.parse().expect("ip"), || false),
                 "{ip} must be allowed"
             );
         }
@@ -212,21 +214,21 @@ mod tests {
     #[test]
     fn allow_flags_open_holes_and_deny_adds_ranges() {
         let p = PeerPolicy::new(&[], &[], true);
-        assert!(p.check("127.0.0.1".parse().expect("ip"), false));
-        assert!(p.check("::ffff:127.0.0.1".parse().expect("ip"), false));
-        assert!(!p.check("10.0.0.1".parse().expect("ip"), false));
+        assert!(p.check("127.0.0.1".parse().expect("ip"), || false));
+        assert!(p.check("::ffff:127.0.0.1".parse().expect("ip"), || false));
+        assert!(!p.check("10.0.0.1".parse().expect("ip"), || false));
         let p = PeerPolicy::new(
             &["10.0.0.0/8".parse().expect("net")],
             &["8.8.8.0/24".parse().expect("net")],
             false,
         );
-        assert!(p.check("10.9.9.9".parse().expect("ip"), false));
-        assert!(!p.check("8.8.8.8".parse().expect("ip"), false));
-        assert!(p.check("8.8.4.4".parse().expect("ip"), false));
+        assert!(p.check("10.9.9.9".parse().expect("ip"), || false));
+        assert!(!p.check("8.8.8.8".parse().expect("ip"), || false));
+        assert!(p.check("8.8.4.4".parse().expect("ip"), || false));
     }
 
     #[test]
     fn own_relay_addresses_are_always_allowed() {
-        assert!(default_policy().check("127.0.0.1".parse().expect("ip"), true));
+        assert!(default_policy().check("127.0.0.1".parse().expect("ip"), || true));
     }
 }

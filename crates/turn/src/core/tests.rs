@@ -189,7 +189,8 @@ fn unauthenticated_requests_keep_no_state() {
         h.nonce();
     }
     assert_eq!(h.core.allocation_count(), 0);
-    assert!(h.core.per_user.is_empty());
+    assert_eq!(h.core.ledger.users(), 0);
+    assert_eq!(h.core.ledger.allocations(), 0);
 }
 
 #[test]
@@ -548,4 +549,85 @@ fn even_port_reservation_is_claimed_by_token() {
         "p",
     );
     assert_eq!(r.code, Some(508));
+}
+
+/// A second core of the same server (another thread's shard), sharing the first one's ledger.
+fn sibling(h: &Harness, client_port: u16, relay_port: u16) -> Harness {
+    let mut other = harness(false, 2);
+    other.core = Core::with_ledger(
+        h.core.config.clone(),
+        h.metrics.clone(),
+        h.core.ledger.clone(),
+    );
+    other.client.client.set_port(client_port);
+    other.ports.next = relay_port;
+    other
+}
+
+#[test]
+fn cores_sharing_a_ledger_share_quotas_relays_and_reservations() {
+    let mut a = harness(false, 2);
+    let relay_a = a.allocate();
+    let mut b = sibling(&a, 41000, 52000);
+    b.allocate();
+    // The user quota (2) counts allocations of both cores.
+    b.client.client.set_port(41001);
+    let r = b.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "u", "p");
+    assert_eq!(r.code, Some(486), "{r:?}");
+    // A relayed address of core a is an allowed peer for a client of core b, although it is loopback.
+    b.client.client.set_port(41000);
+    let r = b.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(relay_a)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    // A reservation made on core b is claimed by an Allocate that core a handles.
+    let mut c = sibling(&a, 42000, 54000);
+    let nonce = c.nonce();
+    let key = long_term_key_md5("v", REALM, "q");
+    let req = request(
+        Method::ALLOCATE,
+        &[
+            A::RequestedTransport(17),
+            A::EvenPort(true),
+            A::Username("v"),
+            A::Realm(REALM),
+            A::Nonce(&nonce),
+        ],
+        Some(&key),
+    );
+    let Action::Reply(n) = c
+        .core
+        .handle_client(c.now, c.client, &req, &mut c.out, &mut c.ports)
+    else {
+        panic!("expected a reply")
+    };
+    let msg = Message::parse(&c.out[..n]).expect("valid");
+    let Some(Ok(A::ReservationToken(token))) = msg.decode_any(attr::RESERVATION_TOKEN) else {
+        panic!("no token")
+    };
+    let Some(Ok(A::XorRelayedAddress(relay_c))) = msg.decode_any(attr::XOR_RELAYED_ADDRESS) else {
+        panic!("no relay")
+    };
+    a.client.client.set_port(40500);
+    let r = a.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), A::ReservationToken(token)],
+        "v",
+        "q",
+    );
+    assert_eq!(
+        r.relayed.map(|x| x.port()),
+        Some(relay_c.port() + 1),
+        "{r:?}"
+    );
+    assert_eq!(a.core.ledger.allocations(), 4);
+    // Deleting an allocation on one core frees quota for the user on the other.
+    a.client.client.set_port(40000);
+    let r = a.authed(Method::REFRESH, &[A::Lifetime(0)], "u", "p");
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    b.client.client.set_port(41001);
+    assert_eq!(b.allocate().ip(), relay_a.ip());
 }
