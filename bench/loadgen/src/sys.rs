@@ -2,12 +2,12 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use socket2::{Domain, Protocol, Socket, Type};
+pub use peercall_udp::{from_sockaddr, set_buffers, to_sockaddr};
 
 /// Monotonic time in nanoseconds (CLOCK_MONOTONIC), comparable across threads of this process.
 #[inline]
@@ -33,118 +33,19 @@ pub fn require_loopback(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
 
 /// A non-blocking UDP socket bound to `bind`, with large buffers (SO_RCVBUFFORCE when permitted).
 pub fn udp_socket(bind: SocketAddr, buf_bytes: usize) -> anyhow::Result<UdpSocket> {
-    let domain = if bind.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).context("socket()")?;
-    s.set_nonblocking(true)?;
-    set_buffers(s.as_raw_fd(), buf_bytes);
-    s.bind(&bind.into())
-        .with_context(|| format!("bind {bind}"))?;
-    Ok(s.into())
-}
-
-/// SO_RCVBUFFORCE/SO_SNDBUFFORCE (root) or the capped SO_RCVBUF/SO_SNDBUF.
-pub fn set_buffers(fd: RawFd, bytes: usize) {
-    if bytes == 0 {
-        return;
-    }
-    let v = bytes.min(i32::MAX as usize) as libc::c_int;
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        // SAFETY: setsockopt reads sizeof(c_int) bytes from &v.
-        unsafe {
-            let p = &v as *const libc::c_int as *const libc::c_void;
-            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            if libc::setsockopt(fd, libc::SOL_SOCKET, force, p, len) != 0 {
-                libc::setsockopt(fd, libc::SOL_SOCKET, plain, p, len);
-            }
-        }
-    }
+    peercall_udp::udp_socket(bind, buf_bytes, false).with_context(|| format!("bind {bind}"))
 }
 
 /// A UDP socket bound with SO_REUSEPORT (for the sharded forwarder).
 pub fn udp_reuseport(bind: SocketAddr, buf_bytes: usize) -> anyhow::Result<UdpSocket> {
-    let domain = if bind.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).context("socket()")?;
-    s.set_reuse_port(true)?;
-    set_buffers(s.as_raw_fd(), buf_bytes);
-    s.bind(&bind.into())
-        .with_context(|| format!("bind {bind}"))?;
-    Ok(s.into())
+    let s = peercall_udp::udp_socket(bind, buf_bytes, true).with_context(|| format!("bind {bind}"))?;
+    // The forwarder's threads block in recvmmsg (with SO_RCVTIMEO).
+    s.set_nonblocking(false)?;
+    Ok(s)
 }
 
 pub fn loopback_any_port() -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-}
-
-/// Converts a socket address into the C representation.
-pub fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is a valid value.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
-            let sin =
-                unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.ip().octets()),
-            };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
-            let sin6 = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6)
-            };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr = libc::in6_addr {
-                s6_addr: a.ip().octets(),
-            };
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
-pub fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match ss.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says this storage holds a sockaddr_in.
-            let sin =
-                unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this storage holds a sockaddr_in6.
-            let sin6 =
-                unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                sin6.sin6_addr.s6_addr.into(),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
 }
 
 /// Buffers for one recvmmsg/sendmmsg batch. Pointers into the heap vectors are set up once; the vectors never
@@ -357,58 +258,27 @@ impl Batch {
     }
 }
 
-/// Minimal epoll (level-triggered, read interest).
+/// Epoll (level-triggered, read interest) with its own event buffer.
 pub struct Epoll {
-    fd: RawFd,
+    set: peercall_udp::Epoll,
     events: Vec<libc::epoll_event>,
 }
 
 impl Epoll {
     pub fn new(max_events: usize) -> anyhow::Result<Epoll> {
-        // SAFETY: plain syscall.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("epoll_create1");
-        }
         Ok(Epoll {
-            fd,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; max_events.max(1)],
+            set: peercall_udp::Epoll::new().context("epoll_create1")?,
+            events: peercall_udp::epoll_events(max_events),
         })
     }
 
     pub fn add(&self, fd: RawFd, token: u64) -> anyhow::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: ev is a valid epoll_event.
-        if unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
-            return Err(io::Error::last_os_error()).context("epoll_ctl");
-        }
-        Ok(())
+        self.set.add(fd, token).context("epoll_ctl")
     }
 
     /// Waits up to `timeout`; returns the tokens of ready descriptors.
     pub fn wait(&mut self, timeout: Duration) -> impl Iterator<Item = u64> + '_ {
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: events has room for its length.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd,
-                self.events.as_mut_ptr(),
-                self.events.len() as i32,
-                ms,
-            )
-        };
-        let n = if n < 0 { 0 } else { n as usize };
-        self.events[..n].iter().map(|e| e.u64)
-    }
-}
-
-impl Drop for Epoll {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.fd) };
+        self.set.wait(&mut self.events, timeout)
     }
 }
 
@@ -438,6 +308,7 @@ pub fn raise_nofile() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn sockaddr_round_trip() {

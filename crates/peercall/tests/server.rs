@@ -220,7 +220,7 @@ fn sigterm_closes_websockets_and_exits_zero_within_seconds() {
         ))
         .expect("send join");
     let welcome = runtime
-        .block_on(tokio::time::timeout(Duration::from_secs(5), ws.next()))
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), ws.next()).await })
         .expect("welcome in time")
         .expect("a message")
         .expect("no error");

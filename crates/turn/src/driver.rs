@@ -187,8 +187,12 @@ impl TurnServer {
             ..Listening::default()
         };
         for addr in &config.listen {
-            let first = udp_socket(*addr, LISTENER_SOCKET_BUFFER, true).map_err(udp_err(*addr))?;
-            let local = first.local_addr().map_err(udp_err(*addr))?;
+            // SO_REUSEPORT would let us join another process's sockets on a taken port and silently share
+            // its traffic; a plain bind first refuses a port anyone holds (and picks the port for port 0).
+            let probe = StdUdpSocket::bind(addr).map_err(udp_err(*addr))?;
+            let local = probe.local_addr().map_err(udp_err(*addr))?;
+            drop(probe);
+            let first = udp_socket(local, LISTENER_SOCKET_BUFFER, true).map_err(udp_err(local))?;
             listeners[0].push((local, first));
             for shard in listeners.iter_mut().skip(1) {
                 let socket =
