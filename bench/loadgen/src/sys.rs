@@ -38,7 +38,8 @@ pub fn udp_socket(bind: SocketAddr, buf_bytes: usize) -> anyhow::Result<UdpSocke
 
 /// A UDP socket bound with SO_REUSEPORT (for the sharded forwarder).
 pub fn udp_reuseport(bind: SocketAddr, buf_bytes: usize) -> anyhow::Result<UdpSocket> {
-    let s = peercall_udp::udp_socket(bind, buf_bytes, true).with_context(|| format!("bind {bind}"))?;
+    let s =
+        peercall_udp::udp_socket(bind, buf_bytes, true).with_context(|| format!("bind {bind}"))?;
     // The forwarder's threads block in recvmmsg (with SO_RCVTIMEO).
     s.set_nonblocking(false)?;
     Ok(s)

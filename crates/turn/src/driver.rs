@@ -547,11 +547,11 @@ impl RelayPorts for DriverPorts<'_> {
     }
 
     fn advertised(&self, relay: SocketAddr) -> SocketAddr {
-        let mapped = self
-            .shared
-            .external
-            .iter()
-            .find(|e| e.private.is_none_or(|p| p == relay.ip()));
+        let mapped = self.shared.external.iter().find(|e| match e.private {
+            Some(private) => private == relay.ip(),
+            // PUBLIC alone maps the relays of its own family (an IPv4 PUBLIC says nothing of IPv6).
+            None => e.public.is_ipv4() == relay.is_ipv4(),
+        });
         match mapped {
             Some(e) => SocketAddr::new(e.public, relay.port()),
             None => relay,

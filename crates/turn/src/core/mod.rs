@@ -115,8 +115,12 @@ pub struct CoreConfig {
     pub nonce_key: [u8; 32],
 }
 
+/// Relayed addresses by family, `[IPv4, IPv6]`: one, or both for a dual allocation (RFC 8656 §7.2 step 9).
+/// A fixed array, so picking one on the relay path allocates nothing.
+type Relays = [Option<SocketAddr>; 2];
+
 struct Allocation {
-    relay: SocketAddr,
+    relays: Relays,
     username: Box<str>,
     key: [u8; 16],
     expires: Instant,
@@ -131,7 +135,24 @@ struct Channel {
     expires: Instant,
 }
 
+/// Index of an address's family in [`Relays`].
+fn slot(ip: IpAddr) -> usize {
+    usize::from(ip.is_ipv6())
+}
+
 impl Allocation {
+    /// The relayed address [`Core::relay_of`] reports: the IPv4 one when there is one.
+    fn primary(&self) -> Option<SocketAddr> {
+        self.relays[0].or(self.relays[1])
+    }
+
+    /// The relayed address to reach `peer` from: the one of the peer's own family (the socket that can
+    /// address it), else, for IPv6 forms carrying an IPv4 address, the IPv4 one, as [`Core::check_peer`]
+    /// accepts both. `None` means 443.
+    fn relay_toward(&self, peer: IpAddr) -> Option<SocketAddr> {
+        self.relays[slot(peer)].or_else(|| self.relays[slot(policy::normalize(peer))])
+    }
+
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions
             .iter()
@@ -266,9 +287,9 @@ impl Core {
         self.by_relay.contains_key(&relay)
     }
 
-    /// The allocation of `from`, if any: its relayed address.
+    /// The allocation of `from`, if any: its primary relayed address (the IPv4 one of a dual allocation).
     pub fn relay_of(&self, from: &FiveTuple) -> Option<SocketAddr> {
-        self.allocations.get(from).map(|a| a.relay)
+        self.allocations.get(from).and_then(Allocation::primary)
     }
 
     /// A packet from a client. `out` receives any reply (at least 1500 bytes).
@@ -319,6 +340,9 @@ impl Core {
             return Action::Nothing;
         };
         let peer = ch.peer;
+        let Some(relay) = alloc.relay_toward(peer.ip()) else {
+            return Action::Nothing;
+        };
         if !alloc.permitted(peer.ip(), now.instant)
             || !self
                 .config
@@ -329,7 +353,7 @@ impl Core {
         }
         self.metrics.to_peer(cd.data.len());
         Action::ToPeer {
-            relay: alloc.relay,
+            relay,
             peer,
             data: cd.data,
         }
@@ -509,8 +533,21 @@ impl Core {
             Some(_) => return Err(Refusal(400, "Bad Request")),
             None => None,
         };
-        if token.is_some()
-            && (even_port.is_some() || msg.get(attr::REQUESTED_ADDRESS_FAMILY).is_some())
+        let requested_family = msg.get(attr::REQUESTED_ADDRESS_FAMILY).is_some();
+        let dual = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_some();
+        // RFC 8656 §7.2 step 5: a reserved address comes with its family and port.
+        if token.is_some() && (even_port.is_some() || requested_family || dual) {
+            return Err(Refusal(400, "Bad Request"));
+        }
+        // Steps 6, 8 and 9: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6 (IPv4 is implied), excludes
+        // REQUESTED-ADDRESS-FAMILY and a port reservation (EVEN-PORT R=1); plain EVEN-PORT is allowed.
+        if dual
+            && (requested_family
+                || even_port == Some(true)
+                || !matches!(
+                    msg.decode_any(attr::ADDITIONAL_ADDRESS_FAMILY),
+                    Some(Ok(Attribute::AdditionalAddressFamily(Family::V6)))
+                ))
         {
             return Err(Refusal(400, "Bad Request"));
         }
@@ -523,18 +560,23 @@ impl Core {
             Some(Ok(Attribute::Username(u))) => u,
             _ => return Err(Refusal(400, "Bad Request")),
         };
+        // A dual allocation counts once against the quotas: it is one allocation with two addresses.
         self.ledger
             .admit(username, self.config.user_quota, self.config.total_quota)?;
-        let relay = match self.relay_for(now, token, family, even_port.is_some(), ports) {
-            Ok(relay) => relay,
-            Err(refusal) => {
-                self.ledger.release(username);
-                return Err(refusal);
-            }
-        };
+        let (relays, missing) =
+            match self.relays_for(now, token, family, dual, even_port.is_some(), ports) {
+                Ok(found) => found,
+                Err(refusal) => {
+                    self.ledger.release(username);
+                    return Err(refusal);
+                }
+            };
         // EVEN-PORT with R=1: hold the next port for a later Allocate with RESERVATION-TOKEN (RFC 8656 §7.2).
+        // Never a dual allocation (refused above), so the primary is the only relayed address.
         let mut reserved_token = None;
-        if even_port == Some(true) {
+        if even_port == Some(true)
+            && let Some(relay) = relays[0].or(relays[1])
+        {
             let next = SocketAddr::new(relay.ip(), relay.port().wrapping_add(1));
             if next.port() != 0 && ports.bind_at(next) {
                 reserved_token = Some(self.ledger.reserve(
@@ -549,7 +591,7 @@ impl Core {
         self.allocations.insert(
             from,
             Allocation {
-                relay,
+                relays,
                 username,
                 key,
                 expires: now.instant + lifetime,
@@ -557,22 +599,59 @@ impl Core {
                 channels: Vec::new(),
             },
         );
-        self.by_relay.insert(relay, from);
-        self.ledger.add_relay(relay);
+        for relay in relays.iter().flatten() {
+            self.by_relay.insert(*relay, from);
+            self.ledger.add_relay(*relay);
+        }
         self.metrics.allocations.inc();
         let tid = msg.transaction_id();
         let mut w = writer(out, Class::Success, Method::ALLOCATE, tid)?;
-        let ok = w
-            .add(&Attribute::XorRelayedAddress(ports.advertised(relay)))
-            .is_ok()
-            && w.add(&Attribute::XorMappedAddress(from.client)).is_ok()
+        // IPv4 first: `relays` is ordered by family.
+        let ok = relays.iter().flatten().all(|relay| {
+            w.add(&Attribute::XorRelayedAddress(ports.advertised(*relay)))
+                .is_ok()
+        }) && w.add(&Attribute::XorMappedAddress(from.client)).is_ok()
             && w.add(&Attribute::Lifetime(lifetime.as_secs() as u32))
                 .is_ok()
-            && reserved_token.is_none_or(|t| w.add(&Attribute::ReservationToken(t)).is_ok());
+            && reserved_token.is_none_or(|t| w.add(&Attribute::ReservationToken(t)).is_ok())
+            && missing.is_none_or(|(family, Refusal(code, reason))| {
+                w.add(&Attribute::AddressErrorCode {
+                    family,
+                    code,
+                    reason,
+                })
+                .is_ok()
+            });
         finish(w, ok, &key, msg.has_fingerprint())
     }
 
-    /// The relayed address of a new allocation: a claimed reservation or a fresh port.
+    /// The relayed addresses of a new allocation by family (`[IPv4, IPv6]`) and, when a dual allocation got
+    /// only one family, the other family and why (its ADDRESS-ERROR-CODE).
+    fn relays_for(
+        &mut self,
+        now: Now,
+        token: Option<[u8; 8]>,
+        family: Family,
+        dual: bool,
+        even: bool,
+        ports: &mut dyn RelayPorts,
+    ) -> Result<(Relays, Option<(Family, Refusal)>), Refusal> {
+        if !dual {
+            let relay = self.relay_for(now, token, family, even, ports)?;
+            let mut relays = [None; 2];
+            relays[slot(relay.ip())] = Some(relay);
+            return Ok((relays, None));
+        }
+        // RFC 8656 §7.2 step 9: one family alone is still a success, naming the missing one; neither is 508.
+        match (ports.bind(Family::V4, even), ports.bind(Family::V6, even)) {
+            (None, None) => Err(Refusal(508, "Insufficient Capacity")),
+            (Some(v4), None) => Ok(([Some(v4), None], Some((Family::V6, unbound(Family::V6))))),
+            (None, Some(v6)) => Ok(([None, Some(v6)], Some((Family::V4, unbound(Family::V4))))),
+            (v4, v6) => Ok(([v4, v6], None)),
+        }
+    }
+
+    /// The relayed address of a new single-family allocation: a claimed reservation or a fresh port.
     fn relay_for(
         &mut self,
         now: Now,
@@ -586,11 +665,7 @@ impl Core {
                 Some(addr) if ports.claim(addr) => Ok(addr),
                 _ => Err(Refusal(508, "Insufficient Capacity")),
             },
-            None => match ports.bind(family, even) {
-                Some(relay) => Ok(relay),
-                None if family == Family::V6 => Err(Refusal(440, "Address Family not Supported")),
-                None => Err(Refusal(508, "Insufficient Capacity")),
-            },
+            None => ports.bind(family, even).ok_or_else(|| unbound(family)),
         }
     }
 
@@ -636,14 +711,11 @@ impl Core {
 
     /// Checks one XOR-PEER-ADDRESS for CreatePermission/ChannelBind: family and policy.
     fn check_peer(&self, from: FiveTuple, peer: SocketAddr) -> Result<(), Refusal> {
-        let relay = self
+        let alloc = self
             .allocations
             .get(&from)
-            .map(|a| a.relay)
             .ok_or(Refusal(437, "Allocation Mismatch"))?;
-        if relay.is_ipv4() != policy::normalize(peer.ip()).is_ipv4()
-            && relay.is_ipv4() != peer.is_ipv4()
-        {
+        if alloc.relay_toward(peer.ip()).is_none() {
             return Err(Refusal(443, "Peer Address Family Mismatch"));
         }
         if !self
@@ -783,6 +855,9 @@ impl Core {
         ) else {
             return Action::Nothing;
         };
+        let Some(relay) = alloc.relay_toward(peer.ip()) else {
+            return Action::Nothing;
+        };
         if !alloc.permitted(peer.ip(), now.instant)
             || !self
                 .config
@@ -792,11 +867,7 @@ impl Core {
             return Action::Nothing;
         }
         self.metrics.to_peer(data.len());
-        Action::ToPeer {
-            relay: alloc.relay,
-            peer,
-            data,
-        }
+        Action::ToPeer { relay, peer, data }
     }
 
     /// A datagram from `peer` to relay address `relay`. The payload sits at `buf[4..4 + len]` so a
@@ -897,13 +968,15 @@ impl Core {
 
     fn remove(&mut self, five: FiveTuple) {
         if let Some(a) = self.allocations.remove(&five) {
-            self.by_relay.remove(&a.relay);
-            self.ledger.remove_relay(a.relay);
+            for relay in a.relays.into_iter().flatten() {
+                self.by_relay.remove(&relay);
+                self.ledger.remove_relay(relay);
+                self.released.push(relay);
+            }
             self.ledger.release(&a.username);
             self.metrics.allocations.sub(1);
             self.metrics.channels.sub(a.channels.len() as i64);
             self.metrics.permissions.sub(a.permissions.len() as i64);
-            self.released.push(a.relay);
         }
     }
 
@@ -955,6 +1028,15 @@ impl Core {
             ok &= w.add_fingerprint().is_ok();
         }
         if ok { w.finish() } else { 0 }
+    }
+}
+
+/// Why no relayed address of `family` could be bound: a missing IPv6 one most likely means no IPv6 relay
+/// address is configured, a missing IPv4 one a full port range.
+fn unbound(family: Family) -> Refusal {
+    match family {
+        Family::V6 => Refusal(440, "Address Family not Supported"),
+        Family::V4 => Refusal(508, "Insufficient Capacity"),
     }
 }
 

@@ -5,16 +5,16 @@ use peercall_stun::{Attribute as A, long_term_key_md5};
 
 struct FakePorts {
     next: u16,
-    ip: IpAddr,
+    /// Relay IPs, at most one per family: a family without one cannot be bound, like a server without an
+    /// IPv6 `--relay-ip`.
+    ips: Vec<IpAddr>,
 }
 
 impl RelayPorts for FakePorts {
     fn bind(&mut self, family: Family, even: bool) -> Option<SocketAddr> {
-        if family != Family::of(self.ip) {
-            return None;
-        }
+        let ip = *self.ips.iter().find(|ip| Family::of(**ip) == family)?;
         self.next += if even { 2 - self.next % 2 } else { 1 };
-        Some(SocketAddr::new(self.ip, self.next))
+        Some(SocketAddr::new(ip, self.next))
     }
 
     fn bind_at(&mut self, addr: SocketAddr) -> bool {
@@ -33,6 +33,15 @@ struct Harness {
 }
 
 const REALM: &str = "test";
+const V4_RELAY_IP: &str = "127.0.0.1";
+const V6_RELAY_IP: &str = "::1";
+
+/// A harness whose relay ports come in both families, as with an IPv4 and an IPv6 `--relay-ip`.
+fn dual_harness() -> Harness {
+    let mut h = harness(true, 10);
+    h.ports.ips.push(V6_RELAY_IP.parse().expect("ip"));
+    h
+}
 
 fn harness(allow_loopback: bool, user_quota: u32) -> Harness {
     let metrics = Arc::new(TurnMetrics::default());
@@ -53,7 +62,7 @@ fn harness(allow_loopback: bool, user_quota: u32) -> Harness {
         core: Core::new(Arc::new(config), metrics.clone()),
         ports: FakePorts {
             next: 50000,
-            ip: "127.0.0.1".parse().expect("ip"),
+            ips: vec![V4_RELAY_IP.parse().expect("ip")],
         },
         now: Now {
             instant: Instant::now(),
@@ -76,6 +85,10 @@ struct Resp {
     code: Option<u16>,
     nonce: Option<String>,
     relayed: Option<SocketAddr>,
+    /// Every XOR-RELAYED-ADDRESS, in order.
+    relayed_all: Vec<SocketAddr>,
+    /// ADDRESS-ERROR-CODE: family and code.
+    address_error: Option<(Family, u16)>,
     lifetime: Option<u32>,
 }
 
@@ -103,6 +116,20 @@ impl Harness {
                     },
                     relayed: match msg.decode_any(attr::XOR_RELAYED_ADDRESS) {
                         Some(Ok(A::XorRelayedAddress(a))) => Some(a),
+                        _ => None,
+                    },
+                    relayed_all: msg
+                        .attributes()
+                        .filter(|a| a.typ == attr::XOR_RELAYED_ADDRESS)
+                        .map(
+                            |a| match Attribute::decode(a.typ, a.value, msg.transaction_id()) {
+                                Ok(A::XorRelayedAddress(addr)) => addr,
+                                other => panic!("bad XOR-RELAYED-ADDRESS: {other:?}"),
+                            },
+                        )
+                        .collect(),
+                    address_error: match msg.decode_any(attr::ADDRESS_ERROR_CODE) {
+                        Some(Ok(A::AddressErrorCode { family, code, .. })) => Some((family, code)),
                         _ => None,
                     },
                     lifetime: match msg.decode_any(attr::LIFETIME) {
@@ -630,4 +657,275 @@ fn cores_sharing_a_ledger_share_quotas_relays_and_reservations() {
     assert_eq!(r.class, Class::Success, "{r:?}");
     b.client.client.set_port(41001);
     assert_eq!(b.allocate().ip(), relay_a.ip());
+}
+
+const DUAL: A<'static> = A::AdditionalAddressFamily(Family::V6);
+
+impl Harness {
+    /// A dual allocation (ADDITIONAL-ADDRESS-FAMILY IPv6) that must get both families: `(IPv4, IPv6)`.
+    fn allocate_dual(&mut self) -> (SocketAddr, SocketAddr) {
+        let r = self.authed(
+            Method::ALLOCATE,
+            &[A::RequestedTransport(17), DUAL],
+            "u",
+            "p",
+        );
+        assert_eq!(r.class, Class::Success, "{r:?}");
+        assert_eq!(r.address_error, None, "{r:?}");
+        let [v4, v6] = r.relayed_all[..] else {
+            panic!("expected two XOR-RELAYED-ADDRESS, got {r:?}")
+        };
+        (v4, v6)
+    }
+
+    /// A Send indication to `peer`, as the client sends it (no authentication).
+    fn send_to(&mut self, peer: SocketAddr, data: &'static [u8]) -> Option<SocketAddr> {
+        let mut send = request(
+            Method::SEND,
+            &[A::XorPeerAddress(peer), A::Data(data)],
+            None,
+        );
+        send[0..2].copy_from_slice(
+            &peercall_stun::message_type(Class::Indication, Method::SEND).to_be_bytes(),
+        );
+        match self
+            .core
+            .handle_client(self.now, self.client, &send, &mut self.out, &mut self.ports)
+        {
+            Action::ToPeer {
+                relay,
+                peer: to,
+                data: d,
+            } => {
+                assert_eq!((to, d), (peer, data));
+                Some(relay)
+            }
+            _ => None,
+        }
+    }
+
+    /// ChannelData on `channel` from the client: the relay it leaves from.
+    fn channel_data(&mut self, channel: u16) -> Option<SocketAddr> {
+        let mut frame = channel.to_be_bytes().to_vec();
+        frame.extend([0, 2, b'h', b'i']);
+        match self.core.handle_client(
+            self.now,
+            self.client,
+            &frame,
+            &mut self.out,
+            &mut self.ports,
+        ) {
+            Action::ToPeer { relay, data, .. } => {
+                assert_eq!(data, b"hi");
+                Some(relay)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn dual_allocation_has_an_ipv4_and_an_ipv6_relayed_address() {
+    let mut h = dual_harness();
+    let (v4, v6) = h.allocate_dual();
+    assert_eq!(
+        v4.ip(),
+        V4_RELAY_IP.parse::<IpAddr>().expect("ip"),
+        "IPv4 first"
+    );
+    assert_eq!(v6.ip(), V6_RELAY_IP.parse::<IpAddr>().expect("ip"));
+    assert!(h.core.is_relay(v4) && h.core.is_relay(v6));
+    assert!(h.core.ledger.is_relay(v4) && h.core.ledger.is_relay(v6));
+    assert_eq!(
+        h.core.relay_of(&h.client),
+        Some(v4),
+        "the IPv4 one is primary"
+    );
+    // One allocation for the quotas and the gauge, although it holds two addresses.
+    assert_eq!(h.core.allocation_count(), 1);
+    assert_eq!(h.core.ledger.allocations(), 1);
+    assert_eq!(h.metrics.allocations.get(), 1);
+    // Without ADDITIONAL-ADDRESS-FAMILY the same server still hands out IPv4 only.
+    h.client.client.set_port(40001);
+    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "u", "p");
+    assert_eq!(r.relayed_all.len(), 1, "{r:?}");
+    assert!(r.relayed_all[0].is_ipv4(), "{r:?}");
+}
+
+#[test]
+fn dual_allocation_without_ipv6_succeeds_with_address_error_code() {
+    // The default harness has an IPv4 relay address only.
+    let mut h = harness(true, 10);
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), DUAL],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    assert_eq!(r.address_error, Some((Family::V6, 440)), "{r:?}");
+    assert_eq!(r.relayed_all.len(), 1, "{r:?}");
+    assert!(r.relayed_all[0].is_ipv4(), "{r:?}");
+    // With no IPv6 relayed address, an IPv6 peer is a family mismatch.
+    let peer: SocketAddr = "[::1]:9999".parse().expect("addr");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(peer)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.code, Some(443));
+    // The other way round (an IPv6-only server): IPv6 alone, and the IPv4 half named missing.
+    let mut h = harness(true, 10);
+    h.ports.ips = vec![V6_RELAY_IP.parse().expect("ip")];
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), DUAL],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    assert_eq!(r.address_error, Some((Family::V4, 508)), "{r:?}");
+    assert_eq!(r.relayed_all.len(), 1, "{r:?}");
+    assert!(r.relayed_all[0].is_ipv6(), "{r:?}");
+    assert_eq!(h.core.relay_of(&h.client), Some(r.relayed_all[0]));
+    // Neither family: no allocation, and the quota is given back.
+    let mut h = harness(true, 10);
+    h.ports.ips.clear();
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), DUAL],
+        "u",
+        "p",
+    );
+    assert_eq!(r.code, Some(508), "{r:?}");
+    assert_eq!(h.core.ledger.allocations(), 0);
+}
+
+#[test]
+fn dual_allocation_refuses_bad_combinations() {
+    let mut h = dual_harness();
+    let bad: [&[A<'_>]; 6] = [
+        &[A::AdditionalAddressFamily(Family::V4)],
+        // A family code that is neither IPv4 nor IPv6.
+        &[A::Unknown {
+            typ: attr::ADDITIONAL_ADDRESS_FAMILY,
+            value: &[0x03, 0, 0, 0],
+        }],
+        &[DUAL, A::RequestedAddressFamily(Family::V4)],
+        &[DUAL, A::RequestedAddressFamily(Family::V6)],
+        &[DUAL, A::ReservationToken([1; 8])],
+        &[DUAL, A::EvenPort(true)],
+    ];
+    for extra in bad {
+        let mut attrs = vec![A::RequestedTransport(17)];
+        attrs.extend_from_slice(extra);
+        let r = h.authed(Method::ALLOCATE, &attrs, "u", "p");
+        assert_eq!(r.code, Some(400), "{extra:?}: {r:?}");
+    }
+    assert_eq!(h.core.allocation_count(), 0);
+    assert_eq!(h.core.ledger.allocations(), 0);
+    // An unknown token alone is not a bad request but an unavailable reservation (508): the 400 above
+    // comes from the combination.
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), A::ReservationToken([1; 8])],
+        "u",
+        "p",
+    );
+    assert_eq!(r.code, Some(508), "{r:?}");
+    // EVEN-PORT without a reservation (R=0) is allowed: both ports even.
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), DUAL, A::EvenPort(false)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    assert_eq!(r.relayed_all.len(), 2, "{r:?}");
+    assert!(r.relayed_all.iter().all(|a| a.port() % 2 == 0), "{r:?}");
+}
+
+#[test]
+fn dual_allocation_relays_each_peer_through_its_family() {
+    let mut h = dual_harness();
+    let (v4, v6) = h.allocate_dual();
+    let peer4: SocketAddr = "127.0.0.1:9999".parse().expect("addr");
+    let peer6: SocketAddr = "[::1]:9999".parse().expect("addr");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(peer4), A::XorPeerAddress(peer6)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    // Send indications leave from the relayed address of the peer's family.
+    assert_eq!(h.send_to(peer6, b"six"), Some(v6));
+    assert_eq!(h.send_to(peer4, b"four"), Some(v4));
+    // So does ChannelData.
+    for (channel, peer) in [(0x4000, peer6), (0x4001, peer4)] {
+        let r = h.authed(
+            Method::CHANNEL_BIND,
+            &[A::ChannelNumber(channel), A::XorPeerAddress(peer)],
+            "u",
+            "p",
+        );
+        assert_eq!(r.class, Class::Success, "{r:?}");
+    }
+    assert_eq!(h.channel_data(0x4000), Some(v6));
+    assert_eq!(h.channel_data(0x4001), Some(v4));
+    // Datagrams arriving on either relayed address reach the client, on the peer's channel.
+    let mut out = vec![0u8; 256];
+    for (relay, peer, channel) in [(v6, peer6, 0x4000u16), (v4, peer4, 0x4001)] {
+        let mut buf = vec![0u8; 64];
+        buf[4..8].copy_from_slice(b"pong");
+        match h
+            .core
+            .handle_peer(h.now, relay, peer, &mut buf, 4, &mut out)
+        {
+            PeerAction::ChannelData { to, n } => {
+                assert_eq!(to, h.client);
+                assert_eq!(n, 8);
+                assert_eq!(buf[..2], channel.to_be_bytes());
+            }
+            other => panic!("{relay} from {peer}: expected ChannelData, got {other:?}"),
+        }
+    }
+    let mut buf = vec![0u8; 64];
+    let stranger: SocketAddr = "[::1]:7".parse().expect("addr");
+    assert!(
+        matches!(
+            h.core.handle_peer(h.now, v6, stranger, &mut buf, 4, &mut out),
+            PeerAction::DataIndication { to, .. } if to == h.client
+        ),
+        "a permitted IPv6 peer without a channel gets a Data indication"
+    );
+}
+
+#[test]
+fn dual_allocation_releases_both_addresses() {
+    let mut h = dual_harness();
+    let (v4, v6) = h.allocate_dual();
+    let r = h.authed(Method::REFRESH, &[A::Lifetime(0)], "u", "p");
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    let mut released = h.core.take_released();
+    released.sort();
+    assert_eq!(released, vec![v4, v6]);
+    for relay in [v4, v6] {
+        assert!(
+            !h.core.is_relay(relay) && !h.core.ledger.is_relay(relay),
+            "{relay}"
+        );
+    }
+    assert_eq!(h.core.ledger.allocations(), 0);
+    assert_eq!(h.metrics.allocations.get(), 0);
+    // Expiry releases both as well.
+    let (v4, v6) = h.allocate_dual();
+    h.core
+        .handle_timeout(h.now.instant + Duration::from_secs(601));
+    let mut released = h.core.take_released();
+    released.sort();
+    assert_eq!(released, vec![v4, v6]);
+    assert!(!h.core.ledger.is_relay(v4) && !h.core.ledger.is_relay(v6));
+    assert_eq!(h.core.ledger.allocations(), 0);
 }
