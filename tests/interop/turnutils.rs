@@ -14,6 +14,30 @@ const BIN: &str = env!("CARGO_BIN_EXE_peercall");
 struct Server {
     child: Child,
     port: u16,
+    http: SocketAddr,
+}
+
+impl Server {
+    /// The value of an unlabelled Prometheus metric on `/metrics`.
+    fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.http).expect("connect to /metrics");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            conn,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        )
+        .expect("request");
+        let mut body = String::new();
+        conn.read_to_string(&mut body).expect("response");
+        body.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
 }
 
 impl Drop for Server {
@@ -37,9 +61,9 @@ fn free_port() -> u16 {
 
 fn start(extra: &[&str]) -> Server {
     let port = free_port();
-    let http = free_port();
+    let http_port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let http = format!("127.0.0.1:{http}");
+    let http = format!("127.0.0.1:{http_port}");
     let mut child = Command::new(BIN)
         .args([
             "turn",
@@ -72,7 +96,11 @@ fn start(extra: &[&str]) -> Server {
             _ => panic!("peercall exited before listening"),
         }
     }
-    Server { child, port }
+    Server {
+        child,
+        port,
+        http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+    }
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -134,6 +162,12 @@ fn uclient_client_to_client_over_udp_and_tcp_with_static_user() {
         "127.0.0.1",
     ]);
     assert_no_loss(&out, 200);
+    // Both ends are allocations of this server: their packets pass from core to core inside the process.
+    let in_process = s.metric("peercall_turn_relayed_in_process_total");
+    assert!(
+        in_process >= 100.0,
+        "only {in_process} of 200 packets passed in process"
+    );
     let out = uclient(&[
         "-t",
         "-y",

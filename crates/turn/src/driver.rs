@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,6 +67,7 @@ pub struct Listening {
 
 /// One shard: a core, its sockets and its epoll set.
 struct Shard {
+    index: usize,
     state: Mutex<State>,
     epoll: Epoll,
     /// This shard's SO_REUSEPORT socket on each UDP listening address (epoll token = index).
@@ -114,9 +115,43 @@ struct Shared {
     tls: Option<(TlsFiles, RwLock<Arc<rustls::ServerConfig>>)>,
     shutdown: CancellationToken,
     stopping: AtomicBool,
+    owners: RelayOwners,
     /// Relay sockets bound for EVEN-PORT reservations, waiting (unread) for the Allocate that claims them,
     /// which any shard may handle.
     reserved: Mutex<HashMap<SocketAddr, StdUdpSocket>>,
+}
+
+/// Which shard serves each live relayed address, readable on the relay path without a lock: one byte per
+/// port of each relay IP (shard + 1; 0 = not a relay of this server).
+struct RelayOwners {
+    ips: Vec<IpAddr>,
+    owners: Vec<AtomicU8>,
+}
+
+impl RelayOwners {
+    fn new(ips: &[IpAddr]) -> RelayOwners {
+        RelayOwners {
+            ips: ips.to_vec(),
+            owners: (0..ips.len() * 65_536).map(|_| AtomicU8::new(0)).collect(),
+        }
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Option<&AtomicU8> {
+        let ip = self.ips.iter().position(|ip| *ip == addr.ip())?;
+        self.owners.get(ip * 65_536 + usize::from(addr.port()))
+    }
+
+    fn owner(&self, addr: SocketAddr) -> Option<usize> {
+        let v = self.slot(addr)?.load(Ordering::Acquire);
+        (v > 0).then(|| usize::from(v) - 1)
+    }
+
+    fn set(&self, addr: SocketAddr, shard: Option<usize>) {
+        if let Some(slot) = self.slot(addr) {
+            // At most 64 shards (shard_count), so shard + 1 fits a byte.
+            slot.store(shard.map_or(0, |s| s as u8 + 1), Ordering::Release);
+        }
+    }
 }
 
 impl Shared {
@@ -256,7 +291,7 @@ impl TurnServer {
         });
         let ledger = Arc::new(Ledger::default());
         let mut shards = Vec::with_capacity(threads);
-        for shard_listeners in listeners {
+        for (index, shard_listeners) in listeners.into_iter().enumerate() {
             let epoll = Epoll::new().map_err(udp_err(listening.udp[0]))?;
             for (i, (local, socket)) in shard_listeners.iter().enumerate() {
                 epoll
@@ -264,6 +299,7 @@ impl TurnServer {
                     .map_err(udp_err(*local))?;
             }
             shards.push(Shard {
+                index,
                 state: Mutex::new(State {
                     core: Core::with_ledger(core_config.clone(), metrics.clone(), ledger.clone()),
                     relays: HashMap::new(),
@@ -275,8 +311,10 @@ impl TurnServer {
                 listeners: shard_listeners,
             });
         }
+        let owners = RelayOwners::new(&relay_ips);
         let shared = Arc::new(Shared {
             shards,
+            owners,
             metrics,
             relay_ips,
             external: config.external_ip.clone(),
@@ -507,9 +545,10 @@ impl RelayPorts for DriverPorts<'_> {
         let (min, max) = self.shared.ports;
         let span = u32::from(max - min) + 1;
         let start: u32 = rand::random::<u32>() % span;
-        // Bounded: at most 64 tries, then report no capacity rather than scanning the whole range. The
-        // kernel's bind is the arbiter of which ports are free, across shards and processes.
-        for i in 0..span.min(64) {
+        // Bounded: at most 512 tries (distinct ports: the stride is odd and prime), then report no capacity
+        // rather than scanning the whole range. The kernel's bind is the arbiter of which ports are free,
+        // across shards and processes; other programs' ephemeral ports share the range.
+        for i in 0..span.min(512) {
             let mut port = min + ((start + i * 7919) % span) as u16;
             if even && port % 2 == 1 {
                 if port == max {
@@ -575,12 +614,14 @@ fn settle(
         }
         state.by_token.insert(token, addr);
         state.relays.insert(addr, Relay { socket, token });
+        shared.owners.set(addr, Some(shard.index));
     }
     for addr in state.core.take_released() {
         match state.relays.remove(&addr) {
             Some(relay) => {
                 state.by_token.remove(&relay.token);
                 shard.epoll.remove(relay.socket.as_raw_fd());
+                shared.owners.set(addr, None);
             }
             None => {
                 shared.reserved().remove(&addr);
@@ -654,11 +695,14 @@ fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buffers) {
     let state = &mut *guard;
     let mut ports = DriverPorts::new(shared);
     let mut queue = b.send.queue();
-    for (k, reply) in b.replies.chunks_mut(REPLY_BUF).take(n).enumerate() {
-        let Some(client) = b.from_clients.source(k) else {
-            continue;
-        };
-        if b.from_clients.truncated(k) {
+    let slots = b
+        .from_clients
+        .received_mut()
+        .zip(b.replies.chunks_mut(REPLY_BUF))
+        .zip(b.indications.chunks_mut(INDICATION_BUF));
+    for ((item, reply), indication) in slots {
+        let Some(client) = item.source else { continue };
+        if item.truncated {
             shared.metrics.malformed.inc();
             continue;
         }
@@ -667,21 +711,55 @@ fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buffers) {
             server: *server,
             transport: Transport::Udp,
         };
-        let packet = b.from_clients.packet(k);
-        match state
-            .core
-            .handle_client(now, from, packet, reply, &mut ports)
-        {
-            Action::Nothing | Action::Reply(0) => {}
-            Action::Reply(len) => {
-                let reply: &[u8] = reply;
-                queue.push(fd, &reply[..len], client);
-            }
-            Action::ToPeer { relay, peer, data } => {
-                if let Some(r) = state.relays.get(&relay) {
-                    queue.push(r.socket.as_raw_fd(), data, peer);
+        let slot = item.slot;
+        let (relay, peer, start, len) =
+            match state
+                .core
+                .handle_client(now, from, &slot[..item.len], reply, &mut ports)
+            {
+                Action::Nothing | Action::Reply(0) => continue,
+                Action::Reply(len) => {
+                    let reply: &[u8] = reply;
+                    queue.push(fd, &reply[..len], client);
+                    continue;
                 }
+                Action::ToPeer { relay, peer, data } => (
+                    relay,
+                    peer,
+                    data.as_ptr() as usize - slot.as_ptr() as usize,
+                    data.len(),
+                ),
+            };
+        // The peer may be another allocation of this server (two relay-only clients on one host). A
+        // ChannelData header or a DATA attribute header precedes the payload, so there is room to frame it in
+        // place for the other allocation's client. Another shard's lock is only tried, so two shards never
+        // wait for each other; when it is busy the packet takes the socket.
+        if let Some(owner) = shared.owners.owner(peer)
+            && start >= 4
+        {
+            let mut other = None;
+            if owner != shard.index {
+                other = shared
+                    .shards
+                    .get(owner)
+                    .and_then(|o| o.state.try_lock().ok());
             }
+            let target: Option<&mut State> = match other.as_mut() {
+                Some(guard) => Some(&mut **guard),
+                None if owner == shard.index => Some(&mut *state),
+                None => None,
+            };
+            if let Some(target) = target {
+                let buf = &mut slot[start - 4..];
+                route_in_process(
+                    shared, shard, target, now, relay, peer, buf, len, indication, &mut queue,
+                );
+                continue;
+            }
+        }
+        if let Some(r) = state.relays.get(&relay) {
+            let slot: &[u8] = slot;
+            queue.push(r.socket.as_raw_fd(), &slot[start..start + len], peer);
         }
     }
     // Sent before the lock is released: the relay sockets named in the queue stay open until then.
@@ -731,6 +809,41 @@ fn from_peers(shared: &Shared, shard: &Shard, token: u64, b: &mut Buffers) {
         deliver(shard, &state.streams, &mut queue, to, bytes);
     }
     queue.flush();
+}
+
+/// Hands a packet from relayed address `from_relay` to `to_relay`, another allocation of this server (held
+/// by `target`), as if it had arrived on `to_relay`'s socket: that allocation's core checks its permissions and
+/// frames it for its client. `buf[4..4 + len]` is the payload.
+#[allow(clippy::too_many_arguments)]
+fn route_in_process<'d>(
+    shared: &Shared,
+    shard: &Shard,
+    target: &mut State,
+    now: Now,
+    from_relay: SocketAddr,
+    to_relay: SocketAddr,
+    buf: &'d mut [u8],
+    len: usize,
+    indication: &'d mut [u8],
+    queue: &mut SendQueue<'_, 'd>,
+) {
+    shared.metrics.relayed_in_process.inc();
+    let action = target
+        .core
+        .handle_peer(now, to_relay, from_relay, buf, len, indication);
+    let (to, bytes): (FiveTuple, &[u8]) = match action {
+        PeerAction::Drop => return,
+        PeerAction::ChannelData { to, n } => {
+            let buf: &[u8] = buf;
+            (to, &buf[..n])
+        }
+        PeerAction::DataIndication { to, n } => {
+            let indication: &[u8] = indication;
+            (to, &indication[..n])
+        }
+    };
+    // Any shard's socket on the client's server address sends as that address.
+    deliver(shard, &target.streams, queue, to, bytes);
 }
 
 /// Queues a relayed packet towards a client: on this shard's listening socket for UDP, on the client's

@@ -51,6 +51,8 @@ pub struct TurnMetrics {
     pub rate_limited: Value,
     pub policy_denied: Value,
     pub no_permission: Value,
+    /// Packets between two allocations of this server handed from one core to the other without a socket.
+    pub relayed_in_process: Value,
 }
 
 impl TurnMetrics {
@@ -194,6 +196,12 @@ impl TurnMetrics {
             "peercall_turn_no_permission_drops_total",
             "Peer packets dropped for lack of a permission.",
             self.no_permission.get(),
+        );
+        counter(
+            out,
+            "peercall_turn_relayed_in_process_total",
+            "Packets between two allocations of this server passed inside the process (no socket hop).",
+            self.relayed_in_process.get(),
         );
     }
 }
