@@ -57,6 +57,7 @@ start_server() { # name port
       # Limits raised for the benchmark (they are per-user/per-source protections, not capacity limits):
       # one user holds every allocation, and every Binding request comes from 127.0.0.1.
       "${SERVER_CPUS[@]}" "$PEERCALL" turn --listen "127.0.0.1:$port" --relay-ip 127.0.0.1 --realm test --user u:p \
+        --relay-threads "$THREADS" \
         --allow-loopback-peers --user-quota 20000 --total-quota 20000 --unauth-rate 100000000 \
         --log-level warn >"$OUT/$name.server.log" 2>&1 &
       PID=$!

@@ -6,7 +6,9 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use peercall_stun::{Attribute, Class, Message, MessageWriter, Method, attr, long_term_key_md5};
+use peercall_stun::{
+    Attribute, Class, Family, Message, MessageWriter, Method, attr, long_term_key_md5,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_peercall");
 
@@ -340,6 +342,16 @@ impl Client {
     }
 
     fn authed(&mut self, method: Method, attrs: &[Attribute<'_>]) -> (Class, Option<u16>) {
+        let (class, code, _) = self.authed_raw(method, attrs);
+        (class, code)
+    }
+
+    /// An authenticated request as user u; the answer's class, error code and bytes.
+    fn authed_raw(
+        &mut self,
+        method: Method,
+        attrs: &[Attribute<'_>],
+    ) -> (Class, Option<u16>, Vec<u8>) {
         let nonce = self.nonce();
         let key = long_term_key_md5("u", "test", "p");
         let mut all = attrs.to_vec();
@@ -348,8 +360,41 @@ impl Client {
             Attribute::Realm("test"),
             Attribute::Nonce(&nonce),
         ]);
-        let (class, code, _) = self.request(method, &all, Some(&key));
-        (class, code)
+        self.request(method, &all, Some(&key))
+    }
+
+    /// Sends a Send indication (no answer comes).
+    fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) {
+        let mut out = [0u8; 1024];
+        let tid = rand_tid();
+        let mut w =
+            MessageWriter::new(&mut out, Class::Indication, Method::SEND, &tid).expect("fits");
+        w.add(&Attribute::XorPeerAddress(peer)).expect("fits");
+        w.add(&Attribute::Data(data)).expect("fits");
+        let n = w.finish();
+        self.socket.send_to(&out[..n], self.server).expect("send");
+    }
+
+    /// Waits for a Data indication: (peer, payload).
+    fn data_indication(&mut self) -> (SocketAddr, Vec<u8>) {
+        let (n, _) = self
+            .socket
+            .recv_from(&mut self.buf)
+            .expect("a Data indication arrives");
+        let msg = Message::parse(&self.buf[..n]).expect("valid STUN");
+        assert_eq!(
+            (msg.class(), msg.method()),
+            (Class::Indication, Method::DATA)
+        );
+        match (
+            msg.decode_any(attr::XOR_PEER_ADDRESS),
+            msg.decode_any(attr::DATA),
+        ) {
+            (Some(Ok(Attribute::XorPeerAddress(p))), Some(Ok(Attribute::Data(d)))) => {
+                (p, d.to_vec())
+            }
+            other => panic!("odd Data indication: {other:?}"),
+        }
     }
 }
 
@@ -491,4 +536,60 @@ fn negative_tests_and_garbage_flood_leave_the_server_answering() {
         "127.0.0.1",
     ]);
     assert_no_loss(&out, 20);
+}
+
+#[test]
+fn dual_allocation_relays_to_ipv4_and_ipv6_peers_over_real_sockets() {
+    let s = start(&[
+        "--user",
+        "u:p",
+        "--allow-loopback-peers",
+        "--relay-ip",
+        "::1",
+    ]);
+    let mut c = Client::new(s.port);
+    let (class, code, bytes) = c.authed_raw(
+        Method::ALLOCATE,
+        &[
+            Attribute::RequestedTransport(17),
+            Attribute::AdditionalAddressFamily(Family::V6),
+        ],
+    );
+    assert_eq!((class, code), (Class::Success, None));
+    let msg = Message::parse(&bytes).expect("valid");
+    let relays: Vec<SocketAddr> = msg
+        .attributes()
+        .filter(|a| a.typ == attr::XOR_RELAYED_ADDRESS)
+        .map(
+            |a| match Attribute::decode(a.typ, a.value, msg.transaction_id()) {
+                Ok(Attribute::XorRelayedAddress(x)) => x,
+                other => panic!("bad XOR-RELAYED-ADDRESS {other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(relays.len(), 2, "{relays:?}");
+    assert!(relays[0].is_ipv4() && relays[1].is_ipv6(), "{relays:?}");
+    for (bind, relay) in [("127.0.0.1:0", relays[0]), ("[::1]:0", relays[1])] {
+        let peer = UdpSocket::bind(bind).expect("bind peer");
+        peer.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let peer_addr = peer.local_addr().expect("addr");
+        assert_eq!(
+            c.authed(
+                Method::CREATE_PERMISSION,
+                &[Attribute::XorPeerAddress(peer_addr)]
+            ),
+            (Class::Success, None)
+        );
+        c.send_indication(peer_addr, b"to the peer");
+        let mut buf = [0u8; 64];
+        let (n, from) = peer.recv_from(&mut buf).expect("the peer gets the data");
+        assert_eq!(&buf[..n], b"to the peer");
+        assert_eq!(
+            from, relay,
+            "leaves from the relayed address of the peer's family"
+        );
+        peer.send_to(b"to the client", relay).expect("send");
+        assert_eq!(c.data_indication(), (peer_addr, b"to the client".to_vec()));
+    }
 }

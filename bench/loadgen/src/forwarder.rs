@@ -1,6 +1,7 @@
-//! The physical limit: a minimal UDP forwarder with the same batching (recvmmsg/sendmmsg, SO_REUSEPORT, one
-//! thread per core). It strips the 4-byte ChannelData header and sends the payload to the peer it learned from
-//! a `PEER` datagram, so the load generator's peers see exactly what a TURN server would send them.
+//! The physical limit: a minimal UDP forwarder with the same batching as the TURN server (recvmmsg, and the
+//! same `peercall-udp` send queue: sendmmsg with UDP GSO bundles; SO_REUSEPORT, one thread per core). It
+//! strips the 4-byte ChannelData header and sends the payload to the peer it learned from a `PEER` datagram,
+//! so the load generator's peers see exactly what a TURN server would send them.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::sys::{Batch, require_loopback, to_sockaddr, udp_reuseport};
+use peercall_udp::{RecvBatch, SendBuffers};
+
+use crate::sys::{require_loopback, udp_reuseport};
 
 #[derive(clap::Args, Debug)]
 pub struct ForwarderArgs {
@@ -67,32 +70,30 @@ pub fn forwarder(args: ForwarderArgs) -> anyhow::Result<()> {
                 sock.set_read_timeout(Some(Duration::from_millis(200)))
                     .context("SO_RCVTIMEO")?;
                 let fd = sock.as_raw_fd();
-                let mut b = Batch::new(batch, 2048);
-                let mut keep = Vec::with_capacity(batch);
+                let mut rx = RecvBatch::new(batch, 2048, 0);
+                let mut tx = SendBuffers::new(batch);
                 let mut forwarded = 0u64;
-                let mut cached = (0u64, to_sockaddr(addr));
+                let mut cached = (0u64, addr);
                 while Instant::now() < deadline {
-                    let n = b.recv_wait(fd)?;
-                    keep.clear();
+                    let n = rx.recv_wait(fd)?;
+                    let d = dest.load(Ordering::Acquire);
+                    if d != cached.0
+                        && let Some(a) = unpack(d)
+                    {
+                        cached = (d, a);
+                    }
+                    let mut queue = tx.queue();
                     for i in 0..n {
-                        let p = b.packet(i);
+                        let p = rx.packet(i);
                         if p.len() >= 4 && &p[..4] == b"PEER" {
-                            if let Some(src) = b.source(i) {
+                            if let Some(src) = rx.source(i) {
                                 dest.store(pack(src), Ordering::Release);
                             }
-                        } else if p.len() >= 4 && (0x40..=0x4F).contains(&p[0]) {
-                            keep.push(i);
+                        } else if p.len() >= 4 && (0x40..=0x4F).contains(&p[0]) && cached.0 != 0 {
+                            queue.push(fd, &p[4..], cached.1);
                         }
                     }
-                    if keep.is_empty() {
-                        continue;
-                    }
-                    let d = dest.load(Ordering::Acquire);
-                    if d != cached.0 {
-                        let Some(a) = unpack(d) else { continue };
-                        cached = (d, to_sockaddr(a));
-                    }
-                    forwarded += b.forward(fd, &keep, 4, (&cached.1.0, cached.1.1))? as u64;
+                    forwarded += queue.flush().sent as u64;
                 }
                 Ok(forwarded)
             })

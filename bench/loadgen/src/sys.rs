@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-pub use peercall_udp::{from_sockaddr, set_buffers, to_sockaddr};
+pub use peercall_udp::set_buffers;
 
 /// Monotonic time in nanoseconds (CLOCK_MONOTONIC), comparable across threads of this process.
 #[inline]
@@ -128,10 +128,6 @@ impl Batch {
         &self.data[i * self.slot..i * self.slot + self.lens[i]]
     }
 
-    pub fn source(&self, i: usize) -> Option<SocketAddr> {
-        from_sockaddr(&self.addrs[i])
-    }
-
     fn slot_ptr(&mut self, i: usize) -> *mut libc::c_void {
         // SAFETY: i < count, so i * slot is within `data`.
         unsafe { self.data.as_mut_ptr().add(i * self.slot) as *mut libc::c_void }
@@ -140,11 +136,6 @@ impl Batch {
     /// recvmmsg into all slots without blocking. Ok(0) when nothing is queued.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.recv_flags(fd, libc::MSG_DONTWAIT)
-    }
-
-    /// recvmmsg that blocks until one packet arrives (or SO_RCVTIMEO passes), then takes what is queued.
-    pub fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
-        self.recv_flags(fd, libc::MSG_WAITFORONE)
     }
 
     fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
@@ -209,56 +200,6 @@ impl Batch {
     }
 }
 
-impl Batch {
-    /// Sends the received packets in slots `keep` (ascending) to `dest`, minus their first `strip` bytes,
-    /// straight from the receive buffers (no copy). Returns how many went out.
-    pub fn forward(
-        &mut self,
-        fd: RawFd,
-        keep: &[usize],
-        strip: usize,
-        dest: (&libc::sockaddr_storage, libc::socklen_t),
-    ) -> io::Result<usize> {
-        let mut m = 0;
-        for &i in keep {
-            if i >= self.hdrs.len() || self.lens[i] < strip {
-                continue;
-            }
-            // SAFETY: slot i holds lens[i] >= strip received bytes.
-            self.iov[m].iov_base = unsafe { self.slot_ptr(i).add(strip) };
-            self.iov[m].iov_len = self.lens[i] - strip;
-            self.addrs[m] = *dest.0;
-            self.hdrs[m].msg_hdr.msg_namelen = dest.1;
-            m += 1;
-        }
-        let mut done = 0;
-        let mut spins = 0;
-        while done < m && spins < 1000 {
-            // SAFETY: hdrs[done..m] point at live iovecs/addresses set just above.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs.as_mut_ptr().add(done),
-                    (m - done) as libc::c_uint,
-                    0,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => spins += 1,
-                    // ICMP unreachable reported on the socket: that datagram is gone, go on.
-                    io::ErrorKind::ConnectionRefused => done += 1,
-                    _ => return Err(e),
-                }
-            } else {
-                done += r as usize;
-            }
-        }
-        Ok(done)
-    }
-}
-
 /// Epoll (level-triggered, read interest) with its own event buffer.
 pub struct Epoll {
     set: peercall_udp::Epoll,
@@ -312,19 +253,10 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn sockaddr_round_trip() {
-        for a in ["127.0.0.1:3478", "[::1]:9", "10.1.2.3:65535"] {
-            let addr: SocketAddr = a.parse().expect("literal");
-            let (ss, _) = to_sockaddr(addr);
-            assert_eq!(from_sockaddr(&ss), Some(addr));
-        }
-    }
-
-    #[test]
     fn batch_send_recv_over_loopback() {
         let a = udp_socket(loopback_any_port(), 1 << 20).expect("bind");
         let b = udp_socket(loopback_any_port(), 1 << 20).expect("bind");
-        let dest = to_sockaddr(b.local_addr().expect("bound"));
+        let dest = peercall_udp::to_sockaddr(b.local_addr().expect("bound"));
         let mut tx = Batch::new(8, 64);
         for i in 0..8 {
             tx.slot_mut(i)[..4].copy_from_slice(&(i as u32).to_be_bytes());
@@ -338,7 +270,6 @@ mod tests {
             let n = rx.recv(b.as_raw_fd()).expect("recv");
             for i in 0..n {
                 got.push(rx.packet(i).len());
-                assert_eq!(rx.source(i), a.local_addr().ok());
             }
         }
         assert_eq!(got, (4..12).collect::<Vec<_>>());

@@ -751,8 +751,9 @@ fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buffers) {
             };
             if let Some(target) = target {
                 let buf = &mut slot[start - 4..];
-                route_in_process(
-                    shared, shard, target, now, relay, peer, buf, len, indication, &mut queue,
+                shared.metrics.relayed_in_process.inc();
+                peer_to_client(
+                    shard, target, now, relay, peer, buf, len, indication, &mut queue,
                 );
                 continue;
             }
@@ -791,46 +792,31 @@ fn from_peers(shared: &Shared, shard: &Shard, token: u64, b: &mut Buffers) {
             shared.metrics.malformed.inc();
             continue;
         }
-        let slot = item.slot;
-        let action = state
-            .core
-            .handle_peer(now, relay, peer, slot, item.len, indication);
-        let (to, bytes): (FiveTuple, &[u8]) = match action {
-            PeerAction::Drop => continue,
-            PeerAction::ChannelData { to, n } => {
-                let slot: &[u8] = slot;
-                (to, &slot[..n])
-            }
-            PeerAction::DataIndication { to, n } => {
-                let indication: &[u8] = indication;
-                (to, &indication[..n])
-            }
-        };
-        deliver(shard, &state.streams, &mut queue, to, bytes);
+        peer_to_client(
+            shard, state, now, peer, relay, item.slot, item.len, indication, &mut queue,
+        );
     }
     queue.flush();
 }
 
-/// Hands a packet from relayed address `from_relay` to `to_relay`, another allocation of this server (held
-/// by `target`), as if it had arrived on `to_relay`'s socket: that allocation's core checks its permissions and
-/// frames it for its client. `buf[4..4 + len]` is the payload.
+/// A datagram from `from` arrived at relayed address `to_relay` (held by `target`), on its socket or handed
+/// over in process by another allocation of this server: the allocation's core checks its permissions and
+/// frames it for its client, and it is queued towards the client. `buf[4..4 + len]` is the payload.
 #[allow(clippy::too_many_arguments)]
-fn route_in_process<'d>(
-    shared: &Shared,
+fn peer_to_client<'d>(
     shard: &Shard,
     target: &mut State,
     now: Now,
-    from_relay: SocketAddr,
+    from: SocketAddr,
     to_relay: SocketAddr,
     buf: &'d mut [u8],
     len: usize,
     indication: &'d mut [u8],
     queue: &mut SendQueue<'_, 'd>,
 ) {
-    shared.metrics.relayed_in_process.inc();
     let action = target
         .core
-        .handle_peer(now, to_relay, from_relay, buf, len, indication);
+        .handle_peer(now, to_relay, from, buf, len, indication);
     let (to, bytes): (FiveTuple, &[u8]) = match action {
         PeerAction::Drop => return,
         PeerAction::ChannelData { to, n } => {

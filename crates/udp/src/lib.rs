@@ -270,14 +270,36 @@ pub struct Flushed {
     /// Datagrams the kernel refused (full send buffer, ICMP errors reported on the socket, ...): dropped,
     /// as a router would drop them.
     pub dropped: usize,
+    /// Datagrams that left in UDP GSO bundles (counted in `sent` too).
+    pub segmented: usize,
 }
+
+/// `UDP_SEGMENT` (linux/udp.h): the cmsg that makes one send a train of equal-size datagrams.
+const UDP_SEGMENT: libc::c_int = 103;
+/// Most datagrams per GSO bundle (older kernels' UDP_MAX_SEGMENTS).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Largest bundle, below the 64 KiB limit of one send with room for headers.
+const GSO_MAX_BYTES: usize = 60_000;
+/// Only datagrams that fit a common path MTU are bundled: a larger GSO size fails where a plain send would
+/// be fragmented instead.
+const GSO_MAX_SIZE: usize = 1400;
+
+/// Room for one cmsg carrying a u16, aligned as the kernel reads it.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct CmsgSpace([u8; 32]);
 
 /// Reusable `sendmmsg` arrays for a [`SendQueue`].
 pub struct SendBuffers {
     fds: Vec<RawFd>,
+    dests: Vec<SocketAddr>,
     iov: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_storage>,
+    addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    /// One per message of a flush: a datagram, or a GSO bundle of `segments[m]` datagrams.
     hdrs: Vec<libc::mmsghdr>,
+    segments: Vec<usize>,
+    cmsgs: Vec<CmsgSpace>,
+    gso: bool,
 }
 
 impl SendBuffers {
@@ -285,6 +307,7 @@ impl SendBuffers {
         let count = count.max(1);
         SendBuffers {
             fds: vec![-1; count],
+            dests: vec![SocketAddr::from(([0, 0, 0, 0], 0)); count],
             iov: vec![
                 libc::iovec {
                     iov_base: std::ptr::null_mut(),
@@ -293,9 +316,18 @@ impl SendBuffers {
                 count
             ],
             // SAFETY: all-zero sockaddr_storage / mmsghdr are valid values.
-            addrs: vec![unsafe { std::mem::zeroed() }; count],
+            addrs: vec![(unsafe { std::mem::zeroed() }, 0); count],
             hdrs: vec![unsafe { std::mem::zeroed() }; count],
+            segments: vec![0; count],
+            cmsgs: vec![CmsgSpace([0; 32]); count],
+            gso: true,
         }
+    }
+
+    /// Turns UDP GSO bundling off (it is on by default, and turns itself off where the kernel lacks it).
+    pub fn without_gso(mut self) -> SendBuffers {
+        self.gso = false;
+        self
     }
 
     /// A queue of datagrams that borrow their bytes for `'d`; they go out at [`SendQueue::flush`] (or when
@@ -311,7 +343,8 @@ impl SendBuffers {
 }
 
 /// Datagrams waiting for `sendmmsg`, each with its own socket and destination. Consecutive datagrams for the
-/// same socket go out in one call.
+/// same socket go out in one call; within it, consecutive datagrams of one size to one destination (a burst of
+/// media packets) go as one UDP GSO bundle, so the kernel walks its send path once for all of them.
 pub struct SendQueue<'b, 'd> {
     bufs: &'b mut SendBuffers,
     len: usize,
@@ -322,28 +355,18 @@ pub struct SendQueue<'b, 'd> {
 impl<'d> SendQueue<'_, 'd> {
     /// Queues `data` to `dest` on socket `fd`; flushes first when the queue is full.
     pub fn push(&mut self, fd: RawFd, data: &'d [u8], dest: SocketAddr) {
-        if self.len == self.bufs.hdrs.len() {
+        if self.len == self.bufs.fds.len() {
             self.flush();
         }
         let i = self.len;
-        let (ss, sl) = to_sockaddr(dest);
         self.bufs.fds[i] = fd;
-        self.bufs.addrs[i] = ss;
+        self.bufs.dests[i] = dest;
+        self.bufs.addrs[i] = to_sockaddr(dest);
         self.bufs.iov[i] = libc::iovec {
             iov_base: data.as_ptr() as *mut libc::c_void,
             iov_len: data.len(),
         };
         self.len += 1;
-        // The pointers are set here rather than once in new(): a moved SendBuffers keeps its heap arrays,
-        // but setting them per push keeps the invariant local.
-        let h = &mut self.bufs.hdrs[i].msg_hdr;
-        h.msg_iov = &mut self.bufs.iov[i];
-        h.msg_iovlen = 1;
-        h.msg_name = &mut self.bufs.addrs[i] as *mut libc::sockaddr_storage as *mut libc::c_void;
-        h.msg_namelen = sl;
-        h.msg_control = std::ptr::null_mut();
-        h.msg_controllen = 0;
-        h.msg_flags = 0;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -361,38 +384,142 @@ impl<'d> SendQueue<'_, 'd> {
             }
             let mut at = start;
             while at < end {
-                // SAFETY: hdrs[at..end] were filled by push() with pointers to live iovecs/addresses in
-                // `bufs` and to data borrowed for 'd, which outlives this queue.
-                let r = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        self.bufs.hdrs.as_mut_ptr().add(at),
-                        (end - at) as libc::c_uint,
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if r > 0 {
-                    self.total.sent += r as usize;
-                    at += r as usize;
-                } else {
-                    let e = io::Error::last_os_error();
-                    if r < 0 && e.kind() == io::ErrorKind::WouldBlock {
-                        // A full send buffer: the rest of this run is dropped, UDP-style.
-                        self.total.dropped += end - at;
-                        break;
+                let gso = self.bufs.gso;
+                match self.send_run(fd, at, end, gso) {
+                    Ok(()) => at = end,
+                    // A bundle the kernel refused: that many datagrams go one by one; where the kernel has
+                    // no GSO at all (EIO: no checksum offload, ENOPROTOOPT: too old), stop bundling.
+                    Err((bundle, e)) => {
+                        if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENOPROTOOPT)) {
+                            self.bufs.gso = false;
+                        }
+                        at = bundle;
+                        let _ = self.send_run(fd, at, end, false);
+                        at = end;
                     }
-                    if r < 0 && e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    // An error belongs to the first datagram (e.g. an ICMP error reported late): skip it.
-                    self.total.dropped += 1;
-                    at += 1;
                 }
             }
             start = end;
         }
         self.len = 0;
         self.total
+    }
+
+    /// How many datagrams from `at` (before `end`) can go as one GSO bundle.
+    fn bundle_len(&self, at: usize, end: usize) -> usize {
+        let size = self.bufs.iov[at].iov_len;
+        if size == 0 || size > GSO_MAX_SIZE {
+            return 1;
+        }
+        let dest = self.bufs.dests[at];
+        let mut n = 1;
+        let mut bytes = size;
+        while at + n < end && n < GSO_MAX_SEGMENTS {
+            let next = self.bufs.iov[at + n].iov_len;
+            if self.bufs.dests[at + n] != dest
+                || next > size
+                || next == 0
+                || bytes + next > GSO_MAX_BYTES
+            {
+                break;
+            }
+            n += 1;
+            bytes += next;
+            if next < size {
+                break; // only the last datagram of a bundle may be shorter
+            }
+        }
+        n
+    }
+
+    /// sendmmsg of datagrams `at..end` (one socket). On a refused GSO bundle, returns the index of its first
+    /// datagram with the error; everything before it was sent or counted.
+    fn send_run(
+        &mut self,
+        fd: RawFd,
+        at: usize,
+        end: usize,
+        gso: bool,
+    ) -> Result<(), (usize, io::Error)> {
+        // Build the messages: message m covers datagrams first[m]..first[m] + segments[m].
+        let mut m = 0;
+        let mut i = at;
+        while i < end {
+            let n = if gso { self.bundle_len(i, end) } else { 1 };
+            let b = &mut *self.bufs;
+            let h = &mut b.hdrs[m].msg_hdr;
+            h.msg_name = &mut b.addrs[i].0 as *mut libc::sockaddr_storage as *mut libc::c_void;
+            h.msg_namelen = b.addrs[i].1;
+            h.msg_iov = &mut b.iov[i];
+            h.msg_iovlen = n;
+            h.msg_flags = 0;
+            if n > 1 {
+                let c = &mut b.cmsgs[m];
+                h.msg_control = c.0.as_mut_ptr() as *mut libc::c_void;
+                // SAFETY: CMSG_SPACE of a u16 is 24 bytes on Linux, within the 32-byte aligned buffer.
+                unsafe {
+                    h.msg_controllen = libc::CMSG_SPACE(2) as usize;
+                    let cm = libc::CMSG_FIRSTHDR(h);
+                    (*cm).cmsg_level = libc::SOL_UDP;
+                    (*cm).cmsg_type = UDP_SEGMENT;
+                    (*cm).cmsg_len = libc::CMSG_LEN(2) as usize;
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(cm) as *mut u16,
+                        b.iov[i].iov_len as u16,
+                    );
+                }
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+            b.segments[m] = n;
+            m += 1;
+            i += n;
+        }
+        let mut sent_msgs = 0;
+        let mut first = at;
+        while sent_msgs < m {
+            // SAFETY: hdrs[sent_msgs..m] were filled above with pointers to live iovecs, addresses and cmsg
+            // buffers in `bufs`, and to data borrowed for 'd, which outlives this queue.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.bufs.hdrs.as_mut_ptr().add(sent_msgs),
+                    (m - sent_msgs) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                for k in sent_msgs..sent_msgs + r as usize {
+                    let n = self.bufs.segments[k];
+                    self.total.sent += n;
+                    if n > 1 {
+                        self.total.segmented += n;
+                    }
+                    first += n;
+                }
+                sent_msgs += r as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            if r < 0 && e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if r < 0 && e.kind() == io::ErrorKind::WouldBlock {
+                // A full send buffer: the rest of this run is dropped, UDP-style.
+                self.total.dropped += end - first;
+                return Ok(());
+            }
+            let n = self.bufs.segments[sent_msgs];
+            if n > 1 {
+                return Err((first, e));
+            }
+            // An error belongs to the first datagram (e.g. an ICMP error reported late): skip it.
+            self.total.dropped += 1;
+            first += 1;
+            sent_msgs += 1;
+        }
+        Ok(())
     }
 }
 
@@ -531,7 +658,8 @@ mod tests {
             done,
             Flushed {
                 sent: 10,
-                dropped: 0
+                dropped: 0,
+                segmented: 0
             }
         );
         drop(q);
@@ -581,6 +709,85 @@ mod tests {
         assert!(items.next().is_none());
     }
 
+    /// A burst of equal-size datagrams to one destination leaves as GSO bundles, and arrives as the same
+    /// separate datagrams, in order, as without GSO.
+    #[test]
+    fn bursts_to_one_destination_go_as_gso_bundles_and_arrive_unchanged() {
+        let a = udp_socket(loopback(), 1 << 20, false).expect("bind");
+        let sink1 = udp_socket(loopback(), 1 << 20, false).expect("bind");
+        let sink2 = udp_socket(loopback(), 1 << 20, false).expect("bind");
+        let (d1, d2) = (
+            sink1.local_addr().expect("bound"),
+            sink2.local_addr().expect("bound"),
+        );
+        // 12 of 100 bytes and a shorter tail to sink1, then 3 of 80 to sink2, then one of 120 to sink1.
+        let mut burst: Vec<(Vec<u8>, SocketAddr)> = (0..12u8).map(|i| (vec![i; 100], d1)).collect();
+        burst.push((vec![99; 40], d1));
+        burst.extend((0..3u8).map(|i| (vec![200 + i; 80], d2)));
+        burst.push((vec![7; 120], d1));
+        for gso in [true, false] {
+            let mut bufs = SendBuffers::new(32);
+            if !gso {
+                bufs = bufs.without_gso();
+            }
+            let mut q = bufs.queue();
+            for (p, d) in &burst {
+                q.push(a.as_raw_fd(), p, *d);
+            }
+            let done = q.flush();
+            drop(q);
+            assert_eq!(done.sent, 17);
+            assert_eq!(done.dropped, 0);
+            assert_eq!(done.segmented, if gso { 16 } else { 0 }, "{done:?}");
+            let mut rx = RecvBatch::new(32, 256, 0);
+            let got1: Vec<Vec<u8>> = recv_all(&mut rx, sink1.as_raw_fd(), 14)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            let got2: Vec<Vec<u8>> = recv_all(&mut rx, sink2.as_raw_fd(), 3)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            let want1: Vec<Vec<u8>> = burst
+                .iter()
+                .filter(|(_, d)| *d == d1)
+                .map(|(p, _)| p.clone())
+                .collect();
+            let want2: Vec<Vec<u8>> = burst
+                .iter()
+                .filter(|(_, d)| *d == d2)
+                .map(|(p, _)| p.clone())
+                .collect();
+            assert_eq!(got1, want1, "gso {gso}");
+            assert_eq!(got2, want2, "gso {gso}");
+        }
+    }
+
+    #[test]
+    fn a_refused_bundle_falls_back_to_single_datagrams() {
+        let a = udp_socket(loopback(), 0, false).expect("bind");
+        let sink = udp_socket(loopback(), 0, false).expect("bind");
+        let data = [5u8; 64];
+        let mut bufs = SendBuffers::new(8);
+        let mut q = bufs.queue();
+        // A bundle to port 0 is refused as a whole; each datagram is then tried (and refused) alone, and the
+        // bundle after it still goes.
+        for _ in 0..3 {
+            q.push(
+                a.as_raw_fd(),
+                &data,
+                "127.0.0.1:0".parse().expect("literal"),
+            );
+        }
+        for _ in 0..2 {
+            q.push(a.as_raw_fd(), &data, sink.local_addr().expect("bound"));
+        }
+        let done = q.flush();
+        assert_eq!((done.sent, done.dropped), (2, 3), "{done:?}");
+        let mut rx = RecvBatch::new(4, 128, 0);
+        assert_eq!(recv_all(&mut rx, sink.as_raw_fd(), 2).len(), 2);
+    }
+
     #[test]
     fn a_refused_send_is_counted_and_the_rest_still_go() {
         let a = udp_socket(loopback(), 0, false).expect("bind");
@@ -596,7 +803,8 @@ mod tests {
             done,
             Flushed {
                 sent: 1,
-                dropped: 1
+                dropped: 1,
+                segmented: 0
             }
         );
         let mut rx = RecvBatch::new(4, 64, 0);
