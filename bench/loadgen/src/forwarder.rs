@@ -1,5 +1,5 @@
 //! The physical limit: a minimal UDP forwarder with the same batching as the TURN server (recvmmsg, and the
-//! same `peercall-udp` send queue: sendmmsg with UDP GSO bundles; SO_REUSEPORT, one thread per core). It
+//! same `peercall-udp` send queue: sendmmsg, UDP GSO only with `--gso`; SO_REUSEPORT, one thread per core). It
 //! strips the 4-byte ChannelData header and sends the payload to the peer it learned from a `PEER` datagram,
 //! so the load generator's peers see exactly what a TURN server would send them.
 
@@ -26,6 +26,11 @@ pub struct ForwarderArgs {
     /// Packets per recvmmsg/sendmmsg.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Send runs of equal-size datagrams as UDP GSO bundles. Off by default: everything this forwarder sends
+    /// goes from one socket to one destination, a fan-in a TURN server (one relay socket per allocation) never
+    /// sees, so with GSO it stops being a limit a TURN server could reach.
+    #[arg(long)]
+    pub gso: bool,
     /// Exit after this many seconds (at most 7200).
     #[arg(long, default_value_t = 3600.0)]
     pub duration: f64,
@@ -62,6 +67,7 @@ pub fn forwarder(args: ForwarderArgs) -> anyhow::Result<()> {
     let dest = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration.clamp(1.0, 7200.0));
     let batch = args.batch.clamp(1, 1024);
+    let gso = args.gso;
     let handles: Vec<_> = sockets
         .into_iter()
         .map(|sock| {
@@ -72,6 +78,9 @@ pub fn forwarder(args: ForwarderArgs) -> anyhow::Result<()> {
                 let fd = sock.as_raw_fd();
                 let mut rx = RecvBatch::new(batch, 2048, 0);
                 let mut tx = SendBuffers::new(batch);
+                if !gso {
+                    tx = tx.without_gso();
+                }
                 let mut forwarded = 0u64;
                 let mut cached = (0u64, addr);
                 while Instant::now() < deadline {
