@@ -382,22 +382,13 @@ impl<'d> SendQueue<'_, 'd> {
             while end < self.len && self.bufs.fds[end] == fd {
                 end += 1;
             }
-            let mut at = start;
-            while at < end {
-                let gso = self.bufs.gso;
-                match self.send_run(fd, at, end, gso) {
-                    Ok(()) => at = end,
-                    // A bundle the kernel refused: that many datagrams go one by one; where the kernel has
-                    // no GSO at all (EIO: no checksum offload, ENOPROTOOPT: too old), stop bundling.
-                    Err((bundle, e)) => {
-                        if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENOPROTOOPT)) {
-                            self.bufs.gso = false;
-                        }
-                        at = bundle;
-                        let _ = self.send_run(fd, at, end, false);
-                        at = end;
-                    }
+            if let Err((bundle, e)) = self.send_run(fd, start, end, self.bufs.gso) {
+                // A bundle the kernel refused: it and the rest of the run go one by one; where the kernel
+                // has no GSO at all (EIO: no checksum offload, ENOPROTOOPT: too old), stop bundling.
+                if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENOPROTOOPT)) {
+                    self.bufs.gso = false;
                 }
+                let _ = self.send_run(fd, bundle, end, false);
             }
             start = end;
         }

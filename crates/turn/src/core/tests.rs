@@ -158,6 +158,30 @@ impl Harness {
         self.send(&req).expect("an answer")
     }
 
+    /// An authenticated Allocate with EVEN-PORT R=1; the whole reply (it carries a RESERVATION-TOKEN).
+    fn even_port_allocate(&mut self, user: &str, pass: &str) -> Vec<u8> {
+        let nonce = self.nonce();
+        let key = long_term_key_md5(user, REALM, pass);
+        let req = request(
+            Method::ALLOCATE,
+            &[
+                A::RequestedTransport(17),
+                A::EvenPort(true),
+                A::Username(user),
+                A::Realm(REALM),
+                A::Nonce(&nonce),
+            ],
+            Some(&key),
+        );
+        let action =
+            self.core
+                .handle_client(self.now, self.client, &req, &mut self.out, &mut self.ports);
+        let Action::Reply(n) = action else {
+            panic!("expected a reply")
+        };
+        self.out[..n].to_vec()
+    }
+
     fn allocate(&mut self) -> SocketAddr {
         let r = self.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "u", "p");
         assert_eq!(r.class, Class::Success, "{r:?}");
@@ -532,26 +556,8 @@ fn garbage_is_dropped() {
 #[test]
 fn even_port_reservation_is_claimed_by_token() {
     let mut h = harness(false, 10);
-    let nonce = h.nonce();
-    let key = long_term_key_md5("u", REALM, "p");
-    let req = request(
-        Method::ALLOCATE,
-        &[
-            A::RequestedTransport(17),
-            A::EvenPort(true),
-            A::Username("u"),
-            A::Realm(REALM),
-            A::Nonce(&nonce),
-        ],
-        Some(&key),
-    );
-    let action = h
-        .core
-        .handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports);
-    let Action::Reply(n) = action else {
-        panic!("expected a reply")
-    };
-    let msg = Message::parse(&h.out[..n]).expect("valid");
+    let reply = h.even_port_allocate("u", "p");
+    let msg = Message::parse(&reply).expect("valid");
     let Some(Ok(A::XorRelayedAddress(relay))) = msg.decode_any(attr::XOR_RELAYED_ADDRESS) else {
         panic!("no relay")
     };
@@ -612,26 +618,8 @@ fn cores_sharing_a_ledger_share_quotas_relays_and_reservations() {
     assert_eq!(r.class, Class::Success, "{r:?}");
     // A reservation made on core b is claimed by an Allocate that core a handles.
     let mut c = sibling(&a, 42000, 54000);
-    let nonce = c.nonce();
-    let key = long_term_key_md5("v", REALM, "q");
-    let req = request(
-        Method::ALLOCATE,
-        &[
-            A::RequestedTransport(17),
-            A::EvenPort(true),
-            A::Username("v"),
-            A::Realm(REALM),
-            A::Nonce(&nonce),
-        ],
-        Some(&key),
-    );
-    let Action::Reply(n) = c
-        .core
-        .handle_client(c.now, c.client, &req, &mut c.out, &mut c.ports)
-    else {
-        panic!("expected a reply")
-    };
-    let msg = Message::parse(&c.out[..n]).expect("valid");
+    let reply = c.even_port_allocate("v", "q");
+    let msg = Message::parse(&reply).expect("valid");
     let Some(Ok(A::ReservationToken(token))) = msg.decode_any(attr::RESERVATION_TOKEN) else {
         panic!("no token")
     };
