@@ -23,11 +23,9 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
     let mut notes = Vec::new();
 
     if let Some(signal) = &parts.signal {
-        let web_note = match http.web {
-            Some(false) => "   (web client NOT YET AVAILABLE in this build)",
-            _ => "   <- open this in a browser",
-        };
-        lines.push(format!("  web client   {base}/{web_note}"));
+        lines.push(format!(
+            "  web client   {base}/   <- open this in a browser"
+        ));
         if http.addr.ip().is_unspecified() {
             for ip in lan_addresses(http.addr.ip()) {
                 lines.push(format!(
@@ -37,12 +35,7 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
             }
         }
         let ws_base = format!("{ws}://{}", url_host_port(http.addr));
-        let signal_note = if signal.available {
-            ""
-        } else {
-            "   (NOT YET AVAILABLE in this build: answers with an error)"
-        };
-        lines.push(format!("  signaling    {ws_base}/ws{signal_note}"));
+        lines.push(format!("  signaling    {ws_base}/ws"));
         match &signal.turn_advert {
             Some(advert) => lines.push(format!(
                 "  ICE servers  browsers get stun/turn on port {}{}, credentials valid {} s ({})",

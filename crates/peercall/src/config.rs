@@ -151,13 +151,68 @@ pub fn env_var_of(field: &str) -> String {
     format!("PEERCALL_{}", field.to_ascii_uppercase())
 }
 
+/// What a setting is when it is not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeclaredDefault {
+    /// A value, written as it would be on the command line (`49152`, `0.0.0.0:8080`, `false`).
+    Value(&'static str),
+    /// A default that depends on other settings or on the machine, in words.
+    Note(&'static str),
+    /// No value: the feature is off or the list is empty.
+    None,
+}
+
+const fn default_of(value: &[&'static str], note: &[&'static str]) -> DeclaredDefault {
+    match (value, note) {
+        ([v], _) => DeclaredDefault::Value(v),
+        ([], [n]) => DeclaredDefault::Note(n),
+        _ => DeclaredDefault::None,
+    }
+}
+
+/// The declared default of each setting, by field name.
+pub struct Defaults(&'static [(&'static str, DeclaredDefault)]);
+
+impl Defaults {
+    pub fn get(&self, field: &str) -> DeclaredDefault {
+        self.0
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or(DeclaredDefault::None, |(_, d)| *d)
+    }
+}
+
+/// The `--help` line of a setting: its doc comment, joined, plus its declared default.
+fn help_text(doc: &[&str], default: DeclaredDefault) -> String {
+    let mut text = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+    match default {
+        DeclaredDefault::Value(v) => text.push_str(&format!(" [default: {v}]")),
+        DeclaredDefault::Note(n) => text.push_str(&format!(" [default: {n}]")),
+        DeclaredDefault::None => {}
+    }
+    text
+}
+
+/// Parses a declared default. The table is ours, not input: a default that does not parse is a bug caught by
+/// `every_declared_default_parses`.
+fn parse_default<T: FromStr>(field: &str, text: &str) -> T
+where
+    T::Err: fmt::Display,
+{
+    match text.parse() {
+        Ok(value) => value,
+        Err(e) => panic!("the declared default of {field}, {text:?}, does not parse: {e}"),
+    }
+}
+
 macro_rules! settings {
     ($(
         $(#[doc = $gdoc:literal])*
         group $Group:ident ($heading:literal) {
             $(
                 $(#[doc = $doc:literal])*
-                $field:ident : $wrap:ident<$inner:ty> [$($arg:tt)*];
+                $field:ident : $wrap:ident<$inner:ty> [$($arg:tt)*]
+                    $(= $default:literal)? $(, default $note:literal)?;
             )*
         }
     )*) => {
@@ -168,7 +223,7 @@ macro_rules! settings {
             pub struct $Group {
                 $(
                     $(#[doc = $doc])*
-                    #[arg(long, $($arg)*)]
+                    #[arg(long, help = help_text(&[$($doc),*], DEFAULTS.get(stringify!($field))), $($arg)*)]
                     pub $field: $wrap<$inner>,
                 )*
             }
@@ -197,6 +252,23 @@ macro_rules! settings {
 
         /// The field names of every setting, in declaration order.
         pub const FIELDS: &[&str] = &[$($(stringify!($field)),*),*];
+
+        /// The default of every setting, as declared in the table: the one place a default is written.
+        pub const DEFAULTS: Defaults = Defaults(&[$($(
+            (stringify!($field), default_of(&[$($default)?], &[$($note)?])),
+        )*)*]);
+
+        /// Typed defaults, parsed from the table's text (a unit test parses every one of them).
+        #[allow(dead_code)]
+        pub mod defaults {
+            use super::*;
+            $($($(
+                #[doc = concat!("The declared default of `", stringify!($field), "`: ", $default, ".")]
+                pub fn $field() -> $inner {
+                    parse_default(stringify!($field), $default)
+                }
+            )?)*)*
+        }
 
         impl Options {
             /// Parses the `PEERCALL_*` variables among `vars`. Returns the options and the names of `PEERCALL_*`
@@ -256,8 +328,8 @@ macro_rules! settings {
 settings! {
     /// Flags of the HTTP(S) port.
     group HttpFlags ("Web, health and metrics (HTTP port)") {
-        /// Address of the web client, the signaling WebSocket (/ws), /healthz and /metrics [default: 0.0.0.0:8080]
-        http: Option<SocketAddr> [value_name = "ADDR"];
+        /// Address of the web client, the signaling WebSocket (/ws), /healthz and /metrics
+        http: Option<SocketAddr> [value_name = "ADDR"] = "0.0.0.0:8080";
         /// PEM certificate chain: serve HTTPS (and TURNS, unless --turn-cert is given) with it
         tls_cert: Option<PathBuf> [value_name = "FILE"];
         /// PEM private key of --tls-cert
@@ -265,103 +337,102 @@ settings! {
         /// Serve HTTPS with a certificate made at start for localhost and this machine's addresses (its SHA-256
         /// fingerprint is printed). Browsers allow the camera only on HTTPS or localhost
         tls_self_signed: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
-            default_missing_value = "true"];
+            default_missing_value = "true"] = "false";
     }
 
     /// Flags of the signaling server.
     group SignalFlags ("Signaling") {
-        /// Host name put in the STUN/TURN URLs handed to browsers [default: the host the browser used]
-        public_host: Option<String> [value_name = "HOST"];
-        /// Most participants in one room (a full mesh) [default: 6]
-        room_capacity: Option<usize> [value_name = "N"];
-        /// Most rooms open at once [default: 10000]
-        max_rooms: Option<usize> [value_name = "N"];
-        /// Largest signaling message, in bytes [default: 65536]
-        max_message_bytes: Option<usize> [value_name = "BYTES"];
-        /// Signaling messages per second per connection [default: 50]
-        max_messages_per_sec: Option<u32> [value_name = "N"];
-        /// Signaling connections per client IP address [default: 20]
-        max_connections_per_ip: Option<u32> [value_name = "N"];
-        /// Every room needs a password, set by its first participant [default: false]
+        /// Host name put in the STUN/TURN URLs handed to browsers
+        public_host: Option<String> [value_name = "HOST"], default "the host the browser used";
+        /// Most participants in one room (a full mesh)
+        room_capacity: Option<usize> [value_name = "N"] = "6";
+        /// Most rooms open at once
+        max_rooms: Option<usize> [value_name = "N"] = "10000";
+        /// Largest signaling message, in bytes
+        max_message_bytes: Option<usize> [value_name = "BYTES"] = "65536";
+        /// Signaling messages per second per connection
+        max_messages_per_sec: Option<u32> [value_name = "N"] = "50";
+        /// Signaling connections per client IP address
+        max_connections_per_ip: Option<u32> [value_name = "N"] = "20";
+        /// Every room needs a password, set by its first participant
         require_room_password: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
-            default_missing_value = "true"];
+            default_missing_value = "true"] = "false";
         /// Only admit joins carrying an HMAC-signed token made with this secret (for apps embedding peercall)
         join_token_secret: Option<Secret> [value_name = "SECRET"];
-        /// Lifetime of the TURN credentials handed to browsers, in seconds [default: 21600]
-        credential_ttl: Option<u64> [value_name = "SECONDS"];
-        /// Seconds a dropped peer may take to reconnect and keep its place [default: 20]
-        resume_grace: Option<u64> [value_name = "SECONDS"];
-        /// Seconds between WebSocket pings [default: 15]
-        ping_interval: Option<u64> [value_name = "SECONDS"];
-        /// Seconds without an answer before a connection is closed [default: 30]
-        ping_timeout: Option<u64> [value_name = "SECONDS"];
+        /// Lifetime of the TURN credentials handed to browsers, in seconds
+        credential_ttl: Option<u64> [value_name = "SECONDS"] = "21600";
+        /// Seconds a dropped peer may take to reconnect and keep its place
+        resume_grace: Option<u64> [value_name = "SECONDS"] = "20";
+        /// Seconds between WebSocket pings
+        ping_interval: Option<u64> [value_name = "SECONDS"] = "15";
+        /// Seconds without an answer before a connection is closed
+        ping_timeout: Option<u64> [value_name = "SECONDS"] = "30";
     }
 
     /// Where `peercall signal` sends browsers for TURN.
     group ExternalTurnFlags ("External TURN server (peercall signal)") {
         /// Shared secret (--auth-secret) of the TURN server browsers should use; without it they get no relay
         turn_secret: Option<Secret> [value_name = "SECRET"];
-        /// UDP/TCP port of that TURN server, reached at --public-host or the host the browser used [default: 3478]
-        turn_port: Option<u16> [value_name = "PORT"];
-        /// TURNS (TLS) port of that TURN server [default: none]
+        /// UDP/TCP port of that TURN server, reached at --public-host or the host the browser used
+        turn_port: Option<u16> [value_name = "PORT"] = "3478";
+        /// TURNS (TLS) port of that TURN server
         turn_tls_port: Option<u16> [value_name = "PORT"];
     }
 
     /// Flags of the STUN/TURN server.
     group TurnFlags ("STUN/TURN") {
-        /// UDP and TCP address of the STUN/TURN server; repeatable [default: 0.0.0.0:3478]
-        listen: Vec<SocketAddr> [value_name = "ADDR"];
-        /// TURNS (TLS over TCP) address, used when a certificate is configured; repeatable [default: port 5349 on
-        /// each --listen address]
-        tls_listen: Vec<SocketAddr> [value_name = "ADDR"];
-        /// PEM certificate chain for TURNS [default: --tls-cert]
-        turn_cert: Option<PathBuf> [value_name = "FILE"];
-        /// PEM private key of --turn-cert [default: --tls-key]
-        turn_key: Option<PathBuf> [value_name = "FILE"];
-        /// Address relayed traffic leaves from; repeatable [default: the --listen address, or this host's
-        /// addresses when listening on 0.0.0.0]
-        relay_ip: Vec<IpAddr> [value_name = "IP"];
+        /// UDP and TCP address of the STUN/TURN server; repeatable
+        listen: Vec<SocketAddr> [value_name = "ADDR"] = "0.0.0.0:3478";
+        /// TURNS (TLS over TCP) address, used when a certificate is configured; repeatable
+        tls_listen: Vec<SocketAddr> [value_name = "ADDR"], default "port 5349 on each --listen address";
+        /// PEM certificate chain for TURNS
+        turn_cert: Option<PathBuf> [value_name = "FILE"], default "--tls-cert";
+        /// PEM private key of --turn-cert
+        turn_key: Option<PathBuf> [value_name = "FILE"], default "--tls-key";
+        /// Address relayed traffic leaves from; repeatable
+        relay_ip: Vec<IpAddr> [value_name = "IP"],
+            default "the --listen address, or this host's addresses when listening on 0.0.0.0";
         /// Address advertised for relays when the host sits behind a 1:1 NAT, as PUBLIC or PUBLIC/PRIVATE;
         /// repeatable
-        external_ip: Vec<ExternalIpArg> [value_name = "PUBLIC[/PRIVATE]"];
-        /// Authentication realm [default: peercall]
-        realm: Option<String> [value_name = "REALM"];
+        external_ip: Vec<ExternalIp> [value_name = "PUBLIC[/PRIVATE]"];
+        /// Authentication realm
+        realm: Option<String> [value_name = "REALM"] = "peercall";
         /// Static long-term credential NAME:PASSWORD; repeatable
         user: Vec<UserPass> [value_name = "NAME:PASSWORD"];
         /// Shared secret of the "TURN REST API" credential scheme (coturn's use-auth-secret); repeatable, to rotate
-        /// secrets [default under serve: a random secret shared with the signaling server]
-        auth_secret: Vec<Secret> [value_name = "SECRET"];
+        /// secrets
+        auth_secret: Vec<Secret> [value_name = "SECRET"],
+            default "under serve, a random secret shared with the signaling server";
         /// Allow relaying to this private or special range; repeatable
         allow_peer: Vec<IpNet> [value_name = "CIDR"];
         /// Also refuse relaying to this range; repeatable
         deny_peer: Vec<IpNet> [value_name = "CIDR"];
-        /// Allow relaying to loopback addresses (tests and single-host setups) [default: false]
+        /// Allow relaying to loopback addresses (tests and single-host setups)
         allow_loopback_peers: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
-            default_missing_value = "true"];
-        /// Lowest relay port [default: 49152]
-        min_port: Option<u16> [value_name = "PORT"];
-        /// Highest relay port [default: 65535]
-        max_port: Option<u16> [value_name = "PORT"];
-        /// Allocations one user may hold at once [default: 32]
-        user_quota: Option<u32> [value_name = "N"];
-        /// Allocations the whole server may hold at once [default: 20000]
-        total_quota: Option<u32> [value_name = "N"];
-        /// Longest allocation lifetime a client may ask for, in seconds [default: 3600]
-        max_lifetime: Option<u64> [value_name = "SECONDS"];
-        /// Unauthenticated requests per second accepted from one source address [default: 100]
-        unauth_rate: Option<u32> [value_name = "N"];
-        /// Threads relaying UDP, each with its own SO_REUSEPORT sockets (coturn's --relay-threads); 0 = one per
-        /// CPU [default: 0]
-        relay_threads: Option<u32> [value_name = "N"];
+            default_missing_value = "true"] = "false";
+        /// Lowest relay port
+        min_port: Option<u16> [value_name = "PORT"] = "49152";
+        /// Highest relay port
+        max_port: Option<u16> [value_name = "PORT"] = "65535";
+        /// Allocations one user may hold at once
+        user_quota: Option<u32> [value_name = "N"] = "32";
+        /// Allocations the whole server may hold at once
+        total_quota: Option<u32> [value_name = "N"] = "20000";
+        /// Longest allocation lifetime a client may ask for, in seconds
+        max_lifetime: Option<u64> [value_name = "SECONDS"] = "3600";
+        /// Unauthenticated requests per second accepted from one source address
+        unauth_rate: Option<u32> [value_name = "N"] = "100";
+        /// Threads relaying UDP, each with its own SO_REUSEPORT sockets (coturn's --relay-threads); 0 = one per CPU
+        relay_threads: Option<u32> [value_name = "N"] = "0";
     }
 
     /// Logging flags.
     group LogFlags ("Logging") {
-        /// Log level or tracing filter, e.g. debug or info,peercall_turn=trace [default: info; RUST_LOG is used
-        /// when this is not given as a flag]
-        log_level: Option<String> [value_name = "FILTER"];
-        /// Log format: human or json [default: human]
-        log_format: Option<LogFormat> [value_name = "FORMAT"];
+        /// Log level or tracing filter, e.g. debug or info,peercall_turn=trace (RUST_LOG is used when this is not
+        /// given as a flag)
+        log_level: Option<String> [value_name = "FILTER"] = "info";
+        /// Log format: human or json
+        log_format: Option<LogFormat> [value_name = "FORMAT"] = "human";
     }
 }
 
@@ -443,47 +514,14 @@ impl Serialize for UserPass {
     }
 }
 
-/// `--external-ip PUBLIC[/PRIVATE]`, checked when parsed; converted to the TURN crate's type in `parts`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExternalIpArg {
-    pub public: IpAddr,
-    pub private: Option<IpAddr>,
-}
+/// `--external-ip PUBLIC[/PRIVATE]` is the TURN crate's own type; printed as text by `--print-config`.
+pub use peercall_turn::ExternalIp;
 
-impl FromStr for ExternalIpArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (public, private) = match s.split_once('/') {
-            Some((p, q)) => (p, Some(q)),
-            None => (s, None),
-        };
-        let public = public
-            .parse()
-            .map_err(|_| format!("{public:?} is not an IP address (expected PUBLIC[/PRIVATE])"))?;
-        let private =
-            match private {
-                Some(q) => Some(q.parse().map_err(|_| {
-                    format!("{q:?} is not an IP address (expected PUBLIC[/PRIVATE])")
-                })?),
-                None => None,
-            };
-        Ok(ExternalIpArg { public, private })
-    }
-}
-
-impl fmt::Display for ExternalIpArg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.private {
-            Some(private) => write!(f, "{}/{}", self.public, private),
-            None => write!(f, "{}", self.public),
-        }
-    }
-}
-
-impl Serialize for ExternalIpArg {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
+fn serialize_as_text<S: serde::Serializer, T: fmt::Display>(
+    items: &[T],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(items.iter().map(ToString::to_string))
 }
 
 /// A configuration problem found at start; its Display is one line naming the key and where it came from.
@@ -614,7 +652,8 @@ pub struct Resolved {
     pub turn_cert: Option<PathBuf>,
     pub turn_key: Option<PathBuf>,
     pub relay_ip: Vec<IpAddr>,
-    pub external_ip: Vec<ExternalIpArg>,
+    #[serde(serialize_with = "serialize_as_text")]
+    pub external_ip: Vec<ExternalIp>,
     pub realm: String,
     pub user: Vec<UserPass>,
     pub auth_secret: Vec<Secret>,
@@ -638,9 +677,8 @@ pub struct Resolved {
     pub warnings: Vec<String>,
 }
 
-pub const DEFAULT_HTTP: SocketAddr =
-    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
-pub const DEFAULT_TURN_PORT: u16 = 3478;
+/// The TURNS port put on each `--listen` address when `--tls-listen` is not given (the table's note for
+/// `tls_listen` says so in words).
 pub const DEFAULT_TURNS_PORT: u16 = 5349;
 
 impl Resolved {
@@ -651,7 +689,7 @@ impl Resolved {
             from: provenance.describe(field),
             message,
         };
-        let tls_self_signed = o.tls_self_signed.unwrap_or(false);
+        let tls_self_signed = o.tls_self_signed.unwrap_or_else(defaults::tls_self_signed);
         match (&o.tls_cert, &o.tls_key) {
             (Some(_), None) => {
                 return Err(invalid("tls_key", "--tls-cert needs --tls-key too".into()));
@@ -683,8 +721,8 @@ impl Resolved {
             }
             (None, None) => (o.tls_cert.clone(), o.tls_key.clone()),
         };
-        let min_port = o.min_port.unwrap_or(49152);
-        let max_port = o.max_port.unwrap_or(65535);
+        let min_port = o.min_port.unwrap_or_else(defaults::min_port);
+        let max_port = o.max_port.unwrap_or_else(defaults::max_port);
         if min_port == 0 || min_port > max_port {
             let field = if provenance.layer("min_port") >= provenance.layer("max_port") {
                 "min_port"
@@ -698,7 +736,7 @@ impl Resolved {
                 ),
             ));
         }
-        let realm = o.realm.unwrap_or_else(|| "peercall".to_owned());
+        let realm = o.realm.unwrap_or_else(defaults::realm);
         if realm.is_empty()
             || realm.len() > 127
             || realm.chars().any(|c| c.is_control() || c == '"')
@@ -726,59 +764,65 @@ impl Resolved {
                 Ok(())
             }
         };
-        let room_capacity = o.room_capacity.unwrap_or(6);
+        let room_capacity = o.room_capacity.unwrap_or_else(defaults::room_capacity);
         at_least("room_capacity", room_capacity as u64, 2, "")?;
-        let max_rooms = o.max_rooms.unwrap_or(10_000);
+        let max_rooms = o.max_rooms.unwrap_or_else(defaults::max_rooms);
         at_least("max_rooms", max_rooms as u64, 1, "")?;
-        let max_message_bytes = o.max_message_bytes.unwrap_or(64 * 1024);
+        let max_message_bytes = o
+            .max_message_bytes
+            .unwrap_or_else(defaults::max_message_bytes);
         at_least(
             "max_message_bytes",
             max_message_bytes as u64,
             1024,
             " bytes",
         )?;
-        let max_messages_per_sec = o.max_messages_per_sec.unwrap_or(50);
+        let max_messages_per_sec = o
+            .max_messages_per_sec
+            .unwrap_or_else(defaults::max_messages_per_sec);
         at_least("max_messages_per_sec", max_messages_per_sec.into(), 1, "")?;
-        let max_connections_per_ip = o.max_connections_per_ip.unwrap_or(20);
+        let max_connections_per_ip = o
+            .max_connections_per_ip
+            .unwrap_or_else(defaults::max_connections_per_ip);
         at_least(
             "max_connections_per_ip",
             max_connections_per_ip.into(),
             1,
             "",
         )?;
-        let credential_ttl = o.credential_ttl.unwrap_or(6 * 3600);
+        let credential_ttl = o.credential_ttl.unwrap_or_else(defaults::credential_ttl);
         at_least("credential_ttl", credential_ttl, 60, " seconds")?;
-        let resume_grace = o.resume_grace.unwrap_or(20);
-        let ping_interval = o.ping_interval.unwrap_or(15);
+        let resume_grace = o.resume_grace.unwrap_or_else(defaults::resume_grace);
+        let ping_interval = o.ping_interval.unwrap_or_else(defaults::ping_interval);
         at_least("ping_interval", ping_interval, 1, " second")?;
-        let ping_timeout = o.ping_timeout.unwrap_or(30);
+        let ping_timeout = o.ping_timeout.unwrap_or_else(defaults::ping_timeout);
         if ping_timeout <= ping_interval {
             return Err(invalid(
                 "ping_timeout",
                 format!("{ping_timeout} s must be longer than --ping-interval ({ping_interval} s)"),
             ));
         }
-        let user_quota = o.user_quota.unwrap_or(32);
+        let user_quota = o.user_quota.unwrap_or_else(defaults::user_quota);
         at_least("user_quota", user_quota.into(), 1, "")?;
-        let total_quota = o.total_quota.unwrap_or(20_000);
+        let total_quota = o.total_quota.unwrap_or_else(defaults::total_quota);
         at_least("total_quota", total_quota.into(), 1, "")?;
-        let max_lifetime = o.max_lifetime.unwrap_or(3600);
+        let max_lifetime = o.max_lifetime.unwrap_or_else(defaults::max_lifetime);
         at_least(
             "max_lifetime",
             max_lifetime,
             600,
             " seconds (the RFC 8656 default lifetime)",
         )?;
-        let unauth_rate = o.unauth_rate.unwrap_or(100);
+        let unauth_rate = o.unauth_rate.unwrap_or_else(defaults::unauth_rate);
         at_least("unauth_rate", unauth_rate.into(), 1, "")?;
-        let relay_threads = o.relay_threads.unwrap_or(0);
+        let relay_threads = o.relay_threads.unwrap_or_else(defaults::relay_threads);
         if relay_threads > 64 {
             return Err(invalid(
                 "relay_threads",
                 format!("{relay_threads} is more than 64"),
             ));
         }
-        let log_level = o.log_level.unwrap_or_else(|| "info".to_owned());
+        let log_level = o.log_level.unwrap_or_else(defaults::log_level);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             return Err(invalid(
                 "log_level",
@@ -786,7 +830,7 @@ impl Resolved {
             ));
         }
         let listen = if o.listen.is_empty() {
-            vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_TURN_PORT))]
+            vec![defaults::listen()]
         } else {
             o.listen
         };
@@ -808,7 +852,7 @@ impl Resolved {
             warnings.push("--join-token-secret shorter than 16 characters is easy to guess".into());
         }
         Ok(Resolved {
-            http: o.http.unwrap_or(DEFAULT_HTTP),
+            http: o.http.unwrap_or_else(defaults::http),
             tls_cert: o.tls_cert,
             tls_key: o.tls_key,
             tls_self_signed,
@@ -818,14 +862,16 @@ impl Resolved {
             max_message_bytes,
             max_messages_per_sec,
             max_connections_per_ip,
-            require_room_password: o.require_room_password.unwrap_or(false),
+            require_room_password: o
+                .require_room_password
+                .unwrap_or_else(defaults::require_room_password),
             join_token_secret: o.join_token_secret,
             credential_ttl,
             resume_grace,
             ping_interval,
             ping_timeout,
             turn_secret: o.turn_secret,
-            turn_port: o.turn_port.unwrap_or(DEFAULT_TURN_PORT),
+            turn_port: o.turn_port.unwrap_or_else(defaults::turn_port),
             turn_tls_port: o.turn_tls_port,
             listen,
             tls_listen,
@@ -838,7 +884,9 @@ impl Resolved {
             auth_secret: o.auth_secret,
             allow_peer: o.allow_peer,
             deny_peer: o.deny_peer,
-            allow_loopback_peers: o.allow_loopback_peers.unwrap_or(false),
+            allow_loopback_peers: o
+                .allow_loopback_peers
+                .unwrap_or_else(defaults::allow_loopback_peers),
             min_port,
             max_port,
             user_quota,
@@ -847,7 +895,7 @@ impl Resolved {
             unauth_rate,
             relay_threads,
             log_level,
-            log_format: o.log_format.unwrap_or_default(),
+            log_format: o.log_format.unwrap_or_else(defaults::log_format),
             provenance,
             warnings,
         })
@@ -1382,6 +1430,111 @@ mod tests {
             let (_, unknown) =
                 Options::from_env([(env_var_of(field).as_str(), "")]).expect("empty is unset");
             assert!(unknown.is_empty(), "{} not recognised", env_var_of(field));
+        }
+    }
+
+    #[test]
+    fn every_declared_default_parses_and_is_the_resolved_value() {
+        // defaults::X() panics if the table's text does not parse as the setting's type.
+        let r = load(Options::default(), None, &[], &no_file).expect("defaults are valid");
+        let printed = toml::to_string(&r).expect("resolved prints");
+        for field in FIELDS {
+            if let DeclaredDefault::Value(text) = DEFAULTS.get(field) {
+                let key = key_of(field);
+                let line = printed
+                    .lines()
+                    .find(|l| l.starts_with(&format!("{key} = ")))
+                    .unwrap_or_else(|| panic!("--print-config misses {key}"));
+                let value = line[key.len() + 3..].trim_matches(['[', ']', '"']);
+                assert_eq!(
+                    value, text,
+                    "{key}: the resolved default differs from the table's"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_turn_crates_library_defaults_agree_with_the_table() {
+        let lib = peercall_turn::TurnConfig::default();
+        assert_eq!(lib.listen, vec![defaults::listen()]);
+        assert_eq!(lib.realm, defaults::realm());
+        assert_eq!(
+            (lib.min_port, lib.max_port),
+            (defaults::min_port(), defaults::max_port())
+        );
+        assert_eq!(
+            (lib.user_quota, lib.total_quota),
+            (defaults::user_quota(), defaults::total_quota())
+        );
+        assert_eq!(lib.max_lifetime.as_secs(), defaults::max_lifetime());
+        assert_eq!(lib.unauth_rate_per_sec, defaults::unauth_rate());
+        assert_eq!(lib.allow_loopback_peers, defaults::allow_loopback_peers());
+        assert_eq!(lib.threads as u32, defaults::relay_threads());
+    }
+
+    #[test]
+    fn help_shows_the_declared_default_and_docs_agree_with_the_table() {
+        use clap::CommandFactory;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let docs = std::fs::read_to_string(root.join("docs/configuration.md"))
+            .expect("docs/configuration.md");
+        let example = std::fs::read_to_string(root.join("peercall.example.toml"))
+            .expect("peercall.example.toml");
+        let command = AllFlags::command();
+        for field in FIELDS {
+            let key = key_of(field);
+            let help = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()))
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(!help.is_empty(), "--{key} has no help text");
+            let declared = DEFAULTS.get(field);
+            match declared {
+                DeclaredDefault::Value(v) | DeclaredDefault::Note(v) => assert!(
+                    help.ends_with(&format!("[default: {v}]")),
+                    "--{key}: help {help:?} does not end with the table's default"
+                ),
+                DeclaredDefault::None => assert!(!help.contains("[default"), "--{key}: {help:?}"),
+            }
+            assert_eq!(
+                help.matches("[default").count(),
+                usize::from(declared != DeclaredDefault::None),
+                "--{key}: a default written in the doc comment as well as in the table: {help:?}"
+            );
+            // The docs table row of this setting shows the same default.
+            let row = docs
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{key}")))
+                .unwrap_or_else(|| panic!("docs/configuration.md has no table row for --{key}"));
+            let columns: Vec<&str> = row.split(" | ").collect();
+            assert!(
+                columns.len() >= 5,
+                "docs row of --{key} has too few columns: {row}"
+            );
+            if let DeclaredDefault::Value(v) = declared {
+                assert!(
+                    columns[3].starts_with(&format!("`{v}`")),
+                    "docs/configuration.md gives --{key} the default {:?}, the table {v:?}",
+                    columns[3]
+                );
+                // The example file's commented line shows it too (scalars only; lists are examples).
+                if !columns[4].contains("*repeatable*") {
+                    let line = example
+                        .lines()
+                        .find(|l| l.starts_with(&format!("# {key} = ")))
+                        .unwrap_or_else(|| {
+                            panic!("peercall.example.toml has no `# {key} = ` line")
+                        });
+                    assert_eq!(
+                        line[key.len() + 5..].trim().trim_matches('"'),
+                        v,
+                        "peercall.example.toml: {line}"
+                    );
+                }
+            }
         }
     }
 

@@ -82,8 +82,6 @@ pub struct HttpServer {
     pub tls: bool,
     /// For `--tls-self-signed`: the certificate's SHA-256 fingerprint and the names it covers.
     pub self_signed: Option<(String, Vec<String>)>,
-    /// Whether the web client is served, and whether it is the real one.
-    pub web: Option<bool>,
     handle: axum_server::Handle,
     reload: Option<(RustlsConfig, PathBuf, PathBuf)>,
     shutting_down: Arc<AtomicBool>,
@@ -122,7 +120,6 @@ struct AppState {
     mode: Mode,
     turn: Option<TurnPart>,
     signal: Option<SignalPart>,
-    web_available: Option<bool>,
     http_addr: SocketAddr,
     tls: bool,
     started: Instant,
@@ -133,12 +130,10 @@ struct AppState {
 /// Serves the bound port: `/healthz`, `/metrics`, and under serve/signal the signaling WebSocket and web client.
 pub fn serve(mode: Mode, bound: Bound, parts: &Parts) -> HttpServer {
     let shutting_down = Arc::new(AtomicBool::new(false));
-    let web = parts.signal.as_ref().map(|_| crate::parts::web_router());
     let state = AppState {
         mode,
         turn: parts.turn.clone(),
         signal: parts.signal.clone(),
-        web_available: web.as_ref().map(|(_, available)| *available),
         http_addr: bound.addr,
         tls: bound.tls.is_some(),
         started: Instant::now(),
@@ -154,9 +149,8 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts) -> HttpServer {
     if let Some(signal) = &parts.signal {
         app = app.merge(signal.router());
     }
-    let web_available = web.as_ref().map(|(_, available)| *available);
-    if let Some((web_router, _)) = web {
-        app = app.merge(web_router);
+    if parts.signal.is_some() {
+        app = app.merge(crate::parts::web_router());
     }
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
@@ -192,7 +186,6 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts) -> HttpServer {
         addr: bound.addr,
         tls: reload.is_some() || self_signed.is_some(),
         self_signed,
-        web: web_available,
         handle,
         reload,
         shutting_down,
@@ -218,12 +211,7 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     let signaling = match &state.signal {
         Some(signal) => {
             let mut v = signal.stats_json();
-            v["status"] = (if signal.available {
-                "up"
-            } else {
-                "not yet available"
-            })
-            .into();
+            v["status"] = "up".into();
             v["url"] = format!(
                 "{}://{}/ws",
                 if state.tls { "wss" } else { "ws" },
@@ -234,10 +222,10 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         }
         None => serde_json::json!({ "status": "not running" }),
     };
-    let web = match state.web_available {
-        Some(true) => serde_json::json!({ "status": "up" }),
-        Some(false) => serde_json::json!({ "status": "not yet available" }),
-        None => serde_json::json!({ "status": "not running" }),
+    let web = if state.signal.is_some() {
+        serde_json::json!({ "status": "up" })
+    } else {
+        serde_json::json!({ "status": "not running" })
     };
     let body = serde_json::json!({
         "status": if shutting_down { "shutting down" } else if healthy { "ok" } else { "unavailable" },
@@ -349,12 +337,8 @@ fn process_metrics(state: &AppState, out: &mut String) {
             u8::from(turn.is_running())
         );
     }
-    if let Some(signal) = &state.signal {
-        let _ = writeln!(
-            out,
-            "peercall_part_up{{part=\"signaling\"}} {}",
-            u8::from(signal.available)
-        );
+    if state.signal.is_some() {
+        let _ = writeln!(out, "peercall_part_up{{part=\"signaling\"}} 1");
     }
 }
 

@@ -1,7 +1,7 @@
 //! Adapters to the library crates: every use of `peercall_turn`, `peercall_signal` and `peercall_web` is in this
 //! file, so a change in their APIs is a change here only.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -38,16 +38,6 @@ impl Mode {
     }
 }
 
-/// Where the TURN server listens.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct TurnAddrs {
-    pub udp: Vec<SocketAddr>,
-    pub tcp: Vec<SocketAddr>,
-    pub tls: Vec<SocketAddr>,
-    pub relay_ips: Vec<IpAddr>,
-    pub threads: usize,
-}
-
 /// The running STUN/TURN server.
 #[derive(Clone)]
 pub struct TurnPart {
@@ -55,15 +45,8 @@ pub struct TurnPart {
 }
 
 impl TurnPart {
-    pub fn addrs(&self) -> TurnAddrs {
-        let l = self.handle.local_addrs();
-        TurnAddrs {
-            udp: l.udp,
-            tcp: l.tcp,
-            tls: l.tls,
-            relay_ips: l.relay_ips,
-            threads: l.threads,
-        }
+    pub fn addrs(&self) -> peercall_turn::Listening {
+        self.handle.local_addrs()
     }
 
     pub fn is_running(&self) -> bool {
@@ -91,8 +74,6 @@ pub struct TurnAdvertSummary {
 #[derive(Clone)]
 pub struct SignalPart {
     inner: peercall_signal::SignalService,
-    /// False if this build's signaling is only a stand-in (reported in the banner and /healthz).
-    pub available: bool,
     pub turn_advert: Option<TurnAdvertSummary>,
 }
 
@@ -118,8 +99,8 @@ impl SignalPart {
 }
 
 /// The embedded browser client: `/`, `/r/{room}` and its assets.
-pub fn web_router() -> (Router, bool) {
-    (peercall_web::router(), true)
+pub fn web_router() -> Router {
+    peercall_web::router()
 }
 
 /// The running parts; `None` where this mode does not run that part.
@@ -182,14 +163,7 @@ pub async fn start(mode: Mode, config: &Resolved) -> anyhow::Result<Parts> {
                 _ => None,
             },
             relay_ip: config.relay_ip.clone(),
-            external_ip: config
-                .external_ip
-                .iter()
-                .map(|e| peercall_turn::ExternalIp {
-                    public: e.public,
-                    private: e.private,
-                })
-                .collect(),
+            external_ip: config.external_ip.clone(),
             realm: config.realm.clone(),
             users: config
                 .user
@@ -272,7 +246,6 @@ pub async fn start(mode: Mode, config: &Resolved) -> anyhow::Result<Parts> {
         };
         Some(SignalPart {
             inner: peercall_signal::SignalService::new(signal_config),
-            available: true,
             turn_advert: advert.map(|(_, summary)| summary),
         })
     } else {

@@ -52,6 +52,15 @@ impl FromStr for ExternalIp {
     }
 }
 
+impl std::fmt::Display for ExternalIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.private {
+            Some(private) => write!(f, "{}/{}", self.public, private),
+            None => write!(f, "{}", self.public),
+        }
+    }
+}
+
 /// Everything the server needs to start. `Default` is a safe local setup: loopback and private peers refused.
 #[derive(Debug, Clone)]
 pub struct TurnConfig {
