@@ -1,5 +1,6 @@
 //! Interop: coturn's own clients (`turnutils_uclient`, `turnutils_stunclient`, `turnutils_peer`) against the
 //! real `peercall turn` binary on loopback. A missing coturn tool fails the test: nothing is skipped.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};

@@ -2,6 +2,9 @@
 //!
 //! Every loop here is bounded in count and time, and every target must be a loopback address.
 
+// libc calls (sockets, epoll, recvmmsg/sendmmsg, getifaddrs) need unsafe; every block says why it is sound.
+#![allow(unsafe_code)]
+
 mod engine;
 mod forwarder;
 mod procfs;

@@ -342,25 +342,13 @@ fn process_metrics(state: &AppState, out: &mut String) {
     }
 }
 
-/// CPU seconds and resident bytes of this process, from /proc/self/stat.
+/// CPU seconds and resident bytes of this process (the process CPU clock and /proc/self/statm, through rustix's
+/// safe API: this crate has no unsafe code).
 fn proc_self_stat() -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): utime is field 14, stime 15, rss 24 (in pages).
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
-    // SAFETY: sysconf only reads system constants.
-    let (ticks, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if ticks <= 0 || page <= 0 {
-        return None;
-    }
-    Some(((utime + stime) / ticks as f64, rss_pages * page as u64))
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    let cpu = t.tv_sec as f64 + t.tv_nsec as f64 / 1e9;
+    // statm's second field is the resident set, in pages.
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some((cpu, rss_pages * rustix::param::page_size() as u64))
 }

@@ -1,5 +1,7 @@
 //! The `peercall` binary: web client, signaling and STUN/TURN in one process, or each part alone.
 
+#![forbid(unsafe_code)]
+
 mod banner;
 mod config;
 mod http;

@@ -135,41 +135,8 @@ fn hostname() -> Option<String> {
     valid.then(|| name.to_owned())
 }
 
-/// Addresses of this machine's interfaces, read locally with getifaddrs (no network traffic).
-pub fn interface_addresses() -> Vec<IpAddr> {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list freed below by freeifaddrs; it is only read in between, and
-    // each sockaddr is read as the type its family names.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let addr = (*cur).ifa_addr;
-            if !addr.is_null() {
-                match i32::from((*addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
-                    }
-                    _ => {}
-                }
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    out
-}
+/// Addresses of this machine's interfaces (the TURN crate owns the one implementation).
+pub use peercall_turn::interface_addresses;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,5 @@
 //! The command line, the configuration layers and start-up errors, through the real binary.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The running server over real loopback sockets: /healthz, /metrics, TLS, signals and shutdown.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -5,6 +5,7 @@
 //!
 //! Each pair joins its own room; one side sends candidate-sized messages, the other receives them. Prints
 //! messages per second and relay latency percentiles.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

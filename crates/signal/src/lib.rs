@@ -10,6 +10,8 @@
 //!
 //! None of the cores read a clock, touch a socket or sleep: every entry point takes the current `Instant`.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 pub mod ice;

@@ -1,4 +1,5 @@
 //! The signaling server over real sockets: axum on 127.0.0.1:0, tokio-tungstenite clients.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Micro benchmark of the codec's hot operations (informational; `cargo bench -p peercall-stun`).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::hint::black_box;
 use std::time::Instant;

@@ -28,6 +28,8 @@
 //! assert_eq!(Message::parse(&out[..n]).unwrap().transaction_id(), &[7; 12]);
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod attrs;
 mod channel;
 mod message;

@@ -1,5 +1,6 @@
 //! Interop with a real third-party STUN client: coturn's `turnutils_stunclient` sends Binding requests to a
 //! tiny loopback responder built on this codec, and must report the mapped address we encoded.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;

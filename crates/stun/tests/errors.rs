@@ -1,4 +1,5 @@
 //! Bad input gives a precise error, never a panic; the writer refuses what a receiver would reject.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use peercall_stun::*;
 

@@ -1,6 +1,7 @@
 //! Property tests: every attribute survives encode → parse (typed and through the enum), whole messages
 //! with integrity trailers round-trip, stream framing splits concatenated frames back apart, and no input
 //! panics the parsers.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

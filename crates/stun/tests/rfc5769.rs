@@ -1,5 +1,6 @@
 //! The sample messages of RFC 5769 and RFC 8489 Appendix B.1 (as corrected by verified erratum 6268) must
 //! parse and verify exactly, and where their padding is zeros our writer must reproduce them byte for byte.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 

@@ -4,6 +4,9 @@
 //! Everything is allocated once, up front; the per-batch calls allocate nothing. The TURN server's relay
 //! path and the benchmark tools both use it.
 
+// libc calls (sockets, epoll, recvmmsg/sendmmsg, getifaddrs) need unsafe; every block says why it is sound.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::marker::PhantomData;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};

@@ -16,6 +16,8 @@
 //! and carries a strong `ETag`; browsers revalidate and get `304 Not Modified` when nothing changed. HTML pages
 //! carry a strict Content-Security-Policy (same-origin scripts, styles and WebSocket only).
 
+#![forbid(unsafe_code)]
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Path;

@@ -1,4 +1,6 @@
 //! Drives the real `peercall` binary on loopback ports.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+#![allow(unsafe_code)] // kill(2) sends the signals under test
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
