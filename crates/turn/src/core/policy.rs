@@ -6,8 +6,13 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-/// Maps the IPv6 forms that carry an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96, 6to4,
-/// Teredo) to that IPv4 address, so one rule covers all of them.
+/// Maps the IPv6 forms that carry an IPv4 address at a known position (IPv4-mapped, IPv4-compatible, the NAT64
+/// well-known prefix 64:ff9b::/96) to that IPv4 address, so one rule covers all of them.
+///
+/// 6to4 (2002::/16), Teredo (2001::/32), the local-use NAT64 prefix 64:ff9b:1::/48 (where the embedded address
+/// may sit at any RFC 6052 position) and IPv4-translated addresses (::ffff:0:0:0/96) are not decoded: they are
+/// refused outright by [`special_purpose_ranges`] (RFC 6156 §9.1), because a relay to them lands on an IPv4 host
+/// chosen by a tunnel or translator the server cannot see.
 pub fn normalize(ip: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = ip else { return ip };
     let s = v6.segments();
@@ -17,17 +22,9 @@ pub fn normalize(ip: IpAddr) -> IpAddr {
     if s[0..5] == [0; 5] && (s[5] == 0xffff || (s[5] == 0 && (s[6] != 0 || s[7] > 1))) {
         return embedded([o[12], o[13], o[14], o[15]]);
     }
-    // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48 (address in the low 32 bits)
-    if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
+    // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052: the address is the low 32 bits)
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
         return embedded([o[12], o[13], o[14], o[15]]);
-    }
-    // 6to4 2002:AABB:CCDD::/48
-    if s[0] == 0x2002 {
-        return embedded([o[2], o[3], o[4], o[5]]);
-    }
-    // Teredo 2001:0000::/32: client address is the last 32 bits, inverted
-    if s[0] == 0x2001 && s[1] == 0 {
-        return embedded([!o[12], !o[13], !o[14], !o[15]]);
     }
     ip
 }
@@ -55,9 +52,13 @@ pub fn special_purpose_ranges() -> Vec<IpNet> {
         "255.255.255.255/32",
         "::/128",
         "::1/128",
+        "::ffff:0:0:0/96",
+        "64:ff9b:1::/48",
         "100::/64",
+        "2001::/32",
         "2001::/23",
         "2001:db8::/32",
+        "2002::/16",
         "3fff::/20",
         "5f00::/16",
         "fc00::/7",
@@ -195,6 +196,24 @@ mod tests {
     }
 
     #[test]
+    fn refuses_tunnel_and_translator_forms_even_of_public_addresses() {
+        // RFC 6156 §9.1: 6to4 and Teredo are refused outright, whatever IPv4 address they carry; so are
+        // IPv4-translated addresses and the local-use NAT64 prefix, whose embedded position is not known.
+        let p = default_policy();
+        for ip in [
+            "2002:808:808::1",                      // 6to4 of 8.8.8.8
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7", // Teredo of 8.8.8.8
+            "::ffff:0:808:808",                     // IPv4-translated 8.8.8.8
+            "64:ff9b:1::808:808",                   // local-use NAT64
+        ] {
+            assert!(
+                !p.check(ip.parse().expect("ip"), || false),
+                "{ip} must be refused"
+            );
+        }
+    }
+
+    #[test]
     fn allows_public_addresses() {
         let p = default_policy();
         for ip in [
@@ -225,6 +244,16 @@ mod tests {
         assert!(p.check("10.9.9.9".parse().expect("ip"), || false));
         assert!(!p.check("8.8.8.8".parse().expect("ip"), || false));
         assert!(p.check("8.8.4.4".parse().expect("ip"), || false));
+    }
+
+    #[test]
+    fn local_use_nat64_only_when_allowed() {
+        let p = PeerPolicy::new(&["64:ff9b:1::/48".parse().expect("net")], &[], false);
+        assert!(p.check("64:ff9b:1::808:808".parse().expect("ip"), || false));
+        // Allowing the IPv4 range a 6to4 address embeds does not open the 6to4 form.
+        let p = PeerPolicy::new(&["203.0.113.0/24".parse().expect("net")], &[], false);
+        assert!(p.check("203.0.113.9".parse().expect("ip"), || false));
+        assert!(!p.check("2002:cb00:7109::1".parse().expect("ip"), || false));
     }
 
     #[test]
