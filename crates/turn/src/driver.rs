@@ -280,7 +280,8 @@ impl TurnServer {
                 &config.allow_peer,
                 &config.deny_peer,
                 config.allow_loopback_peers,
-            ),
+            )
+            .with_own_addresses(&own_listeners(&listening), own_ips(&config, &relay_ips)),
             user_quota: config.user_quota,
             total_quota: config.total_quota,
             default_lifetime: config.default_lifetime,
@@ -456,6 +457,35 @@ fn load_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TurnError> {
     .with_single_cert(certs, key)
     .map_err(|e| err("certificate", &files.cert, e.to_string()))?;
     Ok(Arc::new(config))
+}
+
+/// Every socket this server listens on (UDP, TCP, TLS).
+fn own_listeners(listening: &Listening) -> Vec<SocketAddr> {
+    let mut all = listening.udp.clone();
+    all.extend(&listening.tcp);
+    all.extend(&listening.tls);
+    all
+}
+
+/// Every IP this server answers on, relays from or advertises: relaying to any of them would reach the server
+/// itself (issue: a Binding through a relay to the listening port came back as a Data indication). A wildcard
+/// listener answers on every interface address.
+fn own_ips(config: &TurnConfig, relay_ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = config
+        .listen
+        .iter()
+        .chain(&config.tls_listen)
+        .map(SocketAddr::ip)
+        .collect();
+    if ips.iter().any(IpAddr::is_unspecified) {
+        ips.extend(interface_addresses());
+    }
+    ips.extend(relay_ips);
+    for external in &config.external_ip {
+        ips.push(external.public);
+        ips.extend(external.private);
+    }
+    ips
 }
 
 fn default_relay_ips(listen: &[SocketAddr]) -> Result<Vec<IpAddr>, TurnError> {

@@ -347,7 +347,7 @@ impl Core {
             || !self
                 .config
                 .policy
-                .check(peer.ip(), || self.ledger.is_relay(peer))
+                .check(peer, || self.ledger.is_relay(peer))
         {
             return Action::Nothing;
         }
@@ -721,7 +721,7 @@ impl Core {
         if !self
             .config
             .policy
-            .check(peer.ip(), || self.ledger.is_relay(peer))
+            .check(peer, || self.ledger.is_relay(peer))
         {
             self.metrics.policy_denied.inc();
             return Err(Refusal(403, "Forbidden"));
@@ -862,7 +862,7 @@ impl Core {
             || !self
                 .config
                 .policy
-                .check(peer.ip(), || self.ledger.is_relay(peer))
+                .check(peer, || self.ledger.is_relay(peer))
         {
             return Action::Nothing;
         }

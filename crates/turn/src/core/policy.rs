@@ -2,7 +2,7 @@
 //! CreatePermission, ChannelBind, TCP) goes through [`PeerPolicy::check`], after [`normalize`]: the coturn
 //! CVE-2020-26262 class of bypasses came from paths or address forms that skipped the check.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -80,6 +80,12 @@ pub struct PeerPolicy {
     special: Vec<IpNet>,
     deny: Vec<IpNet>,
     allow: Vec<IpNet>,
+    /// This server's own addresses (listening, relay, external): a relay towards them would loop back into
+    /// the server or reach services on its host.
+    own_ips: Vec<IpAddr>,
+    /// This server's listening sockets.
+    own_listeners: Vec<SocketAddr>,
+    allow_loopback: bool,
 }
 
 impl PeerPolicy {
@@ -93,14 +99,52 @@ impl PeerPolicy {
             special: special_purpose_ranges(),
             deny: deny.to_vec(),
             allow: allow_all,
+            own_ips: Vec::new(),
+            own_listeners: Vec::new(),
+            allow_loopback,
         }
     }
 
-    /// `is_own_relay` says whether the peer is one of this server's relayed addresses, which is always allowed
-    /// so two relay-only clients on one host reach each other. It is asked only when the ranges alone would
-    /// refuse, so the relay path does not pay for the lookup when the peer is an ordinary address.
-    pub fn check(&self, peer: IpAddr, is_own_relay: impl FnOnce() -> bool) -> bool {
-        self.ranges_allow(peer) || is_own_relay()
+    /// Declares this server's own addresses: its listening sockets and every IP it listens on, relays from or
+    /// advertises (external). Peers there are refused whatever the allow list says, except live relay addresses.
+    pub fn with_own_addresses(
+        mut self,
+        listeners: &[SocketAddr],
+        ips: impl IntoIterator<Item = IpAddr>,
+    ) -> PeerPolicy {
+        self.own_listeners = listeners
+            .iter()
+            .map(|a| SocketAddr::new(normalize(a.ip()), a.port()))
+            .collect();
+        for ip in ips.into_iter().map(normalize) {
+            if !ip.is_unspecified() && !self.own_ips.contains(&ip) {
+                self.own_ips.push(ip);
+            }
+        }
+        self
+    }
+
+    /// `is_own_relay` says whether the peer is one of this server's live relayed addresses, which is always
+    /// allowed so two relay-only clients on one host reach each other. It is asked only when the address alone
+    /// would refuse, so the relay path does not pay for the lookup when the peer is an ordinary address.
+    pub fn check(&self, peer: SocketAddr, is_own_relay: impl FnOnce() -> bool) -> bool {
+        if self.is_own(peer) {
+            return is_own_relay();
+        }
+        self.ranges_allow(peer.ip()) || is_own_relay()
+    }
+
+    /// Whether `peer` is this server itself. On a loopback address that the operator opened with
+    /// `--allow-loopback-peers` (tests and single-host setups, where every peer shares the server's address) only
+    /// the listening ports count as the server; on any other own address every port does.
+    fn is_own(&self, peer: SocketAddr) -> bool {
+        let ip = normalize(peer.ip());
+        let listener =
+            |a: &SocketAddr| a.port() == peer.port() && (a.ip() == ip || a.ip().is_unspecified());
+        if self.own_listeners.iter().any(listener) {
+            return true;
+        }
+        self.own_ips.contains(&ip) && !(ip.is_loopback() && self.allow_loopback)
     }
 
     fn ranges_allow(&self, peer: IpAddr) -> bool {
@@ -130,6 +174,11 @@ impl PeerPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer address on an arbitrary port.
+    fn sa(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().expect("ip"), 40_000)
+    }
 
     fn default_policy() -> PeerPolicy {
         PeerPolicy::new(&[], &[], false)
@@ -168,10 +217,7 @@ mod tests {
             "fec0::1",
             "100::1",
         ] {
-            assert!(
-                !p.check(ip.parse().expect("ip"), || false),
-                "{ip} must be refused"
-            );
+            assert!(!p.check(sa(ip), || false), "{ip} must be refused");
         }
     }
 
@@ -188,10 +234,7 @@ mod tests {
             "2002:c0a8:101::",
             "2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo: !0x80fffffe = 127.0.0.1
         ] {
-            assert!(
-                !p.check(ip.parse().expect("ip"), || false),
-                "{ip} must be refused"
-            );
+            assert!(!p.check(sa(ip), || false), "{ip} must be refused");
         }
     }
 
@@ -206,10 +249,7 @@ mod tests {
             "::ffff:0:808:808",                     // IPv4-translated 8.8.8.8
             "64:ff9b:1::808:808",                   // local-use NAT64
         ] {
-            assert!(
-                !p.check(ip.parse().expect("ip"), || false),
-                "{ip} must be refused"
-            );
+            assert!(!p.check(sa(ip), || false), "{ip} must be refused");
         }
     }
 
@@ -223,41 +263,82 @@ mod tests {
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
         ] {
-            assert!(
-                p.check(ip.parse().expect("ip"), || false),
-                "{ip} must be allowed"
-            );
+            assert!(p.check(sa(ip), || false), "{ip} must be allowed");
         }
     }
 
     #[test]
     fn allow_flags_open_holes_and_deny_adds_ranges() {
         let p = PeerPolicy::new(&[], &[], true);
-        assert!(p.check("127.0.0.1".parse().expect("ip"), || false));
-        assert!(p.check("::ffff:127.0.0.1".parse().expect("ip"), || false));
-        assert!(!p.check("10.0.0.1".parse().expect("ip"), || false));
+        assert!(p.check(sa("127.0.0.1"), || false));
+        assert!(p.check(sa("::ffff:127.0.0.1"), || false));
+        assert!(!p.check(sa("10.0.0.1"), || false));
         let p = PeerPolicy::new(
             &["10.0.0.0/8".parse().expect("net")],
             &["8.8.8.0/24".parse().expect("net")],
             false,
         );
-        assert!(p.check("10.9.9.9".parse().expect("ip"), || false));
-        assert!(!p.check("8.8.8.8".parse().expect("ip"), || false));
-        assert!(p.check("8.8.4.4".parse().expect("ip"), || false));
+        assert!(p.check(sa("10.9.9.9"), || false));
+        assert!(!p.check(sa("8.8.8.8"), || false));
+        assert!(p.check(sa("8.8.4.4"), || false));
     }
 
     #[test]
     fn local_use_nat64_only_when_allowed() {
         let p = PeerPolicy::new(&["64:ff9b:1::/48".parse().expect("net")], &[], false);
-        assert!(p.check("64:ff9b:1::808:808".parse().expect("ip"), || false));
+        assert!(p.check(sa("64:ff9b:1::808:808"), || false));
         // Allowing the IPv4 range a 6to4 address embeds does not open the 6to4 form.
         let p = PeerPolicy::new(&["203.0.113.0/24".parse().expect("net")], &[], false);
-        assert!(p.check("203.0.113.9".parse().expect("ip"), || false));
-        assert!(!p.check("2002:cb00:7109::1".parse().expect("ip"), || false));
+        assert!(p.check(sa("203.0.113.9"), || false));
+        assert!(!p.check(sa("2002:cb00:7109::1"), || false));
+    }
+
+    #[test]
+    fn the_server_itself_is_refused_whatever_the_allow_list_says() {
+        let listen: SocketAddr = "198.51.100.7:3478".parse().expect("addr");
+        let p = PeerPolicy::new(&["198.51.100.0/24".parse().expect("net")], &[], false)
+            .with_own_addresses(
+                &[listen],
+                [
+                    "198.51.100.7".parse().expect("ip"),
+                    "203.0.113.50".parse().expect("ip"),
+                ],
+            );
+        // Its listening port (a Binding sent through the relay would come back as a Data indication), any
+        // other port of its addresses (its web server, ssh), its external address, the IPv4-mapped form.
+        for peer in [
+            "198.51.100.7:3478",
+            "198.51.100.7:8080",
+            "203.0.113.50:443",
+            "[::ffff:198.51.100.7]:3478",
+        ] {
+            let peer: SocketAddr = peer.parse().expect("addr");
+            assert!(!p.check(peer, || false), "{peer} is the server itself");
+        }
+        // A live relay of its own stays reachable; a neighbour in the allowed range too.
+        assert!(p.check("198.51.100.7:50000".parse().expect("addr"), || true));
+        assert!(p.check("198.51.100.8:3478".parse().expect("addr"), || false));
+    }
+
+    #[test]
+    fn single_host_setups_keep_loopback_peers_but_not_the_listener() {
+        let listen: SocketAddr = "127.0.0.1:3478".parse().expect("addr");
+        let p = PeerPolicy::new(&[], &[], true).with_own_addresses(&[listen], [listen.ip()]);
+        assert!(!p.check(listen, || false), "the listener itself");
+        assert!(
+            p.check("127.0.0.1:3480".parse().expect("addr"), || false),
+            "a peer on the same host"
+        );
+        let wildcard: SocketAddr = "0.0.0.0:3478".parse().expect("addr");
+        let p = PeerPolicy::new(&[], &[], true).with_own_addresses(&[wildcard], []);
+        assert!(
+            !p.check(listen, || false),
+            "a wildcard listener answers on loopback too"
+        );
     }
 
     #[test]
     fn own_relay_addresses_are_always_allowed() {
-        assert!(default_policy().check("127.0.0.1".parse().expect("ip"), || true));
+        assert!(default_policy().check(sa("127.0.0.1"), || true));
     }
 }
