@@ -419,17 +419,31 @@ impl Core {
         out: &mut [u8],
         ports: &mut dyn RelayPorts,
     ) -> Result<usize, ErrorReply> {
-        let authenticated_before = msg.get(attr::MESSAGE_INTEGRITY).is_some();
-        if !authenticated_before && !self.rate.allow(from.client.ip(), now.instant) {
+        // A request is unauthenticated until its MESSAGE-INTEGRITY has been verified: one that carries none is
+        // counted against the source's unauthenticated rate at once; one that carries some is counted when it
+        // fails (any answer before a verified key is an unauthenticated answer), so random or empty
+        // MESSAGE-INTEGRITY attributes cannot buy answers past the limit. Verified requests are never counted.
+        let carries_integrity = msg.get(attr::MESSAGE_INTEGRITY).is_some();
+        if !carries_integrity && !self.rate.allow(from.client.ip(), now.instant) {
             self.metrics.rate_limited.inc();
             return Err((0, "", None, false)); // silently dropped by the caller below
         }
+        let unverified = |core: &mut Core, answer: ErrorReply| {
+            if carries_integrity && !core.rate.allow(from.client.ip(), now.instant) {
+                core.metrics.rate_limited.inc();
+                return (0, "", None, false);
+            }
+            answer
+        };
         let mut unknown = [0u16; 8];
         let n = msg.unknown_comprehension_required(attr::is_known, &mut unknown);
         if n > 0 {
-            return Err((420, "Unknown Attribute", None, false));
+            return Err(unverified(self, (420, "Unknown Attribute", None, false)));
         }
-        let key = self.authenticate(now, from, msg)?;
+        let key = match self.authenticate(now, from, msg) {
+            Ok(key) => key,
+            Err(answer) => return Err(unverified(self, answer)),
+        };
         let refuse = |r: Refusal| (r.0, r.1, Some(key), false);
         let n = match msg.method() {
             Method::ALLOCATE => self

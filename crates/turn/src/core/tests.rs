@@ -541,6 +541,54 @@ fn unauthenticated_flood_is_rate_limited() {
 }
 
 #[test]
+fn a_message_integrity_that_does_not_verify_buys_no_answers_past_the_rate() {
+    // Issue 9 item 4: with a random or empty MESSAGE-INTEGRITY, 300 Allocates used to get 300 answers.
+    let mut h = harness(false, 10);
+    let nonce = h.nonce();
+    let random_key = [0x5a_u8; 16];
+    let forged = request(
+        Method::ALLOCATE,
+        &[
+            A::RequestedTransport(17),
+            A::Username("u"),
+            A::Realm(REALM),
+            A::Nonce(&nonce),
+        ],
+        Some(&random_key),
+    );
+    let answered = (0..300).filter(|_| h.send(&forged).is_some()).count();
+    assert!(
+        answered <= 10,
+        "burst of 2x rate 5, got {answered} answers to forged integrity"
+    );
+    assert!(h.metrics.rate_limited.get() >= 290);
+    // A client whose integrity verifies is not limited by the flood from its address.
+    let relayed = h.allocate_with_nonce(&nonce);
+    assert!(relayed.port() > 0);
+}
+
+impl Harness {
+    /// An authenticated Allocate made with a nonce taken before a flood (getting one needs an unauthenticated
+    /// answer, which the flood has used up).
+    fn allocate_with_nonce(&mut self, nonce: &str) -> SocketAddr {
+        let key = long_term_key_md5("u", REALM, "p");
+        let req = request(
+            Method::ALLOCATE,
+            &[
+                A::RequestedTransport(17),
+                A::Username("u"),
+                A::Realm(REALM),
+                A::Nonce(nonce),
+            ],
+            Some(&key),
+        );
+        let r = self.send(&req).expect("a verified request is answered");
+        assert_eq!(r.class, Class::Success, "{r:?}");
+        r.relayed.expect("relayed address")
+    }
+}
+
+#[test]
 fn garbage_is_dropped() {
     let mut h = harness(false, 10);
     for packet in [
