@@ -559,7 +559,7 @@ fn dual_allocation_relays_to_ipv4_and_ipv6_peers_over_real_sockets() {
     assert_eq!((class, code), (Class::Success, None));
     let msg = Message::parse(&bytes).expect("valid");
     let relays: Vec<SocketAddr> = msg
-        .attributes()
+        .wire_attributes()
         .filter(|a| a.typ == attr::XOR_RELAYED_ADDRESS)
         .map(
             |a| match Attribute::decode(a.typ, a.value, msg.transaction_id()) {

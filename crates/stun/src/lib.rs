@@ -286,7 +286,7 @@ pub fn fuzz_entry(data: &[u8]) {
         let _ = msg.decode_any(typ);
     }
     // Every attribute, re-encoded alone, decodes to the same value.
-    for raw in msg.attributes() {
+    for raw in msg.wire_attributes() {
         let Ok(a) = Attribute::decode(raw.typ, raw.value, &tid) else {
             continue;
         };

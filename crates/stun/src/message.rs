@@ -193,8 +193,9 @@ impl<'a> Message<'a> {
         self.buf
     }
 
-    /// Every attribute in order, including those the integrity rules make [`Message::get`] ignore.
-    pub fn attributes(&self) -> AttributeIter<'a> {
+    /// Every attribute on the wire, in order, including those after MESSAGE-INTEGRITY(-SHA256) that RFC 8489
+    /// §14.5 says to ignore. For diagnostics and tests only: protocol logic uses [`Message::attributes`].
+    pub fn wire_attributes(&self) -> AttributeIter<'a> {
         AttributeIter {
             buf: self.buf,
             offset: HEADER_LEN,
@@ -202,8 +203,10 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// The attributes that count: those before the first integrity or fingerprint attribute.
-    pub fn covered_attributes(&self) -> AttributeIter<'a> {
+    /// The attributes that count, in order: those before the first integrity or fingerprint attribute.
+    /// Everything after MESSAGE-INTEGRITY(-SHA256) except FINGERPRINT is ignored (RFC 8489 §14.5), for every
+    /// method, here once: a caller iterating attributes cannot see one appended after the MAC.
+    pub fn attributes(&self) -> AttributeIter<'a> {
         AttributeIter {
             buf: self.buf,
             offset: HEADER_LEN,
@@ -227,7 +230,7 @@ impl<'a> Message<'a> {
             attr::MESSAGE_INTEGRITY => self.at(self.integrity),
             attr::MESSAGE_INTEGRITY_SHA256 => self.at(self.integrity_sha256),
             attr::FINGERPRINT => self.at(self.fingerprint),
-            _ => self.covered_attributes().find(|a| a.typ == typ),
+            _ => self.attributes().find(|a| a.typ == typ),
         }
     }
 
@@ -252,7 +255,7 @@ impl<'a> Message<'a> {
         out: &mut [u16],
     ) -> usize {
         let mut n = 0;
-        for a in self.covered_attributes() {
+        for a in self.attributes() {
             if n == out.len() {
                 break;
             }

@@ -24,7 +24,7 @@ fn responder(socket: UdpSocket, stop: mpsc::Receiver<()>) -> Vec<(SocketAddr, Ve
             continue;
         };
         let msg = Message::parse(&buf[..n]).expect("coturn sends valid STUN");
-        let types: Vec<u16> = msg.attributes().map(|a| a.typ).collect();
+        let types: Vec<u16> = msg.wire_attributes().map(|a| a.typ).collect();
         let fingerprint_ok = !msg.has_fingerprint() || msg.verify_fingerprint().is_ok();
         seen.push((from, types, fingerprint_ok));
         if msg.class() != Class::Request || msg.method() != Method::BINDING {

@@ -115,7 +115,7 @@ fn attribute_count_is_limited_and_configurable() {
         ParseError::TooManyAttributes(64)
     );
     let msg = Message::parse_with(&b, &ParseLimits { max_attributes: 65 }).expect("allowed");
-    assert_eq!(msg.attributes().count(), 65);
+    assert_eq!(msg.wire_attributes().count(), 65);
     assert!(Message::parse(&with_attrs(&many[..64])).is_ok());
     assert!(Message::parse_with(&header(0), &ParseLimits { max_attributes: 0 }).is_ok());
 }

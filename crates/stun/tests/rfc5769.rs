@@ -80,7 +80,7 @@ fn sample_request_parses_and_verifies() {
         msg.decode::<IceControlled>(),
         Some(Ok(IceControlled(0x932ff9b151263b36)))
     );
-    assert_eq!(msg.attributes().count(), 6);
+    assert_eq!(msg.wire_attributes().count(), 6);
     msg.verify_integrity(SHORT_TERM_PASSWORD)
         .expect("MESSAGE-INTEGRITY matches");
     msg.verify_fingerprint().expect("FINGERPRINT matches");

@@ -589,6 +589,55 @@ impl Harness {
 }
 
 #[test]
+fn a_peer_appended_after_message_integrity_gets_no_permission() {
+    // Issue 9 item 6: RFC 8489 §14.5, attributes after MESSAGE-INTEGRITY are ignored (a permission appended
+    // after the MAC used to be installed and used).
+    let mut h = harness(true, 10);
+    let relay = h.allocate();
+    let covered: SocketAddr = "127.0.0.1:9001".parse().expect("addr");
+    let appended: SocketAddr = "127.0.0.2:9002".parse().expect("addr");
+    let nonce = h.nonce();
+    let key = long_term_key_md5("u", REALM, "p");
+    let mut req = request(
+        Method::CREATE_PERMISSION,
+        &[
+            A::XorPeerAddress(covered),
+            A::Username("u"),
+            A::Realm(REALM),
+            A::Nonce(&nonce),
+        ],
+        Some(&key),
+    );
+    // Append a second XOR-PEER-ADDRESS after the MAC, as an attacker in the path would, and fix the length.
+    let mut extra = vec![0u8; 64];
+    let tid = [0x42; 12];
+    let mut w = MessageWriter::new(&mut extra, Class::Request, Method::CREATE_PERMISSION, &tid)
+        .expect("fits");
+    w.add(&A::XorPeerAddress(appended)).expect("fits");
+    let n = w.finish();
+    req.extend_from_slice(&extra[20..n]);
+    let body = (req.len() - 20) as u16;
+    req[2..4].copy_from_slice(&body.to_be_bytes());
+    let r = h.send(&req).expect("answered");
+    assert_eq!(r.class, Class::Success, "the covered part verifies: {r:?}");
+    let mut buf = vec![0u8; 64];
+    buf[4..8].copy_from_slice(b"ping");
+    let mut out = vec![0u8; 256];
+    assert_ne!(
+        h.core
+            .handle_peer(h.now, relay, covered, &mut buf, 4, &mut out),
+        PeerAction::Drop,
+        "the covered peer is permitted"
+    );
+    assert_eq!(
+        h.core
+            .handle_peer(h.now, relay, appended, &mut buf, 4, &mut out),
+        PeerAction::Drop,
+        "the peer after MESSAGE-INTEGRITY must not be permitted"
+    );
+}
+
+#[test]
 fn garbage_is_dropped() {
     let mut h = harness(false, 10);
     for packet in [
