@@ -416,8 +416,23 @@ settings! {
         max_port: Option<u16> [value_name = "PORT"] = "65535";
         /// Allocations one user may hold at once
         user_quota: Option<u32> [value_name = "N"] = "32";
+        /// Allocations (and EVEN-PORT reservations) one client address may hold at once, whatever the username
+        /// (IPv6 counted by /64); sized for a household or a carrier NAT
+        client_quota: Option<u32> [value_name = "N"] = "256";
         /// Allocations the whole server may hold at once
         total_quota: Option<u32> [value_name = "N"] = "20000";
+        /// Permissions (peer IP addresses) one allocation may hold; more get 508
+        max_permissions: Option<u32> [value_name = "N"] = "32";
+        /// Channel bindings one allocation may hold; more get 508
+        max_channels: Option<u32> [value_name = "N"] = "32";
+        /// Seconds a new TCP/TLS connection has to send its first complete STUN message (TLS handshake included)
+        tcp_first_message_timeout: Option<u64> [value_name = "SECONDS"] = "10";
+        /// Seconds a TCP/TLS connection without an allocation may stay silent before it is closed
+        tcp_idle_timeout: Option<u64> [value_name = "SECONDS"] = "60";
+        /// TCP/TLS connections one client address may hold open (IPv6 counted by /64)
+        tcp_per_address: Option<u32> [value_name = "N"] = "64";
+        /// TCP/TLS connections the server holds open in total; more are closed at accept
+        tcp_connections: Option<u32> [value_name = "N"] = "4096";
         /// Longest allocation lifetime a client may ask for, in seconds
         max_lifetime: Option<u64> [value_name = "SECONDS"] = "3600";
         /// Unauthenticated requests per second accepted from one source address
@@ -663,7 +678,14 @@ pub struct Resolved {
     pub min_port: u16,
     pub max_port: u16,
     pub user_quota: u32,
+    pub client_quota: u32,
     pub total_quota: u32,
+    pub max_permissions: u32,
+    pub max_channels: u32,
+    pub tcp_first_message_timeout: u64,
+    pub tcp_idle_timeout: u64,
+    pub tcp_per_address: u32,
+    pub tcp_connections: u32,
     pub max_lifetime: u64,
     pub unauth_rate: u32,
     pub relay_threads: u32,
@@ -804,8 +826,31 @@ impl Resolved {
         }
         let user_quota = o.user_quota.unwrap_or_else(defaults::user_quota);
         at_least("user_quota", user_quota.into(), 1, "")?;
+        let client_quota = o.client_quota.unwrap_or_else(defaults::client_quota);
+        at_least("client_quota", client_quota.into(), 1, "")?;
         let total_quota = o.total_quota.unwrap_or_else(defaults::total_quota);
         at_least("total_quota", total_quota.into(), 1, "")?;
+        let max_permissions = o.max_permissions.unwrap_or_else(defaults::max_permissions);
+        at_least("max_permissions", max_permissions.into(), 1, "")?;
+        let max_channels = o.max_channels.unwrap_or_else(defaults::max_channels);
+        at_least("max_channels", max_channels.into(), 1, "")?;
+        let tcp_first_message_timeout = o
+            .tcp_first_message_timeout
+            .unwrap_or_else(defaults::tcp_first_message_timeout);
+        at_least(
+            "tcp_first_message_timeout",
+            tcp_first_message_timeout,
+            1,
+            " second",
+        )?;
+        let tcp_idle_timeout = o
+            .tcp_idle_timeout
+            .unwrap_or_else(defaults::tcp_idle_timeout);
+        at_least("tcp_idle_timeout", tcp_idle_timeout, 1, " second")?;
+        let tcp_per_address = o.tcp_per_address.unwrap_or_else(defaults::tcp_per_address);
+        at_least("tcp_per_address", tcp_per_address.into(), 1, "")?;
+        let tcp_connections = o.tcp_connections.unwrap_or_else(defaults::tcp_connections);
+        at_least("tcp_connections", tcp_connections.into(), 1, "")?;
         let max_lifetime = o.max_lifetime.unwrap_or_else(defaults::max_lifetime);
         at_least(
             "max_lifetime",
@@ -890,7 +935,14 @@ impl Resolved {
             min_port,
             max_port,
             user_quota,
+            client_quota,
             total_quota,
+            max_permissions,
+            max_channels,
+            tcp_first_message_timeout,
+            tcp_idle_timeout,
+            tcp_per_address,
+            tcp_connections,
             max_lifetime,
             unauth_rate,
             relay_threads,
@@ -1466,6 +1518,29 @@ mod tests {
         assert_eq!(
             (lib.user_quota, lib.total_quota),
             (defaults::user_quota(), defaults::total_quota())
+        );
+        assert_eq!(
+            (lib.client_quota, lib.max_permissions, lib.max_channels),
+            (
+                defaults::client_quota(),
+                defaults::max_permissions(),
+                defaults::max_channels()
+            )
+        );
+        let streams = lib.stream_limits;
+        assert_eq!(
+            (
+                streams.first_message_timeout.as_secs(),
+                streams.idle_timeout.as_secs(),
+                streams.per_address,
+                streams.total
+            ),
+            (
+                defaults::tcp_first_message_timeout(),
+                defaults::tcp_idle_timeout(),
+                defaults::tcp_per_address(),
+                defaults::tcp_connections()
+            )
         );
         assert_eq!(lib.max_lifetime.as_secs(), defaults::max_lifetime());
         assert_eq!(lib.unauth_rate_per_sec, defaults::unauth_rate());

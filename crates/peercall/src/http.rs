@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::task::JoinHandle;
 
-use crate::config::{HttpTls, Resolved};
+use crate::config::{HttpTls, Layer, Resolved};
 use crate::parts::{Mode, Parts, SignalPart, TurnPart};
 use crate::tls;
 
@@ -43,13 +43,28 @@ pub fn bind(mode: Mode, config: &Resolved) -> anyhow::Result<Bound> {
     } else {
         "/healthz and /metrics"
     };
-    let listener = std::net::TcpListener::bind(config.http).map_err(|e| {
+    let (wanted, listener) = match health_only_default(mode, config) {
+        // `peercall turn` without --http: its health port follows the TURN listen address, and a second
+        // `peercall turn` on the same host (another --listen port) takes any free port instead of failing.
+        Some(wanted) => match std::net::TcpListener::bind(wanted) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let any = SocketAddr::new(wanted.ip(), 0);
+                tracing::warn!(
+                    "{wanted} is taken (another peercall?): /healthz and /metrics use a free port instead, see the banner; give --http to choose one"
+                );
+                (any, std::net::TcpListener::bind(any))
+            }
+            bound => (wanted, bound),
+        },
+        None => (config.http, std::net::TcpListener::bind(config.http)),
+    };
+    let listener = listener.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (is another peercall or web server running? change --http)"
         } else {
             " (change --http)"
         };
-        anyhow!("cannot listen on {} for {what}: {e}{hint}", config.http)
+        anyhow!("cannot listen on {wanted} for {what}: {e}{hint}")
     })?;
     listener
         .set_nonblocking(true)
@@ -74,6 +89,16 @@ pub fn bind(mode: Mode, config: &Resolved) -> anyhow::Result<Bound> {
         addr,
         tls,
     })
+}
+
+/// Under `peercall turn` with --http left at its default: the default port on the first TURN listen
+/// address's IP (not every interface, when TURN was told to listen on one).
+fn health_only_default(mode: Mode, config: &Resolved) -> Option<SocketAddr> {
+    if mode != Mode::Turn || config.provenance.layer("http") != Layer::Default {
+        return None;
+    }
+    let ip = config.listen.first().map(|l| l.ip())?;
+    Some(SocketAddr::new(ip, config.http.port()))
 }
 
 /// The running HTTP server.

@@ -280,6 +280,31 @@ fn init_logging(config: &Resolved) -> anyhow::Result<()> {
 const HTTP_GRACE: Duration = Duration::from_secs(2);
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Raises the soft limit on open files to the hard one: every relay socket, TURN TCP/TLS connection and
+/// WebSocket is a descriptor, and the usual soft limit of 1,024 is far below the default quotas.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(
+            from = ?limit.current,
+            to = ?limit.maximum,
+            "raised the open file limit"
+        ),
+        Err(e) => tracing::warn!(
+            "cannot raise the open file limit from {:?} ({e}): connections past it will be refused",
+            limit.current
+        ),
+    }
+}
+
 async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // HTTPS and TURNS both use rustls with ring; make it the process default too (a second install is a no-op).
@@ -288,6 +313,7 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
 
+    raise_open_file_limit();
     // The HTTP port first: "port in use" and certificate errors before anything else starts.
     let bound = http::bind(mode, &config)?;
     let parts = parts::start(mode, &config).await?;

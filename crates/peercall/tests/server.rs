@@ -593,3 +593,31 @@ fn tls_cert_files_serve_https_and_turns_and_reload_on_sighup() {
     // Still running after SIGHUP.
     assert_eq!(get(&second, addr).expect("https").0, 200);
 }
+
+#[test]
+fn two_turn_servers_on_one_host_start_without_extra_flags_and_keep_health_on_their_address() {
+    // Without --http, `peercall turn` used to open /healthz on 0.0.0.0:8080: on every interface although
+    // TURN listened on one address, and a second instance failed on the taken port.
+    let first_port = free_port();
+    let second_port = free_port();
+    let args = |port: u16| {
+        vec![
+            "turn".to_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--user".into(),
+            "u:p".into(),
+        ]
+    };
+    let first = Server::start(&refs(&args(first_port)), &[]);
+    let second = Server::start(&refs(&args(second_port)), &[]);
+    let (a, b) = (first.http_addr(), second.http_addr());
+    assert_eq!(a.ip().to_string(), "127.0.0.1", "{:?}", first.banner);
+    assert_eq!(b.ip().to_string(), "127.0.0.1", "{:?}", second.banner);
+    assert_ne!(a.port(), b.port());
+    for addr in [a, b] {
+        let (status, health) = healthz(addr);
+        assert_eq!(status, 200, "{health}");
+        assert_eq!(health["parts"]["turn"]["status"], "up");
+    }
+}

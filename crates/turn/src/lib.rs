@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use driver::{Listening, TurnHandle, TurnServer, interface_addresses};
+pub use driver::{Listening, StreamLimits, TurnHandle, TurnServer, interface_addresses};
 pub use metrics::TurnMetrics;
 
 /// TLS certificate and key files (PEM) for TURNS.
@@ -81,7 +81,15 @@ pub struct TurnConfig {
     pub min_port: u16,
     pub max_port: u16,
     pub user_quota: u32,
+    /// Allocations per client address (IPv6 by /64), whatever the username.
+    pub client_quota: u32,
     pub total_quota: u32,
+    /// Permissions per allocation.
+    pub max_permissions: u32,
+    /// Channel bindings per allocation.
+    pub max_channels: u32,
+    /// TCP/TLS connection caps and deadlines.
+    pub stream_limits: StreamLimits,
     pub max_lifetime: Duration,
     pub default_lifetime: Duration,
     pub unauth_rate_per_sec: u32,
@@ -107,7 +115,11 @@ impl Default for TurnConfig {
             min_port: 49152,
             max_port: 65535,
             user_quota: 32,
+            client_quota: 256,
             total_quota: 20_000,
+            max_permissions: 32,
+            max_channels: 32,
+            stream_limits: StreamLimits::default(),
             max_lifetime: Duration::from_secs(3600),
             default_lifetime: Duration::from_secs(600),
             unauth_rate_per_sec: 100,

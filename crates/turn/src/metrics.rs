@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use peercall_stun::Method;
 
+use crate::core::QuotaKind;
 use crate::core::auth::AuthFailure;
+use crate::driver::StreamRefusal;
 
 /// A counter or gauge.
 #[derive(Default, Debug)]
@@ -35,6 +37,42 @@ const METHODS: [Method; 5] = [
     Method::CHANNEL_BIND,
 ];
 
+/// How a TCP/TLS client connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamClose {
+    /// The client closed it (or the network did).
+    Closed,
+    /// No complete STUN message within the first-message deadline.
+    FirstMessageTimeout,
+    /// No allocation and nothing received for the idle timeout.
+    Idle,
+    /// Bytes that are neither STUN nor ChannelData.
+    Garbage,
+    /// The TLS handshake failed.
+    TlsFailed,
+}
+
+impl StreamClose {
+    const ALL: [StreamClose; 5] = [
+        StreamClose::Closed,
+        StreamClose::FirstMessageTimeout,
+        StreamClose::Idle,
+        StreamClose::Garbage,
+        StreamClose::TlsFailed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            StreamClose::Closed => "closed_by_client",
+            StreamClose::FirstMessageTimeout => "first_message_timeout",
+            StreamClose::Idle => "idle",
+            StreamClose::Garbage => "not_stun",
+            StreamClose::TlsFailed => "tls_handshake_failed",
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct TurnMetrics {
     pub allocations: Value,
@@ -51,6 +89,18 @@ pub struct TurnMetrics {
     pub rate_limited: Value,
     pub policy_denied: Value,
     pub no_permission: Value,
+    /// Allocations refused by a quota, by [`QuotaKind`].
+    quota_refused: [AtomicU64; 3],
+    /// CreatePermission / ChannelBind refused by the per-allocation caps.
+    pub limit_refused: Value,
+    /// Open TCP/TLS client connections.
+    pub stream_connections: Value,
+    /// Connections refused at accept: [per address, total].
+    stream_refused: [AtomicU64; 2],
+    /// Connections the server closed or lost, by [`StreamClose`].
+    stream_closed: [AtomicU64; 5],
+    /// Failed accept() calls (each followed by a back-off pause).
+    pub accept_failed: Value,
     /// Packets between two allocations of this server handed from one core to the other without a socket.
     pub relayed_in_process: Value,
 }
@@ -69,6 +119,35 @@ impl TurnMetrics {
     pub fn auth_failed(&self, f: AuthFailure) {
         let i = AuthFailure::ALL.iter().position(|x| *x == f).unwrap_or(0);
         self.auth_failures[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn quota_refused(&self, kind: QuotaKind) {
+        let i = QuotaKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.quota_refused[i].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn stream_refused(&self, why: StreamRefusal) {
+        let i = usize::from(why == StreamRefusal::Total);
+        self.stream_refused[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn stream_closed(&self, why: StreamClose) {
+        let i = StreamClose::ALL.iter().position(|w| *w == why).unwrap_or(0);
+        self.stream_closed[i].fetch_add(1, Relaxed);
+    }
+
+    /// Connections closed for `why` so far.
+    pub fn streams_closed(&self, why: StreamClose) -> u64 {
+        let i = StreamClose::ALL.iter().position(|w| *w == why).unwrap_or(0);
+        self.stream_closed[i].load(Relaxed)
+    }
+
+    /// Connections refused at accept so far: (per address, total).
+    pub fn streams_refused(&self) -> (u64, u64) {
+        (
+            self.stream_refused[0].load(Relaxed),
+            self.stream_refused[1].load(Relaxed),
+        )
     }
 
     pub fn request(&self, method: Method, ok: bool) {
@@ -196,6 +275,59 @@ impl TurnMetrics {
             "peercall_turn_no_permission_drops_total",
             "Peer packets dropped for lack of a permission.",
             self.no_permission.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP peercall_turn_quota_refused_total Allocations refused by a quota (486 per user or client address, 508 in total).\n# TYPE peercall_turn_quota_refused_total counter"
+        );
+        for (kind, v) in QuotaKind::ALL.iter().zip(&self.quota_refused) {
+            let _ = writeln!(
+                out,
+                "peercall_turn_quota_refused_total{{quota=\"{}\"}} {}",
+                kind.label(),
+                v.load(Relaxed)
+            );
+        }
+        counter(
+            out,
+            "peercall_turn_allocation_limit_refused_total",
+            "CreatePermission or ChannelBind refused by the per-allocation permission and channel caps (508).",
+            self.limit_refused.get(),
+        );
+        gauge(
+            out,
+            "peercall_turn_stream_connections",
+            "Open TCP/TLS client connections.",
+            self.stream_connections.get(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP peercall_turn_stream_refused_total TCP/TLS connections refused at accept by a connection cap.\n# TYPE peercall_turn_stream_refused_total counter"
+        );
+        for (limit, v) in ["per_address", "total"].iter().zip(&self.stream_refused) {
+            let _ = writeln!(
+                out,
+                "peercall_turn_stream_refused_total{{limit=\"{limit}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP peercall_turn_stream_closed_total TCP/TLS connections ended, by why.\n# TYPE peercall_turn_stream_closed_total counter"
+        );
+        for (why, v) in StreamClose::ALL.iter().zip(&self.stream_closed) {
+            let _ = writeln!(
+                out,
+                "peercall_turn_stream_closed_total{{reason=\"{}\"}} {}",
+                why.label(),
+                v.load(Relaxed)
+            );
+        }
+        counter(
+            out,
+            "peercall_turn_accept_failures_total",
+            "Failed accepts of TCP/TLS connections (each followed by a back-off pause).",
+            self.accept_failed.get(),
         );
         counter(
             out,

@@ -9,6 +9,7 @@ mod ledger;
 pub mod policy;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,8 @@ use peercall_stun::{
 
 use crate::metrics::TurnMetrics;
 use auth::{AuthFailure, Credentials};
-pub use ledger::Ledger;
+pub use ledger::{Ledger, QuotaKind, client_key};
+use ledger::{Owner, Quotas};
 use policy::PeerPolicy;
 
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -107,7 +109,14 @@ pub struct CoreConfig {
     pub auth_secrets: Vec<String>,
     pub policy: PeerPolicy,
     pub user_quota: u32,
+    /// Allocations (and EVEN-PORT reservations) per client address, IPv6 by /64: under `serve` every join
+    /// mints a new username, so only this bounds what one client can hold.
+    pub client_quota: u32,
     pub total_quota: u32,
+    /// Permissions (peer IP addresses) per allocation; past it CreatePermission answers 508.
+    pub max_permissions: u32,
+    /// Channel bindings per allocation; past it ChannelBind answers 508.
+    pub max_channels: u32,
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
     pub unauth_rate_per_sec: u32,
@@ -121,16 +130,19 @@ type Relays = [Option<SocketAddr>; 2];
 
 struct Allocation {
     relays: Relays,
-    username: Box<str>,
+    owner: Owner,
     key: [u8; 16],
     expires: Instant,
-    /// Peer IP → expiry. Few entries per allocation: a Vec beats a map.
-    permissions: Vec<(IpAddr, Instant)>,
-    channels: Vec<Channel>,
+    /// Peer IP → expiry, looked up on every relayed packet: a map, so the cost does not grow with the
+    /// number of permissions (which is capped by `max_permissions`).
+    permissions: HashMap<IpAddr, Instant>,
+    /// Channel number → binding, for ChannelData from the client.
+    channels: HashMap<u16, Channel>,
+    /// Peer → channel number, for packets from the peer.
+    channel_of_peer: HashMap<SocketAddr, u16>,
 }
 
 struct Channel {
-    number: u16,
     peer: SocketAddr,
     expires: Instant,
 }
@@ -154,23 +166,21 @@ impl Allocation {
     }
 
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
-        self.permissions
-            .iter()
-            .any(|(p, exp)| *p == ip && *exp > now)
+        self.permissions.get(&ip).is_some_and(|exp| *exp > now)
     }
 
     /// Installs or refreshes a permission; true when it is new.
     fn permit(&mut self, ip: IpAddr, until: Instant) -> bool {
-        match self.permissions.iter_mut().find(|(p, _)| *p == ip) {
-            Some(entry) => {
-                entry.1 = until;
-                false
-            }
-            None => {
-                self.permissions.push((ip, until));
-                true
-            }
-        }
+        self.permissions.insert(ip, until).is_none()
+    }
+
+    /// The live channel bound to `peer`, if any.
+    fn channel_to(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        let number = *self.channel_of_peer.get(&peer)?;
+        self.channels
+            .get(&number)
+            .is_some_and(|c| c.expires > now)
+            .then_some(number)
     }
 }
 
@@ -238,6 +248,7 @@ pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 type ErrorReply = (u16, &'static str, Option<[u8; 16]>, bool);
 
 /// An error answer: code and reason phrase.
+#[derive(Debug)]
 struct Refusal(u16, &'static str);
 
 impl Core {
@@ -333,8 +344,8 @@ impl Core {
         };
         let Some(ch) = alloc
             .channels
-            .iter()
-            .find(|c| c.number == cd.channel && c.expires > now.instant)
+            .get(&cd.channel)
+            .filter(|c| c.expires > now.instant)
         else {
             tracing::debug!(client = %from.client, channel = cd.channel, "ChannelData on unbound channel dropped");
             return Action::Nothing;
@@ -511,7 +522,7 @@ impl Core {
         };
         // A request on an existing allocation must come from the user who made it (RFC 8656 §5).
         if let Some(alloc) = self.allocations.get(&from)
-            && (&*alloc.username != username || alloc.key != key)
+            && (&*alloc.owner.user != username || alloc.key != key)
         {
             return Err((441, "Wrong Credentials", None, false));
         }
@@ -574,43 +585,59 @@ impl Core {
             Some(Ok(Attribute::Username(u))) => u,
             _ => return Err(Refusal(400, "Bad Request")),
         };
-        // A dual allocation counts once against the quotas: it is one allocation with two addresses.
-        self.ledger
-            .admit(username, self.config.user_quota, self.config.total_quota)?;
+        // A dual allocation counts once against the quotas: it is one allocation with two addresses. A port
+        // reservation (EVEN-PORT R=1) counts as one more until it is claimed or expires, admitted together
+        // with the allocation so that a reservation never escapes the quotas.
+        // An Allocate that claims a reservation takes over the reservation's admission instead.
+        let owner = Owner::new(username, from.client.ip());
+        let reserve = even_port == Some(true);
+        let admitted = if token.is_some() {
+            0
+        } else {
+            1 + u32::from(reserve)
+        };
+        if admitted > 0
+            && let Err((kind, refusal)) = self.ledger.admit(&owner, admitted, self.quotas())
+        {
+            self.metrics.quota_refused(kind);
+            return Err(refusal);
+        }
         let (relays, missing) =
-            match self.relays_for(now, token, family, dual, even_port.is_some(), ports) {
+            match self.relays_for(now, token, family, dual, even_port.is_some(), &owner, ports) {
                 Ok(found) => found,
                 Err(refusal) => {
-                    self.ledger.release(username);
+                    self.ledger.release(&owner, admitted);
                     return Err(refusal);
                 }
             };
         // EVEN-PORT with R=1: hold the next port for a later Allocate with RESERVATION-TOKEN (RFC 8656 §7.2).
         // Never a dual allocation (refused above), so the primary is the only relayed address.
         let mut reserved_token = None;
-        if even_port == Some(true)
-            && let Some(relay) = relays[0].or(relays[1])
-        {
+        if reserve && let Some(relay) = relays[0].or(relays[1]) {
             let next = SocketAddr::new(relay.ip(), relay.port().wrapping_add(1));
             if next.port() != 0 && ports.bind_at(next) {
                 reserved_token = Some(self.ledger.reserve(
                     next,
                     now.instant + RESERVATION_LIFETIME,
+                    owner.clone(),
                     &self.config.nonce_key,
                 ));
             }
         }
+        if reserve && reserved_token.is_none() {
+            self.ledger.release(&owner, 1);
+        }
         let lifetime = self.lifetime(&msg);
-        let username: Box<str> = username.into();
         self.allocations.insert(
             from,
             Allocation {
                 relays,
-                username,
+                owner,
                 key,
                 expires: now.instant + lifetime,
-                permissions: Vec::new(),
-                channels: Vec::new(),
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                channel_of_peer: HashMap::new(),
             },
         );
         for relay in relays.iter().flatten() {
@@ -641,6 +668,7 @@ impl Core {
 
     /// The relayed addresses of a new allocation by family (`[IPv4, IPv6]`) and, when a dual allocation got
     /// only one family, the other family and why (its ADDRESS-ERROR-CODE).
+    #[allow(clippy::too_many_arguments)]
     fn relays_for(
         &mut self,
         now: Now,
@@ -648,10 +676,11 @@ impl Core {
         family: Family,
         dual: bool,
         even: bool,
+        owner: &Owner,
         ports: &mut dyn RelayPorts,
     ) -> Result<(Relays, Option<(Family, Refusal)>), Refusal> {
         if !dual {
-            let relay = self.relay_for(now, token, family, even, ports)?;
+            let relay = self.relay_for(now, token, family, even, owner, ports)?;
             let mut relays = [None; 2];
             relays[slot(relay.ip())] = Some(relay);
             return Ok((relays, None));
@@ -672,14 +701,32 @@ impl Core {
         token: Option<[u8; 8]>,
         family: Family,
         even: bool,
+        owner: &Owner,
         ports: &mut dyn RelayPorts,
     ) -> Result<SocketAddr, Refusal> {
-        match token {
-            Some(t) => match self.ledger.claim(t, now.instant) {
-                Some(addr) if ports.claim(addr) => Ok(addr),
-                _ => Err(Refusal(508, "Insufficient Capacity")),
-            },
-            None => ports.bind(family, even).ok_or_else(|| unbound(family)),
+        let Some(token) = token else {
+            return ports.bind(family, even).ok_or_else(|| unbound(family));
+        };
+        match self.ledger.claim(token, now.instant, owner, self.quotas()) {
+            Ok(Some(addr)) if ports.claim(addr) => Ok(addr),
+            Ok(Some(_)) => {
+                // The reserved socket is gone: the admission it passed to us goes with it.
+                self.ledger.release(owner, 1);
+                Err(Refusal(508, "Insufficient Capacity"))
+            }
+            Ok(None) => Err(Refusal(508, "Insufficient Capacity")),
+            Err((kind, refusal)) => {
+                self.metrics.quota_refused(kind);
+                Err(refusal)
+            }
+        }
+    }
+
+    fn quotas(&self) -> Quotas {
+        Quotas {
+            user: self.config.user_quota,
+            client: self.config.client_quota,
+            total: self.config.total_quota,
         }
     }
 
@@ -777,6 +824,21 @@ impl Core {
             .allocations
             .get_mut(&from)
             .ok_or(Refusal(437, "Allocation Mismatch"))?;
+        // All or none again: the new peers must fit under the cap together.
+        let new = peers
+            .iter()
+            .flatten()
+            .filter(|p| !alloc.permissions.contains_key(&p.ip()))
+            .map(|p| p.ip())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if alloc.permissions.len() + new > self.config.max_permissions as usize {
+            self.metrics.limit_refused.inc();
+            return Err(Refusal(
+                508,
+                "Insufficient Capacity: too many permissions on this allocation",
+            ));
+        }
         for peer in peers.iter().flatten() {
             if alloc.permit(peer.ip(), now.instant + PERMISSION_LIFETIME) {
                 self.metrics.permissions.inc();
@@ -820,32 +882,53 @@ impl Core {
             .allocations
             .get_mut(&from)
             .ok_or(Refusal(437, "Allocation Mismatch"))?;
-        let live = |c: &&mut Channel| c.expires > now.instant;
-        if alloc
+        // RFC 8656 §11.2: a live channel stays bound to its peer, and a peer to its channel.
+        let live_number = alloc
             .channels
-            .iter_mut()
-            .filter(live)
-            .any(|c| (c.number == number) != (c.peer == peer))
-        {
+            .get(&number)
+            .filter(|c| c.expires > now.instant);
+        let live_peer = alloc.channel_to(peer, now.instant);
+        if live_number.is_some_and(|c| c.peer != peer) || live_peer.is_some_and(|n| n != number) {
             return Err(Refusal(
                 400,
                 "Bad Request: channel or peer already bound differently",
             ));
         }
+        let new_channel = !alloc.channels.contains_key(&number);
+        let new_permission = !alloc.permissions.contains_key(&peer.ip());
+        if new_channel && alloc.channels.len() >= self.config.max_channels as usize
+            || new_permission && alloc.permissions.len() >= self.config.max_permissions as usize
+        {
+            self.metrics.limit_refused.inc();
+            return Err(Refusal(
+                508,
+                "Insufficient Capacity: too many channels or permissions on this allocation",
+            ));
+        }
         let until = now.instant + CHANNEL_LIFETIME;
-        match alloc.channels.iter_mut().find(|c| c.number == number) {
-            Some(c) => {
-                c.peer = peer;
-                c.expires = until;
-            }
-            None => {
-                alloc.channels.push(Channel {
-                    number,
-                    peer,
-                    expires: until,
-                });
-                self.metrics.channels.inc();
-            }
+        // An expired binding of this number may still name another peer: forget that peer's entry.
+        if let Some(old) = alloc.channels.insert(
+            number,
+            Channel {
+                peer,
+                expires: until,
+            },
+        ) && old.peer != peer
+            && alloc.channel_of_peer.get(&old.peer) == Some(&number)
+        {
+            alloc.channel_of_peer.remove(&old.peer);
+        }
+        if let Entry::Occupied(stale) = alloc.channel_of_peer.entry(peer)
+            && *stale.get() != number
+        {
+            // The peer's previous channel expired (refused above otherwise): it moves to this one.
+            let old = stale.remove();
+            alloc.channels.remove(&old);
+            self.metrics.channels.sub(1);
+        }
+        alloc.channel_of_peer.insert(peer, number);
+        if new_channel {
+            self.metrics.channels.inc();
         }
         if alloc.permit(peer.ip(), now.instant + PERMISSION_LIFETIME) {
             self.metrics.permissions.inc();
@@ -907,15 +990,11 @@ impl Core {
             return PeerAction::Drop;
         }
         self.metrics.to_client(len);
-        if let Some(ch) = alloc
-            .channels
-            .iter()
-            .find(|c| c.peer == peer && c.expires > now.instant)
-        {
+        if let Some(number) = alloc.channel_to(peer, now.instant) {
             let Ok(len16) = u16::try_from(len) else {
                 return PeerAction::Drop;
             };
-            if write_channel_data_header(buf, ch.number, len16).is_err() {
+            if write_channel_data_header(buf, number, len16).is_err() {
                 return PeerAction::Drop;
             }
             let mut n = 4 + len;
@@ -963,12 +1042,16 @@ impl Core {
         self.ledger.expire_reservations(now, &mut self.released);
         for alloc in self.allocations.values_mut() {
             let before = alloc.permissions.len();
-            alloc.permissions.retain(|(_, exp)| *exp > now);
+            alloc.permissions.retain(|_, exp| *exp > now);
             self.metrics
                 .permissions
                 .sub((before - alloc.permissions.len()) as i64);
             let before = alloc.channels.len();
-            alloc.channels.retain(|c| c.expires > now);
+            alloc.channels.retain(|_, c| c.expires > now);
+            let channels = &alloc.channels;
+            alloc
+                .channel_of_peer
+                .retain(|_, number| channels.contains_key(number));
             self.metrics
                 .channels
                 .sub((before - alloc.channels.len()) as i64);
@@ -987,7 +1070,7 @@ impl Core {
                 self.ledger.remove_relay(relay);
                 self.released.push(relay);
             }
-            self.ledger.release(&a.username);
+            self.ledger.release(&a.owner, 1);
             self.metrics.allocations.sub(1);
             self.metrics.channels.sub(a.channels.len() as i64);
             self.metrics.permissions.sub(a.permissions.len() as i64);

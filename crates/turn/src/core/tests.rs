@@ -51,7 +51,10 @@ fn harness(allow_loopback: bool, user_quota: u32) -> Harness {
         auth_secrets: vec!["secret".into()],
         policy: PeerPolicy::new(&[], &[], allow_loopback),
         user_quota,
+        client_quota: 50,
         total_quota: 100,
+        max_permissions: 8,
+        max_channels: 4,
         default_lifetime: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),
         unauth_rate_per_sec: 5,
@@ -1013,4 +1016,179 @@ fn dual_allocation_releases_both_addresses() {
     assert_eq!(released, vec![v4, v6]);
     assert!(!h.core.ledger.is_relay(v4) && !h.core.ledger.is_relay(v6));
     assert_eq!(h.core.ledger.allocations(), 0);
+}
+
+/// The same harness with a changed core configuration.
+fn reconfigured(mut h: Harness, change: impl FnOnce(&mut CoreConfig)) -> Harness {
+    let mut config = (*h.core.config).clone();
+    change(&mut config);
+    h.core = Core::new(Arc::new(config), h.metrics.clone());
+    h
+}
+
+#[test]
+fn the_client_address_quota_bounds_allocations_whatever_the_username() {
+    // Under `serve` every join mints a new username: only a quota per address bounds one client.
+    let mut h = reconfigured(harness(false, 10), |c| c.client_quota = 3);
+    for (port, (user, pass)) in [
+        (40000, ("u", "p")),
+        (40001, ("v", "q")),
+        (40002, ("u", "p")),
+    ] {
+        h.client.client.set_port(port);
+        let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], user, pass);
+        assert_eq!(r.class, Class::Success, "{r:?}");
+    }
+    h.client.client.set_port(40003);
+    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "v", "q");
+    assert_eq!(r.code, Some(486), "{r:?}");
+    // Another address is not affected.
+    h.client.client = "192.0.2.11:40000".parse().expect("addr");
+    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "v", "q");
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    let text = {
+        let mut s = String::new();
+        h.metrics.encode_prometheus(&mut s);
+        s
+    };
+    assert!(
+        text.contains("peercall_turn_quota_refused_total{quota=\"client_address\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn reservations_count_against_the_quotas_until_claimed_or_expired() {
+    let mut h = reconfigured(harness(false, 4), |c| c.unauth_rate_per_sec = 0);
+    // Allocate(EVEN-PORT R=1) then Refresh(0), again and again: each cycle leaves a reserved socket behind.
+    let mut tokens = 0;
+    let mut refused = 0;
+    for i in 0..20u16 {
+        h.client.client.set_port(40000 + i);
+        let reply = h.even_port_allocate("u", "p");
+        let msg = Message::parse(&reply).expect("valid");
+        if msg.class() == Class::Error {
+            refused += 1;
+            continue;
+        }
+        if matches!(
+            msg.decode_any(attr::RESERVATION_TOKEN),
+            Some(Ok(A::ReservationToken(_)))
+        ) {
+            tokens += 1;
+        }
+        let r = h.authed(Method::REFRESH, &[A::Lifetime(0)], "u", "p");
+        assert_eq!(r.class, Class::Success, "{r:?}");
+    }
+    // Quota 4: each cycle leaves one place taken; the 4th needs 2 places with 3 taken.
+    assert_eq!(tokens, 3, "reservations held within the user quota");
+    assert_eq!(refused, 17);
+    assert_eq!(h.core.ledger.reservations(), 3);
+    // The reservations count like allocations: one place is left ...
+    h.client.client.set_port(41000);
+    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "u", "p");
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    h.client.client.set_port(41002);
+    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "u", "p");
+    assert_eq!(r.code, Some(486), "{r:?}");
+    // ... and can again once they expire.
+    h.core
+        .handle_timeout(h.now.instant + RESERVATION_LIFETIME + Duration::from_secs(1));
+    assert_eq!(h.core.ledger.reservations(), 0);
+    h.client.client.set_port(41001);
+    let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "u", "p");
+    assert_eq!(r.class, Class::Success, "{r:?}");
+}
+
+#[test]
+fn a_reservation_claimed_by_its_maker_costs_one_place_not_two() {
+    let mut h = harness(false, 2);
+    let reply = h.even_port_allocate("u", "p");
+    let msg = Message::parse(&reply).expect("valid");
+    let Some(Ok(A::ReservationToken(token))) = msg.decode_any(attr::RESERVATION_TOKEN) else {
+        panic!("no token: {msg:?}")
+    };
+    h.client.client.set_port(40001);
+    let r = h.authed(
+        Method::ALLOCATE,
+        &[A::RequestedTransport(17), A::ReservationToken(token)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    assert_eq!(h.core.ledger.allocations(), 2);
+}
+
+#[test]
+fn permissions_and_channels_are_capped_per_allocation() {
+    // max_permissions 8, max_channels 4; every request fetches a nonce first, so no unauthenticated limit.
+    let mut h = reconfigured(harness(true, 10), |c| c.unauth_rate_per_sec = 0);
+    h.allocate();
+    let peer = |i: u8| SocketAddr::from(([127, 0, 0, i], 9000));
+    for i in 1..=8 {
+        let r = h.authed(
+            Method::CREATE_PERMISSION,
+            &[A::XorPeerAddress(peer(i))],
+            "u",
+            "p",
+        );
+        assert_eq!(r.class, Class::Success, "{r:?}");
+    }
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(peer(9))],
+        "u",
+        "p",
+    );
+    assert_eq!(r.code, Some(508), "past the cap: {r:?}");
+    // Refreshing a permission that exists is not a new one.
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(peer(8))],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    for i in 1..=4u8 {
+        let r = h.authed(
+            Method::CHANNEL_BIND,
+            &[
+                A::ChannelNumber(0x4000 + u16::from(i)),
+                A::XorPeerAddress(peer(i)),
+            ],
+            "u",
+            "p",
+        );
+        assert_eq!(r.class, Class::Success, "{r:?}");
+    }
+    let r = h.authed(
+        Method::CHANNEL_BIND,
+        &[A::ChannelNumber(0x4005), A::XorPeerAddress(peer(5))],
+        "u",
+        "p",
+    );
+    assert_eq!(r.code, Some(508), "past the channel cap: {r:?}");
+    // Rebinding (refreshing) a bound channel is allowed.
+    let r = h.authed(
+        Method::CHANNEL_BIND,
+        &[A::ChannelNumber(0x4001), A::XorPeerAddress(peer(1))],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    // After expiry the places are free again, and an expired channel's peer may take a new number.
+    let r = h.authed(Method::REFRESH, &[A::Lifetime(3600)], "u", "p");
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    let later = h.now.instant + CHANNEL_LIFETIME + Duration::from_secs(1);
+    h.core.handle_timeout(later);
+    h.now.instant = later;
+    h.now.unix += CHANNEL_LIFETIME.as_secs() + 1;
+    let r = h.authed(
+        Method::CHANNEL_BIND,
+        &[A::ChannelNumber(0x4009), A::XorPeerAddress(peer(1))],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    assert_eq!(h.metrics.channels.get(), 1);
 }

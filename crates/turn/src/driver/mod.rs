@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use peercall_stun::{Family, stream_frame_len};
+use peercall_stun::Family;
 use peercall_udp::{Epoll, RecvBatch, SendBuffers, SendQueue, epoll_events, udp_socket};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,8 +29,11 @@ use crate::core::{
 };
 use crate::{ExternalIp, TlsFiles, TurnConfig, TurnError, TurnMetrics};
 
-/// Large enough for any datagram or stream frame plus a ChannelData header.
-const STREAM_BUF: usize = 65_536 + 8;
+mod stream;
+pub use stream::StreamLimits;
+pub(crate) use stream::StreamRefusal;
+use stream::{StreamGate, stream_listener};
+
 /// Largest peer datagram a relay accepts. Media over TURN stays under the path MTU (about 1200-1500 bytes).
 /// Larger datagrams are dropped, not truncated.
 const RELAY_PAYLOAD_MAX: usize = 4096;
@@ -119,6 +121,9 @@ struct Shared {
     /// Relay sockets bound for EVEN-PORT reservations, waiting (unread) for the Allocate that claims them,
     /// which any shard may handle.
     reserved: Mutex<HashMap<SocketAddr, StdUdpSocket>>,
+    /// Open TCP/TLS connections, capped per source and in total.
+    streams: Arc<StreamGate>,
+    stream_limits: StreamLimits,
 }
 
 /// Which shard serves each live relayed address, readable on the relay path without a lock: one byte per
@@ -283,7 +288,10 @@ impl TurnServer {
             )
             .with_own_addresses(&own_listeners(&listening), own_ips(&config, &relay_ips)),
             user_quota: config.user_quota,
+            client_quota: config.client_quota,
             total_quota: config.total_quota,
+            max_permissions: config.max_permissions,
+            max_channels: config.max_channels,
             default_lifetime: config.default_lifetime,
             max_lifetime: config.max_lifetime,
             unauth_rate_per_sec: config.unauth_rate_per_sec,
@@ -313,6 +321,7 @@ impl TurnServer {
             });
         }
         let owners = RelayOwners::new(&relay_ips);
+        let streams = Arc::new(StreamGate::new(metrics.clone()));
         let shared = Arc::new(Shared {
             shards,
             owners,
@@ -324,6 +333,8 @@ impl TurnServer {
             shutdown: CancellationToken::new(),
             stopping: AtomicBool::new(false),
             reserved: Mutex::new(HashMap::new()),
+            streams,
+            stream_limits: config.stream_limits,
         });
         Ok(TurnServer {
             shared,
@@ -883,121 +894,4 @@ fn deliver<'d>(
             }
         }
     }
-}
-
-async fn stream_listener(shared: Arc<Shared>, listener: TcpListener, transport: Transport) {
-    loop {
-        let Ok((stream, client)) = listener.accept().await else {
-            continue;
-        };
-        let Ok(server) = stream.local_addr() else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let five = FiveTuple {
-            client,
-            server,
-            transport,
-        };
-        if transport == Transport::Tls {
-            let Some((_, config)) = &shared.tls else {
-                continue;
-            };
-            let config = config.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
-                if let Ok(Ok(tls)) = handshake {
-                    stream_connection(shared, five, tls).await;
-                }
-            });
-        } else {
-            tokio::spawn(stream_connection(shared, five, stream));
-        }
-    }
-}
-
-/// Runs a shard's core on one frame from a TCP/TLS client; returns the length of a reply written to `out`.
-/// Packets for a peer leave at once from the relay socket, without blocking (a full buffer drops them).
-fn stream_packet(
-    shared: &Shared,
-    shard: &Shard,
-    from: FiveTuple,
-    frame: &[u8],
-    out: &mut [u8],
-) -> usize {
-    let mut guard = shard.lock();
-    let state = &mut *guard;
-    let mut ports = DriverPorts::new(shared);
-    let reply = match state
-        .core
-        .handle_client(now(), from, frame, out, &mut ports)
-    {
-        Action::Nothing => 0,
-        Action::Reply(n) => n,
-        Action::ToPeer { relay, peer, data } => {
-            if let Some(r) = state.relays.get(&relay) {
-                let _ = r.socket.send_to(data, peer);
-            }
-            0
-        }
-    };
-    settle(shared, shard, state, ports.started);
-    reply
-}
-
-/// One TCP/TLS client: frames in (RFC 8656 §12.5 framing), replies and relayed packets out.
-async fn stream_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
-    shared: Arc<Shared>,
-    five: FiveTuple,
-    stream: S,
-) {
-    let shard = &shared.shards[shared.shard_for(&five)];
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-    shard.lock().streams.insert(five, tx.clone());
-    let writer_task = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut buf = vec![0u8; STREAM_BUF];
-    let mut filled = 0;
-    let mut out = vec![0u8; REPLY_BUF];
-    'read: loop {
-        let n = match reader.read(&mut buf[filled..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        filled += n;
-        loop {
-            let frame_len = match stream_frame_len(&buf[..filled]) {
-                Ok(Some(len)) if len <= buf.len() => len,
-                Ok(Some(_)) | Err(_) => break 'read, // garbage on the stream: close it
-                Ok(None) => break,
-            };
-            if filled < frame_len {
-                break;
-            }
-            let reply = stream_packet(&shared, shard, five, &buf[..frame_len], &mut out);
-            if reply > 0 && tx.send(out[..reply].to_vec()).await.is_err() {
-                break 'read;
-            }
-            buf.copy_within(frame_len..filled, 0);
-            filled -= frame_len;
-        }
-    }
-    {
-        let mut guard = shard.lock();
-        let state = &mut *guard;
-        state.streams.remove(&five);
-        state.core.connection_closed(five);
-        settle(&shared, shard, state, Vec::new());
-    }
-    drop(tx);
-    let _ = writer_task.await;
 }
