@@ -8,6 +8,8 @@
 
 pub mod core;
 mod driver;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 
 use std::net::{IpAddr, SocketAddr};

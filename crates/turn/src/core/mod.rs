@@ -284,6 +284,11 @@ impl Core {
         }
     }
 
+    /// What this core shares with the other cores of its server.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
     }

@@ -31,7 +31,7 @@ use crate::{ExternalIp, TlsFiles, TurnConfig, TurnError, TurnMetrics};
 
 mod stream;
 pub use stream::StreamLimits;
-pub(crate) use stream::StreamRefusal;
+pub(crate) use stream::{Framer, StreamRefusal};
 use stream::{StreamGate, stream_listener};
 
 /// Largest peer datagram a relay accepts. Media over TURN stays under the path MTU (about 1200-1500 bytes).
