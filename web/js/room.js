@@ -810,43 +810,51 @@ function rejoin() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Test and debugging hook: what the browser tests (tests/browser) read.
+// Test and debugging hook: what the browser tests (tests/browser) read and drive, as window.peercall.
+//
+// Opt-in: installed only when this origin's localStorage holds peercall.testHook = true. The browser tests set it
+// before the page loads (tests/browser/harness.mjs, enableTestHook); to debug by hand, run
+// localStorage.setItem('peercall.testHook', 'true') in the console and reload. Ordinary pages carry no global
+// handle on their connections, chat and controls. A stored flag rather than a URL parameter: it survives the
+// page's own navigations (Rejoin, Try again), which build their URLs afresh.
 
-window.peercall = {
-  get id() {
-    return roster.myId;
-  },
-  room: ROOM,
-  relay: FORCE_RELAY,
-  phase: () => state.phase,
-  status: () => state.signaling?.state ?? 'idle',
-  peers: () => roster.links().map((p) => ({
-    id: p.id,
-    name: p.name,
-    connectionState: p.peer.connectionState,
-    channel: p.peer.dc?.readyState ?? null,
-    remote: { ...p.remote },
-    orphan: p.entry.orphan,
-    polite: p.peer.polite,
-    collisions: p.peer.collisions,
-  })),
-  pc: (id) => roster.get(id)?.link.peer.pc ?? null,
-  async stats(id) {
-    const pc = roster.get(id)?.link.peer.pc;
-    if (!pc) return null;
-    return summarize(await pc.getStats(), null);
-  },
-  chat: () => chat.messages.map(({ from, name, text, mine, via }) => ({ from, name, text, mine, via })),
-  local: () => ({ micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState() }),
-  iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
-  /** Drops the signaling WebSocket as a network blip would (the client reconnects and resumes by itself). */
-  dropSignaling: () => state.signaling?.ws?.close(),
-  /** Restarts ICE with one peer now (what a failed or stalled connection triggers by itself). */
-  restartIce: (id) => roster.get(id)?.link.peer.restartIce('requested'),
-  toggleMic,
-  toggleCam,
-  sendChat,
-  leave,
-};
+if (store.get('testHook', false) === true) {
+  window.peercall = {
+    get id() {
+      return roster.myId;
+    },
+    room: ROOM,
+    relay: FORCE_RELAY,
+    phase: () => state.phase,
+    status: () => state.signaling?.state ?? 'idle',
+    peers: () => roster.links().map((p) => ({
+      id: p.id,
+      name: p.name,
+      connectionState: p.peer.connectionState,
+      channel: p.peer.dc?.readyState ?? null,
+      remote: { ...p.remote },
+      orphan: p.entry.orphan,
+      polite: p.peer.polite,
+      collisions: p.peer.collisions,
+    })),
+    pc: (id) => roster.get(id)?.link.peer.pc ?? null,
+    async stats(id) {
+      const pc = roster.get(id)?.link.peer.pc;
+      if (!pc) return null;
+      return summarize(await pc.getStats(), null);
+    },
+    chat: () => chat.messages.map(({ from, name, text, mine, via }) => ({ from, name, text, mine, via })),
+    local: () => ({ micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState() }),
+    iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
+    /** Drops the signaling WebSocket as a network blip would (the client reconnects and resumes by itself). */
+    dropSignaling: () => state.signaling?.ws?.close(),
+    /** Restarts ICE with one peer now (what a failed or stalled connection triggers by itself). */
+    restartIce: (id) => roster.get(id)?.link.peer.restartIce('requested'),
+    toggleMic,
+    toggleCam,
+    sendChat,
+    leave,
+  };
+}
 
 init();
