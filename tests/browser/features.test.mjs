@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
-  Cleanup, describe, ensureArtifacts, framesFrom, join, launchBrowser, sleep, startServer, statsOf, tilesOf, uniqueRoom,
-  waitConnected, waitFor, waitMediaFlowing,
+  Cleanup, describe, enableTestHook, ensureArtifacts, framesFrom, join, launchBrowser, sleep, startServer, statsOf,
+  tilesOf, uniqueRoom, waitConnected, waitFor, waitMediaFlowing,
 } from './harness.mjs';
 
 /** The chat messages shown in `participant`'s chat log: [{name, text}] (grouped messages inherit the name). */
@@ -171,6 +171,7 @@ test('refusals are explained in words: password needed, wrong password, room ful
   /** Opens the pre-join screen (no auto-join) and joins with `password` (or none). */
   async function prejoin(name, password) {
     const context = await browser.newContext({ viewport: { width: 1100, height: 760 }, permissions: ['camera', 'microphone'] });
+    await enableTestHook(context); // inCall reads window.peercall
     const page = await context.newPage();
     const participant = { name, context, page, errors: [], console: [] };
     page.on('pageerror', (e) => participant.errors.push(e.message));

@@ -1,6 +1,10 @@
 // Shared helpers for the browser tests: start the real peercall binary on free loopback ports, launch Debian
 // Chromium (fake camera and microphone) through playwright-core, join rooms, read getStats through the page's
 // test hook (window.peercall), wait with bounded timeouts, and clean everything up even when a test fails.
+//
+// The test hook is opt-in (web/js/room.js): a page installs window.peercall only when its localStorage holds
+// peercall.testHook = true. `join` sets that for its contexts; a test that opens a room page in a context of its
+// own and reads window.peercall calls `enableTestHook(context)` first.
 
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -200,6 +204,20 @@ export const DESKTOP = { width: 1280, height: 800 };
 export const PHONE = { width: 390, height: 844 };
 
 /**
+ * Makes every page of `context` install the test hook (window.peercall): sets localStorage peercall.testHook
+ * before any page script runs. Pages without storage (about:blank) are skipped.
+ */
+export function enableTestHook(context) {
+  return context.addInitScript(() => {
+    try {
+      localStorage.setItem('peercall.testHook', 'true');
+    } catch {
+      /* an opaque origin has no storage, and no room page either */
+    }
+  });
+}
+
+/**
  * Opens `/r/<room>?name=<name>&join=1` in a fresh browser context (its own storage) and waits until the page
  * is in the call with signaling connected. Page errors are recorded in `participant.errors`.
  */
@@ -211,6 +229,7 @@ export async function join(browser, server, room, name, { relay = false, viewpor
     hasTouch: mobile,
     permissions: ['camera', 'microphone'],
   });
+  await enableTestHook(context);
   if (init) await context.addInitScript(init);
   const page = await context.newPage();
   const participant = { name, context, page, errors: [], console: [] };

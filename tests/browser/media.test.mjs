@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  Cleanup, describe, join, launchBrowser, mediaFlowing, startServer, statsOf, tilesOf, uniqueRoom, waitConnected,
+  Cleanup, describe, enableTestHook, join, launchBrowser, mediaFlowing, startServer, statsOf, tilesOf, uniqueRoom, waitConnected,
   waitFor, waitMediaFlowing,
 } from './harness.mjs';
 
@@ -69,6 +69,7 @@ test('blocked camera and microphone: a clear message, and you can still join to 
   const room = uniqueRoom('blocked');
   const ada = await join(browser, server, room, 'Ada');
   const context = await browser.newContext();
+  await enableTestHook(context); // Bob's page is read through window.peercall
   await context.addInitScript(blocked);
   const page = await context.newPage();
   const bob = { name: 'Bob', context, page, errors: [], console: [] };

@@ -1,7 +1,7 @@
 // The landing page: create a room with a readable random name, or join one by name or link.
 
-import { $, store, cleanName, parseRoomInput } from './util.js';
-import { randomRoomName } from './names.js';
+import { $, store } from './util.js';
+import { cleanName, parseRoomInput, randomRoomName } from './names.js';
 
 const nameInput = $('#name');
 const roomInput = $('#room');

@@ -1,7 +1,44 @@
-// Readable random room names: adjective-animal-number, e.g. "brave-otter-42".
-// 64 adjectives × 64 animals × 90 numbers ≈ 368,000 names: easy to read aloud, hard to stumble upon.
+// Names: room names (the protocol's rules, readable random ones, parsing what a user pasted) and display names
+// (cleaning what people type or send, initials and avatar hues). Pure: no DOM, no page state, so the same rules
+// hold on the landing page, in the room and in the unit tests (tests/web/names.test.mjs).
+//
+// Random room names are adjective-animal-number, e.g. "brave-otter-42": 64 adjectives × 64 animals × 90 numbers
+// ≈ 368,000 names, easy to read aloud, hard to stumble upon.
 
-import { randomInt } from './util.js';
+/** Room names follow docs/protocol.md: 1–64 characters of [A-Za-z0-9_-]. */
+export const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** Trims a display name and removes control characters; '' when nothing is left. Max 64 characters. */
+export function cleanName(raw) {
+  // eslint-disable-next-line no-control-regex
+  return Array.from(String(raw ?? '').replace(/[\u0000-\u001f\u007f-\u009f]/g, '').trim()).slice(0, 64).join('');
+}
+
+/** Extracts a room name from what a user typed: a bare name or a pasted invite link. */
+export function parseRoomInput(raw) {
+  const text = String(raw ?? '').trim();
+  if (!text) return null;
+  const fromLink = text.match(/\/r\/([A-Za-z0-9_-]{1,64})(?:[/?#]|$)/);
+  if (fromLink) return fromLink[1];
+  const slug = text.replace(/\s+/g, '-');
+  return ROOM_RE.test(slug) ? slug : null;
+}
+
+/** "Ada Lovelace" → "AL"; one or two letters for the avatar. */
+export function initials(name) {
+  const parts = cleanName(name).split(/\s+/).filter(Boolean);
+  if (parts.length === 0) return '?';
+  const first = Array.from(parts[0])[0] ?? '?';
+  const last = parts.length > 1 ? (Array.from(parts[parts.length - 1])[0] ?? '') : '';
+  return (first + last).toUpperCase();
+}
+
+/** A stable pleasant hue for a name, for avatars. */
+export function hueOf(text) {
+  let hash = 0;
+  for (const ch of String(text)) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return hash % 360;
+}
 
 const ADJECTIVES = [
   'amber', 'bold', 'brave', 'bright', 'calm', 'clever', 'cosy', 'crisp', 'curious', 'daring', 'eager', 'fancy',
@@ -26,4 +63,11 @@ export function randomRoomName() {
   const animal = ANIMALS[randomInt(ANIMALS.length)];
   const number = 10 + randomInt(90);
   return `${adjective}-${animal}-${number}`;
+}
+
+/** Random integer in [0, n) from the platform CSPRNG. */
+function randomInt(n) {
+  const buf = new Uint32Array(1);
+  crypto.getRandomValues(buf);
+  return buf[0] % n;
 }

@@ -18,15 +18,13 @@ const MAX_DATA_BYTES = 16 * 1024;
 export class Peer extends EventTarget {
   /**
    * @param {object} o
-   * @param {string} o.id        the remote peer id (signaling)
-   * @param {string} o.name      its display name
+   * @param {string} o.id        the remote peer id (signaling); the room updates it when the peer re-keys
    * @param {object} o.host      the room: myId(), sendSignal(msg), rtcConfig(), localTrack(kind), localStream(),
-   *                             signalingUp()
+   *                             signalingUp(), isOrphan() (this peer's signaling id is unknown: its session was lost)
    */
-  constructor({ id, name, host }) {
+  constructor({ id, host }) {
     super();
     this.id = id;
-    this.name = name;
     this.host = host;
     this.pc = null;
     this.dc = null;
@@ -38,15 +36,12 @@ export class Peer extends EventTarget {
     this.settingRemoteAnswer = false;
     this.negotiated = false; // at least one offer/answer exchange completed
     this.chain = Promise.resolve();
-    this.remote = { audio: true, video: true, screen: false, known: false };
     this.restartTimer = null;
     this.watchdog = null;
     this.restarts = 0;
     this.collisions = 0; // offers that crossed ours (glare), resolved by the polite/impolite rule
     this.pendingRestart = false;
-    this.lastStats = null;
     this.closed = false;
-    this.orphan = false; // signaling session lost; waiting to learn this peer's new id over the data channel
   }
 
   /** Polite side of the pair: the lower id (plain string comparison). Re-evaluated: ids can change. */
@@ -136,7 +131,7 @@ export class Peer extends EventTarget {
   /** ICE restart (new ufrag/pwd, fresh candidates); waits for signaling when it is down. */
   restartIce(reason) {
     if (this.closed || !this.pc || !this.negotiated) return;
-    if (this.orphan) return; // its signaling id is unknown until it tells us over the data channel
+    if (this.host.isOrphan()) return; // its signaling id is unknown until it tells us over the data channel
     if (!this.host.signalingUp()) {
       this.pendingRestart = true;
       return;

@@ -2,20 +2,27 @@
 //
 // URL parameters: name=NAME (display name), join=1 (skip the pre-join screen when a name is known),
 // relay=1 (iceTransportPolicy "relay": media only through TURN), token=T (join token, when the server requires one).
+//
+// This module wires the page together: local media, signaling, and one Participant (connection + tile) per person.
+// Who is in the call and how ids are reconciled is roster.js; the stage layout is layout.js; the chat panel
+// chat.js; the connection panel stats-panel.js.
 
-import { $, h, icon, setIcon, store, cleanName, ROOM_RE, toast, copyText, formatBitrate, formatTime, hueOf } from './util.js';
+import { $, h, icon, setIcon, store, toast, copyText } from './util.js';
+import { cleanName, ROOM_RE, hueOf } from './names.js';
 import { Signaling, signalingUrl } from './signaling.js';
 import { Peer } from './peer.js';
 import { LocalMedia, LevelMeter, describeMediaError } from './media.js';
-import { Tile, bestGrid } from './tile.js';
-import { summarize, describeRoute, quality } from './stats.js';
+import { Tile } from './tile.js';
+import { summarize, quality } from './stats.js';
+import { Roster } from './roster.js';
+import { layoutStage } from './layout.js';
+import { ChatLog, chatText } from './chat.js';
+import { renderStatsCards } from './stats-panel.js';
 
 const params = new URLSearchParams(location.search);
 const ROOM = decodeURIComponent(location.pathname.split('/')[2] ?? '');
 const FORCE_RELAY = params.get('relay') === '1';
 const AUTO_JOIN = params.get('join') === '1';
-const MAX_CHAT = 2000;
-const ORPHAN_WAIT_MS = 2500;
 const STATS_EVERY_MS = 1000;
 
 const media = new LocalMedia();
@@ -23,13 +30,8 @@ const state = {
   phase: 'init', // init | prejoin | call | ended
   name: '',
   password: '',
-  myId: null,
   iceServers: [],
   signaling: null,
-  peers: new Map(), // peer id → Peer (with .tile)
-  deferred: new Map(), // peer id → timer: new ids held back while orphaned connections may claim them
-  chat: [],
-  unread: 0,
   panel: null, // 'chat' | 'people' | 'stats' | null
   startedAt: 0,
   localTile: null,
@@ -39,6 +41,24 @@ const state = {
   soundBlocked: false,
 };
 
+/** Everyone else in the call; each entry's link is its Participant. */
+const roster = new Roster({
+  open: (entry, { offer }) => openParticipant(entry, { offer }),
+  close: (entry, { announce }) => closeParticipant(entry.link, { announce }),
+  renamed: (entry) => {
+    entry.link.tile.setName(entry.name);
+    renderPresence();
+  },
+  rekeyed: (entry) => {
+    entry.link.peer.id = entry.id; // where its signaling goes from now on
+    entry.link.tile.setId(entry.id);
+    renderPresence();
+  },
+  sendId: (entry, id) => entry.link.peer.sendData({ t: 'id', id }),
+  link: (entry) => ({ state: entry.link.peer.connectionState, channelOpen: entry.link.peer.channelOpen }),
+});
+
+const chat = new ChatLog({ log: $('#chat-log'), empty: $('#chat-empty'), badge: $('#chat-badge') });
 const meter = new LevelMeter((level) => renderMeter(level));
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -219,9 +239,9 @@ async function chooseMicrophone(deviceId) {
 function onLocalTracks() {
   renderLocalMedia();
   if (state.phase !== 'call') return;
-  for (const peer of state.peers.values()) {
-    peer.replaceTrack('audio', media.outgoingAudio);
-    peer.replaceTrack('video', media.outgoingVideo);
+  for (const p of roster.links()) {
+    p.peer.replaceTrack('audio', media.outgoingAudio);
+    p.peer.replaceTrack('video', media.outgoingVideo);
   }
   broadcastState();
 }
@@ -323,8 +343,9 @@ function join() {
   state.speakTimer = setInterval(renderSpeaking, 200);
 }
 
+/** What every Peer asks of the room (each one also gets isOrphan, from its roster entry). */
 const host = {
-  myId: () => state.myId ?? '',
+  myId: () => roster.myId ?? '',
   sendSignal: (message) => state.signaling?.send(message),
   rtcConfig: () => ({
     iceServers: state.iceServers,
@@ -338,125 +359,45 @@ const host = {
 };
 
 function onWelcome(welcome) {
-  const previousId = state.myId;
+  // Before the roster opens connections: they are created with these servers.
   state.iceServers = Array.isArray(welcome.iceServers) ? welcome.iceServers : [];
-  const listed = Array.isArray(welcome.peers) ? welcome.peers.filter((p) => p && typeof p.id === 'string') : [];
-
-  if (previousId === null) {
-    // First join: we are the newcomer, we offer to everyone present.
-    state.myId = welcome.id;
-    for (const p of listed) addPeer(p.id, p.name, { offer: true });
-    if (listed.length) toast(`${listed.length === 1 ? cleanName(listed[0].name) : `${listed.length} people`} already here`);
-  } else if (welcome.resumed) {
-    // Same session: reconcile whoever came or went while we were away.
-    const present = new Set(listed.map((p) => p.id));
-    for (const peer of [...state.peers.values()]) {
-      if (!present.has(peer.id) && !peer.orphan) removePeer(peer.id, { announce: true });
-    }
-    for (const p of listed) {
-      const known = state.peers.get(p.id);
-      if (known) renamePeer(known, p.name);
-      else if (!state.deferred.has(p.id)) addPeer(p.id, p.name, { offer: true });
-    }
-  } else {
-    // New session (the server restarted or our grace period ran out): new id. Connections that are still up
-    // keep flowing peer to peer; we tell those peers our new id over the data channel and wait a moment for
-    // theirs before treating a listed id as someone new.
-    state.myId = welcome.id;
-    const listedIds = new Set(listed.map((p) => p.id));
-    for (const peer of [...state.peers.values()]) {
-      if (peer.connectionState === 'connected' && peer.channelOpen) {
-        peer.orphan = !listedIds.has(peer.id); // already known by its new id when it told us first
-        peer.sendData({ t: 'id', id: welcome.id });
-      } else {
-        removePeer(peer.id, { announce: false });
-      }
-    }
-    for (const p of listed) admitLater(p.id, p.name, { offer: true });
+  const { kind, listed } = roster.welcome(welcome);
+  if (kind === 'first' && listed.length) {
+    toast(`${listed.length === 1 ? cleanName(listed[0].name) : `${listed.length} people`} already here`);
   }
-  for (const peer of state.peers.values()) {
-    peer.setIceServers({ iceServers: state.iceServers });
-    peer.onSignalingUp();
+  for (const p of roster.links()) {
+    p.peer.setIceServers({ iceServers: state.iceServers });
+    p.peer.onSignalingUp();
   }
-  if (previousId !== null) broadcastState();
+  if (kind !== 'first') broadcastState();
   renderPresence();
-}
-
-/** A peer id we have not seen: admitted at once, or after a short wait while orphaned connections may claim it. */
-function admitLater(id, name, { offer }) {
-  const known = state.peers.get(id);
-  if (known) {
-    known.orphan = false;
-    renamePeer(known, name);
-    return;
-  }
-  const hasOrphans = [...state.peers.values()].some((p) => p.orphan);
-  if (!hasOrphans) {
-    addPeer(id, name, { offer });
-    return;
-  }
-  clearTimeout(state.deferred.get(id)?.timer);
-  const timer = setTimeout(() => {
-    state.deferred.delete(id);
-    if (state.peers.has(id)) return;
-    // Nobody claimed this id: a stale copy of the same person (same name, connection down) gives way.
-    for (const peer of [...state.peers.values()]) {
-      if (peer.orphan && peer.name === cleanName(name) && peer.connectionState !== 'connected') {
-        removePeer(peer.id, { announce: false });
-      }
-    }
-    addPeer(id, name, { offer });
-  }, ORPHAN_WAIT_MS);
-  state.deferred.set(id, { timer, name });
 }
 
 function onSignal(message) {
   switch (message.type) {
-    case 'peer-joined': {
-      const p = message.peer;
-      if (!p || typeof p.id !== 'string' || p.id === state.myId) return;
-      const wasDeferred = state.deferred.has(p.id);
-      admitLater(p.id, p.name, { offer: false });
-      if (!wasDeferred && state.peers.has(p.id)) toast(`${cleanName(p.name) || 'Someone'} joined`);
+    case 'peer-joined':
+      if (roster.peerJoined(message.peer)) toast(`${cleanName(message.peer.name) || 'Someone'} joined`);
       return;
-    }
-    case 'peer-left': {
-      if (typeof message.id !== 'string') return;
-      clearTimeout(state.deferred.get(message.id)?.timer);
-      state.deferred.delete(message.id);
-      removePeer(message.id, { announce: true });
+    case 'peer-left':
+      roster.peerLeft(message.id);
       return;
-    }
-    case 'peer-updated': {
-      const p = message.peer;
-      const peer = p && state.peers.get(p.id);
-      if (peer) renamePeer(peer, p.name);
+    case 'peer-updated':
+      if (message.peer) roster.rename(message.peer.id, message.peer.name);
       return;
-    }
     case 'offer':
     case 'answer':
-    case 'candidate': {
-      if (typeof message.from !== 'string') return;
-      let peer = state.peers.get(message.from);
-      if (!peer) {
-        if (message.type !== 'offer') return;
-        const pending = state.deferred.get(message.from);
-        clearTimeout(pending?.timer);
-        state.deferred.delete(message.from);
-        peer = addPeer(message.from, pending?.name ?? 'Guest', { offer: false });
-      }
-      peer.handleSignal(message);
+    case 'candidate':
+      roster.signalFrom(message.from, message.type)?.link.peer.handleSignal(message);
       return;
-    }
     case 'message': {
-      const peer = typeof message.from === 'string' ? state.peers.get(message.from) : null;
-      if (peer) onPeerData(peer, message.data, 'signaling');
+      const entry = typeof message.from === 'string' ? roster.get(message.from) : null;
+      if (entry) onPeerData(entry.link, message.data, 'signaling');
       return;
     }
     case 'ice-servers': {
       if (!Array.isArray(message.iceServers)) return;
       state.iceServers = message.iceServers;
-      for (const peer of state.peers.values()) peer.setIceServers({ iceServers: state.iceServers });
+      for (const p of roster.links()) p.peer.setIceServers({ iceServers: state.iceServers });
       return;
     }
     default:
@@ -493,109 +434,86 @@ function onFatal({ code, message }) {
 // ---------------------------------------------------------------------------------------------------------------
 // Peers
 
-function addPeer(id, name, { offer }) {
-  const existing = state.peers.get(id);
-  if (existing) return existing;
-  const peer = new Peer({ id, name: cleanName(name) || 'Guest', host });
-  peer.tile = new Tile({ id, name: peer.name, onInfo: () => openPanel('stats') });
-  peer.joinedAt = Date.now();
-  state.peers.set(id, peer);
-  $('#stage').insertBefore(peer.tile.el, state.localTile?.el ?? null);
+/** The room's side of one person (their roster entry's link): the connection, the tile, what they last said
+ *  about their camera and microphone, and the last getStats summary (bitrates are computed against it). */
+class Participant {
+  constructor(entry) {
+    this.entry = entry;
+    this.peer = new Peer({ id: entry.id, host: { ...host, isOrphan: () => entry.orphan } });
+    this.tile = new Tile({ id: entry.id, name: entry.name, onInfo: () => openPanel('stats') });
+    this.remote = { audio: true, video: true, screen: false, known: false };
+    this.stats = null;
+  }
+
+  get id() {
+    return this.entry.id;
+  }
+
+  get name() {
+    return this.entry.name;
+  }
+}
+
+/** The roster admitted someone: their tile goes on the stage, their connection starts (we offer when `offer`). */
+function openParticipant(entry, { offer }) {
+  const p = new Participant(entry);
+  entry.link = p;
+  const { peer } = p;
+  $('#stage').insertBefore(p.tile.el, state.localTile?.el ?? null);
   peer.addEventListener('track', () => {
-    peer.tile.setStream(peer.stream);
-    renderPeer(peer);
-    playRemoteAudio(peer);
+    p.tile.setStream(peer.stream);
+    renderPeer(p);
+    playRemoteAudio(p);
   });
   peer.addEventListener('state', () => {
-    renderPeer(peer);
-    // An orphan (its signaling session was lost and it has not told us its new id) cannot be ICE-restarted:
-    // once its connection drops, it is gone; the person comes back under their new id.
-    if (peer.orphan && ['failed', 'closed'].includes(peer.connectionState)) removePeer(peer.id, { announce: false });
-    if (peer.orphan && peer.connectionState === 'disconnected') {
-      setTimeout(() => {
-        if (peer.orphan && !peer.closed && peer.connectionState !== 'connected') removePeer(peer.id, { announce: false });
-      }, ORPHAN_WAIT_MS);
-    }
+    renderPeer(p);
+    roster.linkChanged(entry);
     renderPresence();
   });
   peer.addEventListener('channel', () => {
-    if (peer.channelOpen) sendState(peer);
-    renderPeer(peer);
+    if (peer.channelOpen) sendState(p);
+    renderPeer(p);
   });
-  peer.addEventListener('data', (e) => onPeerData(peer, e.detail.data, 'datachannel'));
+  peer.addEventListener('data', (e) => onPeerData(p, e.detail.data, 'datachannel'));
   if (offer) peer.startAsOfferer();
-  sendState(peer);
-  renderPeer(peer);
-  layout();
-  renderPresence();
-  return peer;
-}
-
-function removePeer(id, { announce }) {
-  const peer = state.peers.get(id);
-  if (!peer) return;
-  state.peers.delete(id);
-  peer.close();
-  peer.tile.remove();
-  if (announce) toast(`${peer.name} left`);
+  sendState(p);
+  renderPeer(p);
   layout();
   renderPresence();
 }
 
-function renamePeer(peer, name) {
-  const clean = cleanName(name);
-  if (!clean || clean === peer.name) return;
-  peer.name = clean;
-  peer.tile.setName(clean);
-  renderPresence();
-}
-
-/** The other side learned it has a new signaling id (its server session was replaced). */
-function rekeyPeer(peer, newId) {
-  if (peer.id === newId) return;
-  const duplicate = state.peers.get(newId);
-  if (duplicate && duplicate !== peer) {
-    if (!duplicate.orphan && duplicate.connectionState === 'connected') {
-      // A live connection already answers to that id. If the claimer is a stale copy (its session was lost),
-      // drop it; otherwise it is claiming someone else's id: ignore it.
-      if (peer.orphan) removePeer(peer.id, { announce: false });
-      else console.warn(`peercall: ${peer.id} claimed the id of ${newId}; ignored`);
-      return;
-    }
-    // A fresh entry was created for the new id before we learned who it is: keep the established connection.
-    removePeer(newId, { announce: false });
-  }
-  clearTimeout(state.deferred.get(newId)?.timer);
-  state.deferred.delete(newId);
-  state.peers.delete(peer.id);
-  peer.id = newId;
-  peer.orphan = false;
-  peer.tile.setId(newId);
-  state.peers.set(newId, peer);
+/** The roster let someone go: close the connection, take the tile off the stage. */
+function closeParticipant(p, { announce }) {
+  p.peer.close();
+  p.tile.remove();
+  if (announce) toast(`${p.name} left`);
+  layout();
   renderPresence();
 }
 
 /** Application messages from a peer, over the data channel or (before it opens) signaling. */
-function onPeerData(peer, data, via) {
+function onPeerData(p, data, via) {
   if (!data || typeof data !== 'object' || typeof data.t !== 'string') return;
   switch (data.t) {
     case 'state':
-      peer.remote = { audio: data.audio === true, video: data.video === true, screen: data.screen === true, known: true };
-      renderPeer(peer);
+      p.remote = { audio: data.audio === true, video: data.video === true, screen: data.screen === true, known: true };
+      renderPeer(p);
       renderPresence();
       return;
     case 'chat': {
       if (typeof data.text !== 'string') return;
-      const text = data.text.slice(0, MAX_CHAT).trim();
-      if (text) addChat({ from: peer.id, name: peer.name, text, mine: false, via });
+      const text = chatText(data.text);
+      if (text) addChat({ from: p.id, name: p.name, text, mine: false, via });
       return;
     }
     case 'id':
       // Only trusted over the data channel: it is authenticated by DTLS, end to end.
-      if (via === 'datachannel' && typeof data.id === 'string' && data.id.length <= 128) rekeyPeer(peer, data.id);
+      if (via === 'datachannel' && roster.claimId(p.entry, data.id) === 'refused') {
+        console.warn(`peercall: ${p.id} claimed the id of ${data.id}; ignored`);
+      }
       return;
     case 'bye':
-      removePeer(peer.id, { announce: true });
+      roster.remove(p.id, { announce: true });
       return;
     default:
       return;
@@ -611,21 +529,21 @@ function localState() {
   };
 }
 
-function sendState(peer) {
+function sendState(p) {
   const data = localState();
-  if (!peer.sendData(data)) state.signaling?.send({ type: 'message', to: peer.id, data });
+  if (!p.peer.sendData(data)) state.signaling?.send({ type: 'message', to: p.id, data });
 }
 
 function broadcastState() {
-  for (const peer of state.peers.values()) sendState(peer);
+  for (const p of roster.links()) sendState(p);
 }
 
-function renderPeer(peer) {
-  const tile = peer.tile;
+function renderPeer(p) {
+  const { tile, peer, remote } = p;
   const hasVideo = peer.stream.getVideoTracks().some((t) => t.readyState === 'live' && !t.muted);
-  tile.setCam(peer.remote.known ? peer.remote.video && hasVideo : hasVideo);
-  tile.setMic(peer.remote.known ? peer.remote.audio : true);
-  tile.setScreen(peer.remote.screen);
+  tile.setCam(remote.known ? remote.video && hasVideo : hasVideo);
+  tile.setMic(remote.known ? remote.audio : true);
+  tile.setScreen(remote.screen);
   const s = peer.connectionState;
   tile.setState(
     s === 'connected' ? null
@@ -635,8 +553,8 @@ function renderPeer(peer) {
   );
 }
 
-async function playRemoteAudio(peer) {
-  const ok = await peer.tile.playAudio();
+async function playRemoteAudio(p) {
+  const ok = await p.tile.playAudio();
   if (!ok && !state.soundBlocked) {
     state.soundBlocked = true;
     $('#sound-banner').hidden = false;
@@ -644,8 +562,8 @@ async function playRemoteAudio(peer) {
 }
 
 function renderSpeaking() {
-  for (const peer of state.peers.values()) {
-    peer.tile.setSpeaking(peer.remote.audio !== false && peer.audioLevel() > 0.06);
+  for (const p of roster.links()) {
+    p.tile.setSpeaking(p.remote.audio !== false && p.peer.audioLevel() > 0.06);
   }
 }
 
@@ -687,7 +605,7 @@ function bindCall() {
   $('#sound-btn').addEventListener('click', async () => {
     state.soundBlocked = false;
     $('#sound-banner').hidden = true;
-    for (const peer of state.peers.values()) playRemoteAudio(peer);
+    for (const p of roster.links()) playRemoteAudio(p);
   });
   document.addEventListener('keydown', (e) => {
     if (state.phase !== 'call' || !(e.ctrlKey || e.metaKey)) return;
@@ -734,10 +652,9 @@ function openPanel(name) {
   $('#ctl-chat').setAttribute('aria-pressed', String(name === 'chat'));
   $('#ctl-stats').setAttribute('aria-pressed', String(name === 'stats'));
   if (name === 'chat') {
-    state.unread = 0;
-    renderUnread();
+    chat.markRead();
     $('#chat-input').focus({ preventScroll: true });
-    scrollChat();
+    chat.scroll();
   }
   if (name === 'stats') pollStats();
   layout();
@@ -768,9 +685,9 @@ function renderClock() {
 }
 
 function renderPresence() {
-  const count = state.peers.size + 1;
+  const count = roster.size + 1;
   $('#call-count').textContent = `${count} ${count === 1 ? 'person' : 'people'}`;
-  $('#empty-hint').hidden = state.peers.size > 0 || state.phase !== 'call';
+  $('#empty-hint').hidden = roster.size > 0 || state.phase !== 'call';
   const list = $('#people-list');
   const row = (name, you, audio, video, connection) =>
     h('li', { class: 'person' },
@@ -782,116 +699,54 @@ function renderPresence() {
   const me = localState();
   list.replaceChildren(
     row(state.name, true, me.audio, me.video, null),
-    ...[...state.peers.values()].map((p) =>
-      row(p.name, false, p.remote.audio, p.remote.video, p.connectionState === 'connected' ? null : 'connecting…')),
+    ...roster.links().map((p) =>
+      row(p.name, false, p.remote.audio, p.remote.video, p.peer.connectionState === 'connected' ? null : 'connecting…')),
   );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Layout: one remote → it fills the stage, you float in a corner; otherwise a grid of equal tiles.
+// Layout (layout.js): one remote → it fills the stage, you float in a corner; otherwise a grid of equal tiles.
 
 function layout() {
   const stage = document.getElementById('stage');
   if (!stage || state.phase !== 'call') return;
-  const rect = stage.getBoundingClientRect();
-  const styles = getComputedStyle(stage);
-  const pad = parseFloat(styles.paddingLeft) + parseFloat(styles.paddingRight);
-  const padV = parseFloat(styles.paddingTop) + parseFloat(styles.paddingBottom);
-  const width = rect.width - pad;
-  const height = rect.height - padV;
-  const gap = width < 600 ? 8 : 12;
-  stage.style.setProperty('--gap', `${gap}px`);
-  const remotes = [...state.peers.values()].map((p) => p.tile);
-  const local = state.localTile;
-  const spotlight = remotes.length === 1 && local;
-  stage.classList.toggle('spotlight', Boolean(spotlight));
-  const tiles = spotlight ? remotes : [...remotes, local].filter(Boolean);
-  // One other person: as large as the stage allows (a tall tile on a phone); otherwise an even grid.
-  const grid = bestGrid(width, height, tiles.length, gap, spotlight ? { minAspect: 9 / 16 } : {});
-  for (const tile of tiles) {
-    tile.el.classList.remove('pip');
-    tile.el.style.width = `${grid.w}px`;
-    tile.el.style.height = `${grid.h}px`;
-  }
-  if (spotlight) {
-    local.el.classList.add('pip');
-    const portrait = width < height;
-    const pipW = Math.round(Math.min(280, Math.max(112, width * (portrait ? 0.3 : 0.22))));
-    local.el.style.width = `${pipW}px`;
-    local.el.style.height = `${Math.round(portrait ? (pipW * 4) / 3 : (pipW * 9) / 16)}px`;
-    // Inside the bottom-right corner of the other person's video.
-    const inset = width < 600 ? 10 : 14;
-    local.el.style.right = `${parseFloat(styles.paddingRight) + (width - grid.w) / 2 + inset}px`;
-    local.el.style.bottom = `${parseFloat(styles.paddingBottom) + (height - grid.h) / 2 + inset}px`;
-  } else if (local) {
-    local.el.style.right = '';
-    local.el.style.bottom = '';
-  }
+  layoutStage(stage, roster.links().map((p) => p.tile), state.localTile);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Chat
+// Chat (chat.js shows it; sending is here: over each data channel, or signaling until it is open)
 
 function sendChat(raw) {
-  const text = String(raw).slice(0, MAX_CHAT).trim();
+  const text = chatText(raw);
   if (!text) return;
   let delivered = 0;
-  for (const peer of state.peers.values()) {
+  for (const p of roster.links()) {
     const data = { t: 'chat', text };
-    if (peer.sendData(data)) delivered += 1;
+    if (p.peer.sendData(data)) delivered += 1;
     else if (state.signaling?.connected) {
-      state.signaling.send({ type: 'message', to: peer.id, data }); // until the data channel is up
+      state.signaling.send({ type: 'message', to: p.id, data }); // until the data channel is up
       delivered += 1;
     }
   }
-  addChat({ from: state.myId, name: state.name, text, mine: true, via: 'local' });
+  addChat({ from: roster.myId, name: state.name, text, mine: true, via: 'local' });
   $('#chat-input').value = '';
-  if (state.peers.size > 0 && delivered === 0) toast('Message not delivered: nobody is connected yet', { kind: 'warn' });
+  if (roster.size > 0 && delivered === 0) toast('Message not delivered: nobody is connected yet', { kind: 'warn' });
 }
 
 function addChat(message) {
-  const entry = { ...message, at: new Date() };
-  state.chat.push(entry);
-  if (state.chat.length > 500) state.chat.shift();
-  const log = $('#chat-log');
-  const last = log.lastElementChild;
-  const grouped = last && last.dataset.from === String(entry.from) && entry.at - Number(last.dataset.at) < 120_000;
-  const item = h('li', { class: `msg${entry.mine ? ' mine' : ''}${grouped ? ' grouped' : ''}`, dataset: { from: String(entry.from), at: String(entry.at.getTime()) } },
-    grouped ? null : h('div', { class: 'msg-head' },
-      h('span', { class: 'msg-name', style: `--hue:${hueOf(entry.name)}` }, entry.mine ? 'You' : entry.name),
-      h('time', { datetime: entry.at.toISOString() }, formatTime(entry.at))),
-    h('p', { class: 'msg-text' }, entry.text));
-  log.append(item);
-  $('#chat-empty').hidden = true;
-  scrollChat();
-  if (!entry.mine && state.panel !== 'chat') {
-    state.unread += 1;
-    renderUnread();
-    toast(`${entry.name}: ${entry.text.length > 80 ? `${entry.text.slice(0, 80)}…` : entry.text}`, { kind: 'chat' });
-  }
-}
-
-function scrollChat() {
-  const log = $('#chat-log');
-  log.scrollTop = log.scrollHeight;
-}
-
-function renderUnread() {
-  const badge = $('#chat-badge');
-  badge.hidden = state.unread === 0;
-  badge.textContent = state.unread > 9 ? '9+' : String(state.unread);
+  chat.add(message, { seen: state.panel === 'chat' });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Connection statistics
+// Connection statistics (stats.js summarizes, stats-panel.js shows)
 
 async function pollStats() {
-  const peers = [...state.peers.values()].filter((p) => p.pc);
-  await Promise.all(peers.map(async (peer) => {
+  const connected = roster.links().filter((p) => p.peer.pc);
+  await Promise.all(connected.map(async (p) => {
     try {
-      const report = await peer.pc.getStats();
-      peer.lastStats = summarize(report, peer.lastStats);
-      peer.tile.setQuality(peer.connectionState === 'connected' ? quality(peer.lastStats) : 0);
+      const report = await p.peer.pc.getStats();
+      p.stats = summarize(report, p.stats);
+      p.tile.setQuality(p.peer.connectionState === 'connected' ? quality(p.stats) : 0);
     } catch {
       /* closed meanwhile */
     }
@@ -900,53 +755,15 @@ async function pollStats() {
 }
 
 function renderStats() {
-  const cards = $('#stats-cards');
-  if (state.peers.size === 0) {
-    cards.replaceChildren(h('p', { class: 'muted' }, 'Nobody else is here yet.'));
-    return;
-  }
-  const ms = (s) => (s === null || s === undefined ? '—' : `${Math.round(s * 1000)} ms`);
-  const pct = (p) => (p === null || p === undefined ? '—' : `${p.toFixed(p < 1 ? 2 : 1)} %`);
-  const kv = (k, v, cls = '') => [h('dt', {}, k), h('dd', { class: cls }, v ?? '—')];
-  const fingerprint = (label, c) => h('div', { class: 'fp' },
-    h('div', { class: 'fp-label' }, label, c ? h('span', { class: 'muted' }, ` ${c.algorithm}`) : null),
-    h('code', { class: 'fp-value' }, c?.fingerprint ?? 'not yet negotiated'));
-  cards.replaceChildren(...[...state.peers.values()].map((peer) => {
-    const s = peer.lastStats;
-    const pair = s?.pair;
-    const hostPort = (c) => `${String(c.address ?? '?').includes(':') ? `[${c.address}]` : (c.address ?? '?')}:${c.port ?? '?'}`;
-    const candidate = (c) => (c ? `${c.type} · ${c.protocol}${c.relayProtocol ? ` (relay over ${c.relayProtocol})` : ''} · ${hostPort(c)}` : '—');
-    const video = s?.videoIn?.frameWidth ? `${s.videoIn.frameWidth}×${s.videoIn.frameHeight} @ ${Math.round(s.videoIn.framesPerSecond ?? 0)} fps` : '—';
-    const codecs = [s?.audioIn?.codec, s?.videoIn?.codec].filter(Boolean).join(', ') || '—';
-    const sendCodecs = [s?.audioOut?.codec, s?.videoOut?.codec].filter(Boolean).join(', ') || '—';
-    return h('section', { class: 'stats-card', dataset: { peer: peer.id } },
-      h('header', { class: 'stats-head' },
-        h('span', { class: 'avatar avatar-sm', style: `--hue:${hueOf(peer.name)}` }, (peer.name[0] ?? '?').toUpperCase()),
-        h('strong', {}, peer.name),
-        h('span', { class: `chip chip-${peer.connectionState}` }, peer.connectionState)),
-      h('dl', { class: 'kv' },
-        kv('Route', pair ? describeRoute(pair) : 'Not connected yet', pair?.local?.type === 'relay' || pair?.remote?.type === 'relay' ? 'warn' : 'ok'),
-        kv('Local candidate', candidate(pair?.local), 'mono'),
-        kv('Remote candidate', candidate(pair?.remote), 'mono'),
-        kv('Round trip', ms(pair?.rtt)),
-        kv('Sending', s?.sendBitrate === null || !s ? '—' : formatBitrate(s.sendBitrate)),
-        kv('Receiving', s?.recvBitrate === null || !s ? '—' : formatBitrate(s.recvBitrate)),
-        kv('Packet loss', `in ${pct(s?.recentLossPercent ?? s?.inboundLossPercent)} · out ${pct(s?.outboundLossPercent)}`),
-        kv('Video in', video),
-        kv('Codecs in', codecs),
-        kv('Codecs out', sendCodecs),
-        kv('Encryption', s?.dtlsState ? `DTLS ${s.dtlsState}${s.tlsVersion ? ` (${s.tlsVersion})` : ''}${s.srtpCipher ? ` · ${s.srtpCipher}` : ''}` : '—')),
-      h('div', { class: 'fps' },
-        fingerprint('Your fingerprint', s?.localCertificate),
-        fingerprint(`${peer.name}'s fingerprint`, s?.remoteCertificate)));
-  }));
+  renderStatsCards($('#stats-cards'), roster.links().map((p) =>
+    ({ id: p.id, name: p.name, connectionState: p.peer.connectionState, stats: p.stats })));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Leaving
 
 function sayGoodbye() {
-  for (const peer of state.peers.values()) peer.sendData({ t: 'bye' });
+  for (const p of roster.links()) p.peer.sendData({ t: 'bye' });
   state.signaling?.leave();
 }
 
@@ -954,13 +771,10 @@ function teardownCall() {
   clearInterval(state.clockTimer);
   clearInterval(state.statsTimer);
   clearInterval(state.speakTimer);
-  for (const { timer } of state.deferred.values()) clearTimeout(timer);
-  state.deferred.clear();
-  for (const id of [...state.peers.keys()]) removePeer(id, { announce: false });
+  roster.clear(); // also forgets our id: the next welcome is a first join
   state.localTile?.remove();
   state.localTile = null;
   state.signaling = null;
-  state.myId = null;
 }
 
 function leave() {
@@ -996,43 +810,51 @@ function rejoin() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Test and debugging hook: what the browser tests (tests/browser) read.
+// Test and debugging hook: what the browser tests (tests/browser) read and drive, as window.peercall.
+//
+// Opt-in: installed only when this origin's localStorage holds peercall.testHook = true. The browser tests set it
+// before the page loads (tests/browser/harness.mjs, enableTestHook); to debug by hand, run
+// localStorage.setItem('peercall.testHook', 'true') in the console and reload. Ordinary pages carry no global
+// handle on their connections, chat and controls. A stored flag rather than a URL parameter: it survives the
+// page's own navigations (Rejoin, Try again), which build their URLs afresh.
 
-window.peercall = {
-  get id() {
-    return state.myId;
-  },
-  room: ROOM,
-  relay: FORCE_RELAY,
-  phase: () => state.phase,
-  status: () => state.signaling?.state ?? 'idle',
-  peers: () => [...state.peers.values()].map((p) => ({
-    id: p.id,
-    name: p.name,
-    connectionState: p.connectionState,
-    channel: p.dc?.readyState ?? null,
-    remote: { ...p.remote },
-    orphan: p.orphan,
-    polite: p.polite,
-    collisions: p.collisions,
-  })),
-  pc: (id) => state.peers.get(id)?.pc ?? null,
-  async stats(id) {
-    const peer = state.peers.get(id);
-    if (!peer?.pc) return null;
-    return summarize(await peer.pc.getStats(), null);
-  },
-  chat: () => state.chat.map(({ from, name, text, mine, via }) => ({ from, name, text, mine, via })),
-  local: () => ({ micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState() }),
-  iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
-  /** Drops the signaling WebSocket as a network blip would (the client reconnects and resumes by itself). */
-  dropSignaling: () => state.signaling?.ws?.close(),
-  /** Restarts ICE with one peer now (what a failed or stalled connection triggers by itself). */
-  restartIce: (id) => state.peers.get(id)?.restartIce('requested'),
-  toggleMic,
-  toggleCam,
-  sendChat,
-  leave,
-};
+if (store.get('testHook', false) === true) {
+  window.peercall = {
+    get id() {
+      return roster.myId;
+    },
+    room: ROOM,
+    relay: FORCE_RELAY,
+    phase: () => state.phase,
+    status: () => state.signaling?.state ?? 'idle',
+    peers: () => roster.links().map((p) => ({
+      id: p.id,
+      name: p.name,
+      connectionState: p.peer.connectionState,
+      channel: p.peer.dc?.readyState ?? null,
+      remote: { ...p.remote },
+      orphan: p.entry.orphan,
+      polite: p.peer.polite,
+      collisions: p.peer.collisions,
+    })),
+    pc: (id) => roster.get(id)?.link.peer.pc ?? null,
+    async stats(id) {
+      const pc = roster.get(id)?.link.peer.pc;
+      if (!pc) return null;
+      return summarize(await pc.getStats(), null);
+    },
+    chat: () => chat.messages.map(({ from, name, text, mine, via }) => ({ from, name, text, mine, via })),
+    local: () => ({ micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState() }),
+    iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
+    /** Drops the signaling WebSocket as a network blip would (the client reconnects and resumes by itself). */
+    dropSignaling: () => state.signaling?.ws?.close(),
+    /** Restarts ICE with one peer now (what a failed or stalled connection triggers by itself). */
+    restartIce: (id) => roster.get(id)?.link.peer.restartIce('requested'),
+    toggleMic,
+    toggleCam,
+    sendChat,
+    leave,
+  };
+}
 
 init();

@@ -1,7 +1,8 @@
 // A participant tile: video (or avatar when the camera is off), name, microphone state, connection quality.
-// Also the grid layout that sizes tiles to fill the stage at the largest size that fits.
+// Where tiles go and how large they are is layout.js.
 
-import { h, icon, initials, hueOf } from './util.js';
+import { h, icon } from './util.js';
+import { initials, hueOf } from './names.js';
 
 export class Tile {
   /** @param {{id: string, name: string, local?: boolean, onInfo?: () => void}} o */
@@ -102,25 +103,4 @@ export class Tile {
     if (this.audio) this.audio.srcObject = null;
     this.el.remove();
   }
-}
-
-/**
- * Sizes `count` tiles to fill a width × height area: tries every column count and keeps the largest tile whose
- * aspect ratio stays within [minAspect, maxAspect]. Landscape stages keep tiles landscape (≥ 4:3, so camera
- * video is not cropped to a sliver); portrait stages (phones) may use tiles down to 3:4.
- */
-export function bestGrid(width, height, count, gap, { minAspect, maxAspect = 16 / 9 } = {}) {
-  minAspect ??= width >= height ? 4 / 3 : 3 / 4;
-  let best = { cols: 1, rows: 1, w: 0, h: 0 };
-  if (count < 1 || width <= 0 || height <= 0) return best;
-  for (let cols = 1; cols <= count; cols++) {
-    const rows = Math.ceil(count / cols);
-    let w = (width - gap * (cols - 1)) / cols;
-    let hgt = (height - gap * (rows - 1)) / rows;
-    if (w <= 0 || hgt <= 0) continue;
-    if (w / hgt > maxAspect) w = hgt * maxAspect;
-    else if (w / hgt < minAspect) hgt = w / minAspect;
-    if (w * hgt > best.w * best.h) best = { cols, rows, w, h: hgt };
-  }
-  return { ...best, w: Math.floor(best.w), h: Math.floor(best.h) };
 }

@@ -1,4 +1,4 @@
-// Small DOM and formatting helpers shared by the landing and room pages.
+// Small DOM, storage and formatting helpers shared by the landing and room pages (names live in names.js).
 
 /** querySelector with a clear failure when the page and the script disagree. */
 export function $(selector, root = document) {
@@ -74,41 +74,6 @@ export const store = {
   },
 };
 
-/** Room names follow docs/protocol.md: 1–64 characters of [A-Za-z0-9_-]. */
-export const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
-
-/** Trims a display name and removes control characters; '' when nothing is left. Max 64 characters. */
-export function cleanName(raw) {
-  // eslint-disable-next-line no-control-regex
-  return Array.from(String(raw ?? '').replace(/[\u0000-\u001f\u007f-\u009f]/g, '').trim()).slice(0, 64).join('');
-}
-
-/** Extracts a room name from what a user typed: a bare name or a pasted invite link. */
-export function parseRoomInput(raw) {
-  const text = String(raw ?? '').trim();
-  if (!text) return null;
-  const fromLink = text.match(/\/r\/([A-Za-z0-9_-]{1,64})(?:[/?#]|$)/);
-  if (fromLink) return fromLink[1];
-  const slug = text.replace(/\s+/g, '-');
-  return ROOM_RE.test(slug) ? slug : null;
-}
-
-/** "Ada Lovelace" → "AL"; one or two letters for the avatar. */
-export function initials(name) {
-  const parts = cleanName(name).split(/\s+/).filter(Boolean);
-  if (parts.length === 0) return '?';
-  const first = Array.from(parts[0])[0] ?? '?';
-  const last = parts.length > 1 ? (Array.from(parts[parts.length - 1])[0] ?? '') : '';
-  return (first + last).toUpperCase();
-}
-
-/** A stable pleasant hue for a name, for avatars. */
-export function hueOf(text) {
-  let hash = 0;
-  for (const ch of String(text)) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
-  return hash % 360;
-}
-
 export function formatBitrate(bps) {
   if (!Number.isFinite(bps)) return '—';
   if (bps >= 1e6) return `${(bps / 1e6).toFixed(2)} Mbit/s`;
@@ -152,11 +117,4 @@ export async function copyText(text) {
     field.remove();
     return ok;
   }
-}
-
-/** Random integer in [0, n) from the platform CSPRNG. */
-export function randomInt(n) {
-  const buf = new Uint32Array(1);
-  crypto.getRandomValues(buf);
-  return buf[0] % n;
 }
