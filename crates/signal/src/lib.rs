@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+pub mod guard;
 pub mod ice;
 pub mod metrics;
 pub mod protocol;
@@ -22,6 +23,8 @@ pub mod server;
 pub mod session;
 pub mod token;
 
+pub use guard::{AllowedOrigin, Origin, OriginError};
+pub use ipnet::IpNet;
 pub use protocol::{ClientMessage, ErrorCode, ServerMessage};
 pub use server::SignalService;
 pub use token::{JoinClaims, mint_join_token, verify_join_token};
@@ -59,6 +62,10 @@ pub struct SignalConfig {
     pub outgoing_queue: usize,
     /// Messages kept for a peer inside its resume grace period, delivered when it resumes.
     pub max_pending_per_peer: usize,
+    /// Origins allowed to open `/ws` besides the page's own and `public_host`'s ([`guard::origin_allowed`]).
+    pub allowed_origins: Vec<AllowedOrigin>,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client ([`guard::client_ip`]).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for SignalConfig {
@@ -79,6 +86,8 @@ impl Default for SignalConfig {
             max_consecutive_errors: 20,
             outgoing_queue: 256,
             max_pending_per_peer: 32,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub struct Metrics {
     ping_timeouts: AtomicU64,
     resumes: AtomicU64,
     sent: AtomicU64,
+    origin_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -56,6 +57,16 @@ impl Metrics {
 
     pub fn sent(&self, n: u64) {
         self.sent.fetch_add(n, Relaxed);
+    }
+
+    /// A `/ws` request from a foreign `Origin` was refused with 403.
+    pub fn origin_refused(&self) {
+        self.origin_refused.fetch_add(1, Relaxed);
+    }
+
+    /// `/ws` requests refused for their origin; for tests.
+    pub fn origin_refusals(&self) -> u64 {
+        self.origin_refused.load(Relaxed)
     }
 
     /// Messages received of one type (by wire name); for tests.
@@ -157,6 +168,12 @@ impl Metrics {
             "ping_timeouts_total",
             "Connections closed for not answering pings.",
             self.ping_timeouts.load(Relaxed),
+        );
+        counter(
+            out,
+            "origin_refused_total",
+            "WebSocket requests refused (403) because their Origin is another site.",
+            self.origin_refused.load(Relaxed),
         );
     }
 }
