@@ -95,6 +95,8 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at start and consumed at once: the size of the flag structs does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run everything in one process: web client, signaling and STUN/TURN (the default)
     #[command(after_help = AFTER_HELP)]
