@@ -341,6 +341,11 @@ settings! {
         /// Reverse proxy whose X-Forwarded-For / Forwarded header names the client, for every per-address limit
         /// and log line; repeatable
         trusted_proxy: Vec<IpNet> [value_name = "CIDR"];
+        /// Separate plain-HTTP address serving /metrics and the detailed /healthz, e.g. 127.0.0.1:9464; without
+        /// it they are served on --http to loopback clients and to --metrics-token only
+        metrics_listen: Option<SocketAddr> [value_name = "ADDR"];
+        /// Bearer token that unlocks /metrics and the detailed /healthz on --http (Authorization: Bearer TOKEN)
+        metrics_token: Option<Secret> [value_name = "TOKEN"];
     }
 
     /// Flags of the signaling server.
@@ -652,6 +657,8 @@ pub struct Resolved {
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: bool,
     pub trusted_proxy: Vec<IpNet>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token: Option<Secret>,
     pub public_host: Option<String>,
     pub room_capacity: usize,
     pub max_rooms: usize,
@@ -833,6 +840,21 @@ impl Resolved {
             .max_join_backoff
             .unwrap_or_else(defaults::max_join_backoff);
         at_least("max_join_backoff", max_join_backoff, 1, " second")?;
+        if o.metrics_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            return Err(invalid(
+                "metrics_token",
+                "use at least 16 characters (a long random token)".into(),
+            ));
+        }
+        if let (Some(m), Some(h)) = (o.metrics_listen, o.http)
+            && m.port() != 0
+            && m == h
+        {
+            return Err(invalid(
+                "metrics_listen",
+                format!("{m} is the --http address; choose another port"),
+            ));
+        }
         let user_quota = o.user_quota.unwrap_or_else(defaults::user_quota);
         at_least("user_quota", user_quota.into(), 1, "")?;
         let total_quota = o.total_quota.unwrap_or_else(defaults::total_quota);
@@ -888,6 +910,8 @@ impl Resolved {
             tls_key: o.tls_key,
             tls_self_signed,
             trusted_proxy: o.trusted_proxy,
+            metrics_listen: o.metrics_listen,
+            metrics_token: o.metrics_token,
             public_host: o.public_host,
             room_capacity,
             max_rooms,
@@ -1532,6 +1556,10 @@ mod tests {
                 "*",
                 "--trusted-proxy",
                 "10.0.0.0/8",
+                "--metrics-listen",
+                "127.0.0.1:9464",
+                "--metrics-token",
+                "a-long-enough-token",
             ]),
             None,
             &env(&[("PEERCALL_MAX_JOINS_PER_MIN", "0")]),
@@ -1545,6 +1573,7 @@ mod tests {
             text.contains("allowed-origin = [\"https://app.example.com\", \"*\"]"),
             "{text}"
         );
+        assert!(!text.contains("a-long-enough-token"), "{text}");
         let err = load(
             Options::default(),
             None,
@@ -1555,6 +1584,28 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("environment variable PEERCALL_ALLOWED_ORIGIN: "),
+            "{err}"
+        );
+        let err = load(flags(&["--metrics-token", "short"]), None, &[], &no_file)
+            .expect_err("short token");
+        assert!(
+            err.to_string().starts_with("invalid metrics-token"),
+            "{err}"
+        );
+        let err = load(
+            flags(&[
+                "--http",
+                "127.0.0.1:8080",
+                "--metrics-listen",
+                "127.0.0.1:8080",
+            ]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect_err("same port");
+        assert!(
+            err.to_string().starts_with("invalid metrics-listen"),
             "{err}"
         );
         let err = load(flags(&["--max-join-backoff", "0"]), None, &[], &no_file).expect_err("0");

@@ -293,7 +293,7 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     // The HTTP port first: "port in use" and certificate errors before anything else starts.
     let bound = http::bind(mode, &config)?;
     let parts = parts::start(mode, &config).await?;
-    let http = http::serve(mode, bound, &parts);
+    let http = http::serve(mode, bound, &parts, &config);
     println!("{}", banner::render(mode, &config, &parts, &http));
     tracing::info!(mode = mode.name(), http = %http.addr, "peercall {} ready", env!("CARGO_PKG_VERSION"));
 
