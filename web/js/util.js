@@ -156,7 +156,12 @@ export async function copyText(text) {
 
 /** Random integer in [0, n) from the platform CSPRNG. */
 export function randomInt(n) {
+  // Uniform in [0, n) from the browser's CSPRNG: values in the incomplete last block of 2^32 are redrawn, so
+  // there is no modulo bias (n is at most 2^32).
+  const limit = 2 ** 32 - (2 ** 32 % n);
   const buf = new Uint32Array(1);
-  crypto.getRandomValues(buf);
-  return buf[0] % n;
+  for (;;) {
+    crypto.getRandomValues(buf);
+    if (buf[0] < limit) return buf[0] % n;
+  }
 }
