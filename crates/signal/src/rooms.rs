@@ -480,15 +480,6 @@ impl Rooms {
                         Some("join"),
                     );
                 }
-                if let Some(ip) = self.conns.get(&conn).and_then(|c| c.ip)
-                    && !self.limits.take_room(ip, now)
-                {
-                    let message = format!(
-                        "too many new rooms from your address (at most {} a minute): try again shortly",
-                        self.config.max_new_rooms_per_min
-                    );
-                    return self.refuse_join(conn, JoinRefusal::NewRoomRate, message);
-                }
                 if self.config.require_room_password && join.password.is_none() {
                     return self.close_with_error(
                         conn,
@@ -504,6 +495,16 @@ impl Rooms {
                         "rooms are closed (capacity 0)",
                         Some("join"),
                     );
+                }
+                // Last: only a room that is really about to be created costs a token.
+                if let Some(ip) = self.conns.get(&conn).and_then(|c| c.ip)
+                    && !self.limits.take_room(ip, now)
+                {
+                    let message = format!(
+                        "too many new rooms from your address (at most {} a minute): try again shortly",
+                        self.config.max_new_rooms_per_min
+                    );
+                    return self.refuse_join(conn, JoinRefusal::NewRoomRate, message);
                 }
                 let password = join
                     .password

@@ -1219,3 +1219,24 @@ fn per_address_state_is_swept_when_idle() {
     }
     assert_eq!(h.rooms.limits.tracked(), 5000, "the first 5000 were swept");
 }
+
+#[test]
+fn a_refused_creation_does_not_cost_a_new_room_token() {
+    let mut h = H::new(SignalConfig {
+        max_new_rooms_per_min: 1,
+        require_room_password: true,
+        ..cfg()
+    });
+    let c = h.open_from("10.2.2.2");
+    assert_eq!(
+        join_refused(&mut h, c, &join_frame("r", None)),
+        "wrong-password"
+    );
+    let c = h.open_from("10.2.2.2");
+    h.join_with(c, &join_frame("r", Some("pw")));
+    let c = h.open_from("10.2.2.2");
+    assert_eq!(
+        join_refused(&mut h, c, &join_frame("r2", Some("pw"))),
+        "too-many-joins"
+    );
+}
