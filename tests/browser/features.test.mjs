@@ -158,7 +158,7 @@ test('leaving removes the tile for the others; rejoining works', { timeout: 120_
   }
 });
 
-test('refusals are explained in words: password needed, wrong password, room full', { timeout: 120_000 }, async (t) => {
+test('refusals are explained in words: password needed, wrong password, room full, too many guesses', { timeout: 120_000 }, async (t) => {
   const cleanup = new Cleanup();
   t.after(() => cleanup.run());
   const server = await startServer({ extraArgs: ['--room-capacity', '2'] });
@@ -215,6 +215,26 @@ test('refusals are explained in words: password needed, wrong password, room ful
     await cyd.page.screenshot({ path: path.join(ensureArtifacts(), 'room-full.png') });
     assert.match(await cyd.page.textContent('#ended-text'), /Try again when someone leaves/);
     assert.deepEqual((await tilesOf(ada)).filter((x) => !x.local).map((x) => x.name), ['Bob'], 'Cyd never appeared for Ada');
+
+    // Guessing: this address (127.0.0.1, Bob's too) has 2 failed joins; after the allowance of 5 it backs off
+    // and the page says so, with the wait, instead of offering yet another try.
+    const dan = await prejoin('Dan', 'guess-0');
+    let tries = 1;
+    for (;;) {
+      const outcome = await waitFor(() => dan.page.evaluate(() => {
+        if (window.peercall.phase() === 'ended') return 'ended';
+        return document.querySelector('#prejoin-error').textContent ? 'refused' : null;
+      }), { timeout: 10_000, what: 'Dan to be refused' });
+      if (outcome === 'ended') break;
+      assert.equal(await dan.page.textContent('#prejoin-error'), 'That password is not right for this room.');
+      assert.ok(tries < 12, 'the back-off started');
+      await dan.page.evaluate(() => { document.querySelector('#prejoin-error').textContent = ''; });
+      await attempt(dan, `guess-${tries++}`);
+    }
+    assert.ok(tries >= 4, `three more wrong guesses were answered before the back-off (${tries} tries)`);
+    assert.equal(await dan.page.textContent('#ended-title'), 'Too many attempts');
+    assert.match(await dan.page.textContent('#ended-text'), /too many failed joins from your address: try again in \d+ s/);
+    await dan.page.screenshot({ path: path.join(ensureArtifacts(), 'too-many-joins.png') });
     assert.deepEqual(people.flatMap((p) => p.errors), [], 'no page errors');
   } catch (e) {
     for (const p of people) e.message += `\n${await describe(p)}`;

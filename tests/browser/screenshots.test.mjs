@@ -64,7 +64,7 @@ test('screenshots: two-party call on a desktop and on a phone, plus landing, pre
   cleanup.add(() => server.kill());
   const browser = await launchBrowser();
   cleanup.add(() => browser.close());
-  const room = 'brave-otter-42';
+  const room = 'brave-otter-4821-0937-5512-8830';
   const shots = [];
   const people = [];
   try {
@@ -77,9 +77,9 @@ test('screenshots: two-party call on a desktop and on a phone, plus landing, pre
       shots.push(await shoot({ page }, `landing-${label}.png`));
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
       assert.ok(overflow <= 0, `landing page fits the ${label} width`);
-      // "New room" leads to a readable room name and the pre-join screen.
+      // "New room" leads to a readable, unguessable room name and the pre-join screen.
       await page.click('#create');
-      await page.waitForURL(/\/r\/[a-z]+-[a-z]+-\d{2}\?name=Ada$/, { timeout: 10_000 });
+      await page.waitForURL(/\/r\/[a-z]+-[a-z]+-\d{4}-\d{4}-\d{4}-\d{4}\?name=Ada$/, { timeout: 10_000 });
       await context.close();
     }
 

@@ -72,10 +72,10 @@ test('parseRoomInput: bare names, pasted links, spaces become dashes, anything e
   assert.equal(parseRoomInput('https://call.example/r/../../admin'), null);
 });
 
-test('randomRoomName: adjective-animal-number, a valid room name', () => {
+test('randomRoomName: adjective-animal and four digit groups, a valid room name', () => {
   for (let i = 0; i < 50; i++) {
     const name = randomRoomName();
-    assert.match(name, /^[a-z]+-[a-z]+-[1-9][0-9]$/);
+    assert.match(name, /^[a-z]+-[a-z]+(-[0-9]{4}){4}$/);
     assert.ok(ROOM_RE.test(name));
   }
 });

@@ -33,7 +33,7 @@ $('#join-form').addEventListener('submit', (event) => {
   const room = parseRoomInput(roomInput.value);
   if (!room) {
     showError(roomInput.value.trim()
-      ? 'Room names use letters, digits, "-" and "_" (up to 64), like brave-otter-42 — or paste an invite link.'
+      ? 'Room names use letters, digits, "-" and "_" (up to 64), like brave-otter-4821-0937-5512-8830 — or paste an invite link.'
       : 'Type a room name or paste an invite link.');
     roomInput.focus();
     return;

@@ -2,8 +2,10 @@
 // (cleaning what people type or send, initials and avatar hues). Pure: no DOM, no page state, so the same rules
 // hold on the landing page, in the room and in the unit tests (tests/web/names.test.mjs).
 //
-// Random room names are adjective-animal-number, e.g. "brave-otter-42": 64 adjectives × 64 animals × 90 numbers
-// ≈ 368,000 names, easy to read aloud, hard to stumble upon.
+// Random room names cannot be guessed yet stay readable: adjective-animal and four groups of four digits, e.g.
+// "brave-otter-4821-0937-5512-8830". 64 adjectives × 64 animals × 10^16 ≈ 4.1 × 10^19 names, 65 bits: a
+// server that answers 1,800 probes a second would need 700 million years to try half of them (and peercall
+// throttles joins per address far below that). The digits read aloud and type easily on a phone.
 
 /** Room names follow docs/protocol.md: 1–64 characters of [A-Za-z0-9_-]. */
 export const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -58,16 +60,23 @@ const ANIMALS = [
   'yak', 'zebra', 'alpaca', 'bobcat', 'coyote',
 ];
 
+/** Random bits in a room name made by randomRoomName (log2 of 64 × 64 × 10^16). */
+export const ROOM_NAME_BITS = Math.log2(ADJECTIVES.length * ANIMALS.length) + 16 * Math.log2(10);
+
 export function randomRoomName() {
   const adjective = ADJECTIVES[randomInt(ADJECTIVES.length)];
   const animal = ANIMALS[randomInt(ANIMALS.length)];
-  const number = 10 + randomInt(90);
-  return `${adjective}-${animal}-${number}`;
+  const groups = Array.from({ length: 4 }, () => String(randomInt(10_000)).padStart(4, '0'));
+  return `${adjective}-${animal}-${groups.join('-')}`;
 }
 
 /** Random integer in [0, n) from the platform CSPRNG. */
-function randomInt(n) {
+export function randomInt(n) {
+  // Values in the incomplete last block of 2^32 are redrawn, so there is no modulo bias (n is at most 2^32).
+  const limit = 2 ** 32 - (2 ** 32 % n);
   const buf = new Uint32Array(1);
-  crypto.getRandomValues(buf);
-  return buf[0] % n;
+  for (;;) {
+    crypto.getRandomValues(buf);
+    if (buf[0] < limit) return buf[0] % n;
+  }
 }

@@ -423,6 +423,10 @@ function onFatal({ code, message }) {
     case 'too-many-connections':
       showEnded('The server is busy', 'Too many calls are running right now. Try again in a minute.', 'warn');
       return;
+    case 'too-many-joins':
+      // Throttled (too many joins or failed passwords from this address): the server says how long to wait.
+      showEnded('Too many attempts', message || 'Too many join attempts from your network. Wait a little and try again.', 'warn');
+      return;
     case 'unsupported-version':
       showEnded('Please reload', 'This page is older than the server. Reload to get the new version.', 'refresh');
       return;

@@ -19,7 +19,7 @@ export const PROTOCOL_VERSION = 1;
 
 /** Errors after which the server closes the connection: reconnecting would not help. */
 const FATAL = new Set([
-  'room-full', 'wrong-password', 'bad-token', 'too-many-rooms', 'too-many-connections', 'abuse',
+  'room-full', 'wrong-password', 'bad-token', 'too-many-rooms', 'too-many-connections', 'too-many-joins', 'abuse',
   'unsupported-version',
 ]);
 

@@ -55,9 +55,20 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
             }
         }
     }
-    lines.push(format!(
-        "  health       {base}/healthz   metrics {base}/metrics"
-    ));
+    match http.metrics_addr {
+        Some(m) => {
+            let m = format!("http://{}", url_host_port(m));
+            lines.push(format!(
+                "  health       {base}/healthz   metrics {m}/metrics (details: {m}/healthz)"
+            ));
+        }
+        None if config.metrics_token.is_some() => lines.push(format!(
+            "  health       {base}/healthz   metrics {base}/metrics (loopback, or with --metrics-token)"
+        )),
+        None => lines.push(format!(
+            "  health       {base}/healthz   metrics {base}/metrics (loopback clients only)"
+        )),
+    }
 
     if let Some(turn) = &parts.turn {
         let a = turn.addrs();

@@ -338,6 +338,14 @@ settings! {
         /// fingerprint is printed). Browsers allow the camera only on HTTPS or localhost
         tls_self_signed: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
             default_missing_value = "true"] = "false";
+        /// Reverse proxy whose X-Forwarded-For / Forwarded header names the client, for every per-address limit
+        /// and log line; repeatable
+        trusted_proxy: Vec<IpNet> [value_name = "CIDR"];
+        /// Separate plain-HTTP address serving /metrics and the detailed /healthz, e.g. 127.0.0.1:9464; without
+        /// it they are served on --http to loopback clients and to --metrics-token only
+        metrics_listen: Option<SocketAddr> [value_name = "ADDR"];
+        /// Bearer token that unlocks /metrics and the detailed /healthz on --http (Authorization: Bearer TOKEN)
+        metrics_token: Option<Secret> [value_name = "TOKEN"];
     }
 
     /// Flags of the signaling server.
@@ -367,6 +375,20 @@ settings! {
         ping_interval: Option<u64> [value_name = "SECONDS"] = "15";
         /// Seconds without an answer before a connection is closed
         ping_timeout: Option<u64> [value_name = "SECONDS"] = "30";
+        /// Web origin (scheme://host[:port]) allowed to open /ws besides peercall's own pages and --public-host,
+        /// or * for any; repeatable
+        allowed_origin: Vec<AllowedOrigin> [value_name = "ORIGIN"];
+        /// Joins per minute from one client address (IPv6: per /64); resuming a session is free; 0 = unlimited
+        max_joins_per_min: Option<u32> [value_name = "N"] = "60";
+        /// New rooms per minute from one client address (IPv6: per /64); 0 = unlimited
+        max_new_rooms_per_min: Option<u32> [value_name = "N"] = "20";
+        /// Failed joins (wrong password, bad token) one address may make before its joins back off (1 s,
+        /// doubling); 0 = no back-off
+        failed_joins_before_backoff: Option<u32> [value_name = "N"] = "5";
+        /// Longest back-off after failed joins, in seconds
+        max_join_backoff: Option<u64> [value_name = "SECONDS"] = "600";
+        /// Failed password joins after which every join to that room waits 1 s before it is checked; 0 = never
+        room_failed_joins_before_delay: Option<u32> [value_name = "N"] = "10";
     }
 
     /// Where `peercall signal` sends browsers for TURN.
@@ -529,6 +551,8 @@ impl Serialize for UserPass {
     }
 }
 
+/// `--allowed-origin ORIGIN|*` is the signaling crate's own type.
+pub use peercall_signal::AllowedOrigin;
 /// `--external-ip PUBLIC[/PRIVATE]` is the TURN crate's own type; printed as text by `--print-config`.
 pub use peercall_turn::ExternalIp;
 
@@ -647,6 +671,9 @@ pub struct Resolved {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: bool,
+    pub trusted_proxy: Vec<IpNet>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token: Option<Secret>,
     pub public_host: Option<String>,
     pub room_capacity: usize,
     pub max_rooms: usize,
@@ -659,6 +686,13 @@ pub struct Resolved {
     pub resume_grace: u64,
     pub ping_interval: u64,
     pub ping_timeout: u64,
+    #[serde(serialize_with = "serialize_as_text")]
+    pub allowed_origin: Vec<AllowedOrigin>,
+    pub max_joins_per_min: u32,
+    pub max_new_rooms_per_min: u32,
+    pub failed_joins_before_backoff: u32,
+    pub max_join_backoff: u64,
+    pub room_failed_joins_before_delay: u32,
     pub turn_secret: Option<Secret>,
     pub turn_port: u16,
     pub turn_tls_port: Option<u16>,
@@ -824,6 +858,25 @@ impl Resolved {
                 format!("{ping_timeout} s must be longer than --ping-interval ({ping_interval} s)"),
             ));
         }
+        let max_join_backoff = o
+            .max_join_backoff
+            .unwrap_or_else(defaults::max_join_backoff);
+        at_least("max_join_backoff", max_join_backoff, 1, " second")?;
+        if o.metrics_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            return Err(invalid(
+                "metrics_token",
+                "use at least 16 characters (a long random token)".into(),
+            ));
+        }
+        if let (Some(m), Some(h)) = (o.metrics_listen, o.http)
+            && m.port() != 0
+            && m == h
+        {
+            return Err(invalid(
+                "metrics_listen",
+                format!("{m} is the --http address; choose another port"),
+            ));
+        }
         let user_quota = o.user_quota.unwrap_or_else(defaults::user_quota);
         at_least("user_quota", user_quota.into(), 1, "")?;
         let client_quota = o.client_quota.unwrap_or_else(defaults::client_quota);
@@ -901,6 +954,9 @@ impl Resolved {
             tls_cert: o.tls_cert,
             tls_key: o.tls_key,
             tls_self_signed,
+            trusted_proxy: o.trusted_proxy,
+            metrics_listen: o.metrics_listen,
+            metrics_token: o.metrics_token,
             public_host: o.public_host,
             room_capacity,
             max_rooms,
@@ -915,6 +971,20 @@ impl Resolved {
             resume_grace,
             ping_interval,
             ping_timeout,
+            allowed_origin: o.allowed_origin,
+            max_joins_per_min: o
+                .max_joins_per_min
+                .unwrap_or_else(defaults::max_joins_per_min),
+            max_new_rooms_per_min: o
+                .max_new_rooms_per_min
+                .unwrap_or_else(defaults::max_new_rooms_per_min),
+            failed_joins_before_backoff: o
+                .failed_joins_before_backoff
+                .unwrap_or_else(defaults::failed_joins_before_backoff),
+            max_join_backoff,
+            room_failed_joins_before_delay: o
+                .room_failed_joins_before_delay
+                .unwrap_or_else(defaults::room_failed_joins_before_delay),
             turn_secret: o.turn_secret,
             turn_port: o.turn_port.unwrap_or_else(defaults::turn_port),
             turn_tls_port: o.turn_tls_port,
@@ -1504,6 +1574,97 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_signal_crates_library_defaults_agree_with_the_table() {
+        let lib = peercall_signal::SignalConfig::default();
+        assert_eq!(lib.max_joins_per_min, defaults::max_joins_per_min());
+        assert_eq!(lib.max_new_rooms_per_min, defaults::max_new_rooms_per_min());
+        assert_eq!(
+            lib.failed_joins_before_backoff,
+            defaults::failed_joins_before_backoff()
+        );
+        assert_eq!(lib.max_join_backoff.as_secs(), defaults::max_join_backoff());
+        assert_eq!(
+            lib.room_failed_joins_before_delay,
+            defaults::room_failed_joins_before_delay()
+        );
+        assert_eq!(
+            lib.max_connections_per_ip,
+            defaults::max_connections_per_ip()
+        );
+        assert_eq!(lib.max_rooms, defaults::max_rooms());
+        assert!(lib.allowed_origins.is_empty() && lib.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn origins_proxies_and_metrics_settings_parse_and_are_checked() {
+        let r = load(
+            flags(&[
+                "--allowed-origin",
+                "https://App.example.com/",
+                "--allowed-origin",
+                "*",
+                "--trusted-proxy",
+                "10.0.0.0/8",
+                "--metrics-listen",
+                "127.0.0.1:9464",
+                "--metrics-token",
+                "a-long-enough-token",
+            ]),
+            None,
+            &env(&[("PEERCALL_MAX_JOINS_PER_MIN", "0")]),
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.allowed_origin.len(), 2);
+        assert_eq!(r.max_joins_per_min, 0);
+        let text = r.to_annotated_toml();
+        assert!(
+            text.contains("allowed-origin = [\"https://app.example.com\", \"*\"]"),
+            "{text}"
+        );
+        assert!(!text.contains("a-long-enough-token"), "{text}");
+        let err = load(
+            Options::default(),
+            None,
+            &env(&[("PEERCALL_ALLOWED_ORIGIN", "app.example.com")]),
+            &no_file,
+        )
+        .expect_err("no scheme");
+        assert!(
+            err.to_string()
+                .starts_with("environment variable PEERCALL_ALLOWED_ORIGIN: "),
+            "{err}"
+        );
+        let err = load(flags(&["--metrics-token", "short"]), None, &[], &no_file)
+            .expect_err("short token");
+        assert!(
+            err.to_string().starts_with("invalid metrics-token"),
+            "{err}"
+        );
+        let err = load(
+            flags(&[
+                "--http",
+                "127.0.0.1:8080",
+                "--metrics-listen",
+                "127.0.0.1:8080",
+            ]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect_err("same port");
+        assert!(
+            err.to_string().starts_with("invalid metrics-listen"),
+            "{err}"
+        );
+        let err = load(flags(&["--max-join-backoff", "0"]), None, &[], &no_file).expect_err("0");
+        assert!(
+            err.to_string().starts_with("invalid max-join-backoff"),
+            "{err}"
+        );
     }
 
     #[test]

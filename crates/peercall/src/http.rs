@@ -4,14 +4,15 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::{ConnectInfo, State};
+use axum::http::request::Parts as RequestParts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::task::JoinHandle;
@@ -25,6 +26,8 @@ pub struct Bound {
     listener: std::net::TcpListener,
     pub addr: SocketAddr,
     tls: Option<TlsSource>,
+    /// `--metrics-listen`: /metrics and the detailed /healthz for anyone who reaches it.
+    metrics: Option<(std::net::TcpListener, SocketAddr)>,
 }
 
 enum TlsSource {
@@ -72,6 +75,22 @@ pub fn bind(mode: Mode, config: &Resolved) -> anyhow::Result<Bound> {
     let addr = listener
         .local_addr()
         .context("cannot read the HTTP socket address")?;
+    let metrics = match config.metrics_listen {
+        None => None,
+        Some(at) => {
+            let l = std::net::TcpListener::bind(at).map_err(|e| {
+                anyhow!(
+                    "cannot listen on {at} for /metrics and /healthz: {e} (change --metrics-listen)"
+                )
+            })?;
+            l.set_nonblocking(true)
+                .context("cannot configure the metrics socket")?;
+            let a = l
+                .local_addr()
+                .context("cannot read the metrics socket address")?;
+            Some((l, a))
+        }
+    };
     let tls = match config.http_tls() {
         HttpTls::Off => None,
         HttpTls::Files { cert, key } => {
@@ -88,6 +107,7 @@ pub fn bind(mode: Mode, config: &Resolved) -> anyhow::Result<Bound> {
         listener,
         addr,
         tls,
+        metrics,
     })
 }
 
@@ -107,10 +127,14 @@ pub struct HttpServer {
     pub tls: bool,
     /// For `--tls-self-signed`: the certificate's SHA-256 fingerprint and the names it covers.
     pub self_signed: Option<(String, Vec<String>)>,
+    /// The `--metrics-listen` address, when there is one.
+    pub metrics_addr: Option<SocketAddr>,
     handle: axum_server::Handle,
+    metrics_handle: axum_server::Handle,
     reload: Option<(RustlsConfig, PathBuf, PathBuf)>,
     shutting_down: Arc<AtomicBool>,
     task: JoinHandle<()>,
+    metrics_task: Option<JoinHandle<()>>,
 }
 
 impl HttpServer {
@@ -118,6 +142,7 @@ impl HttpServer {
     pub fn stop_accepting(&self, grace: Duration) {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.handle.graceful_shutdown(Some(grace));
+        self.metrics_handle.graceful_shutdown(Some(grace));
     }
 
     /// Re-reads `--tls-cert/--tls-key` (SIGHUP); new connections use the new certificate.
@@ -137,6 +162,9 @@ impl HttpServer {
 
     pub async fn join(self) {
         let _ = self.task.await;
+        if let Some(task) = self.metrics_task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -150,11 +178,90 @@ struct AppState {
     started: Instant,
     started_unix: f64,
     shutting_down: Arc<AtomicBool>,
+    /// Who may see /metrics and the detailed /healthz on this listener.
+    access: Access,
+    /// Requests for /metrics refused by `access`.
+    refused: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+struct Access {
+    /// The `--metrics-listen` port: everyone who reaches it.
+    everyone: bool,
+    /// Loopback clients without proxy headers (the main port when there is no `--metrics-listen`).
+    loopback: bool,
+    /// SHA-256 of `--metrics-token`.
+    token: Option<[u8; 32]>,
+}
+
+impl Access {
+    fn allows(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> bool {
+        if self.everyone {
+            return true;
+        }
+        if let Some(want) = &self.token
+            && let Some(given) = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+        {
+            // Digests compared, not the token: the time taken says nothing about the token's bytes.
+            use sha2::Digest;
+            let given: [u8; 32] = sha2::Sha256::digest(given.trim().as_bytes()).into();
+            if &given == want {
+                return true;
+            }
+        }
+        self.loopback
+            && peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
+            && !peercall_signal::guard::has_forwarding_headers(headers)
+    }
+
+    /// The answer to a request for /metrics that `allows` refused.
+    fn refusal(&self) -> Response {
+        let (code, text) = if self.token.is_some() {
+            (
+                StatusCode::UNAUTHORIZED,
+                "/metrics needs Authorization: Bearer with the --metrics-token of this server, or use its \
+                 --metrics-listen address.\n",
+            )
+        } else {
+            (
+                StatusCode::FORBIDDEN,
+                "/metrics is served to loopback clients, on --metrics-listen, or with --metrics-token; \
+                 this request is none of these.\n",
+            )
+        };
+        let mut response = (
+            code,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            text,
+        )
+            .into_response();
+        if self.token.is_some() {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"peercall metrics\""),
+            );
+        }
+        response
+    }
 }
 
 /// Serves the bound port: `/healthz`, `/metrics`, and under serve/signal the signaling WebSocket and web client.
-pub fn serve(mode: Mode, bound: Bound, parts: &Parts) -> HttpServer {
+pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> HttpServer {
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let token = config.metrics_token.as_ref().map(|t| {
+        use sha2::Digest;
+        <[u8; 32]>::from(sha2::Sha256::digest(t.0.as_bytes()))
+    });
+    let refused = Arc::new(AtomicU64::new(0));
     let state = AppState {
         mode,
         turn: parts.turn.clone(),
@@ -166,6 +273,32 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts) -> HttpServer {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
         shutting_down: shutting_down.clone(),
+        access: Access {
+            everyone: false,
+            loopback: bound.metrics.is_none(),
+            token,
+        },
+        refused,
+    };
+    let metrics_handle = axum_server::Handle::new();
+    let (metrics_addr, metrics_task) = match bound.metrics {
+        None => (None, None),
+        Some((listener, addr)) => {
+            let mut metrics_state = state.clone();
+            metrics_state.access.everyone = true;
+            let app = Router::new()
+                .route("/healthz", get(healthz))
+                .route("/metrics", get(metrics))
+                .with_state(metrics_state)
+                .into_make_service_with_connect_info::<SocketAddr>();
+            let server = axum_server::from_tcp(listener).handle(metrics_handle.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = server.serve(app).await {
+                    tracing::error!("metrics HTTP server stopped: {e}");
+                }
+            });
+            (Some(addr), Some(task))
+        }
     };
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -211,14 +344,26 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts) -> HttpServer {
         addr: bound.addr,
         tls: reload.is_some() || self_signed.is_some(),
         self_signed,
+        metrics_addr,
         handle,
+        metrics_handle,
         reload,
         shutting_down,
         task,
+        metrics_task,
     }
 }
 
-async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+/// The socket address of the client, when the server runs with connect info.
+fn peer_of(request: &RequestParts) -> Option<SocketAddr> {
+    request
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| *a)
+}
+
+async fn healthz(State(state): State<AppState>, request: RequestParts) -> impl IntoResponse {
+    let detailed = state.access.allows(peer_of(&request), &request.headers);
     let shutting_down = state.shutting_down.load(Ordering::SeqCst);
     let mut healthy = !shutting_down;
     let turn = match &state.turn {
@@ -252,8 +397,19 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         serde_json::json!({ "status": "not running" })
     };
-    let body = serde_json::json!({
-        "status": if shutting_down { "shutting down" } else if healthy { "ok" } else { "unavailable" },
+    let status = if shutting_down {
+        "shutting down"
+    } else if healthy {
+        "ok"
+    } else {
+        "unavailable"
+    };
+    let body = if !detailed {
+        // The public answer: whether it works, nothing about how or where.
+        serde_json::json!({ "status": status })
+    } else {
+        serde_json::json!({
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "mode": state.mode.name(),
         "uptime_seconds": state.started.elapsed().as_secs(),
@@ -263,7 +419,8 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
             "signaling": signaling,
             "turn": turn,
         },
-    });
+        })
+    };
     let code = if healthy {
         StatusCode::OK
     } else {
@@ -276,7 +433,11 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>, request: RequestParts) -> Response {
+    if !state.access.allows(peer_of(&request), &request.headers) {
+        state.refused.fetch_add(1, Ordering::Relaxed);
+        return state.access.refusal();
+    }
     let mut out = String::with_capacity(8192);
     process_metrics(&state, &mut out);
     if let Some(turn) = &state.turn {
@@ -295,6 +456,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         ],
         out,
     )
+        .into_response()
 }
 
 fn process_metrics(state: &AppState, out: &mut String) {
@@ -365,6 +527,16 @@ fn process_metrics(state: &AppState, out: &mut String) {
     if state.signal.is_some() {
         let _ = writeln!(out, "peercall_part_up{{part=\"signaling\"}} 1");
     }
+    let _ = writeln!(
+        out,
+        "# HELP peercall_metrics_refused_total Requests for /metrics on --http refused (not loopback, no token)."
+    );
+    let _ = writeln!(out, "# TYPE peercall_metrics_refused_total counter");
+    let _ = writeln!(
+        out,
+        "peercall_metrics_refused_total {}",
+        state.refused.load(Ordering::Relaxed)
+    );
 }
 
 /// CPU seconds and resident bytes of this process (the process CPU clock and /proc/self/statm, through rustix's

@@ -95,6 +95,8 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at start and consumed at once: the size of the flag structs does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run everything in one process: web client, signaling and STUN/TURN (the default)
     #[command(after_help = AFTER_HELP)]
@@ -317,7 +319,7 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     // The HTTP port first: "port in use" and certificate errors before anything else starts.
     let bound = http::bind(mode, &config)?;
     let parts = parts::start(mode, &config).await?;
-    let http = http::serve(mode, bound, &parts);
+    let http = http::serve(mode, bound, &parts, &config);
     println!("{}", banner::render(mode, &config, &parts, &http));
     tracing::info!(mode = mode.name(), http = %http.addr, "peercall {} ready", env!("CARGO_PKG_VERSION"));
 

@@ -243,6 +243,13 @@ pub async fn start(mode: Mode, config: &Resolved) -> anyhow::Result<Parts> {
             ping_interval: Duration::from_secs(config.ping_interval),
             ping_timeout: Duration::from_secs(config.ping_timeout),
             public_host: config.public_host.clone(),
+            allowed_origins: config.allowed_origin.clone(),
+            trusted_proxies: config.trusted_proxy.clone(),
+            max_joins_per_min: config.max_joins_per_min,
+            max_new_rooms_per_min: config.max_new_rooms_per_min,
+            failed_joins_before_backoff: config.failed_joins_before_backoff,
+            max_join_backoff: Duration::from_secs(config.max_join_backoff),
+            room_failed_joins_before_delay: config.room_failed_joins_before_delay,
             turn: advert
                 .as_ref()
                 .map(|(secret, summary)| peercall_signal::TurnAdvert {

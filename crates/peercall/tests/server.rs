@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Server, free_port, healthz, http_get};
+use common::{Server, free_port, healthz, http_get, http_request};
 use futures_util::StreamExt;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
@@ -620,4 +620,154 @@ fn two_turn_servers_on_one_host_start_without_extra_flags_and_keep_health_on_the
         assert_eq!(status, 200, "{health}");
         assert_eq!(health["parts"]["turn"]["status"], "up");
     }
+}
+
+/// What a stranger on the internet sees: a request that came through a reverse proxy (it carries
+/// X-Forwarded-For) or, below, one without the token.
+const VIA_PROXY: &str = "X-Forwarded-For: 203.0.113.50";
+
+#[test]
+fn public_healthz_says_only_ok_and_metrics_need_loopback_or_the_token() {
+    let port = free_port();
+    let mut args = serve_args(port);
+    args.extend([
+        "--metrics-token".into(),
+        "prometheus-token-0123456789".into(),
+    ]);
+    let server = Server::start(&refs(&args), &[]);
+    let addr = server.http_addr();
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains("(loopback, or with --metrics-token)")),
+        "{:#?}",
+        server.banner
+    );
+
+    // The public /healthz: status only, no addresses, no counts, no version.
+    let (status, _, body) = http_request(addr, "/healthz", &[VIA_PROXY]);
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v, serde_json::json!({"status": "ok"}), "{body}");
+    assert!(!body.contains(&port.to_string()), "{body}");
+    // /metrics: 401 with a challenge and a readable body.
+    let (status, head, body) = http_request(addr, "/metrics", &[VIA_PROXY]);
+    assert_eq!(status, 401, "{head}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert!(body.contains("--metrics-token"), "{body}");
+    let (status, _, _) = http_request(
+        addr,
+        "/metrics",
+        &[VIA_PROXY, "Authorization: Bearer wrong-token-0123456789"],
+    );
+    assert_eq!(status, 401);
+    // With the token: everything, from anywhere.
+    let bearer = "Authorization: Bearer prometheus-token-0123456789";
+    let (status, _, metrics) = http_request(addr, "/metrics", &[VIA_PROXY, bearer]);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("peercall_turn_allocations "), "{metrics}");
+    assert!(
+        metrics.contains("peercall_metrics_refused_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("peercall_signal_joins_refused_total{reason=\"backoff\"} 0"),
+        "{metrics}"
+    );
+    let (_, _, body) = http_request(addr, "/healthz", &[VIA_PROXY, bearer]);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        v["parts"]["turn"]["udp"][0],
+        format!("127.0.0.1:{port}").as_str(),
+        "{body}"
+    );
+    // A loopback client without proxy headers (the operator on the host) still sees everything.
+    let (_, health) = healthz(addr);
+    assert_eq!(health["parts"]["signaling"]["status"], "up");
+    assert_eq!(http_get(addr, "/metrics").0, 200);
+}
+
+#[test]
+fn metrics_listen_serves_details_on_its_own_port_only() {
+    let port = free_port();
+    let metrics_port = free_port();
+    let mut args = serve_args(port);
+    args.extend([
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let server = Server::start(&refs(&args), &[]);
+    let addr = server.http_addr();
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().expect("addr");
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains(&format!("metrics http://{metrics_addr}/metrics"))),
+        "{:#?}",
+        server.banner
+    );
+    // The public port: minimal /healthz and no /metrics, even from loopback.
+    let (status, health) = healthz(addr);
+    assert_eq!(status, 200);
+    assert_eq!(health, serde_json::json!({"status": "ok"}));
+    let (status, _, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 403);
+    assert!(body.contains("--metrics-listen"), "{body}");
+    // The metrics port: everything.
+    let (status, health) = healthz(metrics_addr);
+    assert_eq!(status, 200);
+    assert_eq!(health["parts"]["turn"]["status"], "up");
+    let (status, _, metrics) = http_get(metrics_addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("peercall_metrics_refused_total 1"),
+        "{metrics}"
+    );
+    // The web client and /ws are not on the metrics port.
+    assert_eq!(http_get(metrics_addr, "/").0, 404);
+}
+
+#[test]
+fn ws_from_another_site_is_refused_by_the_binary_and_allowed_with_allowed_origin() {
+    let port = free_port();
+    let mut args = serve_args(port);
+    args.extend(["--allowed-origin".into(), "https://app.example.com".into()]);
+    let server = Server::start(&refs(&args), &[]);
+    let addr = server.http_addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let handshake = |origin: &str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}/ws")
+            .into_client_request()
+            .expect("request");
+        req.headers_mut()
+            .insert("origin", origin.parse().expect("origin"));
+        match runtime.block_on(tokio_tungstenite::connect_async(req)) {
+            Ok(_) => (101, String::new()),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (
+                resp.status().as_u16(),
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+            ),
+            Err(e) => panic!("handshake: {e}"),
+        }
+    };
+    let (status, body) = handshake("https://evil.example");
+    assert_eq!(status, 403);
+    assert!(body.contains("--allowed-origin"), "{body}");
+    assert_eq!(handshake("https://app.example.com").0, 101);
+    assert_eq!(
+        handshake(&format!("http://{addr}")).0,
+        101,
+        "the page peercall served"
+    );
+    let (_, _, metrics) = http_get(addr, "/metrics");
+    assert!(
+        metrics.contains("peercall_signal_origin_refused_total 1"),
+        "{metrics}"
+    );
 }

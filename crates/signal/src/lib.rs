@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+pub mod guard;
 pub mod ice;
 pub mod metrics;
 pub mod protocol;
@@ -22,6 +23,8 @@ pub mod server;
 pub mod session;
 pub mod token;
 
+pub use guard::{AllowedOrigin, Origin, OriginError};
+pub use ipnet::IpNet;
 pub use protocol::{ClientMessage, ErrorCode, ServerMessage};
 pub use server::SignalService;
 pub use token::{JoinClaims, mint_join_token, verify_join_token};
@@ -59,6 +62,23 @@ pub struct SignalConfig {
     pub outgoing_queue: usize,
     /// Messages kept for a peer inside its resume grace period, delivered when it resumes.
     pub max_pending_per_peer: usize,
+    /// Origins allowed to open `/ws` besides the page's own and `public_host`'s ([`guard::origin_allowed`]).
+    pub allowed_origins: Vec<AllowedOrigin>,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` name the client ([`guard::client_ip`]).
+    pub trusted_proxies: Vec<IpNet>,
+    /// `join`s per minute per client address (IPv6: per /64); the bucket holds a minute's worth. 0: unlimited.
+    /// A `join` that resumes a live session is not counted.
+    pub max_joins_per_min: u32,
+    /// New rooms per minute per client address (IPv6: per /64), burst a minute's worth. 0: unlimited.
+    pub max_new_rooms_per_min: u32,
+    /// Failed joins (wrong password, bad token) one address may make before it backs off: the next failure
+    /// blocks its joins for 1 s, each further one doubles that, up to `max_join_backoff`. 0: no back-off.
+    pub failed_joins_before_backoff: u32,
+    /// Longest back-off after failed joins.
+    pub max_join_backoff: Duration,
+    /// Failed password joins a room takes before every later join to it waits [`rooms::ROOM_GUESS_DELAY`]
+    /// before it is checked (correct passwords too, so the delay says nothing). 0: never.
+    pub room_failed_joins_before_delay: u32,
 }
 
 impl Default for SignalConfig {
@@ -79,6 +99,13 @@ impl Default for SignalConfig {
             max_consecutive_errors: 20,
             outgoing_queue: 256,
             max_pending_per_peer: 32,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            max_joins_per_min: 60,
+            max_new_rooms_per_min: 20,
+            failed_joins_before_backoff: 5,
+            max_join_backoff: Duration::from_secs(600),
+            room_failed_joins_before_delay: 10,
         }
     }
 }

@@ -17,6 +17,37 @@ pub struct Metrics {
     ping_timeouts: AtomicU64,
     resumes: AtomicU64,
     sent: AtomicU64,
+    origin_refused: AtomicU64,
+    joins_refused: [AtomicU64; JoinRefusal::ALL.len()],
+    joins_delayed: AtomicU64,
+    join_failures: AtomicU64,
+}
+
+/// Why a `join` was refused before it was looked at (`peercall_signal_joins_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefusal {
+    /// The address used up its joins per minute (`--max-joins-per-min`).
+    JoinRate,
+    /// The address used up its new rooms per minute (`--max-new-rooms-per-min`).
+    NewRoomRate,
+    /// The address is backing off after failed joins (`--failed-joins-before-backoff`).
+    Backoff,
+}
+
+impl JoinRefusal {
+    pub const ALL: [JoinRefusal; 3] = [
+        JoinRefusal::JoinRate,
+        JoinRefusal::NewRoomRate,
+        JoinRefusal::Backoff,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRefusal::JoinRate => "join-rate",
+            JoinRefusal::NewRoomRate => "new-room-rate",
+            JoinRefusal::Backoff => "backoff",
+        }
+    }
 }
 
 impl Metrics {
@@ -56,6 +87,46 @@ impl Metrics {
 
     pub fn sent(&self, n: u64) {
         self.sent.fetch_add(n, Relaxed);
+    }
+
+    /// A `/ws` request from a foreign `Origin` was refused with 403.
+    pub fn origin_refused(&self) {
+        self.origin_refused.fetch_add(1, Relaxed);
+    }
+
+    /// A `join` was refused by a per-address throttle.
+    pub fn join_refused(&self, why: JoinRefusal) {
+        self.joins_refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A `join` was held back by a room's guessing delay.
+    pub fn join_delayed(&self) {
+        self.joins_delayed.fetch_add(1, Relaxed);
+    }
+
+    /// A `join` failed (wrong password, bad token) and counts towards back-off.
+    pub fn join_failed(&self) {
+        self.join_failures.fetch_add(1, Relaxed);
+    }
+
+    /// `/ws` requests refused for their origin; for tests.
+    pub fn origin_refusals(&self) -> u64 {
+        self.origin_refused.load(Relaxed)
+    }
+
+    /// Joins refused for one reason; for tests.
+    pub fn joins_refused_of(&self, why: JoinRefusal) -> u64 {
+        self.joins_refused[why as usize].load(Relaxed)
+    }
+
+    /// Joins delayed by a room's guessing delay; for tests.
+    pub fn joins_delayed(&self) -> u64 {
+        self.joins_delayed.load(Relaxed)
+    }
+
+    /// Failed joins counted towards back-off; for tests.
+    pub fn join_failures(&self) -> u64 {
+        self.join_failures.load(Relaxed)
     }
 
     /// Messages received of one type (by wire name); for tests.
@@ -157,6 +228,37 @@ impl Metrics {
             "ping_timeouts_total",
             "Connections closed for not answering pings.",
             self.ping_timeouts.load(Relaxed),
+        );
+        counter(
+            out,
+            "origin_refused_total",
+            "WebSocket requests refused (403) because their Origin is another site.",
+            self.origin_refused.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP peercall_signal_joins_refused_total Joins refused by a per-address throttle, by reason."
+        );
+        let _ = writeln!(out, "# TYPE peercall_signal_joins_refused_total counter");
+        for (why, c) in JoinRefusal::ALL.iter().zip(&self.joins_refused) {
+            let _ = writeln!(
+                out,
+                "peercall_signal_joins_refused_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                c.load(Relaxed)
+            );
+        }
+        counter(
+            out,
+            "join_failures_total",
+            "Failed joins (wrong password, bad token) counted towards back-off.",
+            self.join_failures.load(Relaxed),
+        );
+        counter(
+            out,
+            "joins_delayed_total",
+            "Joins held back by a room's guessing delay.",
+            self.joins_delayed.load(Relaxed),
         );
     }
 }

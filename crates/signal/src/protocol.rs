@@ -44,12 +44,13 @@ pub enum ErrorCode {
     BadToken,
     TooManyRooms,
     TooManyConnections,
+    TooManyJoins,
     Abuse,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadField,
@@ -64,6 +65,7 @@ impl ErrorCode {
         ErrorCode::BadToken,
         ErrorCode::TooManyRooms,
         ErrorCode::TooManyConnections,
+        ErrorCode::TooManyJoins,
         ErrorCode::Abuse,
     ];
 
@@ -84,6 +86,7 @@ impl ErrorCode {
             ErrorCode::BadToken => "bad-token",
             ErrorCode::TooManyRooms => "too-many-rooms",
             ErrorCode::TooManyConnections => "too-many-connections",
+            ErrorCode::TooManyJoins => "too-many-joins",
             ErrorCode::Abuse => "abuse",
         }
     }
@@ -97,6 +100,7 @@ impl ErrorCode {
                 | ErrorCode::BadToken
                 | ErrorCode::TooManyRooms
                 | ErrorCode::TooManyConnections
+                | ErrorCode::TooManyJoins
                 | ErrorCode::Abuse
         )
     }
@@ -953,7 +957,7 @@ mod tests {
         let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
     }
 
     proptest::proptest! {

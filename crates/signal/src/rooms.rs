@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,10 +21,20 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::metrics::JoinRefusal;
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMessage, ErrorCode, Forward, Join, PeerInfo, ServerMessage};
 use crate::token::{TokenError, verify_join_token};
 use crate::{SignalConfig, SignalStats, ice};
+
+mod limits;
+pub use limits::{FAILURE_MEMORY, FIRST_BACKOFF};
+use limits::{Failure, Limits, ceil_secs};
+
+/// How long every join to a room under password guessing waits before it is checked (see
+/// [`SignalConfig::room_failed_joins_before_delay`]). Correct and wrong passwords wait alike, so the wait tells
+/// a guesser nothing, and a real participant is never refused: at worst admitted this much later.
+pub const ROOM_GUESS_DELAY: Duration = Duration::from_secs(1);
 
 /// A connection, numbered by the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,6 +78,8 @@ struct Conn {
     host: Option<String>,
     peer: Option<String>,
     ice_epoch: u64,
+    /// A join held back by its room's guessing delay, checked when [`Timer::ParkedJoin`] fires.
+    parked: Option<Join>,
 }
 
 #[derive(Debug)]
@@ -88,6 +100,20 @@ struct Room {
     /// Peer ids in join order.
     members: Vec<String>,
     password: Option<PasswordHash>,
+    /// Failed password joins, forgotten [`FAILURE_MEMORY`] after the last one.
+    failed: u32,
+    last_failed: Option<Instant>,
+}
+
+impl Room {
+    /// Whether joins to this room wait [`ROOM_GUESS_DELAY`] first.
+    fn guarded(&self, now: Instant, threshold: u32) -> bool {
+        threshold > 0
+            && self.failed >= threshold
+            && self
+                .last_failed
+                .is_some_and(|t| now.saturating_duration_since(t) < FAILURE_MEMORY)
+    }
 }
 
 #[derive(Debug)]
@@ -121,6 +147,7 @@ impl PasswordHash {
 enum Timer {
     Grace { peer: String, epoch: u64 },
     IceRefresh { conn: ConnId, epoch: u64 },
+    ParkedJoin { conn: ConnId },
 }
 
 /// The signaling room core.
@@ -136,6 +163,7 @@ pub struct Rooms {
     by_resume: HashMap<String, String>,
     rooms: HashMap<String, Room>,
     per_ip: HashMap<IpAddr, u32>,
+    limits: Limits,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     out: VecDeque<Output>,
 }
@@ -151,6 +179,7 @@ impl Rooms {
         now_unix: u64,
     ) -> Self {
         Self {
+            limits: Limits::new(&config),
             config,
             metrics,
             rng: StdRng::from_seed(seed),
@@ -239,6 +268,7 @@ impl Rooms {
                 host: info.host,
                 peer: None,
                 ice_epoch: 0,
+                parked: None,
             },
         );
         id
@@ -303,12 +333,19 @@ impl Rooms {
             return Ok(()); // already closed: late frames are dropped
         };
         let peer_id = c.peer.clone();
+        let parked = c.parked.is_some();
         let ty = msg.type_name();
         match (msg, peer_id) {
             (ClientMessage::Ping, _) => {
                 self.send(conn, ServerMessage::Pong);
                 Ok(())
             }
+            (ClientMessage::Join(_), None) if parked => self.fail(
+                conn,
+                ErrorCode::AlreadyJoined,
+                "a join is already in progress on this connection",
+                Some("join"),
+            ),
             (ClientMessage::Join(join), None) => self.join(now, conn, join),
             (ClientMessage::Join(_), Some(_)) => self.fail(
                 conn,
@@ -345,6 +382,41 @@ impl Rooms {
             return Ok(());
         }
 
+        let ip = self.conns.get(&conn).and_then(|c| c.ip);
+        if let Some(ip) = ip {
+            if let Some(left) = self.limits.backoff_left(ip, now) {
+                let message = format!(
+                    "too many failed joins from your address: try again in {} s",
+                    ceil_secs(left)
+                );
+                return self.refuse_join(conn, JoinRefusal::Backoff, message);
+            }
+            if !self.limits.take_join(ip, now) {
+                let message = format!(
+                    "too many joins from your address (at most {} a minute): try again shortly",
+                    self.config.max_joins_per_min
+                );
+                return self.refuse_join(conn, JoinRefusal::JoinRate, message);
+            }
+        }
+        let threshold = self.config.room_failed_joins_before_delay;
+        if self
+            .rooms
+            .get(&join.room)
+            .is_some_and(|r| r.guarded(now, threshold))
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
+            // Checked in ROOM_GUESS_DELAY, whatever the password: see `ROOM_GUESS_DELAY`.
+            c.parked = Some(join);
+            self.metrics.join_delayed();
+            self.push_timer(now + ROOM_GUESS_DELAY, Timer::ParkedJoin { conn });
+            return Ok(());
+        }
+        self.admit(now, conn, join)
+    }
+
+    /// The checks of a join that is not a resume, once the per-address throttles let it through.
+    fn admit(&mut self, now: Instant, conn: ConnId, join: Join) -> Result<(), ErrorCode> {
         let mut name = join.name;
         let mut name_pinned = false;
         if let Some(secret) = &self.config.join_token_secret {
@@ -369,6 +441,7 @@ impl Rooms {
                         TokenError::WrongRoom => "the join token is for another room",
                         _ => "the join token is not valid",
                     };
+                    self.count_failure(now, conn, None, "bad token");
                     return self.close_with_error(conn, ErrorCode::BadToken, message, Some("join"));
                 }
             }
@@ -376,9 +449,13 @@ impl Rooms {
 
         match self.rooms.get(&join.room) {
             Some(room) => {
-                if let Some(hash) = &room.password
-                    && !join.password.as_deref().is_some_and(|p| hash.matches(p))
-                {
+                let wrong_password = room
+                    .password
+                    .as_ref()
+                    .is_some_and(|hash| !join.password.as_deref().is_some_and(|p| hash.matches(p)));
+                let members = room.members.len();
+                if wrong_password {
+                    self.count_failure(now, conn, Some(&join.room), "wrong password");
                     return self.close_with_error(
                         conn,
                         ErrorCode::WrongPassword,
@@ -386,7 +463,7 @@ impl Rooms {
                         Some("join"),
                     );
                 }
-                if room.members.len() >= self.config.max_peers_per_room {
+                if members >= self.config.max_peers_per_room {
                     let message = format!(
                         "the room is full ({} peers)",
                         self.config.max_peers_per_room
@@ -419,6 +496,16 @@ impl Rooms {
                         Some("join"),
                     );
                 }
+                // Last: only a room that is really about to be created costs a token.
+                if let Some(ip) = self.conns.get(&conn).and_then(|c| c.ip)
+                    && !self.limits.take_room(ip, now)
+                {
+                    let message = format!(
+                        "too many new rooms from your address (at most {} a minute): try again shortly",
+                        self.config.max_new_rooms_per_min
+                    );
+                    return self.refuse_join(conn, JoinRefusal::NewRoomRate, message);
+                }
                 let password = join
                     .password
                     .as_deref()
@@ -428,6 +515,8 @@ impl Rooms {
                     Room {
                         members: Vec::new(),
                         password,
+                        failed: 0,
+                        last_failed: None,
                     },
                 );
             }
@@ -647,6 +736,12 @@ impl Rooms {
                         self.remove_peer(peer);
                     }
                 }
+                Timer::ParkedJoin { conn } => {
+                    let Some(join) = self.conns.get_mut(&conn).and_then(|c| c.parked.take()) else {
+                        continue;
+                    };
+                    let _ = self.admit(now, conn, join);
+                }
                 Timer::IceRefresh { conn, .. } => {
                     if !self.timer_live(&timer) {
                         continue;
@@ -713,6 +808,7 @@ impl Rooms {
             Timer::IceRefresh { conn, epoch } => {
                 self.conns.get(conn).is_some_and(|c| c.ice_epoch == *epoch)
             }
+            Timer::ParkedJoin { conn } => self.conns.get(conn).is_some_and(|c| c.parked.is_some()),
         }
     }
 
@@ -787,6 +883,58 @@ impl Rooms {
     ) -> Result<(), ErrorCode> {
         self.emit_error(conn, code, message, ref_type);
         Err(code)
+    }
+
+    /// A join refused by a per-address throttle: counted, answered `too-many-joins`, closed.
+    fn refuse_join(
+        &mut self,
+        conn: ConnId,
+        why: JoinRefusal,
+        message: String,
+    ) -> Result<(), ErrorCode> {
+        self.metrics.join_refused(why);
+        self.close_with_error(conn, ErrorCode::TooManyJoins, message, Some("join"))
+    }
+
+    /// A failed join (wrong password, bad token): counted against the address and, for a password, the room.
+    /// The address backs off past its allowance; the room delays joins past its threshold. Both are logged
+    /// when they start, the single failures at debug level.
+    fn count_failure(&mut self, now: Instant, conn: ConnId, room: Option<&str>, what: &str) {
+        self.metrics.join_failed();
+        let ip = self.conns.get(&conn).and_then(|c| c.ip);
+        if let Some(ip) = ip {
+            match self.limits.fail(ip, now) {
+                Failure::Counted(n) => {
+                    tracing::debug!(client = %ip, failures = n, "signaling: failed join ({what})");
+                }
+                Failure::Backoff(n, d) => tracing::warn!(
+                    client = %ip,
+                    failures = n,
+                    "signaling: {n} failed joins ({what}) from {ip}: its joins are refused for {} s",
+                    ceil_secs(d)
+                ),
+            }
+        }
+        let threshold = self.config.room_failed_joins_before_delay;
+        if let Some(name) = room
+            && let Some(r) = self.rooms.get_mut(name)
+        {
+            if r.last_failed
+                .is_some_and(|t| now.saturating_duration_since(t) >= FAILURE_MEMORY)
+            {
+                r.failed = 0;
+            }
+            r.failed = r.failed.saturating_add(1);
+            r.last_failed = Some(now);
+            if threshold > 0 && r.failed == threshold {
+                tracing::warn!(
+                    room = name,
+                    "signaling: {threshold} failed password joins to room {name:?}: every join to it now \
+                     waits {} s before it is checked",
+                    ROOM_GUESS_DELAY.as_secs()
+                );
+            }
+        }
     }
 
     /// Queues a closing error for `conn`, closes it, and removes its peer at once (no grace).

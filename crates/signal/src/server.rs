@@ -7,7 +7,7 @@
 //! buffered without limit. A timer task drives [`Rooms::handle_timeout`].
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ServerMessage};
 use crate::rooms::{ConnId, ConnInfo, Output, Rooms};
 use crate::session::{Session, Verdict};
-use crate::{SignalConfig, SignalStats, ice};
+use crate::{SignalConfig, SignalStats, guard, ice};
 
 /// WebSocket close code sent to every client on [`SignalService::shutdown`].
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -349,14 +349,55 @@ async fn ws_handler(
     if inner.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "peercall is shutting down").into_response();
     }
+    let cfg = &inner.config;
+    let from_proxy = remote.is_some_and(|a| guard::is_trusted(a.ip(), &cfg.trusted_proxies));
+    let client = remote.map(|a| guard::client_ip(a.ip(), &headers, &cfg.trusted_proxies));
+    // A browser always sends Origin; a page of another site must not open a connection in its visitor's name.
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let mut page_hosts: Vec<&str> = Vec::with_capacity(3);
+    if let Some(a) = uri.authority() {
+        page_hosts.push(a.as_str());
+    }
+    if let Some(h) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
+        page_hosts.push(h);
+    }
+    if from_proxy
+        && let Some(h) = headers
+            .get("x-forwarded-host")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+    {
+        page_hosts.push(h.trim());
+    }
+    if !guard::origin_allowed(
+        origin,
+        &page_hosts,
+        cfg.public_host.as_deref(),
+        &cfg.allowed_origins,
+    ) {
+        inner.metrics.origin_refused();
+        let origin = origin.unwrap_or_default();
+        tracing::debug!(client = ?client, origin, "signaling: WebSocket from another site refused");
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!(
+                "peercall refused this WebSocket: its Origin ({origin}) is not this server's site. \
+                 The server's operator can allow it with --allowed-origin.\n"
+            ),
+        )
+            .into_response();
+    }
     inner.ensure_timer();
-    let host = request_host(&uri, &headers).or_else(|| ice::fallback_host(remote.map(|a| a.ip())));
+    let host = request_host(&uri, &headers).or_else(|| ice::fallback_host(client));
     let hard = hard_frame_limit(inner.config.max_message_bytes);
     ws.max_message_size(hard)
         .max_frame_size(hard)
         .read_buffer_size(4096)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| run_connection(inner, socket, remote, host))
+        .on_upgrade(move |socket| run_connection(inner, socket, client, host))
 }
 
 enum End {
@@ -372,7 +413,7 @@ enum End {
 async fn run_connection(
     inner: Arc<Inner>,
     socket: WebSocket,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
     host: Option<String>,
 ) {
     let cfg = &inner.config;
@@ -382,10 +423,7 @@ async fn run_connection(
         tx: tx.clone(),
         kill: kill.clone(),
     };
-    let info = ConnInfo {
-        ip: remote.map(|a| a.ip()),
-        host,
-    };
+    let info = ConnInfo { ip: client, host };
     let conn = inner.with_state(move |st, now| {
         let id = st.rooms.open(now, info);
         st.conns.insert(id, handle);

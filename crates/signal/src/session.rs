@@ -29,6 +29,22 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket of `per_minute` tokens, refilled at `per_minute` a minute. `0` means unlimited.
+    pub fn per_minute(per_minute: u32, now: Instant) -> Self {
+        Self {
+            rate: f64::from(per_minute) / 60.0,
+            burst: f64::from(per_minute),
+            tokens: f64::from(per_minute),
+            last: now,
+        }
+    }
+
+    /// Whether the bucket would be full at `now` (an unlimited one always is).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.rate <= 0.0 || self.tokens + elapsed.as_secs_f64() * self.rate >= self.burst
+    }
+
     /// Takes one token if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
         if self.rate <= 0.0 {

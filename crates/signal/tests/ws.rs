@@ -656,3 +656,133 @@ async fn zero_ping_settings_turn_the_keepalive_off() {
     let first = timeout(WAIT, silent.ws.next()).await.expect("in time");
     assert!(matches!(first, Some(Ok(Message::Text(_)))), "{first:?}");
 }
+
+/// Connects with extra request headers; `Err` carries the HTTP status and body of a refused handshake.
+async fn connect_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Client, (u16, String)> {
+    let mut req = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("request");
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                .expect("name"),
+            v.parse().expect("header"),
+        );
+    }
+    match timeout(WAIT, connect_async(req)).await.expect("in time") {
+        Ok((ws, _)) => Ok(Client { ws }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn websockets_from_another_site_are_refused_with_a_readable_403() {
+    let config = SignalConfig {
+        allowed_origins: vec!["https://app.example.com".parse().expect("origin")],
+        public_host: Some("call.example.org".into()),
+        ..SignalConfig::default()
+    };
+    let (svc, addr) = serve(config).await;
+    // The page peercall served itself (Origin = the Host the request was sent to).
+    let own = format!("http://{addr}");
+    let mut c = connect_with(addr, &[("origin", &own)])
+        .await
+        .expect("same origin");
+    c.join("r", "Ann").await;
+    // No Origin: a native client.
+    connect_with(addr, &[]).await.expect("no origin");
+    // --allowed-origin and --public-host.
+    connect_with(addr, &[("origin", "https://app.example.com")])
+        .await
+        .expect("listed");
+    connect_with(addr, &[("origin", "https://call.example.org")])
+        .await
+        .expect("public host");
+    // Another site, another port of this host, or an opaque origin: 403 with a body that says why.
+    for origin in ["https://evil.example", "http://127.0.0.1:1", "null"] {
+        let (status, body) = connect_with(addr, &[("origin", origin)])
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{origin} was let in"));
+        assert_eq!(status, 403, "{origin}");
+        assert!(
+            body.contains("--allowed-origin") && body.contains(origin),
+            "{origin}: {body}"
+        );
+    }
+    assert_eq!(svc.metrics().origin_refusals(), 3);
+    let mut text = String::new();
+    svc.metrics_text(&mut text);
+    assert!(
+        text.contains("peercall_signal_origin_refused_total 3"),
+        "{text}"
+    );
+    // `*` allows every origin.
+    let (_svc, addr) = serve(SignalConfig {
+        allowed_origins: vec!["*".parse().expect("any")],
+        ..SignalConfig::default()
+    })
+    .await;
+    connect_with(addr, &[("origin", "https://evil.example")])
+        .await
+        .expect("*");
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_from_a_trusted_proxy() {
+    // Untrusted: X-Forwarded-For is ignored, every client is 127.0.0.1 and shares its connection limit.
+    let (svc, addr) = serve(SignalConfig {
+        max_connections_per_ip: 2,
+        ..SignalConfig::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let xff = format!("203.0.113.{i}");
+        let mut c = connect_with(addr, &[("x-forwarded-for", &xff)])
+            .await
+            .expect("connect");
+        c.join("r", "P").await;
+        held.push(c);
+    }
+    let mut third = connect_with(addr, &[("x-forwarded-for", "203.0.113.9")])
+        .await
+        .expect("connect");
+    let (_, seen) = third.ended().await;
+    assert_eq!(
+        seen[0]["code"], "too-many-connections",
+        "a client cannot pick its own address"
+    );
+    drop(svc);
+
+    // Trusted (the proxy is 127.0.0.1): each forwarded client has its own limit, and the proxy's own
+    // address is not limited for them.
+    let (svc, addr) = serve(SignalConfig {
+        max_connections_per_ip: 2,
+        trusted_proxies: vec!["127.0.0.0/8".parse().expect("net")],
+        ..SignalConfig::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let xff = format!("203.0.113.{}", i / 2);
+        let mut c = connect_with(addr, &[("x-forwarded-for", &xff)])
+            .await
+            .expect("connect");
+        c.join("r2", "P").await;
+        held.push(c);
+    }
+    let mut over = connect_with(addr, &[("forwarded", "for=203.0.113.0")])
+        .await
+        .expect("connect");
+    let (_, seen) = over.ended().await;
+    assert_eq!(
+        seen[0]["code"], "too-many-connections",
+        "203.0.113.0 has its 2"
+    );
+    assert_eq!(svc.stats().connections, 6);
+}

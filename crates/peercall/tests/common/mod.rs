@@ -212,6 +212,30 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     parse_response(&raw)
 }
 
+/// A plain HTTP/1.1 request with extra header lines (`"Name: value"`); returns status, headers, body.
+pub fn http_request(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, String, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("connection:"))
+    {
+        request.push_str("Connection: close\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("write request");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    parse_response(&raw)
+}
+
 pub fn parse_response(raw: &[u8]) -> (u16, String, String) {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text

@@ -806,7 +806,11 @@ fn backlog_for_an_absent_peer_is_bounded() {
 
 #[test]
 fn timer_heap_stays_bounded_under_churn() {
-    let mut h = H::new(turn_cfg());
+    let mut h = H::new(SignalConfig {
+        max_joins_per_min: 0,
+        max_new_rooms_per_min: 0,
+        ..turn_cfg()
+    });
     for i in 0..5000 {
         let c = h.open();
         h.join(c, "r", "x");
@@ -842,4 +846,397 @@ fn wall_clock_follows_the_instant_and_can_be_resynced() {
     );
     h.rooms.sync_wall_clock(h.now, T0_UNIX + 5);
     assert_eq!(h.rooms.unix_at(h.now + Duration::from_secs(1)), T0_UNIX + 6);
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Per-address throttles over time (issue 9 items 11 and 12)
+
+fn join_frame(room: &str, password: Option<&str>) -> String {
+    match password {
+        Some(p) => json!({"type":"join","v":1,"room":room,"name":"X","password":p}),
+        None => json!({"type":"join","v":1,"room":room,"name":"X"}),
+    }
+    .to_string()
+}
+
+/// Sends a join that is expected to fail; returns its error code.
+fn join_refused(h: &mut H, conn: ConnId, frame: &str) -> String {
+    assert!(h.send(conn, frame).is_err(), "{frame} should be refused");
+    let out = h.out();
+    assert_eq!(
+        out.last(),
+        Some(&O::Close(conn, close_code::POLICY)),
+        "{out:?}"
+    );
+    error_code(&out, conn).unwrap_or_else(|| panic!("no error in {out:?}"))
+}
+
+#[test]
+fn join_and_drop_churn_from_one_address_cannot_fill_the_server() {
+    // The attack of issue 9 item 11: 250 join-and-drop cycles from one address in 0.1 s against
+    // --max-rooms 200. Before, every room stayed for the resume grace and the server was full for everyone.
+    let mut h = H::new(SignalConfig {
+        max_rooms: 200,
+        ..cfg()
+    });
+    let mut created = 0;
+    let mut refused = 0;
+    for i in 0..250 {
+        let c = h.open_from("198.51.100.7");
+        if h.send(c, &join_frame(&format!("churn-{i}"), None)).is_ok() {
+            created += 1;
+        } else {
+            refused += 1;
+        }
+        let out = h.out();
+        if let Some(code) = error_code(&out, c) {
+            assert_eq!(code, "too-many-joins", "{out:?}");
+        }
+        h.rooms.disconnect(h.now, c); // dropped, no leave: the room waits for a resume
+        h.now += Duration::from_micros(400);
+    }
+    assert_eq!(created, 20, "a minute's worth of new rooms (default 20)");
+    assert_eq!(refused, 230);
+    assert_eq!(h.rooms.stats().rooms, 20);
+    assert_eq!(
+        h.metrics
+            .joins_refused_of(crate::metrics::JoinRefusal::NewRoomRate),
+        40,
+        "joins 21..60 found the room bucket empty"
+    );
+    assert_eq!(
+        h.metrics
+            .joins_refused_of(crate::metrics::JoinRefusal::JoinRate),
+        190
+    );
+    // Everyone else still gets rooms.
+    let other = h.open_from("203.0.113.1");
+    h.join(other, "mine", "Ann");
+    // Over time the address gets more, at the configured rate: 1 room per 3 s, 1 join per 1 s.
+    h.now += Duration::from_secs(3);
+    let c = h.open_from("198.51.100.7");
+    h.join(c, "later", "X");
+    let c = h.open_from("198.51.100.7");
+    assert_eq!(
+        join_refused(&mut h, c, &join_frame("later-2", None)),
+        "too-many-joins"
+    );
+    // IPv6: one /64 is one address.
+    for i in 0..20 {
+        let c = h.open_from(&format!("2001:db8:5:6::{:x}", i + 1));
+        h.join(c, &format!("v6-{i}"), "X");
+        h.rooms.disconnect(h.now, c);
+    }
+    let c = h.open_from("2001:db8:5:6:ffff::1");
+    assert_eq!(
+        join_refused(&mut h, c, &join_frame("v6-x", None)),
+        "too-many-joins"
+    );
+    let c = h.open_from("2001:db8:5:7::1");
+    h.join(c, "v6-next-prefix", "X");
+}
+
+#[test]
+fn joining_existing_rooms_is_bounded_per_address_but_resume_is_free() {
+    let mut h = H::new(SignalConfig {
+        max_joins_per_min: 5,
+        resume_grace: Duration::from_secs(60),
+        ..cfg()
+    });
+    let a = h.open_from("10.1.1.1");
+    let (id, mut resume) = h.join(a, "r", "Ann");
+    for _ in 0..4 {
+        let c = h.open_from("10.1.1.2");
+        h.join(c, "r", "Bob");
+        h.send(c, r#"{"type":"leave"}"#).expect("leave");
+        h.out();
+    }
+    let c = h.open_from("10.1.1.2");
+    h.join(c, "r", "Bob");
+    h.send(c, r#"{"type":"leave"}"#).expect("leave");
+    h.out();
+    let c = h.open_from("10.1.1.2");
+    assert_eq!(
+        join_refused(&mut h, c, &join_frame("r", None)),
+        "too-many-joins"
+    );
+    // Resuming a live session is not a new join: Ann's address, its bucket empty, still resumes.
+    for _ in 0..4 {
+        let c = h.open_from("10.1.1.1");
+        h.join(c, "x", "Ann");
+        h.rooms.disconnect(h.now, c);
+    }
+    let mut current = a;
+    for _ in 0..10 {
+        h.rooms.disconnect(h.now, current);
+        current = h.open_from("10.1.1.1");
+        let frame =
+            json!({"type":"join","v":1,"room":"r","name":"Ann","resume":resume}).to_string();
+        let (again, token) = h.join_with(current, &frame);
+        assert_eq!(again, id);
+        resume = token;
+    }
+    // 0 turns both buckets off.
+    let mut h = H::new(SignalConfig {
+        max_joins_per_min: 0,
+        max_new_rooms_per_min: 0,
+        ..cfg()
+    });
+    for i in 0..500 {
+        let c = h.open_from("10.1.1.3");
+        h.join(c, &format!("r{i}"), "X");
+        h.rooms.disconnect(h.now, c);
+    }
+}
+
+#[test]
+fn wrong_passwords_back_off_per_address_without_locking_out_others() {
+    // Issue 9 item 12: a 4-digit password fell after 4,712 guesses in 1.7 s from one connection.
+    let mut h = H::new(SignalConfig {
+        max_joins_per_min: 0,
+        room_failed_joins_before_delay: 0, // the room's own delay has its test below
+        ..cfg()
+    });
+    let owner = h.open_from("192.0.2.10");
+    h.join_with(owner, &join_frame("secret-room", Some("4711")));
+    let attacker = "198.51.100.66";
+    let mut wrong = 0;
+    let mut throttled = 0;
+    // 1.7 s of guessing, one every 0.36 ms (the measured rate).
+    for guess in 0..4712 {
+        let c = h.open_from(attacker);
+        match join_refused(
+            &mut h,
+            c,
+            &join_frame("secret-room", Some(&format!("{guess:04}"))),
+        )
+        .as_str()
+        {
+            "wrong-password" => wrong += 1,
+            "too-many-joins" => throttled += 1,
+            other => panic!("{other}"),
+        }
+        h.now += Duration::from_micros(360);
+    }
+    assert_eq!(
+        wrong, 7,
+        "5 free failures; the 6th starts a 1 s back-off, the 7th (after it) a 2 s one that outlasts the 1.7 s"
+    );
+    assert_eq!(throttled, 4712 - 7);
+    assert_eq!(h.metrics.join_failures(), 7);
+    // The back-off doubles with each further failure (1, 2, 4, ... s, capped at --max-join-backoff).
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        let c = h.open_from(attacker);
+        let _ = h.send(c, &join_frame("secret-room", Some("0000")));
+        let out = h.out();
+        let msg = out
+            .iter()
+            .find_map(|o| match o {
+                O::Send(_, v) if v["type"] == "error" => Some(str_of(&v["message"])),
+                _ => None,
+            })
+            .expect("error");
+        if let Some(rest) =
+            msg.strip_prefix("too many failed joins from your address: try again in ")
+        {
+            let secs: u64 = rest.trim_end_matches(" s").parse().expect("seconds");
+            waits.push(secs);
+            h.now += Duration::from_secs(secs);
+        } else {
+            assert!(msg.contains("wrong password"), "{msg}");
+        }
+    }
+    assert_eq!(waits, [2, 4, 8, 16, 32, 64], "doubling back-off");
+    // Another address is not locked out: the real participant gets in with the right password, at once.
+    let guest = h.open_from("203.0.113.20");
+    h.join_with(guest, &join_frame("secret-room", Some("4711")));
+    // The attacker's address is refused even with the right password while it backs off.
+    let c = h.open_from(attacker);
+    assert_eq!(
+        join_refused(&mut h, c, &join_frame("secret-room", Some("4711"))),
+        "too-many-joins"
+    );
+    // After the back-off and FAILURE_MEMORY without failures, the address starts afresh.
+    h.now += super::FAILURE_MEMORY.max(Duration::from_secs(1200));
+    for _ in 0..5 {
+        let c = h.open_from(attacker);
+        assert_eq!(
+            join_refused(&mut h, c, &join_frame("secret-room", Some("1"))),
+            "wrong-password"
+        );
+    }
+}
+
+#[test]
+fn a_room_under_distributed_guessing_delays_every_join_but_admits_the_right_password() {
+    let mut h = H::new(SignalConfig {
+        room_failed_joins_before_delay: 10,
+        ..cfg()
+    });
+    let owner = h.open_from("192.0.2.10");
+    h.join_with(owner, &join_frame("vault", Some("right")));
+    // Ten addresses, one wrong guess each: no address backs off, the room counts 10.
+    for i in 0..10 {
+        let c = h.open_from(&format!("198.51.100.{}", i + 1));
+        assert_eq!(
+            join_refused(&mut h, c, &join_frame("vault", Some("wrong"))),
+            "wrong-password"
+        );
+    }
+    assert_eq!(h.metrics.joins_delayed(), 0);
+    // From now on every join to the room waits ROOM_GUESS_DELAY, right or wrong alike.
+    let guess = h.open_from("198.51.100.200");
+    assert_eq!(h.send(guess, &join_frame("vault", Some("wrong"))), Ok(()));
+    let guest = h.open_from("203.0.113.20");
+    assert_eq!(h.send(guest, &join_frame("vault", Some("right"))), Ok(()));
+    assert!(h.out().is_empty(), "nothing is answered before the delay");
+    assert_eq!(h.metrics.joins_delayed(), 2);
+    // A second join on a parked connection is refused without touching the first.
+    assert_eq!(
+        h.send(guest, &join_frame("vault", Some("right"))),
+        Err(ErrorCode::AlreadyJoined)
+    );
+    h.out();
+    assert_eq!(
+        h.rooms.poll_timeout(),
+        Some(h.now + super::ROOM_GUESS_DELAY)
+    );
+    h.advance(super::ROOM_GUESS_DELAY);
+    let out = h.out();
+    assert_eq!(error_code(&out, guess).as_deref(), Some("wrong-password"));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, O::Send(c, v) if *c == guest && v["type"] == "welcome")),
+        "the right password is admitted, {:?} late: {out:?}",
+        super::ROOM_GUESS_DELAY
+    );
+    // Other rooms are not delayed.
+    let c = h.open_from("203.0.113.21");
+    h.join(c, "elsewhere", "X");
+    // A parked connection that drops is forgotten.
+    let c = h.open_from("203.0.113.22");
+    assert_eq!(h.send(c, &join_frame("vault", Some("right"))), Ok(()));
+    h.rooms.disconnect(h.now, c);
+    h.advance(super::ROOM_GUESS_DELAY);
+    assert!(h.out().is_empty());
+    // The room forgets its failures after FAILURE_MEMORY without one.
+    h.now += super::FAILURE_MEMORY;
+    let c = h.open_from("203.0.113.23");
+    h.join_with(c, &join_frame("vault", Some("right")));
+}
+
+#[test]
+fn bad_tokens_count_as_failed_joins() {
+    let mut h = H::new(SignalConfig {
+        join_token_secret: Some("token-secret-long-enough".into()),
+        failed_joins_before_backoff: 2,
+        ..cfg()
+    });
+    let frame =
+        json!({"type":"join","v":1,"room":"r","name":"X","token":"forged.token"}).to_string();
+    for _ in 0..2 {
+        let c = h.open_from("198.51.100.1");
+        assert_eq!(join_refused(&mut h, c, &frame), "bad-token");
+    }
+    let c = h.open_from("198.51.100.1");
+    assert_eq!(join_refused(&mut h, c, &frame), "bad-token");
+    let c = h.open_from("198.51.100.1");
+    assert_eq!(join_refused(&mut h, c, &frame), "too-many-joins");
+    assert_eq!(
+        h.metrics
+            .joins_refused_of(crate::metrics::JoinRefusal::Backoff),
+        1
+    );
+}
+
+#[test]
+fn the_back_off_is_capped() {
+    let mut h = H::new(SignalConfig {
+        failed_joins_before_backoff: 1,
+        max_join_backoff: Duration::from_secs(5),
+        room_failed_joins_before_delay: 0,
+        ..cfg()
+    });
+    let owner = h.open_from("192.0.2.10");
+    h.join_with(owner, &join_frame("r", Some("pw")));
+    let c = h.open_from("198.51.100.1");
+    assert_eq!(
+        join_refused(&mut h, c, &join_frame("r", Some("no"))),
+        "wrong-password"
+    );
+    let mut blocked_for = Vec::new();
+    for _ in 0..6 {
+        let c = h.open_from("198.51.100.1");
+        assert_eq!(
+            join_refused(&mut h, c, &join_frame("r", Some("no"))),
+            "wrong-password"
+        );
+        let c = h.open_from("198.51.100.1");
+        assert_eq!(
+            join_refused(&mut h, c, &join_frame("r", Some("no"))),
+            "too-many-joins"
+        );
+        let mut waited = 0;
+        loop {
+            h.now += Duration::from_millis(500);
+            waited += 500;
+            if h.rooms
+                .limits
+                .backoff_left("198.51.100.1".parse().expect("ip"), h.now)
+                .is_none()
+            {
+                break;
+            }
+        }
+        blocked_for.push(waited);
+    }
+    assert_eq!(blocked_for, [1000, 2000, 4000, 5000, 5000, 5000]);
+}
+
+#[test]
+fn per_address_state_is_swept_when_idle() {
+    let mut h = H::new(cfg());
+    let ip = |i: u32| format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+    for i in 0..5000 {
+        let c = h.open_from(&ip(i));
+        h.join(c, "r", "X");
+        h.send(c, r#"{"type":"leave"}"#).expect("leave");
+        h.out();
+    }
+    assert_eq!(
+        h.rooms.limits.tracked(),
+        5000,
+        "all still hold spent tokens"
+    );
+    // A minute later their buckets are full again: they are forgotten as new addresses arrive.
+    h.now += Duration::from_secs(61);
+    for i in 5000..10_000 {
+        let c = h.open_from(&ip(i));
+        h.join(c, "r", "X");
+        h.send(c, r#"{"type":"leave"}"#).expect("leave");
+        h.out();
+    }
+    assert_eq!(h.rooms.limits.tracked(), 5000, "the first 5000 were swept");
+}
+
+#[test]
+fn a_refused_creation_does_not_cost_a_new_room_token() {
+    let mut h = H::new(SignalConfig {
+        max_new_rooms_per_min: 1,
+        require_room_password: true,
+        ..cfg()
+    });
+    let c = h.open_from("10.2.2.2");
+    assert_eq!(
+        join_refused(&mut h, c, &join_frame("r", None)),
+        "wrong-password"
+    );
+    let c = h.open_from("10.2.2.2");
+    h.join_with(c, &join_frame("r", Some("pw")));
+    let c = h.open_from("10.2.2.2");
+    assert_eq!(
+        join_refused(&mut h, c, &join_frame("r2", Some("pw"))),
+        "too-many-joins"
+    );
 }
