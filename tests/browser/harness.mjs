@@ -162,6 +162,7 @@ export async function startServer({ httpPort, turnPort, extraArgs = [] } = {}) {
     wsUrl: `ws://127.0.0.1:${httpPort}/ws`,
     httpPort,
     turnPort,
+    pid: child.pid,
     exited: false,
     logs: () => output,
     async kill(signal = 'SIGKILL') {
@@ -376,10 +377,11 @@ const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 export class RawWebSocket {
   /** @param {string} url ws://127.0.0.1:PORT/PATH */
-  static connect(url, { timeout = 5000 } = {}) {
+  /** `localAddress` picks the client's source address (e.g. 127.0.0.2, another "user" on loopback). */
+  static connect(url, { timeout = 5000, localAddress, origin } = {}) {
     const { hostname, port, pathname } = new URL(url);
     const key = randomBytes(16).toString('base64');
-    const socket = net.connect({ host: hostname, port: Number(port) });
+    const socket = net.connect({ host: hostname, port: Number(port), localAddress });
     const ws = new RawWebSocket(socket);
     return withTimeout(new Promise((resolve, reject) => {
       let head = Buffer.alloc(0);
@@ -403,7 +405,7 @@ export class RawWebSocket {
       socket.once('error', reject);
       socket.once('connect', () => {
         socket.write(`GET ${pathname} HTTP/1.1\r\nHost: ${hostname}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`
-          + `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://${hostname}:${port}\r\n\r\n`);
+          + `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\nOrigin: ${origin ?? `http://${hostname}:${port}`}\r\n\r\n`);
       });
     }), timeout, `WebSocket handshake with ${url}`);
   }

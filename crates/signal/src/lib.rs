@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod ice;
 pub mod metrics;
