@@ -283,7 +283,7 @@ fn turn_error(e: peercall_turn::TurnError) -> anyhow::Error {
             " (is another server running? change --tls-listen)"
         }
         TurnError::Bind { .. } => " (is another STUN/TURN server running? change --listen)",
-        TurnError::Tls { .. } => {
+        TurnError::Tls(_) => {
             " (check --turn-cert/--turn-key, or --tls-cert/--tls-key which TURNS uses by default)"
         }
         TurnError::NoRelayIp => "",

@@ -5,49 +5,25 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
+use peercall_turn::tls::TlsFile;
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-/// Loads a PEM certificate chain and key. Errors name the file and the flag.
+/// Loads a PEM certificate chain and key (with the TURN crate's loader, which TURNS uses too). Errors name the
+/// file and the flag.
 pub fn server_config_from_files(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
-    let cert_pem = std::fs::read(cert).with_context(|| {
-        format!(
-            "cannot read the certificate file {} (--tls-cert)",
-            cert.display()
-        )
-    })?;
-    let key_pem = std::fs::read(key).with_context(|| {
-        format!(
-            "cannot read the private key file {} (--tls-key)",
-            key.display()
-        )
-    })?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| {
-            format!(
-                "{} (--tls-cert) is not a PEM certificate chain",
-                cert.display()
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(anyhow!(
-            "{} (--tls-cert) holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-            cert.display()
-        ));
-    }
-    let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .with_context(|| format!("{} (--tls-key) is not a PEM private key", key.display()))?
-        .ok_or_else(|| anyhow!("{} (--tls-key) holds no PEM private key", key.display()))?;
-    build(certs, private_key).with_context(|| {
-        format!(
-            "the certificate {} and the key {} do not match or are unsupported",
-            cert.display(),
-            key.display()
-        )
+    peercall_turn::tls::server_config(cert, key, HTTP_ALPN).map_err(|e| {
+        let flag = match e.file() {
+            TlsFile::Certificate => "--tls-cert",
+            TlsFile::Key => "--tls-key",
+        };
+        anyhow!("{e} ({flag})")
     })
 }
+
+/// What the HTTPS port speaks.
+const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
 
 /// A self-signed certificate and its parts.
 pub struct SelfSigned {
@@ -93,7 +69,8 @@ pub fn self_signed() -> anyhow::Result<SelfSigned> {
     let fingerprint = fingerprint(&cert_der);
     let key = PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
     Ok(SelfSigned {
-        config: build(vec![cert_der], key)?,
+        config: peercall_turn::tls::from_parts(vec![cert_der], key, HTTP_ALPN)
+            .context("cannot build the TLS configuration of the self-signed certificate")?,
         fingerprint,
         names,
     })
@@ -105,20 +82,6 @@ pub fn fingerprint(cert_der: &[u8]) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-fn build(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> anyhow::Result<Arc<ServerConfig>> {
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 fn is_ipv6_link_local(ip: &IpAddr) -> bool {

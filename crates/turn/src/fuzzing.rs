@@ -133,7 +133,7 @@ impl Fuzz {
             self.core
                 .handle_client(self.now, from, packet, &mut self.out, &mut self.ports);
         match action {
-            Action::Nothing => None,
+            Action::Drop => None,
             Action::Reply(n) => {
                 let reply = self.out.get(..n).expect("a reply fits its buffer").to_vec();
                 let msg = Message::parse(&reply).expect("every reply is valid STUN");
@@ -149,14 +149,14 @@ impl Fuzz {
                 }
                 Some(reply)
             }
-            Action::ToPeer { peer, data, .. } => {
+            Action::ToPeer { peer, payload, .. } => {
                 assert!(
                     self.config
                         .policy
                         .check(peer, || self.relays.contains(&peer)),
                     "relayed to a peer the policy refuses: {peer}"
                 );
-                assert!(data.len() <= packet.len());
+                assert!(payload.end <= packet.len(), "payload inside the packet");
                 None
             }
         }

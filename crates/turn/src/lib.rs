@@ -11,6 +11,7 @@ mod driver;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -141,12 +142,8 @@ pub enum TurnError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot read TLS {what} {path}: {message}")]
-    Tls {
-        what: &'static str,
-        path: PathBuf,
-        message: String,
-    },
+    #[error("TURNS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error(
         "no relay address: give --relay-ip (listening on a wildcard address and no interface address found)"
     )]

@@ -168,6 +168,11 @@ impl Ledger {
         token
     }
 
+    /// The earliest expiry of a reservation (of any core), for the next wake-up.
+    pub(super) fn next_reservation_expiry(&self) -> Option<Instant> {
+        self.lock().reservations.iter().map(|r| r.expires).min()
+    }
+
     /// The reserved address of a live `token`, which is used up (`Ok(None)`: no such live token). The
     /// reservation's admission passes to the allocation that claims it: unchanged when `claimer` made the
     /// reservation, else `claimer` is admitted (or refused by a quota) and the maker's is released.
@@ -218,20 +223,14 @@ fn admit_in(
 ) -> Result<(), (QuotaKind, Refusal)> {
     let user = s.per_user.get(&owner.user).copied().unwrap_or(0);
     if user.saturating_add(n) > quotas.user {
-        return Err((QuotaKind::User, Refusal(486, "Allocation Quota Reached")));
+        return Err((QuotaKind::User, Refusal::QuotaReached));
     }
     let client = s.per_client.get(&owner.client).copied().unwrap_or(0);
     if client.saturating_add(n) > quotas.client {
-        return Err((
-            QuotaKind::Client,
-            Refusal(
-                486,
-                "Allocation Quota Reached: too many allocations from your address",
-            ),
-        ));
+        return Err((QuotaKind::Client, Refusal::ClientQuotaReached));
     }
     if s.total.saturating_add(n) > quotas.total {
-        return Err((QuotaKind::Total, Refusal(508, "Insufficient Capacity")));
+        return Err((QuotaKind::Total, Refusal::InsufficientCapacity));
     }
     s.total += n;
     *s.per_user.entry(owner.user.clone()).or_insert(0) += n;

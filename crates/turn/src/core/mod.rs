@@ -7,16 +7,18 @@
 pub mod auth;
 mod ledger;
 pub mod policy;
+mod refusal;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peercall_stun::{
     Attribute, CHANNEL_RANGE, ChannelData, Class, Family, Message, MessageWriter, Method,
-    PacketKind, TransactionId, attr, classify, write_channel_data_header,
+    PacketKind, TransactionId, attr, classify, frame_channel_data_in_place, write_data_indication,
 };
 
 use crate::metrics::TurnMetrics;
@@ -24,6 +26,7 @@ use auth::{AuthFailure, Credentials};
 pub use ledger::{Ledger, QuotaKind, client_key};
 use ledger::{Owner, Quotas};
 use policy::PeerPolicy;
+pub use refusal::Refusal;
 
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
@@ -73,15 +76,18 @@ pub trait RelayPorts {
 
 /// What the driver must do after feeding the core a client packet.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action<'a> {
-    Nothing,
+pub enum Action {
+    /// Nothing to send: the packet was consumed, refused without an answer, or dropped (counted in the
+    /// metrics where an operator would want to see it).
+    Drop,
     /// Send `out[..n]` back to the client on the same 5-tuple.
     Reply(usize),
-    /// Send `data` from relay socket `relay` to `peer`.
+    /// Send `packet[payload]` (the application data inside the client's ChannelData or Send indication)
+    /// from relay socket `relay` to `peer`.
     ToPeer {
         relay: SocketAddr,
         peer: SocketAddr,
-        data: &'a [u8],
+        payload: Range<usize>,
     },
 }
 
@@ -238,18 +244,30 @@ pub struct Core {
     metrics: Arc<TurnMetrics>,
     scratch_keys: Vec<[u8; 16]>,
     indications: u64,
+    /// The soonest expiry of anything this core holds (see [`Core::poll_timeout`]).
+    next_expiry: Option<Instant>,
 }
 
 /// How long a reserved port waits for its Allocate.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
-/// An error to answer: code, reason, the key to sign it with (when the request authenticated) and whether to
-/// add REALM and NONCE. Code 0 means "drop silently".
-type ErrorReply = (u16, &'static str, Option<[u8; 16]>, bool);
+/// What becomes of a request that does not succeed.
+#[derive(Debug, Clone, Copy)]
+enum Rejection {
+    /// Nothing is answered (over the unauthenticated rate limit: an answer is what a flood wants).
+    Drop,
+    /// An error response, signed with `key` when the request authenticated.
+    Answer {
+        refusal: Refusal,
+        key: Option<[u8; 16]>,
+    },
+}
 
-/// An error answer: code and reason phrase.
-#[derive(Debug)]
-struct Refusal(u16, &'static str);
+impl From<Refusal> for Rejection {
+    fn from(refusal: Refusal) -> Rejection {
+        Rejection::Answer { refusal, key: None }
+    }
+}
 
 impl Core {
     /// A core that shares nothing with others.
@@ -281,6 +299,7 @@ impl Core {
             metrics,
             scratch_keys: Vec::with_capacity(4),
             indications: 0,
+            next_expiry: None,
         }
     }
 
@@ -309,43 +328,38 @@ impl Core {
     }
 
     /// A packet from a client. `out` receives any reply (at least 1500 bytes).
-    pub fn handle_client<'a>(
+    pub fn handle_client(
         &mut self,
         now: Now,
         from: FiveTuple,
-        packet: &'a [u8],
+        packet: &[u8],
         out: &mut [u8],
         ports: &mut dyn RelayPorts,
-    ) -> Action<'a> {
+    ) -> Action {
         match classify(packet) {
             PacketKind::ChannelData => self.client_channel_data(now, from, packet),
             PacketKind::Stun => match Message::parse(packet) {
                 Ok(msg) => self.client_stun(now, from, msg, out, ports),
                 Err(_) => {
                     self.metrics.malformed.inc();
-                    Action::Nothing
+                    Action::Drop
                 }
             },
             PacketKind::Other => {
                 self.metrics.malformed.inc();
-                Action::Nothing
+                Action::Drop
             }
         }
     }
 
-    fn client_channel_data<'a>(
-        &mut self,
-        now: Now,
-        from: FiveTuple,
-        packet: &'a [u8],
-    ) -> Action<'a> {
+    fn client_channel_data(&mut self, now: Now, from: FiveTuple, packet: &[u8]) -> Action {
         let Ok(cd) = ChannelData::parse(packet) else {
             self.metrics.malformed.inc();
-            return Action::Nothing;
+            return Action::Drop;
         };
         let Some(alloc) = self.allocations.get(&from) else {
             tracing::debug!(client = %from.client, "ChannelData without allocation dropped");
-            return Action::Nothing;
+            return Action::Drop;
         };
         let Some(ch) = alloc
             .channels
@@ -353,36 +367,55 @@ impl Core {
             .filter(|c| c.expires > now.instant)
         else {
             tracing::debug!(client = %from.client, channel = cd.channel, "ChannelData on unbound channel dropped");
-            return Action::Nothing;
+            return Action::Drop;
         };
         let peer = ch.peer;
-        let Some(relay) = alloc.relay_toward(peer.ip()) else {
-            return Action::Nothing;
+        let Some(relay) = self.route(alloc, peer, now.instant) else {
+            return Action::Drop;
         };
-        if !alloc.permitted(peer.ip(), now.instant)
-            || !self
-                .config
-                .policy
-                .check(peer, || self.ledger.is_relay(peer))
-        {
-            return Action::Nothing;
-        }
         self.metrics.to_peer(cd.data.len());
         Action::ToPeer {
             relay,
             peer,
-            data: cd.data,
+            payload: 4..4 + cd.data.len(),
         }
     }
 
-    fn client_stun<'a>(
+    /// The relayed address a client's data to `peer` leaves from, if it may go there at all: a permission
+    /// for the peer's address, a relayed address that can reach it, and the relay policy (checked again on
+    /// every packet, as the allow list may have changed since the permission was made). The one check of
+    /// ChannelData and Send indications.
+    fn route(&self, alloc: &Allocation, peer: SocketAddr, now: Instant) -> Option<SocketAddr> {
+        let relay = alloc.relay_toward(peer.ip())?;
+        (alloc.permitted(peer.ip(), now) && self.policy_allows(peer)).then_some(relay)
+    }
+
+    /// The relay policy for `peer`, with this server's live relayed addresses always allowed.
+    fn policy_allows(&self, peer: SocketAddr) -> bool {
+        self.config
+            .policy
+            .check(peer, || self.ledger.is_relay(peer))
+    }
+
+    /// Brings the next wake-up forward to `at` if it is sooner.
+    fn schedule(&mut self, at: Instant) {
+        self.next_expiry = Some(self.next_expiry.map_or(at, |t| t.min(at)));
+    }
+
+    /// When [`Core::handle_timeout`] next has something to expire (it may find nothing, if a lifetime was
+    /// extended since); `None` when nothing is held.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_expiry
+    }
+
+    fn client_stun(
         &mut self,
         now: Now,
         from: FiveTuple,
-        msg: Message<'a>,
+        msg: Message<'_>,
         out: &mut [u8],
         ports: &mut dyn RelayPorts,
-    ) -> Action<'a> {
+    ) -> Action {
         let method = msg.method();
         match msg.class() {
             Class::Request if method == Method::BINDING => {
@@ -394,33 +427,30 @@ impl Core {
                 self.metrics.request(method, result.is_ok());
                 match result {
                     Ok(n) => Action::Reply(n),
-                    Err((code, reason, key, with_nonce)) => Action::Reply(self.error(
-                        now,
-                        from,
-                        msg,
-                        out,
-                        code,
-                        reason,
-                        key.as_ref(),
-                        with_nonce,
-                    )),
+                    Err(Rejection::Drop) => Action::Drop,
+                    Err(Rejection::Answer { refusal, key }) => {
+                        match self.error(now, from, msg, out, refusal, key.as_ref()) {
+                            0 => Action::Drop,
+                            n => Action::Reply(n),
+                        }
+                    }
                 }
             }
             Class::Indication if method == Method::SEND => self.send_indication(now, from, msg),
-            _ => Action::Nothing,
+            _ => Action::Drop,
         }
     }
 
-    fn binding(&mut self, from: FiveTuple, msg: Message<'_>, out: &mut [u8]) -> Action<'static> {
+    fn binding(&mut self, from: FiveTuple, msg: Message<'_>, out: &mut [u8]) -> Action {
         let tid = msg.transaction_id();
         let Ok(mut w) = MessageWriter::new(out, Class::Success, Method::BINDING, tid) else {
-            return Action::Nothing;
+            return Action::Drop;
         };
         if w.add(&Attribute::XorMappedAddress(from.client)).is_err() {
-            return Action::Nothing;
+            return Action::Drop;
         }
         if msg.has_fingerprint() && w.add_fingerprint().is_err() {
-            return Action::Nothing;
+            return Action::Drop;
         }
         Action::Reply(w.finish())
     }
@@ -434,7 +464,7 @@ impl Core {
         msg: Message<'_>,
         out: &mut [u8],
         ports: &mut dyn RelayPorts,
-    ) -> Result<usize, ErrorReply> {
+    ) -> Result<usize, Rejection> {
         // A request is unauthenticated until its MESSAGE-INTEGRITY has been verified: one that carries none is
         // counted against the source's unauthenticated rate at once; one that carries some is counted when it
         // fails (any answer before a verified key is an unauthenticated answer), so random or empty
@@ -442,25 +472,28 @@ impl Core {
         let carries_integrity = msg.get(attr::MESSAGE_INTEGRITY).is_some();
         if !carries_integrity && !self.rate.allow(from.client.ip(), now.instant) {
             self.metrics.rate_limited.inc();
-            return Err((0, "", None, false)); // silently dropped by the caller below
+            return Err(Rejection::Drop);
         }
-        let unverified = |core: &mut Core, answer: ErrorReply| {
+        let unverified = |core: &mut Core, refusal: Refusal| {
             if carries_integrity && !core.rate.allow(from.client.ip(), now.instant) {
                 core.metrics.rate_limited.inc();
-                return (0, "", None, false);
+                return Rejection::Drop;
             }
-            answer
+            Rejection::from(refusal)
         };
         let mut unknown = [0u16; 8];
         let n = msg.unknown_comprehension_required(attr::is_known, &mut unknown);
         if n > 0 {
-            return Err(unverified(self, (420, "Unknown Attribute", None, false)));
+            return Err(unverified(self, Refusal::UnknownAttribute));
         }
         let key = match self.authenticate(now, from, msg) {
             Ok(key) => key,
             Err(answer) => return Err(unverified(self, answer)),
         };
-        let refuse = |r: Refusal| (r.0, r.1, Some(key), false);
+        let refuse = |refusal: Refusal| Rejection::Answer {
+            refusal,
+            key: Some(key),
+        };
         let n = match msg.method() {
             Method::ALLOCATE => self
                 .allocate(now, from, msg, out, key, ports)
@@ -472,7 +505,7 @@ impl Core {
             Method::CHANNEL_BIND => self
                 .channel_bind(now, from, msg, out, key)
                 .map_err(refuse)?,
-            _ => return Err((400, "Bad Request", Some(key), false)),
+            _ => return Err(refuse(Refusal::BadRequest)),
         };
         Ok(n)
     }
@@ -482,11 +515,11 @@ impl Core {
         now: Now,
         from: FiveTuple,
         msg: Message<'_>,
-    ) -> Result<[u8; 16], ErrorReply> {
+    ) -> Result<[u8; 16], Refusal> {
         let fail = |m: &TurnMetrics, f: AuthFailure| m.auth_failed(f);
         if msg.get(attr::MESSAGE_INTEGRITY).is_none() {
             fail(&self.metrics, AuthFailure::MissingIntegrity);
-            return Err((401, "Unauthorized", None, true));
+            return Err(Refusal::Unauthenticated);
         }
         let (
             Some(Ok(Attribute::Username(username))),
@@ -498,23 +531,18 @@ impl Core {
             msg.decode_any(attr::NONCE),
         )
         else {
-            return Err((
-                400,
-                "Bad Request: USERNAME, REALM and NONCE are required",
-                None,
-                false,
-            ));
+            return Err(Refusal::MissingCredentials);
         };
         if !self.credentials.nonce_valid(nonce, from.client, now.unix) {
             fail(&self.metrics, AuthFailure::StaleNonce);
-            return Err((438, "Stale Nonce", None, true));
+            return Err(Refusal::StaleNonce);
         }
         if let Err(f) = self
             .credentials
             .keys(username, now.unix, &mut self.scratch_keys)
         {
             fail(&self.metrics, f);
-            return Err((401, "Unauthorized", None, true));
+            return Err(Refusal::Unauthenticated);
         }
         let key = self
             .scratch_keys
@@ -523,13 +551,13 @@ impl Core {
             .copied();
         let Some(key) = key else {
             fail(&self.metrics, AuthFailure::BadIntegrity);
-            return Err((401, "Unauthorized", None, true));
+            return Err(Refusal::Unauthenticated);
         };
         // A request on an existing allocation must come from the user who made it (RFC 8656 §5).
         if let Some(alloc) = self.allocations.get(&from)
             && (&*alloc.owner.user != username || alloc.key != key)
         {
-            return Err((441, "Wrong Credentials", None, false));
+            return Err(Refusal::WrongCredentials);
         }
         Ok(key)
     }
@@ -544,30 +572,30 @@ impl Core {
         ports: &mut dyn RelayPorts,
     ) -> Result<usize, Refusal> {
         if self.allocations.contains_key(&from) {
-            return Err(Refusal(437, "Allocation Mismatch"));
+            return Err(Refusal::AllocationMismatch);
         }
         match msg.decode_any(attr::REQUESTED_TRANSPORT) {
             Some(Ok(Attribute::RequestedTransport(UDP))) => {}
             Some(Ok(Attribute::RequestedTransport(_))) => {
-                return Err(Refusal(442, "Unsupported Transport Protocol"));
+                return Err(Refusal::UnsupportedTransport);
             }
-            _ => return Err(Refusal(400, "Bad Request")),
+            _ => return Err(Refusal::BadRequest),
         }
         let even_port = match msg.decode_any(attr::EVEN_PORT) {
             Some(Ok(Attribute::EvenPort(reserve))) => Some(reserve),
-            Some(_) => return Err(Refusal(400, "Bad Request")),
+            Some(_) => return Err(Refusal::BadRequest),
             None => None,
         };
         let token = match msg.decode_any(attr::RESERVATION_TOKEN) {
             Some(Ok(Attribute::ReservationToken(t))) => Some(t),
-            Some(_) => return Err(Refusal(400, "Bad Request")),
+            Some(_) => return Err(Refusal::BadRequest),
             None => None,
         };
         let requested_family = msg.get(attr::REQUESTED_ADDRESS_FAMILY).is_some();
         let dual = msg.get(attr::ADDITIONAL_ADDRESS_FAMILY).is_some();
         // RFC 8656 §7.2 step 5: a reserved address comes with its family and port.
         if token.is_some() && (even_port.is_some() || requested_family || dual) {
-            return Err(Refusal(400, "Bad Request"));
+            return Err(Refusal::BadRequest);
         }
         // Steps 6, 8 and 9: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6 (IPv4 is implied), excludes
         // REQUESTED-ADDRESS-FAMILY and a port reservation (EVEN-PORT R=1); plain EVEN-PORT is allowed.
@@ -579,16 +607,16 @@ impl Core {
                     Some(Ok(Attribute::AdditionalAddressFamily(Family::V6)))
                 ))
         {
-            return Err(Refusal(400, "Bad Request"));
+            return Err(Refusal::BadRequest);
         }
         let family = match msg.decode_any(attr::REQUESTED_ADDRESS_FAMILY) {
             None => Family::V4,
             Some(Ok(Attribute::RequestedAddressFamily(f))) => f,
-            Some(_) => return Err(Refusal(440, "Address Family not Supported")),
+            Some(_) => return Err(Refusal::AddressFamilyNotSupported),
         };
         let username = match msg.decode_any(attr::USERNAME) {
             Some(Ok(Attribute::Username(u))) => u,
-            _ => return Err(Refusal(400, "Bad Request")),
+            _ => return Err(Refusal::BadRequest),
         };
         // A dual allocation counts once against the quotas: it is one allocation with two addresses. A port
         // reservation (EVEN-PORT R=1) counts as one more until it is claimed or expires, admitted together
@@ -632,7 +660,11 @@ impl Core {
         if reserve && reserved_token.is_none() {
             self.ledger.release(&owner, 1);
         }
+        if reserved_token.is_some() {
+            self.schedule(now.instant + RESERVATION_LIFETIME);
+        }
         let lifetime = self.lifetime(&msg);
+        self.schedule(now.instant + lifetime);
         self.allocations.insert(
             from,
             Allocation {
@@ -660,11 +692,11 @@ impl Core {
             && w.add(&Attribute::Lifetime(lifetime.as_secs() as u32))
                 .is_ok()
             && reserved_token.is_none_or(|t| w.add(&Attribute::ReservationToken(t)).is_ok())
-            && missing.is_none_or(|(family, Refusal(code, reason))| {
+            && missing.is_none_or(|(family, refusal)| {
                 w.add(&Attribute::AddressErrorCode {
                     family,
-                    code,
-                    reason,
+                    code: refusal.code(),
+                    reason: refusal.reason(),
                 })
                 .is_ok()
             });
@@ -692,7 +724,7 @@ impl Core {
         }
         // RFC 8656 §7.2 step 9: one family alone is still a success, naming the missing one; neither is 508.
         match (ports.bind(Family::V4, even), ports.bind(Family::V6, even)) {
-            (None, None) => Err(Refusal(508, "Insufficient Capacity")),
+            (None, None) => Err(Refusal::InsufficientCapacity),
             (Some(v4), None) => Ok(([Some(v4), None], Some((Family::V6, unbound(Family::V6))))),
             (None, Some(v6)) => Ok(([None, Some(v6)], Some((Family::V4, unbound(Family::V4))))),
             (v4, v6) => Ok(([v4, v6], None)),
@@ -717,9 +749,9 @@ impl Core {
             Ok(Some(_)) => {
                 // The reserved socket is gone: the admission it passed to us goes with it.
                 self.ledger.release(owner, 1);
-                Err(Refusal(508, "Insufficient Capacity"))
+                Err(Refusal::InsufficientCapacity)
             }
-            Ok(None) => Err(Refusal(508, "Insufficient Capacity")),
+            Ok(None) => Err(Refusal::InsufficientCapacity),
             Err((kind, refusal)) => {
                 self.metrics.quota_refused(kind);
                 Err(refusal)
@@ -752,7 +784,7 @@ impl Core {
         key: [u8; 16],
     ) -> Result<usize, Refusal> {
         if !self.allocations.contains_key(&from) {
-            return Err(Refusal(437, "Allocation Mismatch"));
+            return Err(Refusal::AllocationMismatch);
         }
         let requested_zero = matches!(
             msg.decode_any(attr::LIFETIME),
@@ -765,6 +797,7 @@ impl Core {
             let lifetime = self.lifetime(&msg);
             if let Some(a) = self.allocations.get_mut(&from) {
                 a.expires = now.instant + lifetime;
+                self.schedule(now.instant + lifetime);
             }
             lifetime
         };
@@ -780,17 +813,13 @@ impl Core {
         let alloc = self
             .allocations
             .get(&from)
-            .ok_or(Refusal(437, "Allocation Mismatch"))?;
+            .ok_or(Refusal::AllocationMismatch)?;
         if alloc.relay_toward(peer.ip()).is_none() {
-            return Err(Refusal(443, "Peer Address Family Mismatch"));
+            return Err(Refusal::PeerAddressFamilyMismatch);
         }
-        if !self
-            .config
-            .policy
-            .check(peer, || self.ledger.is_relay(peer))
-        {
+        if !self.policy_allows(peer) {
             self.metrics.policy_denied.inc();
-            return Err(Refusal(403, "Forbidden"));
+            return Err(Refusal::Forbidden);
         }
         Ok(())
     }
@@ -804,7 +833,7 @@ impl Core {
         key: [u8; 16],
     ) -> Result<usize, Refusal> {
         if !self.allocations.contains_key(&from) {
-            return Err(Refusal(437, "Allocation Mismatch"));
+            return Err(Refusal::AllocationMismatch);
         }
         // All peers must pass before any permission is installed (RFC 8656 §9.2).
         let mut peers = [None::<SocketAddr>; 16];
@@ -813,22 +842,22 @@ impl Core {
             let Ok(Attribute::XorPeerAddress(peer)) =
                 Attribute::decode(a.typ, a.value, msg.transaction_id())
             else {
-                return Err(Refusal(400, "Bad Request"));
+                return Err(Refusal::BadRequest);
             };
             self.check_peer(from, peer)?;
             if count == peers.len() {
-                return Err(Refusal(400, "Bad Request"));
+                return Err(Refusal::BadRequest);
             }
             peers[count] = Some(peer);
             count += 1;
         }
         if count == 0 {
-            return Err(Refusal(400, "Bad Request"));
+            return Err(Refusal::BadRequest);
         }
         let alloc = self
             .allocations
             .get_mut(&from)
-            .ok_or(Refusal(437, "Allocation Mismatch"))?;
+            .ok_or(Refusal::AllocationMismatch)?;
         // All or none again: the new peers must fit under the cap together.
         let new = peers
             .iter()
@@ -839,16 +868,15 @@ impl Core {
             .len();
         if alloc.permissions.len() + new > self.config.max_permissions as usize {
             self.metrics.limit_refused.inc();
-            return Err(Refusal(
-                508,
-                "Insufficient Capacity: too many permissions on this allocation",
-            ));
+            return Err(Refusal::TooManyPermissions);
         }
         for peer in peers.iter().flatten() {
             if alloc.permit(peer.ip(), now.instant + PERMISSION_LIFETIME) {
                 self.metrics.permissions.inc();
             }
         }
+        // A permission (installed or refreshed here) expires first; a channel lives longer.
+        self.schedule(now.instant + PERMISSION_LIFETIME);
         let w = writer(
             out,
             Class::Success,
@@ -867,26 +895,23 @@ impl Core {
         key: [u8; 16],
     ) -> Result<usize, Refusal> {
         if !self.allocations.contains_key(&from) {
-            return Err(Refusal(437, "Allocation Mismatch"));
+            return Err(Refusal::AllocationMismatch);
         }
         let number = match msg.decode_any(attr::CHANNEL_NUMBER) {
             Some(Ok(Attribute::ChannelNumber(n))) if CHANNEL_RANGE.contains(&n) => n,
             _ => {
-                return Err(Refusal(
-                    400,
-                    "Bad Request: CHANNEL-NUMBER missing or out of range",
-                ));
+                return Err(Refusal::BadChannelNumber);
             }
         };
         let peer = match msg.decode_any(attr::XOR_PEER_ADDRESS) {
             Some(Ok(Attribute::XorPeerAddress(p))) => p,
-            _ => return Err(Refusal(400, "Bad Request: XOR-PEER-ADDRESS missing")),
+            _ => return Err(Refusal::MissingPeerAddress),
         };
         self.check_peer(from, peer)?;
         let alloc = self
             .allocations
             .get_mut(&from)
-            .ok_or(Refusal(437, "Allocation Mismatch"))?;
+            .ok_or(Refusal::AllocationMismatch)?;
         // RFC 8656 §11.2: a live channel stays bound to its peer, and a peer to its channel.
         let live_number = alloc
             .channels
@@ -894,10 +919,7 @@ impl Core {
             .filter(|c| c.expires > now.instant);
         let live_peer = alloc.channel_to(peer, now.instant);
         if live_number.is_some_and(|c| c.peer != peer) || live_peer.is_some_and(|n| n != number) {
-            return Err(Refusal(
-                400,
-                "Bad Request: channel or peer already bound differently",
-            ));
+            return Err(Refusal::ChannelConflict);
         }
         let new_channel = !alloc.channels.contains_key(&number);
         let new_permission = !alloc.permissions.contains_key(&peer.ip());
@@ -905,10 +927,7 @@ impl Core {
             || new_permission && alloc.permissions.len() >= self.config.max_permissions as usize
         {
             self.metrics.limit_refused.inc();
-            return Err(Refusal(
-                508,
-                "Insufficient Capacity: too many channels or permissions on this allocation",
-            ));
+            return Err(Refusal::TooManyChannels);
         }
         let until = now.instant + CHANNEL_LIFETIME;
         // An expired binding of this number may still name another peer: forget that peer's entry.
@@ -938,6 +957,8 @@ impl Core {
         if alloc.permit(peer.ip(), now.instant + PERMISSION_LIFETIME) {
             self.metrics.permissions.inc();
         }
+        // A permission (installed or refreshed here) expires first; a channel lives longer.
+        self.schedule(now.instant + PERMISSION_LIFETIME);
         let w = writer(
             out,
             Class::Success,
@@ -947,29 +968,26 @@ impl Core {
         finish(w, true, &key, msg.has_fingerprint())
     }
 
-    fn send_indication<'a>(&mut self, now: Now, from: FiveTuple, msg: Message<'a>) -> Action<'a> {
+    fn send_indication(&mut self, now: Now, from: FiveTuple, msg: Message<'_>) -> Action {
         let Some(alloc) = self.allocations.get(&from) else {
-            return Action::Nothing;
+            return Action::Drop;
         };
-        let (Some(Ok(Attribute::XorPeerAddress(peer))), Some(Ok(Attribute::Data(data)))) = (
+        let (Some(Ok(Attribute::XorPeerAddress(peer))), Some(data)) = (
             msg.decode_any(attr::XOR_PEER_ADDRESS),
-            msg.decode_any(attr::DATA),
+            msg.attributes().find(|a| a.typ == attr::DATA),
         ) else {
-            return Action::Nothing;
+            return Action::Drop;
         };
-        let Some(relay) = alloc.relay_toward(peer.ip()) else {
-            return Action::Nothing;
+        let Some(relay) = self.route(alloc, peer, now.instant) else {
+            return Action::Drop;
         };
-        if !alloc.permitted(peer.ip(), now.instant)
-            || !self
-                .config
-                .policy
-                .check(peer, || self.ledger.is_relay(peer))
-        {
-            return Action::Nothing;
+        self.metrics.to_peer(data.value.len());
+        let start = data.offset + 4; // after the attribute header
+        Action::ToPeer {
+            relay,
+            peer,
+            payload: start..start + data.value.len(),
         }
-        self.metrics.to_peer(data.len());
-        Action::ToPeer { relay, peer, data }
     }
 
     /// A datagram from `peer` to relay address `relay`. The payload sits at `buf[4..4 + len]` so a
@@ -996,44 +1014,25 @@ impl Core {
         }
         self.metrics.to_client(len);
         if let Some(number) = alloc.channel_to(peer, now.instant) {
-            let Ok(len16) = u16::try_from(len) else {
-                return PeerAction::Drop;
+            // Over streams ChannelData is padded to 4 bytes (RFC 8656 §12.5).
+            let pad = five.transport != Transport::Udp;
+            return match frame_channel_data_in_place(buf, number, len, pad) {
+                Ok(n) => PeerAction::ChannelData { to: five, n },
+                Err(_) => PeerAction::Drop,
             };
-            if write_channel_data_header(buf, number, len16).is_err() {
-                return PeerAction::Drop;
-            }
-            let mut n = 4 + len;
-            if five.transport != Transport::Udp {
-                // Over streams ChannelData is padded to 4 bytes (RFC 8656 §12.5).
-                let padded = peercall_stun::channel_data_padded_len(len);
-                if padded > buf.len() {
-                    return PeerAction::Drop;
-                }
-                buf[n..padded].fill(0);
-                n = padded;
-            }
-            return PeerAction::ChannelData { to: five, n };
         }
         self.indications = self.indications.wrapping_add(1);
         let tid = indication_tid(&self.config.nonce_key, self.indications);
-        let Ok(mut w) = MessageWriter::new(out, Class::Indication, Method::DATA, &tid) else {
-            return PeerAction::Drop;
-        };
         let Some(payload) = buf.get(4..4 + len) else {
             return PeerAction::Drop;
         };
-        if w.add(&Attribute::XorPeerAddress(peer)).is_err()
-            || w.add(&Attribute::Data(payload)).is_err()
-        {
-            return PeerAction::Drop;
-        }
-        PeerAction::DataIndication {
-            to: five,
-            n: w.finish(),
+        match write_data_indication(out, &tid, peer, payload) {
+            Ok(n) => PeerAction::DataIndication { to: five, n },
+            Err(_) => PeerAction::Drop,
         }
     }
 
-    /// Removes what expired. Call at least once a second.
+    /// Removes what expired; call it at [`Core::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<FiveTuple> = self
             .allocations
@@ -1045,7 +1044,10 @@ impl Core {
             self.remove(five);
         }
         self.ledger.expire_reservations(now, &mut self.released);
+        let mut next = self.ledger.next_reservation_expiry();
+        let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for alloc in self.allocations.values_mut() {
+            soonest(alloc.expires);
             let before = alloc.permissions.len();
             alloc.permissions.retain(|_, exp| *exp > now);
             self.metrics
@@ -1060,7 +1062,10 @@ impl Core {
             self.metrics
                 .channels
                 .sub((before - alloc.channels.len()) as i64);
+            alloc.permissions.values().for_each(|t| soonest(*t));
+            alloc.channels.values().for_each(|c| soonest(c.expires));
         }
+        self.next_expiry = next;
     }
 
     /// Drops every allocation of a client whose stream connection closed.
@@ -1084,28 +1089,23 @@ impl Core {
 
     /// Writes an error response. Unauthenticated errors carry only what the client needs (REALM and NONCE
     /// for 401/438), to keep amplification small.
-    #[allow(clippy::too_many_arguments)]
     fn error(
         &mut self,
         now: Now,
         from: FiveTuple,
         msg: Message<'_>,
         out: &mut [u8],
-        code: u16,
-        reason: &str,
+        refusal: Refusal,
         key: Option<&[u8; 16]>,
-        with_nonce: bool,
     ) -> usize {
-        if code == 0 {
-            return 0;
-        }
+        let (code, reason) = (refusal.code(), refusal.reason());
         tracing::debug!(client = %from.client, method = msg.method().name(), code, reason, "request refused");
         let Ok(mut w) = MessageWriter::new(out, Class::Error, msg.method(), msg.transaction_id())
         else {
             return 0;
         };
         let mut ok = w.add(&Attribute::ErrorCode { code, reason }).is_ok();
-        if code == 420 {
+        if refusal == Refusal::UnknownAttribute {
             let mut unknown = [0u16; 8];
             let n = msg.unknown_comprehension_required(attr::is_known, &mut unknown);
             ok &= w
@@ -1114,7 +1114,7 @@ impl Core {
                 ))
                 .is_ok();
         }
-        if with_nonce {
+        if refusal.with_nonce() {
             let nonce = self.credentials.nonce(from.client, now.unix);
             let nonce = std::str::from_utf8(&nonce).expect("nonces are hex");
             ok &= w.add(&Attribute::Realm(self.credentials.realm())).is_ok();
@@ -1137,8 +1137,8 @@ impl Core {
 /// address is configured, a missing IPv4 one a full port range.
 fn unbound(family: Family) -> Refusal {
     match family {
-        Family::V6 => Refusal(440, "Address Family not Supported"),
-        Family::V4 => Refusal(508, "Insufficient Capacity"),
+        Family::V6 => Refusal::AddressFamilyNotSupported,
+        Family::V4 => Refusal::InsufficientCapacity,
     }
 }
 
@@ -1148,7 +1148,7 @@ fn writer<'b>(
     method: Method,
     tid: &TransactionId,
 ) -> Result<MessageWriter<'b>, Refusal> {
-    MessageWriter::new(out, class, method, tid).map_err(|_| Refusal(500, "Server Error"))
+    MessageWriter::new(out, class, method, tid).map_err(|_| Refusal::ServerError)
 }
 
 fn finish(
@@ -1162,7 +1162,7 @@ fn finish(
     if ok {
         Ok(w.finish())
     } else {
-        Err(Refusal(500, "Server Error"))
+        Err(Refusal::ServerError)
     }
 }
 

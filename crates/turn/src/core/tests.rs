@@ -446,9 +446,10 @@ fn relays_both_ways_with_permissions_and_channels() {
         Action::ToPeer {
             relay,
             peer,
-            data: b"abc"
+            payload: 4..7
         }
     );
+    assert_eq!(&frame[4..7], b"abc");
     // Rebinding the channel to another peer is refused.
     let other: SocketAddr = "127.0.0.1:10000".parse().expect("addr");
     let r = h.authed(
@@ -497,7 +498,7 @@ fn send_indication_and_data_indication() {
     let action = h
         .core
         .handle_client(h.now, h.client, &send, &mut h.out, &mut h.ports);
-    assert_eq!(action, Action::Nothing, "no permission yet");
+    assert_eq!(action, Action::Drop, "no permission yet");
     let r = h.authed(
         Method::CREATE_PERMISSION,
         &[A::XorPeerAddress(peer)],
@@ -508,13 +509,17 @@ fn send_indication_and_data_indication() {
     let action = h
         .core
         .handle_client(h.now, h.client, &send, &mut h.out, &mut h.ports);
+    let Action::ToPeer {
+        relay: from_relay,
+        peer: to,
+        payload,
+    } = action
+    else {
+        panic!("expected ToPeer, got {action:?}")
+    };
     assert_eq!(
-        action,
-        Action::ToPeer {
-            relay,
-            peer,
-            data: b"hello"
-        }
+        (from_relay, to, &send[payload]),
+        (relay, peer, &b"hello"[..])
     );
     let mut buf = vec![0u8; 64];
     buf[4..9].copy_from_slice(b"world");
@@ -783,9 +788,9 @@ impl Harness {
             Action::ToPeer {
                 relay,
                 peer: to,
-                data: d,
+                payload,
             } => {
-                assert_eq!((to, d), (peer, data));
+                assert_eq!((to, &send[payload]), (peer, data));
                 Some(relay)
             }
             _ => None,
@@ -803,8 +808,8 @@ impl Harness {
             &mut self.out,
             &mut self.ports,
         ) {
-            Action::ToPeer { relay, data, .. } => {
-                assert_eq!(data, b"hi");
+            Action::ToPeer { relay, payload, .. } => {
+                assert_eq!(&frame[payload], b"hi");
                 Some(relay)
             }
             _ => None,
@@ -1191,4 +1196,72 @@ fn permissions_and_channels_are_capped_per_allocation() {
     );
     assert_eq!(r.class, Class::Success, "{r:?}");
     assert_eq!(h.metrics.channels.get(), 1);
+}
+
+#[test]
+fn poll_timeout_names_the_next_expiry_so_the_driver_can_sleep_until_then() {
+    let mut h = harness(true, 10);
+    assert_eq!(
+        h.core.poll_timeout(),
+        None,
+        "nothing held, nothing to wake for"
+    );
+    h.allocate();
+    let t0 = h.now.instant;
+    assert_eq!(h.core.poll_timeout(), Some(t0 + Duration::from_secs(600)));
+    let peer: SocketAddr = "127.0.0.1:9999".parse().expect("addr");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(peer)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    assert_eq!(h.core.poll_timeout(), Some(t0 + PERMISSION_LIFETIME));
+    h.core.handle_timeout(t0 + PERMISSION_LIFETIME);
+    assert_eq!(
+        h.metrics.permissions.get(),
+        0,
+        "the permission expired on time"
+    );
+    assert_eq!(h.core.poll_timeout(), Some(t0 + Duration::from_secs(600)));
+    h.core.handle_timeout(t0 + Duration::from_secs(600));
+    assert_eq!(
+        (h.core.allocation_count(), h.core.poll_timeout()),
+        (0, None)
+    );
+}
+
+#[test]
+fn refusals_carry_their_rfc_code_and_phrase_on_the_wire() {
+    let mut h = harness(false, 10);
+    let r = h.authed(Method::REFRESH, &[], "u", "p");
+    assert_eq!(r.code, Some(437));
+    let msg = {
+        let nonce = h.nonce();
+        let key = long_term_key_md5("u", REALM, "p");
+        let req = request(
+            Method::REFRESH,
+            &[A::Username("u"), A::Realm(REALM), A::Nonce(&nonce)],
+            Some(&key),
+        );
+        let Action::Reply(n) =
+            h.core
+                .handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports)
+        else {
+            panic!("an answer")
+        };
+        h.out[..n].to_vec()
+    };
+    let parsed = Message::parse(&msg).expect("valid");
+    let Some(Ok(A::ErrorCode { code, reason })) = parsed.decode_any(attr::ERROR_CODE) else {
+        panic!("ERROR-CODE")
+    };
+    assert_eq!((code, reason), (437, "Allocation Mismatch"));
+    assert!(
+        parsed
+            .verify_integrity(&long_term_key_md5("u", REALM, "p"))
+            .is_ok(),
+        "signed"
+    );
 }

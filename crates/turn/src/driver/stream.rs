@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{REPLY_BUF, STREAM_QUEUE, Shard, Shared, now, settle};
+use super::ports::{DriverPorts, settle};
+use super::{REPLY_BUF, STREAM_QUEUE, Shard, Shared, now};
 use crate::core::{Action, FiveTuple, Transport, client_key};
 use crate::metrics::{StreamClose, TurnMetrics};
 
@@ -267,15 +268,19 @@ fn stream_packet(shared: &Shared, shard: &Shard, from: FiveTuple, frame: &[u8]) 
     let mut out = [0u8; REPLY_BUF];
     let mut guard = shard.lock();
     let state = &mut *guard;
-    let mut ports = super::DriverPorts::new(shared);
+    let mut ports = DriverPorts::new(shared);
     let reply = match state
         .core
         .handle_client(now(), from, frame, &mut out, &mut ports)
     {
-        Action::Nothing => None,
+        Action::Drop => None,
         Action::Reply(n) => out.get(..n).map(<[u8]>::to_vec),
-        Action::ToPeer { relay, peer, data } => {
-            if let Some(r) = state.relays.get(&relay) {
+        Action::ToPeer {
+            relay,
+            peer,
+            payload,
+        } => {
+            if let (Some(r), Some(data)) = (state.relays.get(&relay), frame.get(payload)) {
                 let _ = r.socket.send_to(data, peer);
             }
             None
