@@ -158,6 +158,47 @@ impl TurnMetrics {
         self.requests[i][usize::from(ok)].fetch_add(1, Relaxed);
     }
 
+    /// One set of metrics adding up `parts`: each shard counts on its own (no cache line shared between
+    /// threads on the relay path), and `/metrics` shows their sum.
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a TurnMetrics>) -> TurnMetrics {
+        fn add(to: &AtomicU64, from: &AtomicU64) {
+            to.fetch_add(from.load(Relaxed), Relaxed);
+        }
+        fn add_all(to: &[AtomicU64], from: &[AtomicU64]) {
+            to.iter().zip(from).for_each(|(t, f)| add(t, f));
+        }
+        let total = TurnMetrics::default();
+        for m in parts {
+            for (to, from) in [
+                (&total.allocations, &m.allocations),
+                (&total.permissions, &m.permissions),
+                (&total.channels, &m.channels),
+                (&total.malformed, &m.malformed),
+                (&total.rate_limited, &m.rate_limited),
+                (&total.policy_denied, &m.policy_denied),
+                (&total.no_permission, &m.no_permission),
+                (&total.relayed_in_process, &m.relayed_in_process),
+                (&total.limit_refused, &m.limit_refused),
+                (&total.stream_connections, &m.stream_connections),
+                (&total.accept_failed, &m.accept_failed),
+            ] {
+                to.add(from.get());
+            }
+            add(&total.packets_to_peer, &m.packets_to_peer);
+            add(&total.bytes_to_peer, &m.bytes_to_peer);
+            add(&total.packets_to_client, &m.packets_to_client);
+            add(&total.bytes_to_client, &m.bytes_to_client);
+            add_all(&total.auth_failures, &m.auth_failures);
+            for (to, from) in total.requests.iter().zip(&m.requests) {
+                add_all(to, from);
+            }
+            add_all(&total.quota_refused, &m.quota_refused);
+            add_all(&total.stream_refused, &m.stream_refused);
+            add_all(&total.stream_closed, &m.stream_closed);
+        }
+        total
+    }
+
     pub fn packets_relayed(&self) -> (u64, u64) {
         (
             self.packets_to_peer.load(Relaxed),
@@ -335,5 +376,36 @@ impl TurnMetrics {
             "Packets between two allocations of this server passed inside the process (no socket hop).",
             self.relayed_in_process.get(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sum_of_shards_is_what_one_set_would_have_counted() {
+        let (a, b, one) = (
+            TurnMetrics::default(),
+            TurnMetrics::default(),
+            TurnMetrics::default(),
+        );
+        for m in [&a, &one] {
+            m.allocations.inc();
+            m.to_peer(100);
+            m.request(Method::ALLOCATE, true);
+            m.quota_refused(QuotaKind::Client);
+        }
+        for m in [&b, &one] {
+            m.allocations.inc();
+            m.to_client(7);
+            m.stream_closed(StreamClose::Idle);
+            m.auth_failed(AuthFailure::StaleNonce);
+        }
+        let (mut summed, mut single) = (String::new(), String::new());
+        TurnMetrics::sum([&a, &b]).encode_prometheus(&mut summed);
+        one.encode_prometheus(&mut single);
+        assert_eq!(summed, single);
+        assert!(summed.contains("peercall_turn_allocations 2"), "{summed}");
     }
 }

@@ -72,6 +72,8 @@ pub struct Listening {
 /// One shard: a core, its sockets and its epoll set.
 struct Shard {
     index: usize,
+    /// This shard's own counters (its core's and its thread's), summed with the others for `/metrics`.
+    metrics: Arc<TurnMetrics>,
     state: Mutex<State>,
     epoll: Epoll,
     /// This shard's SO_REUSEPORT socket on each UDP listening address (epoll token = index).
@@ -129,6 +131,12 @@ struct Shared {
 }
 
 impl Shared {
+    fn metrics(&self) -> TurnMetrics {
+        TurnMetrics::sum(
+            std::iter::once(&*self.metrics).chain(self.shards.iter().map(|s| &*s.metrics)),
+        )
+    }
+
     fn reserved(&self) -> MutexGuard<'_, HashMap<SocketAddr, StdUdpSocket>> {
         self.reserved.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -267,10 +275,12 @@ impl TurnServer {
                     .add(socket.as_raw_fd(), i as u64)
                     .map_err(udp_err(*local))?;
             }
+            let shard_metrics = Arc::new(TurnMetrics::default());
             shards.push(Shard {
                 index,
+                metrics: shard_metrics.clone(),
                 state: Mutex::new(State {
-                    core: Core::with_ledger(core_config.clone(), metrics.clone(), ledger.clone()),
+                    core: Core::with_ledger(core_config.clone(), shard_metrics, ledger.clone()),
                     relays: HashMap::new(),
                     by_token: HashMap::new(),
                     next_token: 0,
@@ -308,8 +318,9 @@ impl TurnServer {
         self.listening.clone()
     }
 
-    pub fn metrics(&self) -> Arc<TurnMetrics> {
-        self.shared.metrics.clone()
+    /// The server's metrics: the shards' counters and the TCP/TLS side's, added up now.
+    pub fn metrics(&self) -> TurnMetrics {
+        self.shared.metrics()
     }
 
     pub fn handle(&self) -> TurnHandle {
@@ -386,8 +397,9 @@ impl TurnHandle {
         self.listening.clone()
     }
 
-    pub fn metrics(&self) -> Arc<TurnMetrics> {
-        self.shared.metrics.clone()
+    /// The server's metrics: the shards' counters and the TCP/TLS side's, added up now.
+    pub fn metrics(&self) -> TurnMetrics {
+        self.shared.metrics()
     }
 
     pub fn is_running(&self) -> bool {

@@ -56,7 +56,7 @@ pub(super) fn shard_loop(shared: &Shared, index: usize) {
             if token < RELAY_TOKEN_BASE {
                 from_clients(shared, shard, token as usize, &mut buffers);
             } else {
-                from_peers(shared, shard, token, &mut buffers);
+                from_peers(shard, token, &mut buffers);
             }
         }
         let t = Instant::now();
@@ -93,7 +93,7 @@ pub(super) fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buf
     for ((item, reply), indication) in slots {
         let Some(client) = item.source else { continue };
         if item.truncated {
-            shared.metrics.malformed.inc();
+            shard.metrics.malformed.inc();
             continue;
         }
         let from = FiveTuple {
@@ -140,7 +140,7 @@ pub(super) fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buf
             };
             if let Some(target) = target {
                 let buf = &mut slot[start - 4..];
-                shared.metrics.relayed_in_process.inc();
+                shard.metrics.relayed_in_process.inc();
                 peer_to_client(
                     shard, target, now, relay, peer, buf, len, indication, &mut queue,
                 );
@@ -159,7 +159,7 @@ pub(super) fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buf
 }
 
 /// A batch of datagrams from peers on the relay socket of epoll `token`.
-pub(super) fn from_peers(shared: &Shared, shard: &Shard, token: u64, b: &mut Buffers) {
+pub(super) fn from_peers(shard: &Shard, token: u64, b: &mut Buffers) {
     let mut guard = shard.lock();
     let state = &mut *guard;
     let Some(&relay) = state.by_token.get(&token) else {
@@ -178,7 +178,7 @@ pub(super) fn from_peers(shared: &Shared, shard: &Shard, token: u64, b: &mut Buf
     for (item, indication) in b.from_peers.received_mut().zip(indications) {
         let Some(peer) = item.source else { continue };
         if item.truncated || item.len > RELAY_PAYLOAD_MAX {
-            shared.metrics.malformed.inc();
+            shard.metrics.malformed.inc();
             continue;
         }
         peer_to_client(
