@@ -153,8 +153,9 @@ export async function startPeercall(name, args, { ready = /stop with Ctrl-C/ } =
  *  --allow-peer 198.51.100.0/24: the NAT routers' public addresses are in a documentation range, which the
  *  TURN server refuses as peers by default; a relayed browser must reach the other side's server-reflexive
  *  address there. Nothing else is opened: the 10.x host candidates stay refused, as on the real internet. */
-export function startPublicServer(tls) {
+export function startPublicServer(tls, { user = null } = {}) {
   return startPeercall(ns('srv'), [
+    ...(user ? ['--user', user.join(':')] : []), // a static user for coturn's clients (browsers get REST credentials)
     '--http', `${SERVER.web}:443`,
     '--tls-cert', tls.cert, '--tls-key', tls.key, // also TURNS's certificate
     '--listen', `${SERVER.turn}:3478`, '--listen', `${SERVER.web}:3478`,
