@@ -59,6 +59,9 @@ async function call(t, routers, { base = SERVER, relay = false, timeout = 40_000
   const people = [];
   t.after(async () => {
     for (const p of people) await p.context.close().catch(() => {});
+    // Fresh browsers for every scenario: idle ones from earlier scenarios would only take the CPU (2 cores in CI).
+    for (const browser of browsers.values()) await browser.close().catch(() => {});
+    browsers.clear();
   });
   let joinedAt = 0;
   try {

@@ -13,6 +13,10 @@
 const DISCONNECTED_GRACE_MS = 3_000; // "disconnected" this long → ICE restart
 const CONNECT_WATCHDOG_MS = 15_000; // not connected this long after negotiating → ICE restart
 const RESTART_RETRY_MS = 10_000;
+// A peer that was sending and whose RTP stops for this long has lost its path (a network change, a NAT that
+// forgot us): restart ICE now rather than after Chromium's "disconnected" (5-8 s) and the grace above.
+const STALL_MS = 1_200;
+const STALL_CHECK_MS = 250;
 const MAX_DATA_BYTES = 16 * 1024;
 
 export class Peer extends EventTarget {
@@ -47,6 +51,8 @@ export class Peer extends EventTarget {
     this.lastStats = null;
     this.closed = false;
     this.orphan = false; // signaling session lost; waiting to learn this peer's new id over the data channel
+    this.stalled = false; // its media stopped arriving; a restart for that is under way
+    this.stallTimer = null;
   }
 
   /** Polite side of the pair: the lower id (plain string comparison). Re-evaluated: ids can change. */
@@ -114,6 +120,7 @@ export class Peer extends EventTarget {
     if (state === 'connected') {
       this.restarts = 0;
       clearTimeout(this.watchdog);
+      if (!this.stallTimer) this.stallTimer = setInterval(() => this.#checkStall(), STALL_CHECK_MS);
     } else if (state === 'disconnected') {
       this.restartTimer = setTimeout(() => {
         if (this.pc?.connectionState === 'disconnected') this.restartIce('disconnected');
@@ -122,6 +129,31 @@ export class Peer extends EventTarget {
       this.restartIce('failed');
     }
     this.dispatchEvent(new Event('state'));
+  }
+
+  /**
+   * Media watch: the newest RTP packet from any of this peer's sources (getSynchronizationSources: cheap, no
+   * getStats). When the peer says it sends audio or video and nothing came for STALL_MS, the path is gone:
+   * check the signaling socket (a network change kills it too, silently) and restart ICE at once.
+   */
+  #checkStall() {
+    const state = this.pc?.connectionState;
+    if (this.closed || (state !== 'connected' && state !== 'disconnected')) return;
+    if (this.remote.known && !this.remote.audio && !this.remote.video) return; // it sends nothing: nothing to miss
+    let newest = 0;
+    for (const receiver of this.pc.getReceivers()) {
+      for (const source of receiver.getSynchronizationSources?.() ?? []) newest = Math.max(newest, source.timestamp);
+    }
+    if (!newest) return; // nothing received yet (or for over 10 s, when the sources expire)
+    const silent = performance.timeOrigin + performance.now() - newest;
+    if (silent < STALL_MS) {
+      this.stalled = false;
+      return;
+    }
+    if (this.stalled) return;
+    this.stalled = true;
+    this.host.checkSignaling?.();
+    this.restartIce('stalled');
   }
 
   /** While negotiating: if the connection does not come up in time, restart ICE. */
@@ -153,9 +185,27 @@ export class Peer extends EventTarget {
     }, RESTART_RETRY_MS * Math.min(this.restarts, 3));
   }
 
-  /** Signaling came back: run the restart that had to wait. */
+  /** Signaling came back: run the restart that had to wait, or resend an offer still waiting for its answer. */
   onSignalingUp() {
-    if (this.pendingRestart) this.restartIce('deferred');
+    if (this.pendingRestart) {
+      this.restartIce('deferred');
+      return;
+    }
+    this.#resendOffer('signaling back');
+  }
+
+  /**
+   * Sends our pending offer again (with the candidates gathered since, which localDescription carries): one sent
+   * into a socket that had silently died — the usual case right after a network change — never arrived, and the
+   * other side would wait for it until a retry timer fires. A duplicate is harmless: applied again, it changes
+   * nothing, and the second answer is dropped.
+   */
+  #resendOffer(reason) {
+    const pc = this.pc;
+    if (this.closed || this.orphan || !pc || pc.signalingState !== 'have-local-offer' || this.makingOffer) return;
+    if (pc.localDescription?.type !== 'offer') return;
+    console.info(`peercall: offer to ${this.id} sent again (${reason})`);
+    this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
   }
 
   /** Applies an offer, answer or candidate from the remote peer, one at a time, in arrival order. */
@@ -175,12 +225,19 @@ export class Peer extends EventTarget {
         this.#createPc();
       }
       const pc = this.pc;
+      // A second answer to an offer already answered (we sent that offer twice: see #resendOffer).
+      if (message.type === 'answer' && pc.signalingState === 'stable') return;
       const description = { type: message.type, sdp: message.sdp };
       const readyForOffer = !this.makingOffer && (pc.signalingState === 'stable' || this.settingRemoteAnswer);
       const collision = description.type === 'offer' && !readyForOffer;
       if (collision) this.collisions += 1;
       this.ignoreOffer = !this.polite && collision;
-      if (this.ignoreOffer) return;
+      if (this.ignoreOffer) {
+        // The polite side offers while we wait for its answer: it rolls back when our offer reaches it — unless
+        // ours was lost (sent into a dead socket). Send it again so both sides never wait for each other.
+        this.#resendOffer('glare');
+        return;
+      }
       this.settingRemoteAnswer = description.type === 'answer';
       try {
         await pc.setRemoteDescription(description); // rolls back our own offer when polite and colliding
@@ -282,6 +339,7 @@ export class Peer extends EventTarget {
     this.closed = true;
     clearTimeout(this.restartTimer);
     clearTimeout(this.watchdog);
+    clearInterval(this.stallTimer);
     try {
       this.dc?.close();
       this.pc?.close();
