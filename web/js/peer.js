@@ -17,6 +17,9 @@ const RESTART_RETRY_MS = 10_000;
 // forgot us): restart ICE now rather than after Chromium's "disconnected" (5-8 s) and the grace above.
 const STALL_MS = 1_200;
 const STALL_CHECK_MS = 250;
+// Our offer has waited this long when the polite side's offer collides with it: the polite side would have
+// answered it by now, so it never arrived (offers that merely cross in flight collide within milliseconds).
+const LOST_OFFER_MS = 500;
 const MAX_DATA_BYTES = 16 * 1024;
 
 export class Peer extends EventTarget {
@@ -53,6 +56,8 @@ export class Peer extends EventTarget {
     this.orphan = false; // signaling session lost; waiting to learn this peer's new id over the data channel
     this.stalled = false; // its media stopped arriving; a restart for that is under way
     this.stallTimer = null;
+    this.offerSentAt = 0;
+    this.resentSdp = null; // the offer last sent twice (each offer is repeated at most once per cause)
   }
 
   /** Polite side of the pair: the lower id (plain string comparison). Re-evaluated: ids can change. */
@@ -91,6 +96,7 @@ export class Peer extends EventTarget {
         await pc.setLocalDescription();
         if (pc.localDescription?.type === 'offer') {
           this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
+          this.offerSentAt = performance.now();
           this.#armWatchdog();
         }
       } catch (e) {
@@ -198,12 +204,15 @@ export class Peer extends EventTarget {
    * Sends our pending offer again (with the candidates gathered since, which localDescription carries): one sent
    * into a socket that had silently died — the usual case right after a network change — never arrived, and the
    * other side would wait for it until a retry timer fires. A duplicate is harmless: applied again, it changes
-   * nothing, and the second answer is dropped.
+   * nothing, and the second answer, arriving when we are stable again, is dropped.
    */
   #resendOffer(reason) {
     const pc = this.pc;
     if (this.closed || this.orphan || !pc || pc.signalingState !== 'have-local-offer' || this.makingOffer) return;
     if (pc.localDescription?.type !== 'offer') return;
+    const key = `${reason === 'glare' ? 'glare' : 'back'} ${pc.localDescription.sdp}`;
+    if (this.resentSdp === key) return;
+    this.resentSdp = key;
     console.info(`peercall: offer to ${this.id} sent again (${reason})`);
     this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
   }
@@ -234,8 +243,9 @@ export class Peer extends EventTarget {
       this.ignoreOffer = !this.polite && collision;
       if (this.ignoreOffer) {
         // The polite side offers while we wait for its answer: it rolls back when our offer reaches it — unless
-        // ours was lost (sent into a dead socket). Send it again so both sides never wait for each other.
-        this.#resendOffer('glare');
+        // ours was lost (sent into a dead socket). If ours has waited too long for that, send it again, so the two
+        // sides never wait for each other.
+        if (performance.now() - this.offerSentAt >= LOST_OFFER_MS) this.#resendOffer('glare');
         return;
       }
       this.settingRemoteAnswer = description.type === 'answer';
@@ -249,6 +259,7 @@ export class Peer extends EventTarget {
         await pc.setLocalDescription();
         this.host.sendSignal({ type: 'answer', to: this.id, sdp: pc.localDescription.sdp });
         this.#armWatchdog();
+        if (collision) await this.#reattachTracks();
       }
       this.negotiated = true;
       this.canOffer = true;
@@ -274,6 +285,25 @@ export class Peer extends EventTarget {
       transceiver.direction = 'sendrecv';
       transceiver.sender.replaceTrack(this.host.localTrack(kind)).catch((e) => console.warn(e));
       transceiver.sender.setStreams?.(stream);
+    }
+  }
+
+  /**
+   * After the polite side's implicit rollback (an offer applied over our own), Chromium (seen in 148) leaves the
+   * senders detached from their tracks: nothing is encoded or sent any more, although sender.track is live.
+   * Attaching the tracks again brings the media back.
+   */
+  async #reattachTracks() {
+    for (const kind of ['audio', 'video']) {
+      const sender = this.senders[kind];
+      const track = this.host.localTrack(kind);
+      if (!sender || !track) continue;
+      try {
+        await sender.replaceTrack(null);
+        await sender.replaceTrack(track);
+      } catch (e) {
+        console.warn(`peercall: re-attaching ${kind} for ${this.id}`, e);
+      }
     }
   }
 
