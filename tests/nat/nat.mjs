@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
 import { BIN, CHROMIUM, CHROMIUM_FLAGS, waitFor, withTimeout } from '../browser/harness.mjs';
+import { describeRoute } from '../../web/js/stats.js';
 
 const run = promisify(execFile);
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -221,6 +222,7 @@ export function pairOf(stats) {
     localAddress: `${p.local.address}:${p.local.port}`,
     remoteAddress: `${p.remote.address}:${p.remote.port}`,
     url: p.local.url,
+    route: describeRoute(p), // what the connection panel says
     text: `${p.local.type}/${p.remote.type}${p.local.relayProtocol ? ` (relay over ${p.local.relayProtocol})` : ''}`,
   };
 }

@@ -13,15 +13,16 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { describe as describeParticipant, ensureArtifacts, join, sleep, statsOf, uniqueRoom, waitConnected, waitFor, waitMediaFlowing } from '../browser/harness.mjs';
 import {
-  host, inNs, launchIn, mappingKind, ns, pairOf, publicIp, renumber, SERVER, startPeercall, startPublicServer, tcpOpens, unavailable, up, down,
+  down, host, inNs, launchIn, mappingKind, ns, pairOf, publicIp, renumber, SERVER, startPeercall, startPublicServer, stunProbe, tcpOpens, unavailable, up,
 } from './nat.mjs';
 
 const skip = unavailable() ?? false;
 const TURN_USER = ['nat', 'nat-password'];
+const RENUMBER_RUNS = Number(process.env.PCNAT_RENUMBER_RUNS ?? 5); // scenario 6: the median is over these
 const results = { scenarios: {} };
 let tls = null;
 let server = null;
-const browsers = new Map(); // client namespace → Chromium running in it (kept across scenarios)
+const browsers = new Map(); // client namespace → Chromium running in it (closed after each scenario)
 
 before(async () => {
   if (skip) return;
@@ -98,6 +99,8 @@ function record(t, scenario, figures) {
   t.diagnostic(`${scenario}: ${JSON.stringify(figures)}`);
 }
 
+/** Each direction's pair types and the connection panel's words for it. */
+const summary = (pairs) => Object.fromEntries(Object.entries(pairs).map(([k, v]) => [k, `${v.text}: "${v.route.split(' · ')[0]}"`]));
 const relayed = (pair) => pair.local === 'relay' || pair.remote === 'relay';
 const direct = new Set(['srflx', 'prflx']);
 
@@ -173,8 +176,9 @@ test('scenario 1: cone ↔ cone connects directly through both routers (srflx/pr
   for (const [direction, pair] of Object.entries(pairs)) {
     assert.ok(pair && direct.has(pair.local) && direct.has(pair.remote), `${direction}: a hole-punched pair, got ${JSON.stringify(pair)}`);
     assert.match(pair.remoteAddress, /^198\.51\.100\./, `${direction}: the other side's public address`);
+    assert.match(pair.route, /^Direct through your router · /, `${direction}: the panel's words`);
   }
-  record(t, 'scenario 1 (cone ↔ cone)', { firstFrameMs, pairs: Object.fromEntries(Object.entries(pairs).map(([k, v]) => [k, v.text])) });
+  record(t, 'scenario 1 (cone ↔ cone)', { firstFrameMs, pairs: summary(pairs) });
 });
 
 test('scenario 2: symmetric ↔ symmetric is relayed by peercall\'s TURN over UDP', { skip, timeout: 120_000 }, async (t) => {
@@ -187,7 +191,7 @@ test('scenario 2: symmetric ↔ symmetric is relayed by peercall\'s TURN over UD
       assert.match(pair.localAddress, new RegExp(`^${SERVER.turn.replaceAll('.', '\\.')}:`), `${direction}: relayed by our server`);
     }
   }
-  record(t, 'scenario 2 (symmetric ↔ symmetric)', { firstFrameMs, pairs: Object.fromEntries(Object.entries(pairs).map(([k, v]) => [k, v.text])) });
+  record(t, 'scenario 2 (symmetric ↔ symmetric)', { firstFrameMs, pairs: summary(pairs) });
 });
 
 test('scenario 3: UDP blocked on one side is relayed over TURN/TCP', { skip, timeout: 120_000 }, async (t) => {
@@ -195,8 +199,9 @@ test('scenario 3: UDP blocked on one side is relayed over TURN/TCP', { skip, tim
   const mine = pairs['udpblock→cone1'];
   assert.equal(mine?.local, 'relay', `udpblock's side is a relay candidate: ${JSON.stringify(mine)}`);
   assert.equal(mine.relayProtocol, 'tcp', `udpblock reaches the relay over TCP: ${JSON.stringify(mine)}`);
+  assert.match(mine.route, /^Relayed by the server \(TCP\) · relay ↔ /, 'the panel says how');
   assert.ok(relayed(pairs['cone1→udpblock']), `cone1 talks to udpblock's relay: ${JSON.stringify(pairs['cone1→udpblock'])}`);
-  record(t, 'scenario 3 (UDP blocked ↔ cone)', { firstFrameMs, pairs: Object.fromEntries(Object.entries(pairs).map(([k, v]) => [k, v.text])) });
+  record(t, 'scenario 3 (UDP blocked ↔ cone)', { firstFrameMs, pairs: summary(pairs) });
 });
 
 test('scenario 4: only TCP 443 open on one side is relayed over TURNS on 443', { skip, timeout: 120_000 }, async (t) => {
@@ -205,7 +210,8 @@ test('scenario 4: only TCP 443 open on one side is relayed over TURNS on 443', {
   assert.equal(mine?.local, 'relay', `tcp443's side is a relay candidate: ${JSON.stringify(mine)}`);
   assert.equal(mine.relayProtocol, 'tls', `tcp443 reaches the relay over TLS: ${JSON.stringify(mine)}`);
   assert.match(mine.url ?? '', /^turns:.*:443/, `through the TURNS URL on port 443: ${mine.url}`);
-  record(t, 'scenario 4 (TCP 443 only ↔ cone)', { firstFrameMs, pairs: Object.fromEntries(Object.entries(pairs).map(([k, v]) => [k, v.text])) });
+  assert.match(mine.route, /^Relayed by the server \(TLS\) · relay ↔ /, 'the panel says how');
+  record(t, 'scenario 4 (TCP 443 only ↔ cone)', { firstFrameMs, pairs: summary(pairs) });
 });
 
 test('scenario 5: the server behind a 1:1 NAT: --external-ip makes srflx answers and relays reachable', { skip, timeout: 150_000 }, async (t) => {
@@ -233,7 +239,7 @@ test('scenario 5: the server behind a 1:1 NAT: --external-ip makes srflx answers
   t.after(() => vm.stop());
   try {
     // STUN through the 1:1 NAT answers with the client's own router address.
-    const { mapped } = await (await import('./nat.mjs')).stunProbe(host('cone1'), [`${PUBLIC}:3478`]);
+    const { mapped } = await stunProbe(host('cone1'), [`${PUBLIC}:3478`]);
     assert.equal(mapped[0]?.split(':')[0], publicIp('cone1'), `srflx answer through the VM's NAT: ${mapped}`);
     // Two symmetric NATs need the relay; its address must be the public one.
     const { firstFrameMs, pairs } = await call(t, ['sym1', 'sym2'], { base: { url: `https://${PUBLIC}` } });
@@ -258,7 +264,7 @@ test('scenario 7: three participants behind three NAT kinds all decode each othe
     assert.equal(mine.local, 'relay', `udpblock→${other}: relay, ${JSON.stringify(mine)}`);
     assert.equal(mine.relayProtocol, 'tcp', `udpblock→${other}: relay over TCP`);
   }
-  record(t, 'scenario 7 (cone + symmetric + UDP blocked)', { firstFrameMs, pairs: Object.fromEntries(Object.entries(pairs).map(([k, v]) => [k, v.text])) });
+  record(t, 'scenario 7 (cone + symmetric + UDP blocked)', { firstFrameMs, pairs: summary(pairs) });
 });
 
 /** Waits until every [viewer, peerId] direction has stalled (no new frame for 400 ms) and decodes again; returns
@@ -288,15 +294,15 @@ async function recovery(directions, t0, { timeout = 30_000 } = {}) {
   throw new Error(`video did not decode again within ${timeout} ms of the change: ${JSON.stringify(state)}`);
 }
 
-test('scenario 6: a NAT renumbered mid-call: media resumes by ICE restart (median of 5)', { skip, timeout: 300_000 }, async (t) => {
+test('scenario 6: a NAT renumbered mid-call: media resumes by ICE restart (median of 5)', { skip, timeout: 60_000 + RENUMBER_RUNS * 45_000 }, async (t) => {
   const { people } = await call(t, ['cone1', 'cone2']);
   const [a, b] = people;
   const runs = [];
   try {
-    for (let i = 0; i < 5; i++) {
+    for (let i = 0; i < RENUMBER_RUNS; i++) {
       await waitMediaFlowing(a, b.id, { timeout: 30_000 });
       await waitMediaFlowing(b, a.id, { timeout: 30_000 });
-      const ip = publicIp('cone1', 3 + i);
+      const ip = publicIp('cone1', 3 + (i % 11)); // .19 ... .29 of its /28, each different from the one before
       const t0 = Date.now();
       await renumber('cone1', ip);
       const ms = await recovery([[a, b.id], [b, a.id]], t0);
@@ -309,9 +315,9 @@ test('scenario 6: a NAT renumbered mid-call: media resumes by ICE restart (media
     throw e;
   }
   const sorted = [...runs].sort((x, y) => x - y);
-  const median = sorted[2];
+  const median = sorted[Math.floor(sorted.length / 2)];
   record(t, 'scenario 6 (NAT renumbered mid-call)', { runsMs: runs, medianMs: median, restarts: a.console.filter((l) => /ICE restart/.test(l)).length });
-  t.diagnostic(`scenario 6: video decodes again ${median} ms after the NAT's address changed (median of 5: ${runs.join(', ')} ms)`);
+  t.diagnostic(`scenario 6: video decodes again ${median} ms after the NAT's address changed (median of ${runs.length}: ${runs.join(', ')} ms)`);
   await t.test('target: decoding again ≤ 6 s after the change (median of 5)', () => {
     assert.ok(median <= 6000, `median ${median} ms`);
   });

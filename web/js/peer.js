@@ -19,7 +19,11 @@ const STALL_MS = 1_200;
 const STALL_CHECK_MS = 250;
 // Our offer has waited this long when the polite side's offer collides with it: the polite side would have
 // answered it by now, so it never arrived (offers that merely cross in flight collide within milliseconds).
-const LOST_OFFER_MS = 500;
+const LOST_OFFER_MS = 250;
+// An offer still unanswered after this long is sent again (up to OFFER_RESENDS times): a lost offer would
+// otherwise leave both sides waiting, as restartIce() cannot make a new offer until the old one is answered.
+const OFFER_RESEND_MS = 1_500;
+const OFFER_RESENDS = 3;
 const MAX_DATA_BYTES = 16 * 1024;
 
 export class Peer extends EventTarget {
@@ -58,6 +62,8 @@ export class Peer extends EventTarget {
     this.stallTimer = null;
     this.offerSentAt = 0;
     this.resentSdp = null; // the offer last sent twice (each offer is repeated at most once per cause)
+    this.offerTimer = null;
+    this.offers = 0; // offers made (each new one cancels the resend timer of the one before)
   }
 
   /** Polite side of the pair: the lower id (plain string comparison). Re-evaluated: ids can change. */
@@ -97,6 +103,7 @@ export class Peer extends EventTarget {
         if (pc.localDescription?.type === 'offer') {
           this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
           this.offerSentAt = performance.now();
+          this.#armOfferTimer(++this.offers, 1);
           this.#armWatchdog();
         }
       } catch (e) {
@@ -211,10 +218,21 @@ export class Peer extends EventTarget {
     if (this.closed || this.orphan || !pc || pc.signalingState !== 'have-local-offer' || this.makingOffer) return;
     if (pc.localDescription?.type !== 'offer') return;
     const key = `${reason === 'glare' ? 'glare' : 'back'} ${pc.localDescription.sdp}`;
-    if (this.resentSdp === key) return;
+    if (this.resentSdp === key && !reason.startsWith('no answer')) return;
     this.resentSdp = key;
     console.info(`peercall: offer to ${this.id} sent again (${reason})`);
     this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
+  }
+
+  /** Resends offer number `offer` if it is still waiting for its answer after OFFER_RESEND_MS. */
+  #armOfferTimer(offer, attempt) {
+    clearTimeout(this.offerTimer);
+    if (attempt > OFFER_RESENDS) return;
+    this.offerTimer = setTimeout(() => {
+      if (this.offers !== offer || this.pc?.signalingState !== 'have-local-offer') return;
+      this.#resendOffer(`no answer, #${attempt}`);
+      this.#armOfferTimer(offer, attempt + 1);
+    }, OFFER_RESEND_MS);
   }
 
   /** Applies an offer, answer or candidate from the remote peer, one at a time, in arrival order. */
@@ -370,6 +388,7 @@ export class Peer extends EventTarget {
     clearTimeout(this.restartTimer);
     clearTimeout(this.watchdog);
     clearInterval(this.stallTimer);
+    clearTimeout(this.offerTimer);
     try {
       this.dc?.close();
       this.pc?.close();
