@@ -298,16 +298,27 @@ test('scenario 6: a NAT renumbered mid-call: media resumes by ICE restart (media
   const { people } = await call(t, ['cone1', 'cone2']);
   const [a, b] = people;
   const runs = [];
+  // What each side logs during a run, timed from the change: printed for slow runs, to see what held them up.
+  let events = [];
+  let t0 = 0;
+  for (const p of people) {
+    p.page.on('console', (m) => {
+      if (t0 && /peercall:/.test(m.text())) events.push(`${Date.now() - t0} ms ${p.name}: ${m.text()}`);
+    });
+  }
   try {
     for (let i = 0; i < RENUMBER_RUNS; i++) {
       await waitMediaFlowing(a, b.id, { timeout: 30_000 });
       await waitMediaFlowing(b, a.id, { timeout: 30_000 });
       const ip = publicIp('cone1', 3 + (i % 11)); // .19 ... .29 of its /28, each different from the one before
-      const t0 = Date.now();
+      events = [];
+      t0 = Date.now();
       await renumber('cone1', ip);
       const ms = await recovery([[a, b.id], [b, a.id]], t0);
       const pair = pairOf(await statsOf(b, a.id));
       t.diagnostic(`run ${i + 1}: cone1 now ${ip}; video decodes again after ${ms} ms both ways; cone2 → cone1 ${pair?.text} ${pair?.remoteAddress}`);
+      if (ms > 5000) t.diagnostic(`  slow run ${i + 1}: ${events.join(' | ')}`);
+      t0 = 0;
       runs.push(ms);
     }
   } catch (e) {
