@@ -13,6 +13,17 @@
 const DISCONNECTED_GRACE_MS = 3_000; // "disconnected" this long → ICE restart
 const CONNECT_WATCHDOG_MS = 15_000; // not connected this long after negotiating → ICE restart
 const RESTART_RETRY_MS = 10_000;
+// A peer that was sending and whose RTP stops for this long has lost its path (a network change, a NAT that
+// forgot us): restart ICE now rather than after Chromium's "disconnected" (5-8 s) and the grace above.
+const STALL_MS = 1_200;
+const STALL_CHECK_MS = 250;
+// Our offer has waited this long when the polite side's offer collides with it: the polite side would have
+// answered it by now, so it never arrived (offers that merely cross in flight collide within milliseconds).
+const LOST_OFFER_MS = 250;
+// An offer still unanswered after this long is sent again (up to OFFER_RESENDS times): a lost offer would
+// otherwise leave both sides waiting, as restartIce() cannot make a new offer until the old one is answered.
+const OFFER_RESEND_MS = 1_500;
+const OFFER_RESENDS = 3;
 const MAX_DATA_BYTES = 16 * 1024;
 
 export class Peer extends EventTarget {
@@ -42,6 +53,12 @@ export class Peer extends EventTarget {
     this.collisions = 0; // offers that crossed ours (glare), resolved by the polite/impolite rule
     this.pendingRestart = false;
     this.closed = false;
+    this.stalled = false; // its media stopped arriving; a restart for that is under way
+    this.stallTimer = null;
+    this.offerSentAt = 0;
+    this.resentSdp = null; // the offer last sent twice (each offer is repeated at most once per cause)
+    this.offerTimer = null;
+    this.offers = 0; // offers made (each new one cancels the resend timer of the one before)
   }
 
   /** Polite side of the pair: the lower id (plain string comparison). Re-evaluated: ids can change. */
@@ -80,6 +97,8 @@ export class Peer extends EventTarget {
         await pc.setLocalDescription();
         if (pc.localDescription?.type === 'offer') {
           this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
+          this.offerSentAt = performance.now();
+          this.#armOfferTimer(++this.offers, 1);
           this.#armWatchdog();
         }
       } catch (e) {
@@ -109,6 +128,7 @@ export class Peer extends EventTarget {
     if (state === 'connected') {
       this.restarts = 0;
       clearTimeout(this.watchdog);
+      if (!this.stallTimer) this.stallTimer = setInterval(() => this.#checkStall(), STALL_CHECK_MS);
     } else if (state === 'disconnected') {
       this.restartTimer = setTimeout(() => {
         if (this.pc?.connectionState === 'disconnected') this.restartIce('disconnected');
@@ -117,6 +137,31 @@ export class Peer extends EventTarget {
       this.restartIce('failed');
     }
     this.dispatchEvent(new Event('state'));
+  }
+
+  /**
+   * Media watch: the newest RTP packet from any of this peer's sources (getSynchronizationSources: cheap, no
+   * getStats). When the peer says it sends audio or video and nothing came for STALL_MS, the path is gone:
+   * check the signaling socket (a network change kills it too, silently) and restart ICE at once.
+   */
+  #checkStall() {
+    const state = this.pc?.connectionState;
+    if (this.closed || (state !== 'connected' && state !== 'disconnected')) return;
+    if (this.remote.known && !this.remote.audio && !this.remote.video) return; // it sends nothing: nothing to miss
+    let newest = 0;
+    for (const receiver of this.pc.getReceivers()) {
+      for (const source of receiver.getSynchronizationSources?.() ?? []) newest = Math.max(newest, source.timestamp);
+    }
+    if (!newest) return; // nothing received yet (or for over 10 s, when the sources expire)
+    const silent = performance.timeOrigin + performance.now() - newest;
+    if (silent < STALL_MS) {
+      this.stalled = false;
+      return;
+    }
+    if (this.stalled) return;
+    this.stalled = true;
+    this.host.checkSignaling?.();
+    this.restartIce('stalled');
   }
 
   /** While negotiating: if the connection does not come up in time, restart ICE. */
@@ -148,9 +193,41 @@ export class Peer extends EventTarget {
     }, RESTART_RETRY_MS * Math.min(this.restarts, 3));
   }
 
-  /** Signaling came back: run the restart that had to wait. */
+  /** Signaling came back: run the restart that had to wait, or resend an offer still waiting for its answer. */
   onSignalingUp() {
-    if (this.pendingRestart) this.restartIce('deferred');
+    if (this.pendingRestart) {
+      this.restartIce('deferred');
+      return;
+    }
+    this.#resendOffer('signaling back');
+  }
+
+  /**
+   * Sends our pending offer again (with the candidates gathered since, which localDescription carries): one sent
+   * into a socket that had silently died — the usual case right after a network change — never arrived, and the
+   * other side would wait for it until a retry timer fires. A duplicate is harmless: applied again, it changes
+   * nothing, and the second answer, arriving when we are stable again, is dropped.
+   */
+  #resendOffer(reason) {
+    const pc = this.pc;
+    if (this.closed || this.host.isOrphan() || !pc || pc.signalingState !== 'have-local-offer' || this.makingOffer) return;
+    if (pc.localDescription?.type !== 'offer') return;
+    const key = `${reason === 'glare' ? 'glare' : 'back'} ${pc.localDescription.sdp}`;
+    if (this.resentSdp === key && !reason.startsWith('no answer')) return;
+    this.resentSdp = key;
+    console.info(`peercall: offer to ${this.id} sent again (${reason})`);
+    this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
+  }
+
+  /** Resends offer number `offer` if it is still waiting for its answer after OFFER_RESEND_MS. */
+  #armOfferTimer(offer, attempt) {
+    clearTimeout(this.offerTimer);
+    if (attempt > OFFER_RESENDS) return;
+    this.offerTimer = setTimeout(() => {
+      if (this.offers !== offer || this.pc?.signalingState !== 'have-local-offer') return;
+      this.#resendOffer(`no answer, #${attempt}`);
+      this.#armOfferTimer(offer, attempt + 1);
+    }, OFFER_RESEND_MS);
   }
 
   /** Applies an offer, answer or candidate from the remote peer, one at a time, in arrival order. */
@@ -170,12 +247,20 @@ export class Peer extends EventTarget {
         this.#createPc();
       }
       const pc = this.pc;
+      // A second answer to an offer already answered (we sent that offer twice: see #resendOffer).
+      if (message.type === 'answer' && pc.signalingState === 'stable') return;
       const description = { type: message.type, sdp: message.sdp };
       const readyForOffer = !this.makingOffer && (pc.signalingState === 'stable' || this.settingRemoteAnswer);
       const collision = description.type === 'offer' && !readyForOffer;
       if (collision) this.collisions += 1;
       this.ignoreOffer = !this.polite && collision;
-      if (this.ignoreOffer) return;
+      if (this.ignoreOffer) {
+        // The polite side offers while we wait for its answer: it rolls back when our offer reaches it — unless
+        // ours was lost (sent into a dead socket). If ours has waited too long for that, send it again, so the two
+        // sides never wait for each other.
+        if (performance.now() - this.offerSentAt >= LOST_OFFER_MS) this.#resendOffer('glare');
+        return;
+      }
       this.settingRemoteAnswer = description.type === 'answer';
       try {
         await pc.setRemoteDescription(description); // rolls back our own offer when polite and colliding
@@ -187,6 +272,7 @@ export class Peer extends EventTarget {
         await pc.setLocalDescription();
         this.host.sendSignal({ type: 'answer', to: this.id, sdp: pc.localDescription.sdp });
         this.#armWatchdog();
+        if (collision) await this.#reattachTracks();
       }
       this.negotiated = true;
       this.canOffer = true;
@@ -212,6 +298,25 @@ export class Peer extends EventTarget {
       transceiver.direction = 'sendrecv';
       transceiver.sender.replaceTrack(this.host.localTrack(kind)).catch((e) => console.warn(e));
       transceiver.sender.setStreams?.(stream);
+    }
+  }
+
+  /**
+   * After the polite side's implicit rollback (an offer applied over our own), Chromium (seen in 148) leaves the
+   * senders detached from their tracks: nothing is encoded or sent any more, although sender.track is live.
+   * Attaching the tracks again brings the media back.
+   */
+  async #reattachTracks() {
+    for (const kind of ['audio', 'video']) {
+      const sender = this.senders[kind];
+      const track = this.host.localTrack(kind);
+      if (!sender || !track) continue;
+      try {
+        await sender.replaceTrack(null);
+        await sender.replaceTrack(track);
+      } catch (e) {
+        console.warn(`peercall: re-attaching ${kind} for ${this.id}`, e);
+      }
     }
   }
 
@@ -277,6 +382,8 @@ export class Peer extends EventTarget {
     this.closed = true;
     clearTimeout(this.restartTimer);
     clearTimeout(this.watchdog);
+    clearInterval(this.stallTimer);
+    clearTimeout(this.offerTimer);
     try {
       this.dc?.close();
       this.pc?.close();

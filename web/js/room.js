@@ -356,6 +356,7 @@ const host = {
   localTrack: (kind) => (kind === 'audio' ? media.outgoingAudio : media.outgoingVideo),
   localStream: () => media.stream,
   signalingUp: () => Boolean(state.signaling?.connected),
+  checkSignaling: () => state.signaling?.probe(),
 };
 
 function onWelcome(welcome) {

@@ -5,6 +5,8 @@
 // - Paces outgoing messages (token bucket, below the server's per-connection rate limit) so a burst of ICE
 //   candidates never trips `rate-limited`.
 // - Application keepalive: `ping` every 10 s; a socket silent for 25 s is considered dead and replaced.
+//   `probe()` checks at once (a ping that must be answered within 1.5 s): the room calls it when a peer's media
+//   stops, as a network change kills the socket too, silently, and the ICE restart needs signaling.
 // - While disconnected, messages are queued (bounded) and sent after a resumed `welcome`; if the server did not
 //   resume the session (new peer id), the queue addressed to the old session is dropped.
 //
@@ -31,6 +33,7 @@ const DEAD_AFTER_MS = 25_000;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 const CONNECT_TIMEOUT_MS = 8_000;
+const PROBE_MS = 1_500;
 
 export function signalingUrl(loc = location) {
   return `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/ws`;
@@ -54,6 +57,7 @@ export class Signaling extends EventTarget {
     this.retryAt = 0;
     this.pingTimer = null;
     this.connectTimer = null;
+    this.probeTimer = null;
     this.lastRx = 0;
     this.stopped = false;
     this.joined = false; // a welcome was received on the current socket
@@ -78,6 +82,37 @@ export class Signaling extends EventTarget {
     if (this.queue.length >= MAX_QUEUE) this.queue.shift(); // oldest first: they are the most likely stale
     this.queue.push(message);
     this.#pump();
+  }
+
+  /** Pings now; a socket that does not answer within PROBE_MS is given up and replaced (no backoff wait). */
+  probe() {
+    const ws = this.ws;
+    if (this.stopped || !ws || ws.readyState !== WebSocket.OPEN || !this.joined || this.probeTimer) return;
+    const sent = performance.now();
+    ws.send(JSON.stringify({ type: 'ping' }));
+    this.probeTimer = setTimeout(() => {
+      this.probeTimer = null;
+      if (this.ws !== ws || this.lastRx >= sent) return;
+      console.info('peercall: signaling did not answer a probe; reconnecting');
+      this.#abandon(ws);
+      this.#connect();
+    }, PROBE_MS);
+  }
+
+  /** Drops `ws` now (without waiting for a closing handshake a dead socket never completes). */
+  #abandon(ws) {
+    ws.onclose = null;
+    ws.onmessage = null;
+    try {
+      ws.close();
+    } catch {
+      /* closing anyway */
+    }
+    if (this.ws !== ws) return;
+    clearTimeout(this.connectTimer);
+    this.ws = null;
+    this.joined = false;
+    clearInterval(this.pingTimer);
   }
 
   /** Changes the display name (others get peer-updated); also used on the next join. */
@@ -256,6 +291,7 @@ export class Signaling extends EventTarget {
     clearTimeout(this.retryTimer);
     clearTimeout(this.pumpTimer);
     clearTimeout(this.connectTimer);
+    clearTimeout(this.probeTimer);
     clearInterval(this.pingTimer);
     this.pumpTimer = null;
     this.queue = [];

@@ -133,14 +133,21 @@ function recentLoss(previous, lost, received) {
   return dLost + dReceived > 0 ? (Math.max(0, dLost) * 100) / (dLost + dReceived) : null;
 }
 
-/** A label for the route: "Direct (host, udp)", "Relayed via TURN (udp)" ... */
+/**
+ * The route in words a person understands, then the raw candidate types: "Direct · host ↔ host",
+ * "Direct through your router · srflx ↔ prflx", "Relayed by the server (TCP) · relay ↔ srflx". When only the
+ * other side's candidate is a relay, its transport to the server is not known here.
+ */
 export function describeRoute(pair) {
   if (!pair?.local || !pair?.remote) return 'Not connected';
-  const kinds = [pair.local.type, pair.remote.type];
-  const protocol = pair.local.relayProtocol ?? pair.local.protocol;
-  if (kinds.includes('relay')) return `Relayed through TURN (${protocol})`;
-  if (kinds.includes('srflx') || kinds.includes('prflx')) return `Direct through NAT (${protocol})`;
-  return `Direct (${protocol})`;
+  const types = `${pair.local.type} ↔ ${pair.remote.type}`;
+  if (pair.local.type === 'relay') {
+    const transport = String(pair.local.relayProtocol ?? pair.local.protocol ?? '').toUpperCase();
+    return `Relayed by the server${transport ? ` (${transport})` : ''} · ${types}`;
+  }
+  if (pair.remote.type === 'relay') return `Relayed by the server (the other side's relay) · ${types}`;
+  if ([pair.local.type, pair.remote.type].some((t) => t === 'srflx' || t === 'prflx')) return `Direct through your router · ${types}`;
+  return `Direct · ${types}`;
 }
 
 /** 0 (bad) … 3 (good) from round-trip time and loss; null when unknown. */
