@@ -222,9 +222,7 @@ test('scenario 5: the server behind a 1:1 NAT: --external-ip makes srflx answers
   const vmArgs = ['--http', `${PRIVATE}:443`, '--tls-self-signed', '--listen', `${PRIVATE}:3478`, '--relay-ip', PRIVATE,
     '--allow-peer', '198.51.100.0/24', '--relay-threads', '1'];
 
-  await t.test('without --external-ip the banner says the relay address is private', {
-    todo: 'the banner has no note for a private relay address without --external-ip yet (Rust: crates/peercall/src/banner.rs)',
-  }, async () => {
+  await t.test('without --external-ip the banner says the relay address is private', async () => {
     const bare = await startPeercall(ns('vm'), vmArgs);
     try {
       const banner = bare.logs();

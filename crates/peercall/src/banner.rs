@@ -112,6 +112,20 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
                 "relaying to loopback or private ranges is ALLOWED by --allow-loopback-peers/--allow-peer".to_owned(),
             );
         }
+        let unmapped_private: Vec<String> = a
+            .relay_ips
+            .iter()
+            .filter(|ip| is_private(ip) && !config.external_ip.iter().any(|e| maps(e, ip)))
+            .map(IpAddr::to_string)
+            .collect();
+        if !unmapped_private.is_empty() {
+            notes.push(format!(
+                "the relay address {} is private: browsers outside this network cannot reach it. On a cloud VM or \
+                 behind a 1:1 NAT, give --external-ip PUBLIC/{}",
+                unmapped_private.join(", "),
+                unmapped_private[0]
+            ));
+        }
         if a.relay_ips.iter().all(IpAddr::is_loopback)
             && a.udp.iter().any(|u| !u.ip().is_loopback())
         {
@@ -170,4 +184,45 @@ fn join(addrs: &[SocketAddr]) -> String {
         .map(SocketAddr::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A private (RFC 1918, shared CGNAT space, IPv6 unique-local) address: reachable only inside its network.
+fn is_private(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Whether `--external-ip` entry `e` advertises relays on `ip` (PUBLIC/PRIVATE names it; PUBLIC alone maps
+/// its own family).
+fn maps(e: &peercall_turn::ExternalIp, ip: &IpAddr) -> bool {
+    match e.private {
+        Some(private) => private == *ip,
+        None => e.public.is_ipv4() == ip.is_ipv4(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_relay_addresses_need_an_external_mapping() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        for private in ["10.200.0.10", "172.16.0.1", "192.168.1.2", "100.64.0.1", "fd00::1"] {
+            assert!(is_private(&ip(private)), "{private}");
+        }
+        for public in ["203.0.113.10", "127.0.0.1", "100.128.0.1", "2001:db8::1"] {
+            assert!(!is_private(&ip(public)), "{public}");
+        }
+        let pair: peercall_turn::ExternalIp = "203.0.113.20/10.200.0.10".parse().expect("pair");
+        assert!(maps(&pair, &ip("10.200.0.10")));
+        assert!(!maps(&pair, &ip("10.200.0.11")));
+        let alone: peercall_turn::ExternalIp = "203.0.113.20".parse().expect("public");
+        assert!(maps(&alone, &ip("10.200.0.10")) && !maps(&alone, &ip("fd00::1")));
+    }
 }
