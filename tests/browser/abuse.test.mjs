@@ -183,7 +183,11 @@ test('every attack at once, while a relayed call goes on: the call keeps its vid
     assert.ok(unauth.answered <= 2 * (2 * LIMITS.unauthRate) + 2 * LIMITS.unauthRate * (unauth.seconds + 1),
       `${unauth.answered} forged-integrity requests answered`);
     assert.equal(allocations.codes.filter((c) => c === 200).length, LIMITS.clientQuota, allocations.codes.join(' '));
-    assert.ok(allocations.codes.filter((c) => c !== 200).every((c) => c === 486), allocations.codes.join(' '));
+    // Past the quota: 486, or no answer at all when the attacker's nonce requests also ran into the
+    // unauthenticated rate limit (each new socket fetches a nonce).
+    const past = allocations.codes.filter((c) => c !== 200);
+    assert.ok(past.every((c) => c === 486 || c == null), allocations.codes.join(' '));
+    assert.ok(past.filter((c) => c === 486).length >= 10, allocations.codes.join(' '));
     assert.deepEqual(permissions.codes.slice(0, LIMITS.maxPermissions), Array(LIMITS.maxPermissions).fill(200));
     assert.ok(permissions.codes.slice(LIMITS.maxPermissions).every((c) => c === 508), permissions.codes.join(' '));
     assert.equal(permissions.self, 403, 'the server itself is never a peer');
@@ -203,6 +207,7 @@ test('every attack at once, while a relayed call goes on: the call keeps its vid
     assert.equal(stats.pair?.local?.type, 'relay', 'the call is relayed by the attacked server');
     await waitMediaFlowing(ada, bob.id);
     await waitMediaFlowing(bob, ada.id);
+    assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
     assert.ok(peak.rss < before.rss + 64, `memory grew from ${before.rss.toFixed(1)} to ${peak.rss.toFixed(1)} MiB`);
     assert.ok(peak.fds < before.fds + 200, `descriptors grew from ${before.fds} to ${peak.fds}`);
     for (const c of allocations.clients) c.close();

@@ -31,7 +31,8 @@ export class Peer extends EventTarget {
    * @param {object} o
    * @param {string} o.id        the remote peer id (signaling); the room updates it when the peer re-keys
    * @param {object} o.host      the room: myId(), sendSignal(msg), rtcConfig(), localTrack(kind), localStream(),
-   *                             signalingUp(), isOrphan() (this peer's signaling id is unknown: its session was lost)
+   *                             signalingUp(), isOrphan() (this peer's signaling id is unknown: its session was lost),
+   *                             remoteMedia() (what the peer last said it sends: {audio, video, screen, known})
    */
   constructor({ id, host }) {
     super();
@@ -147,7 +148,8 @@ export class Peer extends EventTarget {
   #checkStall() {
     const state = this.pc?.connectionState;
     if (this.closed || (state !== 'connected' && state !== 'disconnected')) return;
-    if (this.remote.known && !this.remote.audio && !this.remote.video) return; // it sends nothing: nothing to miss
+    const remote = this.host.remoteMedia();
+    if (remote.known && !remote.audio && !remote.video) return; // it sends nothing: nothing to miss
     let newest = 0;
     for (const receiver of this.pc.getReceivers()) {
       for (const source of receiver.getSynchronizationSources?.() ?? []) newest = Math.max(newest, source.timestamp);

@@ -444,7 +444,10 @@ function onFatal({ code, message }) {
 class Participant {
   constructor(entry) {
     this.entry = entry;
-    this.peer = new Peer({ id: entry.id, host: { ...host, isOrphan: () => entry.orphan } });
+    this.peer = new Peer({
+      id: entry.id,
+      host: { ...host, isOrphan: () => entry.orphan, remoteMedia: () => this.remote },
+    });
     this.tile = new Tile({ id: entry.id, name: entry.name, onInfo: () => openPanel('stats') });
     this.remote = { audio: true, video: true, screen: false, known: false };
     this.stats = null;
