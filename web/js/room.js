@@ -7,6 +7,7 @@
 // Who is in the call and how ids are reconciled is roster.js; the stage layout is layout.js; the chat panel
 // chat.js; the connection panel stats-panel.js.
 
+import { explainFailure } from './diagnose.js';
 import { $, h, icon, setIcon, store, toast, copyText } from './util.js';
 import { cleanName, ROOM_RE, hueOf } from './names.js';
 import { Signaling, signalingUrl } from './signaling.js';
@@ -553,12 +554,37 @@ function renderPeer(p) {
   tile.setMic(remote.known ? remote.audio : true);
   tile.setScreen(remote.screen);
   const s = peer.connectionState;
+  if (s === 'connected') p.failure = null;
+  // Every candidate pair failed, again after ICE restarts: say why it is likely, instead of spinning.
+  if (s === 'failed' && peer.restarts >= 2 && !p.diagnosing) diagnose(p);
   tile.setState(
     s === 'connected' ? null
-      : s === 'disconnected' ? 'Reconnecting…'
-        : s === 'failed' ? 'Connection lost — retrying'
-          : 'Connecting…',
+      : p.failure ? `Can't connect: ${p.failure} (still trying)`
+        : s === 'disconnected' ? 'Reconnecting…'
+          : s === 'failed' ? 'Connection lost — retrying'
+            : 'Connecting…',
   );
+}
+
+/** Reads the candidates the browser gathered and explains the failure on the tile. */
+async function diagnose(p) {
+  p.diagnosing = true;
+  try {
+    const report = await p.peer.pc?.getStats();
+    const local = [];
+    const remote = [];
+    report?.forEach((r) => {
+      if (r.type === 'local-candidate') local.push(r);
+      if (r.type === 'remote-candidate') remote.push(r);
+    });
+    p.failure = explainFailure({ iceServers: state.iceServers, local, remote });
+    console.warn(`peercall: cannot connect to ${p.id}: ${p.failure}`);
+  } catch (e) {
+    console.warn('peercall: cannot read the candidates', e);
+  } finally {
+    p.diagnosing = false;
+  }
+  renderPeer(p);
 }
 
 async function playRemoteAudio(p) {
