@@ -32,6 +32,14 @@ function serverArgs() {
   ];
 }
 
+/** Everything an attack opened, closed when the test ends (also when it fails: open sockets would keep
+ *  the test process alive). */
+const opened = [];
+const keep = (closable) => {
+  opened.push(closable);
+  return closable;
+};
+
 function residentMiB(pid) {
   const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('VmRSS:'));
   return Number(line.split(/\s+/)[1]) / 1024;
@@ -48,7 +56,7 @@ async function metric(server, name) {
 
 /** TURN credentials the way a browser gets them: join a room over signaling, read the welcome. */
 async function credentials(server, localAddress) {
-  const ws = await RawWebSocket.connect(server.wsUrl, { localAddress });
+  const ws = keep(await RawWebSocket.connect(server.wsUrl, { localAddress }));
   ws.send({ type: 'join', v: 1, room: uniqueRoom('creds'), name: 'Mallory' });
   const welcome = await ws.next((m) => m.type === 'welcome', { what: 'welcome' });
   const turn = welcome.iceServers.find((s) => s.username);
@@ -57,19 +65,22 @@ async function credentials(server, localAddress) {
 
 async function tcpIdleFlood(server) {
   const sockets = [];
-  for (let i = 0; i < 300; i++) sockets.push(await tcpConnect(server.turnPort, { localAddress: '127.0.0.2' }));
+  for (let i = 0; i < 300; i++) {
+    const socket = await tcpConnect(server.turnPort, { localAddress: '127.0.0.2' });
+    if (socket) sockets.push(keep({ close: () => socket.destroy(), destroyed: () => socket.destroyed, socket }));
+  }
   await new Promise((r) => setTimeout(r, 500));
-  const open = sockets.filter((s) => s && !s.destroyed && !s.readableEnded).length;
+  const open = sockets.filter(({ socket }) => !socket.destroyed && !socket.readableEnded).length;
   const refused = await metric(server, 'peercall_turn_stream_refused_total{limit="per_address"}');
   // The server's footprint while all 300 are held open (or refused).
   const held = { rss: residentMiB(server.pid), fds: openDescriptors(server.pid) };
-  for (const s of sockets) s?.destroy();
+  for (const s of sockets) s.close();
   return { open, refused, held };
 }
 
 async function unauthenticatedFlood(server) {
   // Allocates with a random MESSAGE-INTEGRITY: unauthenticated until it verifies, so rate-limited.
-  const client = await UdpTurnClient.open({ host: '127.0.0.1', port: server.turnPort }, { localAddress: '127.0.0.3' });
+  const client = keep(await UdpTurnClient.open({ host: '127.0.0.1', port: server.turnPort }, { localAddress: '127.0.0.3' }));
   const started = Date.now();
   const answers = await Promise.all(Array.from({ length: 300 }, () => {
     const { bytes, tid } = encode(METHOD.ALLOCATE, [UDP_TRANSPORT]);
@@ -88,7 +99,7 @@ async function allocationsFromOneAddress(server) {
   for (let j = 0; j < 5; j++) {
     const creds = await credentials(server, '127.0.0.4');
     for (let i = 0; i < 8; i++) {
-      const client = await UdpTurnClient.open({ host: '127.0.0.1', port: server.turnPort }, { localAddress: '127.0.0.4' });
+      const client = keep(await UdpTurnClient.open({ host: '127.0.0.1', port: server.turnPort }, { localAddress: '127.0.0.4' }));
       clients.push(client);
       const r = await client.authed(METHOD.ALLOCATE, [UDP_TRANSPORT], creds);
       codes.push(r?.cls === 'success' ? 200 : r?.code);
@@ -100,7 +111,7 @@ async function allocationsFromOneAddress(server) {
 
 async function permissionFlood(server) {
   const creds = await credentials(server, '127.0.0.5');
-  const client = await UdpTurnClient.open({ host: '127.0.0.1', port: server.turnPort }, { localAddress: '127.0.0.5' });
+  const client = keep(await UdpTurnClient.open({ host: '127.0.0.1', port: server.turnPort }, { localAddress: '127.0.0.5' }));
   const alloc = await client.authed(METHOD.ALLOCATE, [UDP_TRANSPORT], creds);
   assert.equal(alloc?.cls, 'success', 'the attacker gets one allocation');
   const codes = [];
@@ -151,6 +162,15 @@ async function signalingAttacks(server) {
 test('every attack at once, while a relayed call goes on: the call keeps its video, the server stays small', { timeout: 180_000 }, async (t) => {
   const cleanup = new Cleanup();
   t.after(() => cleanup.run());
+  cleanup.add(() => {
+    for (const c of opened.splice(0)) {
+      try {
+        c.close();
+      } catch {
+        // already closed
+      }
+    }
+  });
   const server = await startServer({ extraArgs: serverArgs() });
   cleanup.add(() => server.kill());
   const browser = await launchBrowser();
@@ -210,7 +230,6 @@ test('every attack at once, while a relayed call goes on: the call keeps its vid
     assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
     assert.ok(peak.rss < before.rss + 64, `memory grew from ${before.rss.toFixed(1)} to ${peak.rss.toFixed(1)} MiB`);
     assert.ok(peak.fds < before.fds + 200, `descriptors grew from ${before.fds} to ${peak.fds}`);
-    for (const c of allocations.clients) c.close();
   } catch (e) {
     e.message += `\n${await describe(ada)}\n${await describe(bob)}\n--- server ---\n${server.logs().slice(-4000)}`;
     throw e;
