@@ -17,6 +17,7 @@ test('each failure is explained by what is missing', () => {
   assert.match(explainFailure({ iceServers: [{ urls: ['stun:h'] }], local: c('host', 'srflx') }), /no relay/);
   assert.match(explainFailure({ iceServers: turn, local: c('host') }), /block UDP/);
   assert.match(explainFailure({ iceServers: turn, local: c('host', 'srflx') }), /refused or did not answer/);
+  assert.match(explainFailure({ iceServers: turn, local: [], relayOnly: true }), /refused or did not answer/);
   assert.match(explainFailure({ iceServers: turn, local: c('host', 'relay'), remote: [] }), /no network addresses/);
   assert.match(explainFailure({ iceServers: turn, local: c('relay'), remote: c('host', 'srflx') }), /other side could not reach/);
   assert.match(explainFailure({ iceServers: turn, local: c('relay'), remote: c('relay') }), /even the path/);

@@ -15,9 +15,10 @@ export function hasRelay(iceServers) {
  * @param {Array} o.iceServers      what the page was given
  * @param {Array<{candidateType: string}>} o.local   our candidates (getStats "local-candidate")
  * @param {Array<{candidateType: string}>} o.remote  the other side's (getStats "remote-candidate")
+ * @param {boolean} [o.relayOnly]  the page was told to use the relay only (relay=1): no direct candidates exist
  * @returns {string}
  */
-export function explainFailure({ iceServers, local = [], remote = [] }) {
+export function explainFailure({ iceServers, local = [], remote = [], relayOnly = false }) {
   const types = (list) => new Set(list.map((c) => c?.candidateType));
   const mine = types(local);
   const theirs = types(remote);
@@ -25,7 +26,7 @@ export function explainFailure({ iceServers, local = [], remote = [] }) {
     return 'no direct path between you works, and this server offers no relay (TURN) to fall back on';
   }
   if (!mine.has('relay')) {
-    return mine.has('srflx')
+    return mine.has('srflx') || relayOnly
       ? 'the relay server refused or did not answer this browser'
       : 'this network seems to block UDP, and the relay server could not be reached over TCP either';
   }

@@ -555,8 +555,9 @@ function renderPeer(p) {
   tile.setScreen(remote.screen);
   const s = peer.connectionState;
   if (s === 'connected') p.failure = null;
-  // Every candidate pair failed, again after ICE restarts: say why it is likely, instead of spinning.
-  if (s === 'failed' && peer.restarts >= 2 && !p.diagnosing) diagnose(p);
+  // Every candidate pair failed: say why it is likely, instead of spinning (the ICE restart that follows
+  // goes on; the words go once the call connects).
+  if (s === 'failed' && !p.diagnosing) diagnose(p);
   tile.setState(
     s === 'connected' ? null
       : p.failure ? `Can't connect: ${p.failure} (still trying)`
@@ -577,7 +578,7 @@ async function diagnose(p) {
       if (r.type === 'local-candidate') local.push(r);
       if (r.type === 'remote-candidate') remote.push(r);
     });
-    p.failure = explainFailure({ iceServers: state.iceServers, local, remote });
+    p.failure = explainFailure({ iceServers: state.iceServers, local, remote, relayOnly: FORCE_RELAY });
     console.warn(`peercall: cannot connect to ${p.id}: ${p.failure}`);
   } catch (e) {
     console.warn('peercall: cannot read the candidates', e);
