@@ -213,7 +213,13 @@ mod tests {
     #[test]
     fn private_relay_addresses_need_an_external_mapping() {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        for private in ["10.200.0.10", "172.16.0.1", "192.168.1.2", "100.64.0.1", "fd00::1"] {
+        for private in [
+            "10.200.0.10",
+            "172.16.0.1",
+            "192.168.1.2",
+            "100.64.0.1",
+            "fd00::1",
+        ] {
             assert!(is_private(&ip(private)), "{private}");
         }
         for public in ["203.0.113.10", "127.0.0.1", "100.128.0.1", "2001:db8::1"] {
