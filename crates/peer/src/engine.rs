@@ -24,6 +24,9 @@ use crate::media::Clip;
 pub const DISCONNECTED_GRACE: Duration = Duration::from_secs(3);
 /// Not connected this long after negotiating → ICE restart.
 pub const CONNECT_WATCHDOG: Duration = Duration::from_secs(15);
+/// Nothing heard from a connected peer this long → treated as "disconnected" (str0m's own ICE state takes
+/// 15 s or more to say so; browsers say it after about 5 s).
+pub const SILENCE: Duration = Duration::from_secs(5);
 /// A restart that did not help is retried after this (times the restart count, at most 3).
 pub const RESTART_RETRY: Duration = Duration::from_secs(10);
 /// Longest data-channel message taken (as the browser).
@@ -203,6 +206,7 @@ struct Link {
     /// Chat waiting for the data channel.
     queued: Vec<Value>,
     last_pli: Option<Instant>,
+    last_rx: Option<Instant>,
 }
 
 impl Link {
@@ -232,6 +236,7 @@ impl Link {
             audio: SendCursor::default(),
             queued: Vec::new(),
             last_pli: None,
+            last_rx: None,
         }
     }
 
@@ -399,6 +404,7 @@ impl Engine {
             min(l.watchdog);
             min(l.retry_at);
             if l.status.connected {
+                min(l.last_rx.map(|t| t + SILENCE));
                 min(l.video.next_at);
                 min(l.audio.next_at);
             }
@@ -872,6 +878,20 @@ impl Engine {
                     if let Err(e) = rtc.handle_input(input) {
                         tracing::debug!("input for {}: {e}", link.status.id);
                     }
+                    link.last_rx = Some(now);
+                    if !link.status.connected
+                        && link.status.ever_connected
+                        && matches!(
+                            link.ice,
+                            IceConnectionState::Connected | IceConnectionState::Completed
+                        )
+                    {
+                        // Back after a silence that str0m did not count as a disconnection.
+                        link.status.connected = true;
+                        link.disconnected_since = None;
+                        let (id, name) = (link.status.id.clone(), link.status.name.clone());
+                        self.out.push_back(Output::Event(Event::Connected { id, name }));
+                    }
                     break;
                 }
             }
@@ -890,6 +910,12 @@ impl Engine {
                 continue;
             };
             let mut restart = None;
+            if link.status.connected && link.last_rx.is_some_and(|t| now >= t + SILENCE) {
+                link.status.connected = false;
+                link.disconnected_since = Some(now);
+                let (pid, name) = (link.status.id.clone(), link.status.name.clone());
+                self.out.push_back(Output::Event(Event::Disconnected { id: pid, name }));
+            }
             if link
                 .disconnected_since
                 .is_some_and(|d| now >= d + DISCONNECTED_GRACE)

@@ -258,7 +258,7 @@ fn a_network_outage_leads_to_an_ice_restart_and_media_comes_back() {
         .iter()
         .chain(&w.nodes[b].events)
         .any(|e| matches!(e, Event::IceRestart { .. }));
-    assert!(restarted, "an outage must restart ICE");
+    assert!(restarted, "an outage must restart ICE: {:?}", w.nodes[a].events.iter().filter(|e| !matches!(e, Event::Media { .. })).collect::<Vec<_>>());
     assert!(w.nodes[a].events.iter().any(|e| matches!(e, Event::Disconnected { .. })));
     w.network = true;
     let before = w.status(a).video_frames_rx;
