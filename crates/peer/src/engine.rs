@@ -365,13 +365,17 @@ impl Engine {
 
     /// Sends a chat message to everyone (data channel, or signaling until it is open).
     pub fn say(&mut self, text: &str) {
-        let text: String = text.chars().take(MAX_CHAT).collect::<String>().trim().to_string();
-        if text.is_empty() {
-            return;
-        }
         let ids: Vec<String> = self.links.keys().cloned().collect();
         for id in ids {
-            self.send_data(&id, json!({"t": "chat", "text": text}), true);
+            self.say_to(&id, text);
+        }
+    }
+
+    /// Sends a chat message to one peer.
+    pub fn say_to(&mut self, id: &str, text: &str) {
+        let text: String = text.chars().take(MAX_CHAT).collect::<String>().trim().to_string();
+        if !text.is_empty() {
+            self.send_data(id, json!({"t": "chat", "text": text}), true);
         }
     }
 

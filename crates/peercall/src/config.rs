@@ -463,6 +463,41 @@ settings! {
         relay_threads: Option<u32> [value_name = "N"] = "0";
     }
 
+    /// Flags of the native peer.
+    group JoinFlags ("Native peer (peercall join)") {
+        /// Display name in the room
+        name: Option<String> [value_name = "NAME"] = "peercall-bot";
+        /// Room password, when the room has one
+        password: Option<Secret> [value_name = "PASSWORD"];
+        /// VP8 IVF file to send, looped
+        video: Option<PathBuf> [value_name = "FILE.ivf"], default "the embedded test clip";
+        /// Ogg/Opus file to send, looped
+        audio: Option<PathBuf> [value_name = "FILE.ogg"], default "the embedded test clip";
+        /// Send no video
+        no_video: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// Send no audio
+        no_audio: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// Directory to record every remote participant's video (IVF) and audio (Ogg/Opus) into
+        record: Option<PathBuf> [value_name = "DIR"];
+        /// Leave after this many seconds
+        duration: Option<u64> [value_name = "SECONDS"], default "until Ctrl-C";
+        /// Fail unless this many peers connected with media both ways (without --duration: leave as soon as
+        /// they did, fail after 30 s)
+        expect_peers: Option<usize> [value_name = "N"];
+        /// Chat message to send to everyone once connected
+        say: Option<String> [value_name = "TEXT"];
+        /// Use relay (TURN) candidates only, like the browser's &relay=1
+        relay: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// Machine-readable output: one JSON object per line
+        json: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// Seconds between the status lines of each peer
+        stats_interval: Option<u64> [value_name = "SECONDS"] = "5";
+    }
+
     /// Logging flags.
     group LogFlags ("Logging") {
         /// Log level or tracing filter, e.g. debug or info,peercall_turn=trace (RUST_LOG is used when this is not
@@ -723,6 +758,19 @@ pub struct Resolved {
     pub max_lifetime: u64,
     pub unauth_rate: u32,
     pub relay_threads: u32,
+    pub name: String,
+    pub password: Option<Secret>,
+    pub video: Option<PathBuf>,
+    pub audio: Option<PathBuf>,
+    pub no_video: bool,
+    pub no_audio: bool,
+    pub record: Option<PathBuf>,
+    pub duration: Option<u64>,
+    pub expect_peers: Option<usize>,
+    pub say: Option<String>,
+    pub relay: bool,
+    pub json: bool,
+    pub stats_interval: u64,
     pub log_level: String,
     pub log_format: LogFormat,
     /// Where each value came from.
@@ -920,6 +968,18 @@ impl Resolved {
                 format!("{relay_threads} is more than 64"),
             ));
         }
+        let stats_interval = o.stats_interval.unwrap_or_else(defaults::stats_interval);
+        at_least("stats_interval", stats_interval, 1, " second")?;
+        if let Some(d) = o.duration {
+            at_least("duration", d, 1, " second")?;
+        }
+        let name = o.name.unwrap_or_else(defaults::name).trim().to_string();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "name",
+                "a name is 1-64 characters, without control characters".into(),
+            ));
+        }
         let log_level = o.log_level.unwrap_or_else(defaults::log_level);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             return Err(invalid(
@@ -1016,6 +1076,19 @@ impl Resolved {
             max_lifetime,
             unauth_rate,
             relay_threads,
+            name,
+            password: o.password,
+            video: o.video,
+            audio: o.audio,
+            no_video: o.no_video.unwrap_or_else(defaults::no_video),
+            no_audio: o.no_audio.unwrap_or_else(defaults::no_audio),
+            record: o.record,
+            duration: o.duration,
+            expect_peers: o.expect_peers,
+            say: o.say,
+            relay: o.relay.unwrap_or_else(defaults::relay),
+            json: o.json.unwrap_or_else(defaults::json),
+            stats_interval,
             log_level,
             log_format: o.log_format.unwrap_or_else(defaults::log_format),
             provenance,
@@ -1120,6 +1193,8 @@ mod tests {
         turn: TurnFlags,
         #[command(flatten)]
         log: LogFlags,
+        #[command(flatten)]
+        join: JoinFlags,
     }
 
     fn flags(args: &[&str]) -> Options {
@@ -1131,6 +1206,7 @@ mod tests {
         all.external.apply(&mut o);
         all.turn.apply(&mut o);
         all.log.apply(&mut o);
+        all.join.apply(&mut o);
         o
     }
 
