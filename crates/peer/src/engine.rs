@@ -270,8 +270,23 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// The first `a=<attr>:` value of an SDP.
 fn sdp_attr(sdp: &str, attr: &str) -> Option<String> {
     let prefix = format!("a={attr}:");
-    sdp.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix.as_str()).map(|s| s.trim().to_string()))
+    sdp.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(prefix.as_str())
+            .map(|s| s.trim().to_string())
+    })
+}
+
+/// The payload type our side negotiated for `codec` on `mid`.
+#[allow(clippy::let_and_return)] // the binding ends the writer's borrow before it is dropped
+fn payload_type(rtc: &mut Rtc, mid: Mid, codec: Codec) -> Option<str0m::format::PayloadParams> {
+    rtc.writer(mid).and_then(|w| {
+        let params = w
+            .payload_params()
+            .find(|p| p.spec().codec == codec)
+            .cloned();
+        params
+    })
 }
 
 /// Error codes after which the server closes the connection: the join is over.
@@ -323,7 +338,8 @@ impl Engine {
     pub fn signaling_connected(&mut self, _now: Instant) {
         self.signaling_up = true;
         self.joined = false;
-        let mut join = json!({"type": "join", "v": 1, "room": self.config.room, "name": self.config.name});
+        let mut join =
+            json!({"type": "join", "v": 1, "room": self.config.room, "name": self.config.name});
         if let Some(p) = self.config.password.as_ref().filter(|p| !p.is_empty()) {
             join["password"] = json!(p);
         }
@@ -373,7 +389,12 @@ impl Engine {
 
     /// Sends a chat message to one peer.
     pub fn say_to(&mut self, id: &str, text: &str) {
-        let text: String = text.chars().take(MAX_CHAT).collect::<String>().trim().to_string();
+        let text: String = text
+            .chars()
+            .take(MAX_CHAT)
+            .collect::<String>()
+            .trim()
+            .to_string();
         if !text.is_empty() {
             self.send_data(id, json!({"t": "chat", "text": text}), true);
         }
@@ -426,7 +447,8 @@ impl Engine {
 
     /// One text frame from the signaling server.
     pub fn handle_signal(&mut self, now: Instant, text: &str) -> Result<(), PeerError> {
-        let msg: Value = serde_json::from_str(text).map_err(|e| PeerError::Signaling(e.to_string()))?;
+        let msg: Value =
+            serde_json::from_str(text).map_err(|e| PeerError::Signaling(e.to_string()))?;
         let Some(typ) = str_field(&msg, "type") else {
             return Err(PeerError::Signaling("message without a type".into()));
         };
@@ -472,7 +494,8 @@ impl Engine {
             }
             "ice-servers" => {
                 if let Some(servers) = msg.get("iceServers") {
-                    self.gather.set_ice_servers(now, &IceServer::parse_list(servers));
+                    self.gather
+                        .set_ice_servers(now, &IceServer::parse_list(servers));
                     self.flush_gathered(now);
                 }
             }
@@ -516,7 +539,8 @@ impl Engine {
             })
             .unwrap_or_default();
         if let Some(servers) = msg.get("iceServers") {
-            self.gather.set_ice_servers(now, &IceServer::parse_list(servers));
+            self.gather
+                .set_ice_servers(now, &IceServer::parse_list(servers));
         }
         let first = self.my_id.is_none();
         if !first && !resumed {
@@ -839,7 +863,10 @@ impl Engine {
         let n = link.status.restarts.min(3);
         link.retry_at = Some(now + RESTART_RETRY * n);
         let sdp = offer.to_sdp_string();
-        tracing::info!("ICE restart with {id} ({reason}, #{})", link.status.restarts);
+        tracing::info!(
+            "ICE restart with {id} ({reason}, #{})",
+            link.status.restarts
+        );
         self.signal(json!({"type": "offer", "to": id, "sdp": sdp}));
         self.event(Event::IceRestart {
             id: id.to_string(),
@@ -894,7 +921,8 @@ impl Engine {
                         link.status.connected = true;
                         link.disconnected_since = None;
                         let (id, name) = (link.status.id.clone(), link.status.name.clone());
-                        self.out.push_back(Output::Event(Event::Connected { id, name }));
+                        self.out
+                            .push_back(Output::Event(Event::Connected { id, name }));
                     }
                     break;
                 }
@@ -918,7 +946,8 @@ impl Engine {
                 link.status.connected = false;
                 link.disconnected_since = Some(now);
                 let (pid, name) = (link.status.id.clone(), link.status.name.clone());
-                self.out.push_back(Output::Event(Event::Disconnected { id: pid, name }));
+                self.out
+                    .push_back(Output::Event(Event::Disconnected { id: pid, name }));
             }
             if link
                 .disconnected_since
@@ -959,7 +988,11 @@ impl Engine {
             return;
         };
         if !clip.video.is_empty()
-            && let Some(mid) = link.mids.iter().find(|(_, k)| *k == MediaKind::Video).map(|m| m.0)
+            && let Some(mid) = link
+                .mids
+                .iter()
+                .find(|(_, k)| *k == MediaKind::Video)
+                .map(|m| m.0)
         {
             let cur = &mut link.video;
             let mut next = *cur.next_at.get_or_insert(now);
@@ -971,14 +1004,8 @@ impl Engine {
                 let Some(frame) = clip.video.get(index) else {
                     break;
                 };
-                let pt = rtc.writer(mid).and_then(|w| {
-                    let pt = w
-                        .payload_params()
-                        .find(|p| p.spec().codec == Codec::Vp8)
-                        .map(|p| p.pt());
-                    pt
-                });
-                if let (Some(pt), Some(writer)) = (pt, rtc.writer(mid)) {
+                let pt = payload_type(rtc, mid, Codec::Vp8);
+                if let (Some(pt), Some(writer)) = (pt.map(|p| p.pt()), rtc.writer(mid)) {
                     let t = MediaTime::new(cur.rtp, Frequency::NINETY_KHZ);
                     if writer.write(pt, next, t, frame.data.clone()).is_ok() {
                         link.status.video_frames_tx += 1;
@@ -991,7 +1018,11 @@ impl Engine {
             cur.next_at = Some(next);
         }
         if !clip.audio.is_empty()
-            && let Some(mid) = link.mids.iter().find(|(_, k)| *k == MediaKind::Audio).map(|m| m.0)
+            && let Some(mid) = link
+                .mids
+                .iter()
+                .find(|(_, k)| *k == MediaKind::Audio)
+                .map(|m| m.0)
         {
             let cur = &mut link.audio;
             let mut next = *cur.next_at.get_or_insert(now);
@@ -1003,14 +1034,8 @@ impl Engine {
                 let Some(packet) = clip.audio.get(index) else {
                     break;
                 };
-                let pt = rtc.writer(mid).and_then(|w| {
-                    let pt = w
-                        .payload_params()
-                        .find(|p| p.spec().codec == Codec::Opus)
-                        .map(|p| p.pt());
-                    pt
-                });
-                if let (Some(pt), Some(writer)) = (pt, rtc.writer(mid)) {
+                let pt = payload_type(rtc, mid, Codec::Opus);
+                if let (Some(pt), Some(writer)) = (pt.map(|p| p.pt()), rtc.writer(mid)) {
                     let t = MediaTime::new(cur.rtp, Frequency::FORTY_EIGHT_KHZ);
                     if writer.write(pt, next, t, packet.data.clone()).is_ok() {
                         link.status.audio_packets_tx += 1;
@@ -1081,7 +1106,12 @@ impl Engine {
         match t {
             "chat" => {
                 if let Some(text) = str_field(data, "text") {
-                    let text: String = text.chars().take(MAX_CHAT).collect::<String>().trim().to_string();
+                    let text: String = text
+                        .chars()
+                        .take(MAX_CHAT)
+                        .collect::<String>()
+                        .trim()
+                        .to_string();
                     if !text.is_empty() {
                         self.event(Event::Chat {
                             from: from.to_string(),
@@ -1180,9 +1210,11 @@ impl Engine {
             }
             for t in transmits {
                 let contents: Vec<u8> = t.contents.to_vec();
-                match self.gather.wrap_transmit(now, t.source, t.destination, contents) {
-                    Some(t) => self.out.push_back(Output::Transmit(t)),
-                    None => {}
+                if let Some(t) = self
+                    .gather
+                    .wrap_transmit(now, t.source, t.destination, contents)
+                {
+                    self.out.push_back(Output::Transmit(t));
                 }
             }
             for e in events {
@@ -1232,10 +1264,10 @@ impl Engine {
                     _ => {}
                 }
             }
-            RtcEvent::MediaAdded(m) => {
-                if link.kind_of(m.mid).is_none() && link.mid_of(m.kind).is_none() {
-                    link.mids.push((m.mid, m.kind));
-                }
+            RtcEvent::MediaAdded(m)
+                if link.kind_of(m.mid).is_none() && link.mid_of(m.kind).is_none() =>
+            {
+                link.mids.push((m.mid, m.kind));
             }
             RtcEvent::MediaData(d) => {
                 let Some(kind) = link.kind_of(d.mid) else {
@@ -1244,7 +1276,9 @@ impl Engine {
                 let kind = if kind == MediaKind::Video {
                     link.status.video_frames_rx += 1;
                     if !d.contiguous
-                        && link.last_pli.is_none_or(|t| now >= t + Duration::from_secs(1))
+                        && link
+                            .last_pli
+                            .is_none_or(|t| now >= t + Duration::from_secs(1))
                         && let Some(rtc) = link.rtc.as_mut()
                         && let Some(mut w) = rtc.writer(d.mid)
                     {
@@ -1275,22 +1309,20 @@ impl Engine {
                 }
             }
             RtcEvent::KeyframeRequest(_) => self.keyframe_requested(id),
-            RtcEvent::ChannelOpen(cid, _) => {
-                if Some(cid) == link.channel || link.channel.is_none() {
-                    link.channel = Some(cid);
-                    link.status.channel_open = true;
-                    let queued = std::mem::take(&mut link.queued);
-                    let state = self.local_state();
-                    self.send_data(id, state, false);
-                    for q in queued {
-                        self.send_data(id, q, true);
-                    }
+            RtcEvent::ChannelOpen(cid, _)
+                if Some(cid) == link.channel || link.channel.is_none() =>
+            {
+                link.channel = Some(cid);
+                link.status.channel_open = true;
+                let queued = std::mem::take(&mut link.queued);
+                let state = self.local_state();
+                self.send_data(id, state, false);
+                for q in queued {
+                    self.send_data(id, q, true);
                 }
             }
-            RtcEvent::ChannelClose(cid) => {
-                if Some(cid) == link.channel {
-                    link.status.channel_open = false;
-                }
+            RtcEvent::ChannelClose(cid) if Some(cid) == link.channel => {
+                link.status.channel_open = false;
             }
             RtcEvent::ChannelData(d) => {
                 if d.binary || d.data.len() > MAX_DATA_BYTES {
@@ -1330,15 +1362,11 @@ impl Engine {
                     });
                 }
             }
-            RtcEvent::MediaEgressStats(s) => {
-                if s.remote.is_some() {
-                    match link.kind_of(s.mid) {
-                        Some(MediaKind::Video) => link.status.video_acked = true,
-                        Some(MediaKind::Audio) => link.status.audio_acked = true,
-                        None => {}
-                    }
-                }
-            }
+            RtcEvent::MediaEgressStats(s) if s.remote.is_some() => match link.kind_of(s.mid) {
+                Some(MediaKind::Video) => link.status.video_acked = true,
+                Some(MediaKind::Audio) => link.status.audio_acked = true,
+                None => {}
+            },
             _ => {}
         }
     }

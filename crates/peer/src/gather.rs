@@ -49,7 +49,10 @@ impl IceServer {
                 };
                 Some(IceServer {
                     urls,
-                    username: s.get("username").and_then(Value::as_str).map(str::to_string),
+                    username: s
+                        .get("username")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                     credential: s
                         .get("credential")
                         .and_then(Value::as_str)
@@ -206,7 +209,8 @@ impl Gatherer {
         }
         // A refresh: new credentials for the running allocation.
         if let Some(turn) = self.turn.as_mut()
-            && let Some((_, Some(u), Some(p))) = urls.iter().find(|(u, _, _)| u.scheme == Scheme::Turn)
+            && let Some((_, Some(u), Some(p))) =
+                urls.iter().find(|(u, _, _)| u.scheme == Scheme::Turn)
         {
             turn.set_credentials(u, p);
         }
@@ -238,7 +242,10 @@ impl Gatherer {
 
     /// The socket to reach `server` from: loopback for a loopback server, else the first other one.
     fn socket_for(&self, server: SocketAddr) -> Option<SocketAddr> {
-        let same_family = self.sockets.iter().filter(|s| s.is_ipv4() == server.is_ipv4());
+        let same_family = self
+            .sockets
+            .iter()
+            .filter(|s| s.is_ipv4() == server.is_ipv4());
         if server.ip().is_loopback() {
             return same_family.clone().find(|s| s.ip().is_loopback()).copied();
         }
@@ -263,7 +270,8 @@ impl Gatherer {
                     self.probed.push((local, server));
                     let tid = self.next_tid();
                     let mut buf = vec![0u8; 64];
-                    let Ok(mut w) = MessageWriter::new(&mut buf, Class::Request, Method::BINDING, &tid)
+                    let Ok(mut w) =
+                        MessageWriter::new(&mut buf, Class::Request, Method::BINDING, &tid)
                     else {
                         continue;
                     };
@@ -403,7 +411,9 @@ impl Gatherer {
             let relay = turn.relay();
             self.pump_turn();
             return match (r, relay) {
-                (TurnInput::Data { peer, data }, Some(relay)) => Handled::Relayed { peer, relay, data },
+                (TurnInput::Data { peer, data }, Some(relay)) => {
+                    Handled::Relayed { peer, relay, data }
+                }
                 _ => Handled::Consumed,
             };
         }
@@ -492,7 +502,10 @@ mod tests {
         assert_eq!(parse_url("turn:h:3478?transport=tcp"), None);
         assert_eq!(parse_url("turns:h:5349?transport=tcp"), None);
         assert_eq!(parse_url("stun:example.org").map(|u| u.port), Some(3478));
-        assert_eq!(parse_url("stun:[::1]:3479").map(|u| u.host), Some("::1".into()));
+        assert_eq!(
+            parse_url("stun:[::1]:3479").map(|u| u.host),
+            Some("::1".into())
+        );
         assert_eq!(parse_url("stun:h:notaport"), None);
     }
 }

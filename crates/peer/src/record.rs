@@ -34,7 +34,13 @@ pub fn safe_name(name: &str) -> String {
         .chars()
         .filter(|c| !c.is_control())
         .take(40)
-        .map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() { "peer".to_string() } else { s }
 }

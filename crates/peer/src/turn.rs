@@ -164,7 +164,11 @@ impl TurnClient {
                 w.add(&Lifetime(LIFETIME)).ok()?;
             }
             Req::Refresh => {
-                let lifetime = if self.state == TurnState::Failed { 0 } else { LIFETIME };
+                let lifetime = if self.state == TurnState::Failed {
+                    0
+                } else {
+                    LIFETIME
+                };
                 w.add(&Lifetime(lifetime)).ok()?;
             }
             Req::Permission(ip) => w.add(&XorPeerAddress(SocketAddr::new(ip, 0))).ok()?,
@@ -342,7 +346,8 @@ impl TurnClient {
                 self.permissions.insert(ip, Some(now + PERMISSION_REFRESH));
             }
             Req::Bind(peer, channel) => {
-                self.channels.insert(peer, (channel, Some(now + CHANNEL_REFRESH)));
+                self.channels
+                    .insert(peer, (channel, Some(now + CHANNEL_REFRESH)));
             }
         }
     }
@@ -488,7 +493,12 @@ mod tests {
         let mut c = TurnClient::new(now, local, server, "u", "p", 42);
         let first = c.poll_transmit().unwrap();
         assert_eq!(first.destination, server);
-        assert!(Message::parse(&first.contents).unwrap().get(0x0008).is_none());
+        assert!(
+            Message::parse(&first.contents)
+                .unwrap()
+                .get(0x0008)
+                .is_none()
+        );
         let e401 = answer(&first.contents, Class::Error, |w| {
             w.add(&ErrorCode::new(401)).unwrap();
             w.add(&Realm("test")).unwrap();
@@ -516,8 +526,14 @@ mod tests {
             Message::parse(&perm.contents).unwrap().method(),
             Method::CREATE_PERMISSION
         );
-        assert_eq!(Message::parse(&bind.contents).unwrap().method(), Method::CHANNEL_BIND);
-        assert_eq!(Message::parse(&ind.contents).unwrap().method(), Method::SEND);
+        assert_eq!(
+            Message::parse(&bind.contents).unwrap().method(),
+            Method::CHANNEL_BIND
+        );
+        assert_eq!(
+            Message::parse(&ind.contents).unwrap().method(),
+            Method::SEND
+        );
         let bound = answer(&bind.contents, Class::Success, |_| {});
         c.handle_input(now, &bound);
         c.send(now, peer, b"again");

@@ -92,7 +92,11 @@ impl World {
             }
             "offer" | "answer" | "candidate" | "message" => {
                 let to = msg["to"].as_str().unwrap();
-                let j = self.nodes.iter().position(|n| n.id.as_deref() == Some(to)).unwrap();
+                let j = self
+                    .nodes
+                    .iter()
+                    .position(|n| n.id.as_deref() == Some(to))
+                    .unwrap();
                 let mut fwd = msg.clone();
                 fwd.as_object_mut().unwrap().remove("to");
                 fwd["from"] = json!(my_id);
@@ -118,13 +122,17 @@ impl World {
                             if !self.network {
                                 continue;
                             }
-                            if let Some(j) = self.nodes.iter().position(|n| n.addr == t.destination) {
+                            if let Some(j) = self.nodes.iter().position(|n| n.addr == t.destination)
+                            {
                                 self.datagrams += 1;
                                 let now = self.now;
                                 let src = t.source;
-                                self.nodes[j]
-                                    .engine
-                                    .handle_datagram(now, src, t.destination, &t.contents);
+                                self.nodes[j].engine.handle_datagram(
+                                    now,
+                                    src,
+                                    t.destination,
+                                    &t.contents,
+                                );
                             }
                         }
                         Output::Event(e) => self.nodes[i].events.push(e),
@@ -206,14 +214,28 @@ fn two_engines_call_each_other_with_media_both_ways_and_chat() {
         .collect();
     assert_eq!(chats, vec!["hello from Bob".to_string()]);
     // Bob offered (he is the newcomer); Ann answered.
-    assert!(w.nodes[b].events.iter().any(|e| matches!(e, Event::Joined { peers: 1, .. })));
-    assert!(w.nodes[a].events.iter().any(|e| matches!(e, Event::PeerJoined { .. })));
+    assert!(
+        w.nodes[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Joined { peers: 1, .. }))
+    );
+    assert!(
+        w.nodes[a]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PeerJoined { .. }))
+    );
     // Recorded frames are reported with increasing RTP time.
     let times: Vec<u64> = w.nodes[a]
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Media { kind: peercall_peer::Kind::Video, rtp, .. } => Some(*rtp),
+            Event::Media {
+                kind: peercall_peer::Kind::Video,
+                rtp,
+                ..
+            } => Some(*rtp),
             _ => None,
         })
         .collect();
@@ -258,8 +280,21 @@ fn a_network_outage_leads_to_an_ice_restart_and_media_comes_back() {
         .iter()
         .chain(&w.nodes[b].events)
         .any(|e| matches!(e, Event::IceRestart { .. }));
-    assert!(restarted, "an outage must restart ICE: {:?}", w.nodes[a].events.iter().filter(|e| !matches!(e, Event::Media { .. })).collect::<Vec<_>>());
-    assert!(w.nodes[a].events.iter().any(|e| matches!(e, Event::Disconnected { .. })));
+    assert!(
+        restarted,
+        "an outage must restart ICE: {:?}",
+        w.nodes[a]
+            .events
+            .iter()
+            .filter(|e| !matches!(e, Event::Media { .. }))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        w.nodes[a]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Disconnected { .. }))
+    );
     w.network = true;
     let before = w.status(a).video_frames_rx;
     w.run(Duration::from_secs(15));
@@ -303,18 +338,28 @@ fn refused_joins_and_garbage_are_reported_not_panicked_on() {
         now,
     );
     e.signaling_connected(now);
-    let Some(Output::Signal(join)) = e.poll_output() else { panic!() };
+    let Some(Output::Signal(join)) = e.poll_output() else {
+        panic!()
+    };
     let join: Value = serde_json::from_str(&join).unwrap();
     assert_eq!(join["password"], "pw");
     assert_eq!(join["v"], 1);
     assert!(e.handle_signal(now, "not json").is_err());
     assert!(e.handle_signal(now, "{}").is_err());
-    e.handle_signal(now, r#"{"type":"offer","from":"x","sdp":"garbage"}"#).unwrap();
-    e.handle_signal(now, r#"{"type":"candidate","from":"x","candidate":{"candidate":"junk"}}"#)
+    e.handle_signal(now, r#"{"type":"offer","from":"x","sdp":"garbage"}"#)
         .unwrap();
-    e.handle_signal(now, r#"{"type":"welcome","peers":"nope"}"#).unwrap();
-    e.handle_signal(now, r#"{"type":"error","code":"wrong-password","message":"no"}"#)
+    e.handle_signal(
+        now,
+        r#"{"type":"candidate","from":"x","candidate":{"candidate":"junk"}}"#,
+    )
+    .unwrap();
+    e.handle_signal(now, r#"{"type":"welcome","peers":"nope"}"#)
         .unwrap();
+    e.handle_signal(
+        now,
+        r#"{"type":"error","code":"wrong-password","message":"no"}"#,
+    )
+    .unwrap();
     let mut fatal = None;
     while let Some(o) = e.poll_output() {
         if let Output::Event(Event::Fatal { code, .. }) = o {
@@ -322,7 +367,12 @@ fn refused_joins_and_garbage_are_reported_not_panicked_on() {
         }
     }
     assert_eq!(fatal.as_deref(), Some("wrong-password"));
-    e.handle_datagram(now, "1.2.3.4:5".parse().unwrap(), "127.0.0.1:1".parse().unwrap(), &[0, 1, 2]);
+    e.handle_datagram(
+        now,
+        "1.2.3.4:5".parse().unwrap(),
+        "127.0.0.1:1".parse().unwrap(),
+        &[0, 1, 2],
+    );
     e.handle_timeout(now + Duration::from_secs(1));
     let _: BTreeMap<(), ()> = BTreeMap::new();
 }

@@ -665,19 +665,30 @@ pub fn parse_file(text: &str, path: &Path) -> Result<Options, ConfigError> {
 
 /// The known key closest to `unknown` by edit distance, if it is close.
 fn nearest_key(unknown: &str) -> Option<String> {
+    // Optimal string alignment distance: a swap of two neighbours (`relam` for `realm`) counts as one edit.
     fn distance(a: &str, b: &str) -> usize {
+        let a: Vec<char> = a.chars().collect();
         let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut prev = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let cur = row[j + 1];
-                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-                prev = cur;
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        for j in 0..=b.len() {
+            d[0][j] = j;
+        }
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                let mut v = (d[i - 1][j] + 1)
+                    .min(d[i][j - 1] + 1)
+                    .min(d[i - 1][j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    v = v.min(d[i - 2][j - 2] + 1);
+                }
+                d[i][j] = v;
             }
         }
-        row[b.len()]
+        d[a.len()][b.len()]
     }
     let normalized = unknown.replace('_', "-").to_ascii_lowercase();
     FIELDS
@@ -1819,7 +1830,9 @@ mod tests {
             // The docs table row of this setting shows the same default.
             let row = docs
                 .lines()
-                .find(|l| l.starts_with(&format!("| `--{key}")))
+                .find(|l| {
+                    l.starts_with(&format!("| `--{key} ")) || l.starts_with(&format!("| `--{key}`"))
+                })
                 .unwrap_or_else(|| panic!("docs/configuration.md has no table row for --{key}"));
             let columns: Vec<&str> = row.split(" | ").collect();
             assert!(

@@ -83,7 +83,9 @@ pub fn parse_room_link(link: &str) -> Result<RoomLink, String> {
         return Err(why("no host"));
     }
     let path = path.trim_end_matches('/');
-    let (prefix, room) = path.rsplit_once("/r/").ok_or_else(|| why("no /r/ROOM in the path"))?;
+    let (prefix, room) = path
+        .rsplit_once("/r/")
+        .ok_or_else(|| why("no /r/ROOM in the path"))?;
     let room = percent_decode(room);
     if room.is_empty()
         || room.len() > 64
@@ -124,12 +126,13 @@ fn tls_connector() -> anyhow::Result<tokio_tungstenite::Connector> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("TLS setup")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS setup")?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
 }
 
@@ -147,7 +150,11 @@ fn describe_ws_error(url: &str, e: &tungstenite::Error) -> String {
 }
 
 /// Owns the signaling connection: connects, forwards frames both ways, reconnects after a drop.
-async fn signaling_task(url: String, events: mpsc::Sender<Sig>, mut outgoing: mpsc::Receiver<String>) {
+async fn signaling_task(
+    url: String,
+    events: mpsc::Sender<Sig>,
+    mut outgoing: mpsc::Receiver<String>,
+) {
     let connector = match tls_connector() {
         Ok(c) => c,
         Err(e) => {
@@ -203,7 +210,7 @@ async fn signaling_task(url: String, events: mpsc::Sender<Sig>, mut outgoing: mp
             tokio::select! {
                 frame = stream.next() => match frame {
                     Some(Ok(Message::Text(t))) => {
-                        if events.send(Sig::Text(t.to_string())).await.is_err() {
+                        if events.send(Sig::Text(t)).await.is_err() {
                             return;
                         }
                     }
@@ -217,7 +224,7 @@ async fn signaling_task(url: String, events: mpsc::Sender<Sig>, mut outgoing: mp
                 },
                 out = outgoing.recv() => match out {
                     Some(text) => {
-                        if let Err(e) = sink.send(Message::Text(text.into())).await {
+                        if let Err(e) = sink.send(Message::Text(text)).await {
                             break e.to_string();
                         }
                     }
@@ -227,7 +234,7 @@ async fn signaling_task(url: String, events: mpsc::Sender<Sig>, mut outgoing: mp
                     }
                 },
                 _ = ping.tick() => {
-                    if let Err(e) = sink.send(Message::Text(r#"{"type":"ping"}"#.into())).await {
+                    if let Err(e) = sink.send(Message::Text(r#"{"type":"ping"}"#.to_string())).await {
                         break e.to_string();
                     }
                 }
@@ -315,7 +322,9 @@ fn fatal_line(code: &str, message: &str, room: &str, had_password: bool) -> Stri
         "wrong-password" if had_password => format!("wrong password for room {room}"),
         "wrong-password" => format!("room {room} has a password: give it with --password"),
         "room-full" => format!("room {room} is full"),
-        "bad-token" => "the link's token is missing, expired or for another room: ask for a new link".into(),
+        "bad-token" => {
+            "the link's token is missing, expired or for another room: ask for a new link".into()
+        }
         "too-many-joins" => format!("too many join attempts from this address: {message}"),
         _ if message.is_empty() => format!("the server refused the join: {code}"),
         _ => format!("the server refused the join: {code} ({message})"),
@@ -364,7 +373,9 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
         let Ok(socket) = UdpSocket::bind(SocketAddr::new(ip, 0)).await else {
             continue;
         };
-        let Ok(local) = socket.local_addr() else { continue };
+        let Ok(local) = socket.local_addr() else {
+            continue;
+        };
         let socket = Arc::new(socket);
         sockets.insert(local, socket.clone());
         engine.add_socket(start, local);
@@ -511,7 +522,11 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
         }
         if let Some(n) = config.expect_peers
             && config.duration.is_none()
-            && seen.values().filter(|s| media_both_ways(s, sending)).count() >= n
+            && seen
+                .values()
+                .filter(|s| media_both_ways(s, sending))
+                .count()
+                >= n
         {
             break;
         }
@@ -521,13 +536,11 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
         if now >= next_stats {
             next_stats = now + stats_every;
             for p in engine.peers() {
-                let (rx0, tx0, t0) = last_bytes
-                    .get(&p.id)
-                    .copied()
-                    .unwrap_or((0, 0, start));
+                let (rx0, tx0, t0) = last_bytes.get(&p.id).copied().unwrap_or((0, 0, start));
                 let secs = now.duration_since(t0).as_secs_f64().max(0.001);
                 let in_kbps = (p.bytes_rx.saturating_sub(rx0) as f64 * 8.0 / 1000.0 / secs).round();
-                let out_kbps = (p.bytes_tx.saturating_sub(tx0) as f64 * 8.0 / 1000.0 / secs).round();
+                let out_kbps =
+                    (p.bytes_tx.saturating_sub(tx0) as f64 * 8.0 / 1000.0 / secs).round();
                 last_bytes.insert(p.id.clone(), (p.bytes_rx, p.bytes_tx, now));
                 let route = p.route.map(|r| r.as_str()).unwrap_or("-");
                 let rtt = p.rtt.map(|r| r.as_secs_f64() * 1000.0);
@@ -641,7 +654,10 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
     if let Some(why) = failure {
         return Err(anyhow!(why));
     }
-    let good = seen.values().filter(|s| media_both_ways(s, sending)).count();
+    let good = seen
+        .values()
+        .filter(|s| media_both_ways(s, sending))
+        .count();
     let ok = match config.expect_peers {
         Some(n) => good >= n,
         None => good == seen.len(),

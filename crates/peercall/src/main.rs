@@ -17,8 +17,8 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    ExternalTurnFlags, HttpFlags, JoinFlags, Layer, LogFlags, LogFormat, Options, Resolved, SignalFlags,
-    TurnFlags,
+    ExternalTurnFlags, HttpFlags, JoinFlags, Layer, LogFlags, LogFormat, Options, Resolved,
+    SignalFlags, TurnFlags,
 };
 use crate::parts::Mode;
 

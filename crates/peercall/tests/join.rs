@@ -104,11 +104,27 @@ fn call(relay: bool) {
     if relay {
         common.push("--relay");
     }
-    let first = spawn_join(&[&[url.as_str(), "--name", "Ann", "--duration", "9"], &common[..]].concat());
+    let first = spawn_join(
+        &[
+            &[url.as_str(), "--name", "Ann", "--duration", "9"],
+            &common[..],
+        ]
+        .concat(),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let second = spawn_join(
         &[
-            &[url.as_str(), "--name", "Bob", "--duration", "7", "--record", rec, "--say", "hi Ann"],
+            &[
+                url.as_str(),
+                "--name",
+                "Bob",
+                "--duration",
+                "7",
+                "--record",
+                rec,
+                "--say",
+                "hi Ann",
+            ],
             &common[..],
         ]
         .concat(),
@@ -127,11 +143,16 @@ fn call(relay: bool) {
     }
     // Bob's chat reached Ann over the data channel.
     assert!(
-        lines_a.iter().any(|l| l["event"] == "chat" && l["text"] == "hi Ann"),
+        lines_a
+            .iter()
+            .any(|l| l["event"] == "chat" && l["text"] == "hi Ann"),
         "{lines_a:?}"
     );
     // Bob recorded Ann: an IVF and an Ogg named after her, decodable.
-    let recorded: Vec<&Value> = lines_b.iter().filter(|l| l["event"] == "recorded").collect();
+    let recorded: Vec<&Value> = lines_b
+        .iter()
+        .filter(|l| l["event"] == "recorded")
+        .collect();
     assert_eq!(recorded.len(), 2, "{lines_b:?}");
     for r in recorded {
         let path = r["path"].as_str().unwrap();
@@ -192,9 +213,17 @@ fn bad_links_other_servers_and_bad_files_end_with_one_clear_line() {
     let mut ivf = b"DKIF\0\0\x20\0VP90\x40\x01\xf0\0\x1e\0\0\0\x01\0\0\0\0\0\0\0\0\0\0\0".to_vec();
     ivf.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     std::fs::write(&vp9, ivf).unwrap();
-    let e = one_line_error(&["http://127.0.0.1:1/r/room", "--video", vp9.to_str().unwrap()]);
+    let e = one_line_error(&[
+        "http://127.0.0.1:1/r/room",
+        "--video",
+        vp9.to_str().unwrap(),
+    ]);
     assert!(e.contains("not VP8"), "{e}");
-    let e = one_line_error(&["http://127.0.0.1:1/r/room", "--audio", vp9.to_str().unwrap()]);
+    let e = one_line_error(&[
+        "http://127.0.0.1:1/r/room",
+        "--audio",
+        vp9.to_str().unwrap(),
+    ]);
     assert!(e.contains("not an Ogg"), "{e}");
 }
 
@@ -202,13 +231,27 @@ fn bad_links_other_servers_and_bad_files_end_with_one_clear_line() {
 fn wrong_password_and_full_room_are_refused_with_one_line() {
     let (_server, base) = serve(&["--room-capacity", "2"]);
     let url = format!("{base}/r/locked-room");
-    let first = spawn_join(&[&url, "--password", "right", "--duration", "15", "--no-video"]);
+    let first = spawn_join(&[
+        &url,
+        "--password",
+        "right",
+        "--duration",
+        "15",
+        "--no-video",
+    ]);
     std::thread::sleep(Duration::from_millis(800));
     let e = one_line_error(&[&url, "--password", "wrong", "--duration", "5"]);
     assert!(e.contains("wrong password"), "{e}");
     let e = one_line_error(&[&url, "--duration", "5"]);
     assert!(e.contains("has a password"), "{e}");
-    let second = spawn_join(&[&url, "--password", "right", "--duration", "15", "--no-audio"]);
+    let second = spawn_join(&[
+        &url,
+        "--password",
+        "right",
+        "--duration",
+        "15",
+        "--no-audio",
+    ]);
     std::thread::sleep(Duration::from_millis(800));
     let e = one_line_error(&[&url, "--password", "right", "--duration", "5"]);
     assert!(e.contains("is full"), "{e}");

@@ -33,7 +33,8 @@ pub fn fuzz_message(data: &[u8]) {
 
 fn assert_json(msg: &ServerMessage) {
     let text = msg.to_json();
-    let value: serde_json::Value = serde_json::from_str(&text).expect("the server writes valid JSON");
+    let value: serde_json::Value =
+        serde_json::from_str(&text).expect("the server writes valid JSON");
     assert_eq!(value["v"], 1, "{text}");
 }
 
@@ -96,7 +97,8 @@ pub fn fuzz_rooms(data: &[u8]) {
     while !s.data.is_empty() && steps < 400 {
         steps += 1;
         let op = s.byte();
-        let pick = |conns: &Vec<ConnId>, b: u8| conns.get(usize::from(b) % conns.len().max(1)).copied();
+        let pick =
+            |conns: &Vec<ConnId>, b: u8| conns.get(usize::from(b) % conns.len().max(1)).copied();
         match op % 10 {
             0 => {
                 let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, s.byte() % 4));
@@ -111,22 +113,29 @@ pub fn fuzz_rooms(data: &[u8]) {
                 conns.push(conn);
             }
             1 | 2 => {
-                let Some(conn) = pick(&conns, s.byte()) else { continue };
+                let Some(conn) = pick(&conns, s.byte()) else {
+                    continue;
+                };
                 let room = format!("room-{}", s.byte() % 6);
-                let mut join = serde_json::json!({"type": "join", "v": 1, "room": room, "name": s.text(12)});
+                let mut join =
+                    serde_json::json!({"type": "join", "v": 1, "room": room, "name": s.text(12)});
                 let flags = s.byte();
                 if flags & 1 != 0 {
                     join["password"] = serde_json::Value::from(format!("pw{}", flags >> 5));
                 }
                 if flags & 2 != 0
-                    && let Some(t) = model.resume_tokens.get(usize::from(flags >> 2) % model.resume_tokens.len().max(1))
+                    && let Some(t) = model
+                        .resume_tokens
+                        .get(usize::from(flags >> 2) % model.resume_tokens.len().max(1))
                 {
                     join["resume"] = serde_json::Value::from(t.clone());
                 }
                 deliver(&mut rooms, now, conn, join.to_string().as_bytes());
             }
             3 => {
-                let Some(conn) = pick(&conns, s.byte()) else { continue };
+                let Some(conn) = pick(&conns, s.byte()) else {
+                    continue;
+                };
                 let kinds = ["offer", "answer", "candidate", "message"];
                 let kind = kinds[usize::from(s.byte()) % 4];
                 let ids: Vec<&String> = model.room_of_peer.keys().collect();
@@ -134,19 +143,25 @@ pub fn fuzz_rooms(data: &[u8]) {
                     .get(usize::from(s.byte()) % ids.len().max(1))
                     .map_or_else(|| "nobody".to_owned(), |id| (*id).clone());
                 let frame = match kind {
-                    "candidate" => serde_json::json!({"type": kind, "to": to, "candidate": {"candidate": s.text(20)}}),
+                    "candidate" => {
+                        serde_json::json!({"type": kind, "to": to, "candidate": {"candidate": s.text(20)}})
+                    }
                     "message" => serde_json::json!({"type": kind, "to": to, "data": s.text(20)}),
                     _ => serde_json::json!({"type": kind, "to": to, "sdp": s.text(30)}),
                 };
                 deliver(&mut rooms, now, conn, frame.to_string().as_bytes());
             }
             4 => {
-                let Some(conn) = pick(&conns, s.byte()) else { continue };
+                let Some(conn) = pick(&conns, s.byte()) else {
+                    continue;
+                };
                 let raw = s.text(120);
                 deliver(&mut rooms, now, conn, raw.as_bytes());
             }
             5 => {
-                let Some(conn) = pick(&conns, s.byte()) else { continue };
+                let Some(conn) = pick(&conns, s.byte()) else {
+                    continue;
+                };
                 rooms.disconnect(now, conn);
                 model.open.remove(&conn);
             }
@@ -161,7 +176,9 @@ pub fn fuzz_rooms(data: &[u8]) {
                 }
             }
             8 => {
-                let Some(conn) = pick(&conns, s.byte()) else { continue };
+                let Some(conn) = pick(&conns, s.byte()) else {
+                    continue;
+                };
                 let frame = if s.byte() & 1 == 0 {
                     serde_json::json!({"type": "rename", "name": s.text(12)})
                 } else {
@@ -170,7 +187,9 @@ pub fn fuzz_rooms(data: &[u8]) {
                 deliver(&mut rooms, now, conn, frame.to_string().as_bytes());
             }
             _ => {
-                let Some(conn) = pick(&conns, s.byte()) else { continue };
+                let Some(conn) = pick(&conns, s.byte()) else {
+                    continue;
+                };
                 deliver(&mut rooms, now, conn, br#"{"type":"ping"}"#);
             }
         }
@@ -188,7 +207,11 @@ pub fn fuzz_rooms(data: &[u8]) {
         drain(&mut rooms, &mut model, capacity);
     }
     let stats = rooms.stats();
-    assert_eq!((stats.connections, stats.rooms, stats.peers), (0, 0, 0), "{stats:?}");
+    assert_eq!(
+        (stats.connections, stats.rooms, stats.peers),
+        (0, 0, 0),
+        "{stats:?}"
+    );
     assert_eq!(rooms.timer_count(), 0, "timers left behind");
 }
 
@@ -202,7 +225,10 @@ fn drain(rooms: &mut Rooms, model: &mut Model, capacity: usize) {
     while let Some(out) = rooms.poll_output() {
         match out {
             Output::Send { conn, msg } => {
-                assert!(model.open.contains(&conn), "sent to a closed connection: {msg:?}");
+                assert!(
+                    model.open.contains(&conn),
+                    "sent to a closed connection: {msg:?}"
+                );
                 let text = msg.to_json();
                 let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
                 match value["type"].as_str() {
@@ -218,8 +244,11 @@ fn drain(rooms: &mut Rooms, model: &mut Model, capacity: usize) {
                         model.joined.insert(conn, (id, room));
                     }
                     Some("offer" | "answer" | "candidate" | "message") => {
-                        let from = value["from"].as_str().expect("forwarded messages carry from");
-                        let (me, my_room) = model.joined.get(&conn).expect("only joined peers receive");
+                        let from = value["from"]
+                            .as_str()
+                            .expect("forwarded messages carry from");
+                        let (me, my_room) =
+                            model.joined.get(&conn).expect("only joined peers receive");
                         assert_ne!(from, me, "a peer never hears itself");
                         assert_eq!(
                             model.room_of_peer.get(from),

@@ -34,7 +34,10 @@ fn checked_in_corpora_pass() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
     let mut ran = 0;
     for (target, run) in [
-        ("signal_message", peercall_signal::fuzzing::fuzz_message as fn(&[u8])),
+        (
+            "signal_message",
+            peercall_signal::fuzzing::fuzz_message as fn(&[u8]),
+        ),
         ("signal_rooms", peercall_signal::fuzzing::fuzz_rooms),
     ] {
         for entry in std::fs::read_dir(root.join(target)).unwrap() {
