@@ -29,6 +29,10 @@ pub const CONNECT_WATCHDOG: Duration = Duration::from_secs(15);
 pub const SILENCE: Duration = Duration::from_secs(5);
 /// A restart that did not help is retried after this (times the restart count, at most 3).
 pub const RESTART_RETRY: Duration = Duration::from_secs(10);
+/// How long an id we have not seen waits for an orphaned connection to claim it (as the browser's roster).
+pub const ORPHAN_WAIT: Duration = Duration::from_millis(2500);
+/// Longest id an orphan may claim.
+pub const MAX_CLAIMED_ID: usize = 128;
 /// Longest data-channel message taken (as the browser).
 pub const MAX_DATA_BYTES: usize = 16 * 1024;
 /// Longest chat text (UTF-16 code units in the browser; characters here).
@@ -207,6 +211,8 @@ struct Link {
     queued: Vec<Value>,
     last_pli: Option<Instant>,
     last_rx: Option<Instant>,
+    /// Its signaling session was lost (a server restart): up, but known by an id that no longer exists.
+    orphan: bool,
 }
 
 impl Link {
@@ -237,6 +243,7 @@ impl Link {
             queued: Vec::new(),
             last_pli: None,
             last_rx: None,
+            orphan: false,
         }
     }
 
@@ -261,6 +268,8 @@ pub struct Engine {
     out: VecDeque<Output>,
     gather: Gatherer,
     left: bool,
+    /// Ids held back while orphans may claim them: id → (name, until, we offer when admitted).
+    deferred: BTreeMap<String, (String, Instant, bool)>,
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -314,6 +323,7 @@ impl Engine {
             links: BTreeMap::new(),
             out: VecDeque::new(),
             left: false,
+            deferred: BTreeMap::new(),
         }
     }
 
@@ -418,6 +428,9 @@ impl Engine {
     /// When [`Engine::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = self.gather.poll_timeout();
+        for (_, until, _) in self.deferred.values() {
+            t = Some(t.map_or(*until, |t| t.min(*until)));
+        }
         let mut min = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t| t.min(x)));
@@ -459,6 +472,12 @@ impl Engine {
                 if let Some(id) = str_field(peer, "id") {
                     let name = str_field(peer, "name").unwrap_or("").to_string();
                     if Some(id) != self.my_id.as_deref() && !self.links.contains_key(id) {
+                        if self.links.values().any(|l| l.orphan) {
+                            // An orphan may be this peer under its new id: wait for its claim.
+                            self.deferred
+                                .insert(id.to_string(), (name, now + ORPHAN_WAIT, false));
+                            return self.finish_signal(now);
+                        }
                         self.links.insert(id.to_string(), Link::new(id, &name));
                         self.event(Event::PeerJoined {
                             id: id.to_string(),
@@ -510,6 +529,10 @@ impl Engine {
             }
             _ => {}
         }
+        self.finish_signal(now)
+    }
+
+    fn finish_signal(&mut self, now: Instant) -> Result<(), PeerError> {
         self.drive(now);
         Ok(())
     }
@@ -543,13 +566,29 @@ impl Engine {
                 .set_ice_servers(now, &IceServer::parse_list(servers));
         }
         let first = self.my_id.is_none();
-        if !first && !resumed {
-            // A new session (the server restarted or our grace period ran out): our old id is gone. Every
-            // connection is started afresh from the new id (the browsers drop the orphaned ones).
+        let new_session = !first && !resumed;
+        if new_session {
+            // A new session (the server restarted or our grace period ran out): our old id is gone, but
+            // connections still up keep flowing peer to peer. As the browser's roster: tell each of them our new
+            // id over its data channel, mark those not listed under their old id as orphans, and hold back
+            // listed ids we do not know for a moment, since an orphan may claim one of them.
+            let listed_ids: Vec<&String> = listed.iter().map(|(p, _)| p).collect();
             let ids: Vec<String> = self.links.keys().cloned().collect();
             for old in ids {
-                self.remove_quiet(&old);
+                let keep = self
+                    .links
+                    .get(&old)
+                    .is_some_and(|l| l.status.connected && l.status.channel_open);
+                if keep {
+                    if let Some(l) = self.links.get_mut(&old) {
+                        l.orphan = !listed_ids.contains(&&old);
+                    }
+                    self.send_data(&old, json!({"t": "id", "id": id}), false);
+                } else {
+                    self.remove_quiet(&old);
+                }
             }
+            self.deferred.clear();
         }
         self.my_id = Some(id.clone());
         if resumed {
@@ -561,7 +600,9 @@ impl Engine {
                 .cloned()
                 .collect();
             for g in gone {
-                self.remove(&g);
+                if self.links.get(&g).is_some_and(|l| !l.orphan) {
+                    self.remove(&g);
+                }
             }
         }
         self.event(Event::Joined {
@@ -569,8 +610,13 @@ impl Engine {
             peers: listed.len(),
             resumed,
         });
+        let orphans = self.links.values().any(|l| l.orphan);
         for (pid, name) in listed {
-            if self.links.contains_key(&pid) {
+            if self.links.contains_key(&pid) || self.deferred.contains_key(&pid) {
+                continue;
+            }
+            if new_session && orphans {
+                self.deferred.insert(pid, (name, now + ORPHAN_WAIT, true));
                 continue;
             }
             self.links.insert(pid.clone(), Link::new(&pid, &name));
@@ -665,6 +711,8 @@ impl Engine {
             if typ != "offer" {
                 return;
             }
+            // An offer: a newcomer, not an orphan (those never offer under a new id first).
+            self.deferred.remove(from);
             // An offer from someone we have not heard join (it can overtake peer-joined): admit them.
             self.links.insert(from.to_string(), Link::new(from, ""));
         }
@@ -836,8 +884,8 @@ impl Engine {
         let Some(link) = self.links.get_mut(id) else {
             return;
         };
-        if !link.negotiated || link.rtc.is_none() {
-            return;
+        if !link.negotiated || link.rtc.is_none() || link.orphan {
+            return; // an orphan cannot be signalled until it tells us its new id
         }
         if !signaling {
             link.restart_wanted = Some(reason);
@@ -936,6 +984,35 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.gather.handle_timeout(now);
         self.flush_gathered(now);
+        let due: Vec<String> = self
+            .deferred
+            .iter()
+            .filter(|(_, (_, until, _))| now >= *until)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some((name, _, offer)) = self.deferred.remove(&id) else {
+                continue;
+            };
+            // Unclaimed: someone new. An orphan of the same name whose connection is down is stale.
+            let stale: Vec<String> = self
+                .links
+                .iter()
+                .filter(|(_, l)| l.orphan && !l.status.connected && l.status.name == name)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for s in stale {
+                self.remove_quiet(&s);
+            }
+            if !self.links.contains_key(&id) {
+                self.links.insert(id.clone(), Link::new(&id, &name));
+                if offer {
+                    self.start_offer(now, &id);
+                } else {
+                    self.event(Event::PeerJoined { id, name });
+                }
+            }
+        }
         let ids: Vec<String> = self.links.keys().cloned().collect();
         for id in &ids {
             let Some(link) = self.links.get_mut(id) else {
@@ -1094,7 +1171,26 @@ impl Engine {
         }
     }
 
-    fn on_app_data(&mut self, from: &str, data: &Value, _via_channel: bool) {
+    /// The peer known as `old` says (over its DTLS-authenticated data channel) that its id is now `new`.
+    fn rekey(&mut self, old: &str, new: &str) {
+        self.deferred.remove(new);
+        if let Some(other) = self.links.get(new) {
+            if other.status.connected {
+                tracing::warn!("{old} claimed the id of {new}, which is connected; ignored");
+                return;
+            }
+            self.remove_quiet(new);
+        }
+        let Some(mut link) = self.links.remove(old) else {
+            return;
+        };
+        link.status.id = new.to_string();
+        link.orphan = false;
+        self.links.insert(new.to_string(), link);
+        tracing::info!("peer {old} is now {new}");
+    }
+
+    fn on_app_data(&mut self, from: &str, data: &Value, via_channel: bool) {
         let Some(t) = str_field(data, "t") else {
             return;
         };
@@ -1122,6 +1218,16 @@ impl Engine {
                 }
             }
             "bye" => self.remove(from),
+            "id" if via_channel => {
+                if let Some(new_id) = str_field(data, "id")
+                    && !new_id.is_empty()
+                    && new_id.len() <= MAX_CLAIMED_ID
+                    && new_id != from
+                    && Some(new_id) != self.my_id.as_deref()
+                {
+                    self.rekey(from, new_id);
+                }
+            }
             _ => {}
         }
     }

@@ -173,6 +173,22 @@ impl World {
         }
     }
 
+    /// The signaling server restarts: every session is lost; the nodes come back one by one and get new ids.
+    fn restart_server(&mut self, new_ids: &[&str]) {
+        let now = self.now;
+        for n in &mut self.nodes {
+            n.up = false;
+            n.engine.signaling_lost(now);
+        }
+        self.to_client.clear();
+        for (i, id) in new_ids.iter().enumerate() {
+            self.nodes[i].id = Some(id.to_string());
+            self.nodes[i].up = true;
+            self.nodes[i].engine.signaling_connected(now);
+            self.settle();
+        }
+    }
+
     fn status(&self, i: usize) -> peercall_peer::PeerStatus {
         let peers = self.nodes[i].engine.peers();
         assert_eq!(peers.len(), 1, "node {i} has {} peers", peers.len());
@@ -375,4 +391,40 @@ fn refused_joins_and_garbage_are_reported_not_panicked_on() {
     );
     e.handle_timeout(now + Duration::from_secs(1));
     let _: BTreeMap<(), ()> = BTreeMap::new();
+}
+
+#[test]
+fn a_signaling_server_restart_keeps_the_call_and_rekeys_the_peers() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(50));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(3));
+    assert!(w.status(a).connected && w.status(b).connected);
+    let before = (w.status(a).video_frames_rx, w.status(b).video_frames_rx);
+    w.restart_server(&["q-a", "q-b"]);
+    w.run(Duration::from_secs(5));
+    let (sa, sb) = (w.status(a), w.status(b));
+    // Same connections (no new offer, no restart), now known by the new ids, media still flowing.
+    assert_eq!(sa.id, "q-b", "{sa:?}");
+    assert_eq!(sb.id, "q-a", "{sb:?}");
+    assert!(sa.connected && sb.connected);
+    assert!(sa.video_frames_rx > before.0 + 50 && sb.video_frames_rx > before.1 + 50);
+    assert_eq!(w.nodes[a].engine.id(), Some("q-a"));
+    // And they can still negotiate: an ICE restart over the new ids works.
+    let now = w.now;
+    w.nodes[b].engine.restart_ice(now, "q-a", "test");
+    w.run(Duration::from_secs(3));
+    assert!(w.status(a).connected && w.status(b).connected);
+    assert_eq!(
+        w.status(b).restarts,
+        0,
+        "restarts reset once connected again"
+    );
+    assert!(
+        w.nodes[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::IceRestart { .. }))
+    );
 }
