@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
-  BIN, Cleanup, describe, join, launchBrowser, startServer, uniqueRoom, waitConnected, waitFor, waitMediaFlowing, withTimeout,
+  BIN, Cleanup, describe, join, launchBrowser, mediaFlowing, sleep, startServer, uniqueRoom, waitConnected, waitFor, waitMediaFlowing, withTimeout,
 } from './harness.mjs';
 
 /** Starts `peercall join` with --json; collects its JSON lines. */
@@ -109,3 +109,80 @@ for (const order of ['browser first', 'native first']) {
     }
   });
 }
+
+test('mixed mesh: two browsers and the native peer, everyone receives the other two', { timeout: 120_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('mesh');
+  const ada = await join(browser, server, room, 'Ada');
+  const native = startNative(`${server.url}/r/${room}`, ['--name', 'Native', '--duration', '25', '--expect-peers', '2', '--stats-interval', '2']);
+  cleanup.add(() => native.child.kill('SIGKILL'));
+  const joined = await waitFor(() => native.lines.find((l) => l.event === 'joined'), { what: 'the native peer to join' });
+  const bob = await join(browser, server, room, 'Bob');
+  try {
+    for (const [viewer, other] of [[ada, bob.id], [ada, joined.id], [bob, ada.id], [bob, joined.id]]) {
+      const flow = await waitMediaFlowing(viewer, other, { timeout: 25_000 });
+      t.diagnostic(`${viewer.name} decodes ${flow.frames} frames per 1.5 s from ${other}`);
+    }
+    const code = await withTimeout(native.exited, 40_000, 'the native peer to finish');
+    assert.equal(code, 0, `native exit status; stderr: ${native.stderr}`);
+    const last = new Map(native.lines.filter((l) => l.event === 'stats').map((l) => [l.name, l]));
+    for (const name of ['Ada', 'Bob']) {
+      assert.ok(last.get(name)?.video_frames_rx > 60, `native receives ${name}: ${JSON.stringify(last.get(name))}`);
+    }
+    assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\n${await describe(bob)}\nnative: ${native.stderr}`;
+    throw e;
+  }
+});
+
+test('the signaling server restarts mid-call: the native peer keeps its media flowing and reconnects', { timeout: 150_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  let server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('native-restart');
+  const ada = await join(browser, server, room, 'Ada');
+  const native = startNative(`${server.url}/r/${room}`, ['--name', 'Native', '--duration', '40', '--expect-peers', '1', '--stats-interval', '1']);
+  cleanup.add(() => native.child.kill('SIGKILL'));
+  try {
+    const first = await waitFor(() => native.lines.find((l) => l.event === 'joined'), { what: 'the native peer to join' });
+    await waitConnected(ada, 'Native', { timeout: 25_000 });
+    await waitMediaFlowing(ada, first.id, { timeout: 25_000 });
+
+    const { httpPort, turnPort } = server;
+    await server.kill('SIGKILL');
+    await waitFor(() => native.lines.some((l) => l.event === 'signaling-lost'), { what: 'the native peer to notice' });
+    const down = await mediaFlowing(ada, first.id);
+    assert.ok(down.ok, `Chromium still receives the native peer with the server down: ${down.problems.join(', ')}`);
+    await sleep(1000);
+    server = await startServer({ httpPort, turnPort });
+    const back = Date.now();
+    const second = await waitFor(() => native.lines.filter((l) => l.event === 'joined').at(1), { timeout: 20_000, what: 'the native peer to rejoin' });
+    assert.notEqual(second.id, first.id, 'a fresh server gives a new id');
+    await waitFor(async () => {
+      const peers = await ada.page.evaluate(() => window.peercall.peers());
+      return peers.length === 1 && peers[0].id === second.id && !peers[0].orphan && peers[0].connectionState === 'connected';
+    }, { timeout: 15_000, what: 'Chromium to know the native peer by its new id, on the same connection' });
+    t.diagnostic(`re-keyed ${Date.now() - back} ms after the server came back`);
+    await waitMediaFlowing(ada, second.id);
+    const before = native.lines.filter((l) => l.event === 'stats').at(-1);
+    await sleep(2500);
+    const after = native.lines.filter((l) => l.event === 'stats').at(-1);
+    assert.equal(after.name, 'Ada');
+    assert.ok(after.video_frames_rx > before.video_frames_rx + 10, `native still receives: ${JSON.stringify(before)} → ${JSON.stringify(after)}`);
+    native.child.kill('SIGINT');
+    const code = await withTimeout(native.exited, 15_000, 'the native peer to leave on Ctrl-C');
+    assert.equal(code, 0, `exit status after Ctrl-C; stderr: ${native.stderr}`);
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\nnative: ${JSON.stringify(native.lines.filter((l) => l.event !== 'stats').slice(-20))}\n${native.stderr}`;
+    throw e;
+  }
+});
