@@ -51,6 +51,8 @@ pub struct EngineConfig {
     pub clip: Clip,
     /// Relay candidates only (like the browser's `&relay=1`): no host or server-reflexive candidates.
     pub relay_only: bool,
+    /// Reach TURN servers over TCP (their `?transport=tcp` URL) instead of UDP.
+    pub turn_tcp: bool,
     /// Emit [`Event::Media`] for every frame and packet that arrives (for `--record`).
     pub record: bool,
 }
@@ -61,6 +63,9 @@ pub struct Transmit {
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub contents: Vec<u8>,
+    /// Send on the TCP connection to `destination` (a TURN server; the caller opens it on first use and feeds
+    /// what it reads to [`Engine::handle_stream`]) instead of a datagram from `source`.
+    pub tcp: bool,
 }
 
 /// What the engine wants done.
@@ -313,7 +318,7 @@ const FATAL_CODES: &[&str] = &[
 impl Engine {
     pub fn new(config: EngineConfig, _now: Instant) -> Engine {
         Engine {
-            gather: Gatherer::new(config.relay_only),
+            gather: Gatherer::new(config.relay_only, config.turn_tcp),
             config,
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
             my_id: None,
@@ -936,6 +941,25 @@ impl Engine {
             crate::gather::Handled::Relayed { peer, relay, data } => Some((peer, relay, data)),
             crate::gather::Handled::NotMine => Some((source, destination, data.to_vec())),
         };
+        self.deliver(now, delivered);
+    }
+
+    /// Bytes read from the TCP connection to TURN server `server`.
+    pub fn handle_stream(&mut self, now: Instant, server: SocketAddr, data: &[u8]) {
+        for (peer, relay, bytes) in self.gather.handle_stream(now, server, data) {
+            self.deliver(now, Some((peer, relay, bytes)));
+        }
+        self.flush_gathered(now);
+        self.drive(now);
+    }
+
+    /// The TCP connection to TURN server `server` closed or could not be opened.
+    pub fn stream_closed(&mut self, now: Instant, server: SocketAddr) {
+        self.gather.stream_closed(server);
+        self.flush_gathered(now);
+    }
+
+    fn deliver(&mut self, now: Instant, delivered: Option<(SocketAddr, SocketAddr, Vec<u8>)>) {
         if let Some((src, dst, bytes)) = delivered {
             let Ok(contents) = bytes.as_slice().try_into() else {
                 self.flush_gathered(now);

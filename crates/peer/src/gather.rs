@@ -75,6 +75,7 @@ struct Url {
     scheme: Scheme,
     host: String,
     port: u16,
+    tcp: bool,
 }
 
 fn parse_url(url: &str) -> Option<Url> {
@@ -85,9 +86,7 @@ fn parse_url(url: &str) -> Option<Url> {
         _ => return None,
     };
     let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if scheme == Scheme::Turn && query.contains("transport=tcp") {
-        return None;
-    }
+    let tcp = scheme == Scheme::Turn && query.contains("transport=tcp");
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (h, p) = v6.split_once(']')?;
         (h.to_string(), p.strip_prefix(':').unwrap_or("3478"))
@@ -101,6 +100,7 @@ fn parse_url(url: &str) -> Option<Url> {
         scheme,
         host,
         port: port.parse().ok()?,
+        tcp,
     })
 }
 
@@ -130,6 +130,9 @@ pub enum Handled {
 
 pub struct Gatherer {
     relay_only: bool,
+    turn_tcp: bool,
+    /// Bytes read from the TCP connection to the TURN server, not yet a whole frame.
+    stream_buf: Vec<u8>,
     sockets: Vec<SocketAddr>,
     urls: Vec<(Url, Option<String>, Option<String>)>,
     resolved: HashMap<String, Vec<IpAddr>>,
@@ -147,9 +150,11 @@ pub struct Gatherer {
 }
 
 impl Gatherer {
-    pub fn new(relay_only: bool) -> Gatherer {
+    pub fn new(relay_only: bool, turn_tcp: bool) -> Gatherer {
         Gatherer {
             relay_only,
+            turn_tcp,
+            stream_buf: Vec::new(),
             sockets: Vec::new(),
             urls: Vec::new(),
             resolved: HashMap::new(),
@@ -284,6 +289,7 @@ impl Gatherer {
                         source: local,
                         destination: server,
                         contents: buf.clone(),
+                        tcp: false,
                     });
                     self.probes.insert(
                         tid,
@@ -297,7 +303,7 @@ impl Gatherer {
                     );
                 }
                 Scheme::Turn => {
-                    if self.turn.is_some() {
+                    if self.turn.is_some() || url.tcp != self.turn_tcp {
                         continue;
                     }
                     let (Some(u), Some(p)) = (user, pass) else {
@@ -305,7 +311,7 @@ impl Gatherer {
                     };
                     let seed = self.next_tid();
                     let seed = u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8]));
-                    let mut turn = TurnClient::new(now, local, server, &u, &p, seed);
+                    let mut turn = TurnClient::new(now, local, server, &u, &p, seed, url.tcp);
                     for ip in &self.permissions {
                         turn.permit(now, *ip);
                     }
@@ -393,6 +399,7 @@ impl Gatherer {
             source,
             destination,
             contents,
+            tcp: false,
         })
     }
 
@@ -404,6 +411,7 @@ impl Gatherer {
         data: &[u8],
     ) -> Handled {
         if let Some(turn) = self.turn.as_mut()
+            && !turn.is_tcp()
             && source == turn.server
             && destination == turn.local
         {
@@ -437,6 +445,49 @@ impl Gatherer {
         Handled::NotMine
     }
 
+    /// Bytes from the TCP connection to the TURN server: split into STUN and ChannelData frames; returns the
+    /// peer data among them as (peer, relay address, bytes).
+    pub fn handle_stream(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        data: &[u8],
+    ) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let Some(turn) = self.turn.as_mut().filter(|t| t.server == server) else {
+            return out;
+        };
+        self.stream_buf.extend_from_slice(data);
+        loop {
+            match peercall_stun::stream_frame_len(&self.stream_buf) {
+                Ok(Some(n)) if n <= self.stream_buf.len() => {
+                    let frame: Vec<u8> = self.stream_buf.drain(..n).collect();
+                    if let (TurnInput::Data { peer, data }, Some(relay)) =
+                        (turn.handle_input(now, &frame), turn.relay())
+                    {
+                        out.push((peer, relay, data));
+                    }
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    // Not STUN framing: the stream is unusable.
+                    self.stream_buf.clear();
+                    turn.closed();
+                    break;
+                }
+            }
+        }
+        self.pump_turn();
+        out
+    }
+
+    /// The TCP connection to the TURN server is gone.
+    pub fn stream_closed(&mut self, server: SocketAddr) {
+        if let Some(turn) = self.turn.as_mut().filter(|t| t.server == server) {
+            turn.closed();
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut dead = Vec::new();
         for (tid, p) in self.probes.iter_mut() {
@@ -451,6 +502,7 @@ impl Gatherer {
                     source: p.local,
                     destination: p.server,
                     contents: p.bytes.clone(),
+                    tcp: false,
                 });
             }
         }
@@ -496,10 +548,14 @@ mod tests {
             Some(Url {
                 scheme: Scheme::Turn,
                 host: "127.0.0.1".into(),
-                port: 3478
+                port: 3478,
+                tcp: false,
             })
         );
-        assert_eq!(parse_url("turn:h:3478?transport=tcp"), None);
+        assert_eq!(
+            parse_url("turn:h:3478?transport=tcp").map(|u| u.tcp),
+            Some(true)
+        );
         assert_eq!(parse_url("turns:h:5349?transport=tcp"), None);
         assert_eq!(parse_url("stun:example.org").map(|u| u.port), Some(3478));
         assert_eq!(

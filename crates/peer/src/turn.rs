@@ -1,4 +1,4 @@
-//! A sans-IO TURN client (RFC 8656) over UDP on `peercall-stun`: one allocation with long-term credentials
+//! A sans-IO TURN client (RFC 8656) over UDP or TCP on `peercall-stun`: one allocation with long-term credentials
 //! (the `iceServers` of `welcome`), Refresh before it expires, CreatePermission for every peer address,
 //! ChannelBind and ChannelData for peers we talk to (Send/Data indications until the channel is bound).
 
@@ -68,6 +68,8 @@ pub struct TurnClient {
     pending: HashMap<TransactionId, Pending>,
     out: VecDeque<Transmit>,
     tid_seed: u64,
+    /// Over a TCP connection to the server: no retransmissions, ChannelData padded to 4 bytes.
+    tcp: bool,
     pub error: Option<String>,
 }
 
@@ -89,6 +91,7 @@ impl TurnClient {
         username: &str,
         password: &str,
         seed: u64,
+        tcp: bool,
     ) -> TurnClient {
         let mut c = TurnClient {
             server,
@@ -107,10 +110,16 @@ impl TurnClient {
             pending: HashMap::new(),
             out: VecDeque::new(),
             tid_seed: seed | 1,
+            tcp,
             error: None,
         };
         c.request(now, Req::Allocate, false);
         c
+    }
+
+    /// Whether this allocation is reached over TCP.
+    pub fn is_tcp(&self) -> bool {
+        self.tcp
     }
 
     pub fn state(&self) -> TurnState {
@@ -195,11 +204,7 @@ impl TurnClient {
         let Some(bytes) = self.encode(req, &tid) else {
             return;
         };
-        self.out.push_back(Transmit {
-            source: self.local,
-            destination: self.server,
-            contents: bytes.clone(),
-        });
+        self.emit(bytes.clone());
         self.pending.insert(
             tid,
             Pending {
@@ -232,13 +237,9 @@ impl TurnClient {
         match self.channels.get(&peer).copied() {
             Some((channel, Some(_))) => {
                 let mut buf = vec![0u8; data.len() + 8];
-                if let Ok(n) = write_channel_data(&mut buf, channel, data, false) {
+                if let Ok(n) = write_channel_data(&mut buf, channel, data, self.tcp) {
                     buf.truncate(n);
-                    self.out.push_back(Transmit {
-                        source: self.local,
-                        destination: self.server,
-                        contents: buf,
-                    });
+                    self.emit(buf);
                 }
                 return;
             }
@@ -263,11 +264,23 @@ impl TurnClient {
         }
         let n = w.finish();
         buf.truncate(n);
+        self.emit(buf);
+    }
+
+    fn emit(&mut self, contents: Vec<u8>) {
         self.out.push_back(Transmit {
             source: self.local,
             destination: self.server,
-            contents: buf,
+            contents,
+            tcp: self.tcp,
         });
+    }
+
+    /// The TCP connection to the server is gone: so is the allocation.
+    pub fn closed(&mut self) {
+        if self.state != TurnState::Failed {
+            self.fail("the TCP connection to the TURN server closed");
+        }
     }
 
     /// A datagram from the server.
@@ -394,8 +407,16 @@ impl TurnClient {
     /// Retransmissions and refreshes that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut give_up = Vec::new();
+        let mut again = Vec::new();
         for (tid, p) in self.pending.iter_mut() {
             let rto = RTO * 2u32.pow(p.tries.saturating_sub(1).min(5));
+            if self.tcp {
+                // Reliable transport: no retransmission; an answer that does not come in 10 s will not come.
+                if now >= p.sent_at + Duration::from_secs(10) {
+                    give_up.push((*tid, p.req));
+                }
+                continue;
+            }
             if now >= p.sent_at + rto {
                 if p.tries >= MAX_TRIES {
                     give_up.push((*tid, p.req));
@@ -403,12 +424,11 @@ impl TurnClient {
                 }
                 p.tries += 1;
                 p.sent_at = now;
-                self.out.push_back(Transmit {
-                    source: self.local,
-                    destination: self.server,
-                    contents: p.bytes.clone(),
-                });
+                again.push(p.bytes.clone());
             }
+        }
+        for bytes in again {
+            self.emit(bytes);
         }
         for (tid, req) in give_up {
             self.pending.remove(&tid);
@@ -452,7 +472,11 @@ impl TurnClient {
         let mut t = self.refresh_at;
         let mut min = |x: Instant| t = Some(t.map_or(x, |t: Instant| t.min(x)));
         for p in self.pending.values() {
-            min(p.sent_at + RTO * 2u32.pow(p.tries.saturating_sub(1).min(5)));
+            if self.tcp {
+                min(p.sent_at + Duration::from_secs(10));
+            } else {
+                min(p.sent_at + RTO * 2u32.pow(p.tries.saturating_sub(1).min(5)));
+            }
         }
         for v in self.permissions.values().flatten() {
             min(*v);
@@ -490,7 +514,7 @@ mod tests {
         let now = Instant::now();
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
-        let mut c = TurnClient::new(now, local, server, "u", "p", 42);
+        let mut c = TurnClient::new(now, local, server, "u", "p", 42, false);
         let first = c.poll_transmit().unwrap();
         assert_eq!(first.destination, server);
         assert!(
@@ -568,6 +592,7 @@ mod tests {
             "u",
             "p",
             1,
+            false,
         );
         let mut t = now;
         for _ in 0..20 {

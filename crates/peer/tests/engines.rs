@@ -50,6 +50,7 @@ impl World {
             token: None,
             clip: Clip::test_clip().unwrap(),
             relay_only: false,
+            turn_tcp: false,
             record: true,
         };
         let i = self.nodes.len();
@@ -349,6 +350,7 @@ fn refused_joins_and_garbage_are_reported_not_panicked_on() {
             token: None,
             clip: Clip::default(),
             relay_only: false,
+            turn_tcp: false,
             record: false,
         },
         now,

@@ -491,6 +491,9 @@ settings! {
         /// Use relay (TURN) candidates only, like the browser's &relay=1
         relay: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
             default_missing_value = "true"] = "false";
+        /// Reach the TURN server over TCP instead of UDP (with --relay, media is relayed over TCP)
+        turn_tcp: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
         /// Machine-readable output: one JSON object per line
         json: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
             default_missing_value = "true"] = "false";
@@ -673,8 +676,8 @@ fn nearest_key(unknown: &str) -> Option<String> {
         for (i, row) in d.iter_mut().enumerate() {
             row[0] = i;
         }
-        for j in 0..=b.len() {
-            d[0][j] = j;
+        for (j, cell) in d[0].iter_mut().enumerate() {
+            *cell = j;
         }
         for i in 1..=a.len() {
             for j in 1..=b.len() {
@@ -780,6 +783,7 @@ pub struct Resolved {
     pub expect_peers: Option<usize>,
     pub say: Option<String>,
     pub relay: bool,
+    pub turn_tcp: bool,
     pub json: bool,
     pub stats_interval: u64,
     pub log_level: String,
@@ -1098,6 +1102,7 @@ impl Resolved {
             expect_peers: o.expect_peers,
             say: o.say,
             relay: o.relay.unwrap_or_else(defaults::relay),
+            turn_tcp: o.turn_tcp.unwrap_or_else(defaults::turn_tcp),
             json: o.json.unwrap_or_else(defaults::json),
             stats_interval,
             log_level,

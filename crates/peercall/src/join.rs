@@ -295,6 +295,73 @@ fn load_clip(config: &Resolved) -> anyhow::Result<Clip> {
     Ok(clip)
 }
 
+/// Sends what the engine wants sent: a datagram from one of our sockets, or bytes on the TCP connection to a
+/// TURN server (opened on first use; what it reads goes back to the engine through `tcp_tx`).
+fn send_out(
+    sockets: &HashMap<SocketAddr, Arc<UdpSocket>>,
+    tcp_conns: &mut HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    tcp_tx: &mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
+    t: peercall_peer::Transmit,
+) {
+    if !t.tcp {
+        if let Some(s) = sockets.get(&t.source) {
+            let _ = s.try_send_to(&t.contents, t.destination);
+        }
+        return;
+    }
+    let server = t.destination;
+    let conn = tcp_conns.entry(server).or_insert_with(|| {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let back = tcp_tx.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let stream = match tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::TcpStream::connect(server),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                _ => {
+                    let _ = back.send((server, None)).await;
+                    return;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (mut read, mut write) = stream.into_split();
+            let reader_back = back.clone();
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match read.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = reader_back.send((server, None)).await;
+                            return;
+                        }
+                        Ok(n) => {
+                            if reader_back
+                                .send((server, Some(buf[..n].to_vec())))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            while let Some(bytes) = rx.recv().await {
+                if write.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            reader.abort();
+        });
+        tx
+    });
+    let _ = conn.try_send(t.contents);
+}
+
 /// Whether the call with this peer had media both ways: it connected, something of theirs arrived, and (when
 /// we send) their receiver reports show ours arrived.
 pub fn media_both_ways(s: &PeerStatus, sending: bool) -> bool {
@@ -355,6 +422,7 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
             token: room.token.clone(),
             clip,
             relay_only: room.relay,
+            turn_tcp: config.turn_tcp,
             record: recorder.is_some(),
         },
         start,
@@ -403,6 +471,8 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
     let (out_tx, out_rx) = mpsc::channel::<String>(256);
     tokio::spawn(signaling_task(room.ws_url.clone(), sig_tx, out_rx));
     let (res_tx, mut res_rx) = mpsc::channel::<(String, Vec<IpAddr>)>(16);
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<(SocketAddr, Option<Vec<u8>>)>(1024);
+    let mut tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
 
     let deadline = config
         .duration
@@ -424,11 +494,7 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
                 Output::Signal(text) => {
                     let _ = out_tx.try_send(text);
                 }
-                Output::Transmit(t) => {
-                    if let Some(s) = sockets.get(&t.source) {
-                        let _ = s.try_send_to(&t.contents, t.destination);
-                    }
-                }
+                Output::Transmit(t) => send_out(&sockets, &mut tcp_conns, &tcp_tx, t),
                 Output::Resolve(host) => {
                     let tx = res_tx.clone();
                     tokio::spawn(async move {
@@ -607,6 +673,13 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
                 engine.handle_datagram(Instant::now(), from, local, &data);
             }
             Some((host, ips)) = res_rx.recv() => engine.resolved(Instant::now(), &host, &ips),
+            Some((server, data)) = tcp_rx.recv() => match data {
+                Some(bytes) => engine.handle_stream(Instant::now(), server, &bytes),
+                None => {
+                    tcp_conns.remove(&server);
+                    engine.stream_closed(Instant::now(), server);
+                }
+            },
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 engine.handle_timeout(Instant::now());
             }
@@ -624,11 +697,7 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
             Output::Signal(text) => {
                 let _ = out_tx.try_send(text);
             }
-            Output::Transmit(t) => {
-                if let Some(s) = sockets.get(&t.source) {
-                    let _ = s.try_send_to(&t.contents, t.destination);
-                }
-            }
+            Output::Transmit(t) => send_out(&sockets, &mut tcp_conns, &tcp_tx, t),
             _ => {}
         }
     }

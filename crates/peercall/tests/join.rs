@@ -94,15 +94,18 @@ fn ffprobe_frames(path: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-fn call(relay: bool) {
+fn call(relay: bool, tcp: bool) {
     let (_server, base) = serve(&[]);
-    let url = format!("{base}/r/native-call-{relay}");
+    let url = format!("{base}/r/native-call-{relay}-{tcp}");
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec");
     let rec = rec.to_str().unwrap();
     let mut common = vec!["--json", "--stats-interval", "2", "--expect-peers", "1"];
     if relay {
         common.push("--relay");
+    }
+    if tcp {
+        common.push("--turn-tcp");
     }
     let first = spawn_join(
         &[
@@ -166,12 +169,17 @@ fn call(relay: bool) {
 
 #[test]
 fn two_native_peers_call_through_peercall_serve_with_media_both_ways() {
-    call(false);
+    call(false, false);
 }
 
 #[test]
 fn two_native_peers_call_through_turn_only() {
-    call(true);
+    call(true, false);
+}
+
+#[test]
+fn two_native_peers_call_through_turn_over_tcp() {
+    call(true, true);
 }
 
 fn one_line_error(args: &[&str]) -> String {
