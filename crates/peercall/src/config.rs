@@ -463,6 +463,44 @@ settings! {
         relay_threads: Option<u32> [value_name = "N"] = "0";
     }
 
+    /// Flags of the native peer.
+    group JoinFlags ("Native peer (peercall join)") {
+        /// Display name in the room
+        name: Option<String> [value_name = "NAME"] = "peercall-bot";
+        /// Room password, when the room has one
+        password: Option<Secret> [value_name = "PASSWORD"];
+        /// VP8 IVF file to send, looped
+        video: Option<PathBuf> [value_name = "FILE.ivf"], default "the embedded test clip";
+        /// Ogg/Opus file to send, looped
+        audio: Option<PathBuf> [value_name = "FILE.ogg"], default "the embedded test clip";
+        /// Send no video
+        no_video: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// Send no audio
+        no_audio: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// Directory to record every remote participant's video (IVF) and audio (Ogg/Opus) into
+        record: Option<PathBuf> [value_name = "DIR"];
+        /// Leave after this many seconds
+        duration: Option<u64> [value_name = "SECONDS"], default "until Ctrl-C";
+        /// Fail unless this many peers connected with media both ways (without --duration: leave as soon as
+        /// they did, fail after 30 s)
+        expect_peers: Option<usize> [value_name = "N"];
+        /// Chat message to send to everyone once connected
+        say: Option<String> [value_name = "TEXT"];
+        /// Use relay (TURN) candidates only, like the browser's &relay=1
+        relay: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// Reach the TURN server over TCP instead of UDP (with --relay, media is relayed over TCP)
+        turn_tcp: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// Machine-readable output: one JSON object per line
+        json: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// Seconds between the status lines of each peer
+        stats_interval: Option<u64> [value_name = "SECONDS"] = "5";
+    }
+
     /// Logging flags.
     group LogFlags ("Logging") {
         /// Log level or tracing filter, e.g. debug or info,peercall_turn=trace (RUST_LOG is used when this is not
@@ -630,19 +668,30 @@ pub fn parse_file(text: &str, path: &Path) -> Result<Options, ConfigError> {
 
 /// The known key closest to `unknown` by edit distance, if it is close.
 fn nearest_key(unknown: &str) -> Option<String> {
+    // Optimal string alignment distance: a swap of two neighbours (`relam` for `realm`) counts as one edit.
     fn distance(a: &str, b: &str) -> usize {
+        let a: Vec<char> = a.chars().collect();
         let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut prev = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let cur = row[j + 1];
-                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-                prev = cur;
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        for (j, cell) in d[0].iter_mut().enumerate() {
+            *cell = j;
+        }
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                let mut v = (d[i - 1][j] + 1)
+                    .min(d[i][j - 1] + 1)
+                    .min(d[i - 1][j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    v = v.min(d[i - 2][j - 2] + 1);
+                }
+                d[i][j] = v;
             }
         }
-        row[b.len()]
+        d[a.len()][b.len()]
     }
     let normalized = unknown.replace('_', "-").to_ascii_lowercase();
     FIELDS
@@ -723,6 +772,20 @@ pub struct Resolved {
     pub max_lifetime: u64,
     pub unauth_rate: u32,
     pub relay_threads: u32,
+    pub name: String,
+    pub password: Option<Secret>,
+    pub video: Option<PathBuf>,
+    pub audio: Option<PathBuf>,
+    pub no_video: bool,
+    pub no_audio: bool,
+    pub record: Option<PathBuf>,
+    pub duration: Option<u64>,
+    pub expect_peers: Option<usize>,
+    pub say: Option<String>,
+    pub relay: bool,
+    pub turn_tcp: bool,
+    pub json: bool,
+    pub stats_interval: u64,
     pub log_level: String,
     pub log_format: LogFormat,
     /// Where each value came from.
@@ -920,6 +983,18 @@ impl Resolved {
                 format!("{relay_threads} is more than 64"),
             ));
         }
+        let stats_interval = o.stats_interval.unwrap_or_else(defaults::stats_interval);
+        at_least("stats_interval", stats_interval, 1, " second")?;
+        if let Some(d) = o.duration {
+            at_least("duration", d, 1, " second")?;
+        }
+        let name = o.name.unwrap_or_else(defaults::name).trim().to_string();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "name",
+                "a name is 1-64 characters, without control characters".into(),
+            ));
+        }
         let log_level = o.log_level.unwrap_or_else(defaults::log_level);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             return Err(invalid(
@@ -1016,6 +1091,20 @@ impl Resolved {
             max_lifetime,
             unauth_rate,
             relay_threads,
+            name,
+            password: o.password,
+            video: o.video,
+            audio: o.audio,
+            no_video: o.no_video.unwrap_or_else(defaults::no_video),
+            no_audio: o.no_audio.unwrap_or_else(defaults::no_audio),
+            record: o.record,
+            duration: o.duration,
+            expect_peers: o.expect_peers,
+            say: o.say,
+            relay: o.relay.unwrap_or_else(defaults::relay),
+            turn_tcp: o.turn_tcp.unwrap_or_else(defaults::turn_tcp),
+            json: o.json.unwrap_or_else(defaults::json),
+            stats_interval,
             log_level,
             log_format: o.log_format.unwrap_or_else(defaults::log_format),
             provenance,
@@ -1120,6 +1209,8 @@ mod tests {
         turn: TurnFlags,
         #[command(flatten)]
         log: LogFlags,
+        #[command(flatten)]
+        join: JoinFlags,
     }
 
     fn flags(args: &[&str]) -> Options {
@@ -1131,6 +1222,7 @@ mod tests {
         all.external.apply(&mut o);
         all.turn.apply(&mut o);
         all.log.apply(&mut o);
+        all.join.apply(&mut o);
         o
     }
 
@@ -1743,7 +1835,9 @@ mod tests {
             // The docs table row of this setting shows the same default.
             let row = docs
                 .lines()
-                .find(|l| l.starts_with(&format!("| `--{key}")))
+                .find(|l| {
+                    l.starts_with(&format!("| `--{key} ")) || l.starts_with(&format!("| `--{key}`"))
+                })
                 .unwrap_or_else(|| panic!("docs/configuration.md has no table row for --{key}"));
             let columns: Vec<&str> = row.split(" | ").collect();
             assert!(

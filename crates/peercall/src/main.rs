@@ -5,6 +5,7 @@
 mod banner;
 mod config;
 mod http;
+mod join;
 mod parts;
 mod tls;
 
@@ -16,8 +17,8 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    ExternalTurnFlags, HttpFlags, Layer, LogFlags, LogFormat, Options, Resolved, SignalFlags,
-    TurnFlags,
+    ExternalTurnFlags, HttpFlags, JoinFlags, Layer, LogFlags, LogFormat, Options, Resolved,
+    SignalFlags, TurnFlags,
 };
 use crate::parts::Mode;
 
@@ -107,11 +108,38 @@ enum Command {
     /// Run the web client and signaling alone; browsers use an external TURN server (--turn-secret)
     #[command(after_help = SIGNAL_AFTER_HELP)]
     Signal(SignalArgs),
-    /// Join a room as a native peer (not yet available)
-    Join {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
-    },
+    /// Join a room as a native WebRTC peer: send a clip, record, probe a call (no browser needed)
+    #[command(after_help = JOIN_AFTER_HELP)]
+    Join(JoinArgs),
+}
+
+const JOIN_AFTER_HELP: &str = "\
+Examples:
+  peercall join https://call.example.com/r/brave-otter-4821
+      join with the embedded test clip (a moving pattern and a tone)
+  peercall join http://localhost:8080/r/room --record calls/
+      record every participant as IVF (VP8) and Ogg (Opus)
+  peercall join URL --duration 10 --expect-peers 1 --json
+      a synthetic call probe for monitoring: exit status 0 only when one
+      peer connected with media both ways
+
+Exit status: 0 when every expected peer (--expect-peers, else everyone who
+was there) connected with media both ways; 1 otherwise or on an error (one
+line on stderr: a bad link, not a peercall server, a wrong password, a full
+room, a file that is not VP8/Opus); 2 for a command-line usage error.";
+
+#[derive(Args, Debug)]
+struct JoinArgs {
+    /// The room link, as the browser shows it: https://HOST/r/ROOM (http://, ws:// and wss:// work too; a
+    /// ?token=... is used as the join token, &relay=1 is --relay)
+    #[arg(value_name = "ROOM_URL")]
+    url: String,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    join: JoinFlags,
+    #[command(flatten)]
+    log: LogFlags,
 }
 
 /// Flags every running subcommand has.
@@ -186,12 +214,17 @@ fn main() -> ExitCode {
             args.log.apply(&mut o);
             (Mode::Signal, args.common, o)
         }
-        Some(Command::Join { .. }) => {
-            eprintln!(
-                "peercall: error: `peercall join` (the native peer) is not yet available in this version; \
-                 join from a browser instead"
-            );
-            return ExitCode::from(2);
+        Some(Command::Join(args)) => {
+            let mut o = Options::default();
+            args.join.apply(&mut o);
+            args.log.apply(&mut o);
+            return match run_join(&args.url, args.common, o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("peercall: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
     };
     match run(mode, common, flags) {
@@ -211,6 +244,49 @@ fn split_serve(args: ServeArgs) -> (Mode, Common, Options) {
     args.turn.apply(&mut o);
     args.log.apply(&mut o);
     (Mode::Serve, args.common, o)
+}
+
+fn peercall_env() -> anyhow::Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("PEERCALL_") {
+            let value = value
+                .into_string()
+                .map_err(|_| anyhow!("environment variable {name}: not valid UTF-8"))?;
+            env.push((name.to_owned(), value));
+        }
+    }
+    Ok(env)
+}
+
+/// `peercall join`: settings as for the servers, then the native peer on a small runtime.
+fn run_join(url: &str, common: Common, flags: Options) -> anyhow::Result<()> {
+    let env = peercall_env()?;
+    let mut config = config::load(flags, common.config, &env, &|path| {
+        std::fs::read_to_string(path)
+    })?;
+    if common.print_config {
+        print!(
+            "# effective configuration of `peercall join`\n{}",
+            config.to_annotated_toml()
+        );
+        return Ok(());
+    }
+    // The peer's own lines go to stdout; logs only say what went wrong unless asked for more.
+    if config.provenance.layer("log_level") == Layer::Default {
+        config.log_level = "warn".into();
+    }
+    init_logging(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("peercall-join")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(join::run(url, &config));
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
 }
 
 fn run(mode: Mode, common: Common, flags: Options) -> anyhow::Result<()> {

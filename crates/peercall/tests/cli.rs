@@ -57,11 +57,29 @@ fn a_flag_of_another_subcommand_is_a_usage_error() {
 }
 
 #[test]
-fn join_is_not_yet_available() {
+fn join_shows_its_own_flags_and_refuses_a_link_that_is_not_one() {
+    let help = stdout(&run(&["join", "--help"], &[]));
+    for flag in [
+        "ROOM_URL",
+        "--record",
+        "--expect-peers",
+        "--relay",
+        "--json",
+        "--duration",
+    ] {
+        assert!(help.contains(flag), "join --help lacks {flag}: {help}");
+    }
+    assert!(!help.contains("--room-capacity"), "{help}");
+    let out = run(&["join"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing ROOM_URL is a usage error"
+    );
     let out = run(&["join", "some-room"], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not yet available"), "{stderr}");
+    assert!(stderr.contains("not a room link"), "{stderr}");
 }
 
 #[test]

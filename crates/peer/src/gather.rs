@@ -1,0 +1,567 @@
+//! Local ICE candidates: host candidates of the caller's sockets, server-reflexive ones from STUN Binding
+//! requests to the `stun:` servers of `welcome`, relayed ones from a TURN allocation ([`crate::turn`]) on the
+//! `turn:` servers (UDP). Also the demultiplexing of what arrives from those servers. Sans-IO.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use peercall_stun::{
+    Class, Message, MessageWriter, Method, TransactionId, XorMappedAddress, classify,
+};
+use serde_json::Value;
+use str0m::Candidate;
+
+use crate::engine::Transmit;
+use crate::turn::{TurnClient, TurnInput, TurnState};
+
+/// The type of one of our candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalKind {
+    Host,
+    Srflx,
+    Relay,
+}
+
+/// One entry of `iceServers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: Option<String>,
+    pub credential: Option<String>,
+}
+
+impl IceServer {
+    /// `iceServers` as the server sends it (RTCConfiguration shape); malformed entries are skipped.
+    pub fn parse_list(v: &Value) -> Vec<IceServer> {
+        let Some(list) = v.as_array() else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|s| {
+                let urls = match s.get("urls") {
+                    Some(Value::String(u)) => vec![u.clone()],
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|u| u.as_str().map(str::to_string))
+                        .collect(),
+                    _ => return None,
+                };
+                Some(IceServer {
+                    urls,
+                    username: s
+                        .get("username")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    credential: s
+                        .get("credential")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Stun,
+    Turn,
+}
+
+/// A parsed `stun:host:port` / `turn:host:port?transport=udp` URL (turns: and TCP are skipped here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Url {
+    scheme: Scheme,
+    host: String,
+    port: u16,
+    tcp: bool,
+}
+
+fn parse_url(url: &str) -> Option<Url> {
+    let (scheme, rest) = url.split_once(':')?;
+    let scheme = match scheme {
+        "stun" => Scheme::Stun,
+        "turn" => Scheme::Turn,
+        _ => return None,
+    };
+    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let tcp = scheme == Scheme::Turn && query.contains("transport=tcp");
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, p) = v6.split_once(']')?;
+        (h.to_string(), p.strip_prefix(':').unwrap_or("3478"))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p),
+            None => (hostport.to_string(), "3478"),
+        }
+    };
+    Some(Url {
+        scheme,
+        host,
+        port: port.parse().ok()?,
+        tcp,
+    })
+}
+
+#[derive(Debug)]
+struct Probe {
+    local: SocketAddr,
+    server: SocketAddr,
+    bytes: Vec<u8>,
+    sent_at: Instant,
+    tries: u32,
+}
+
+/// What an incoming datagram was, as far as the gatherer is concerned.
+#[derive(Debug)]
+pub enum Handled {
+    /// An answer to our STUN/TURN requests: nothing for the connections.
+    Consumed,
+    /// Peer data that came through our TURN relay.
+    Relayed {
+        peer: SocketAddr,
+        relay: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// Not ours: ICE/DTLS/RTP for the connections.
+    NotMine,
+}
+
+pub struct Gatherer {
+    relay_only: bool,
+    turn_tcp: bool,
+    /// Bytes read from the TCP connection to the TURN server, not yet a whole frame.
+    stream_buf: Vec<u8>,
+    sockets: Vec<SocketAddr>,
+    urls: Vec<(Url, Option<String>, Option<String>)>,
+    resolved: HashMap<String, Vec<IpAddr>>,
+    resolve_out: VecDeque<String>,
+    asked: Vec<String>,
+    probes: HashMap<TransactionId, Probe>,
+    probed: Vec<(SocketAddr, SocketAddr)>,
+    candidates: Vec<(Candidate, LocalKind)>,
+    fresh: Vec<Candidate>,
+    turn: Option<TurnClient>,
+    turn_announced: bool,
+    permissions: Vec<IpAddr>,
+    out: VecDeque<Transmit>,
+    seed: u64,
+}
+
+impl Gatherer {
+    pub fn new(relay_only: bool, turn_tcp: bool) -> Gatherer {
+        Gatherer {
+            relay_only,
+            turn_tcp,
+            stream_buf: Vec::new(),
+            sockets: Vec::new(),
+            urls: Vec::new(),
+            resolved: HashMap::new(),
+            resolve_out: VecDeque::new(),
+            asked: Vec::new(),
+            probes: HashMap::new(),
+            probed: Vec::new(),
+            candidates: Vec::new(),
+            fresh: Vec::new(),
+            turn: None,
+            turn_announced: false,
+            permissions: Vec::new(),
+            out: VecDeque::new(),
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn next_tid(&mut self) -> TransactionId {
+        let mut x = self.seed;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.seed = x;
+        let mut t = [0u8; 12];
+        t[..8].copy_from_slice(&x.to_le_bytes());
+        t[8..].copy_from_slice(&((x >> 17) as u32).to_le_bytes());
+        t
+    }
+
+    /// Seeds the transaction ids (the caller passes some randomness: the engine has none of its own).
+    pub fn seed(&mut self, seed: u64) {
+        self.seed = seed | 1;
+    }
+
+    pub fn add_socket(&mut self, now: Instant, addr: SocketAddr) {
+        if self.sockets.contains(&addr) {
+            return;
+        }
+        self.sockets.push(addr);
+        if !self.relay_only
+            && let Ok(c) = Candidate::host(addr, "udp")
+        {
+            self.candidates.push((c.clone(), LocalKind::Host));
+            self.fresh.push(c);
+        }
+        self.start(now);
+    }
+
+    pub fn set_ice_servers(&mut self, now: Instant, servers: &[IceServer]) {
+        let mut urls = Vec::new();
+        for s in servers {
+            for u in &s.urls {
+                if let Some(url) = parse_url(u) {
+                    urls.push((url, s.username.clone(), s.credential.clone()));
+                }
+            }
+        }
+        // A refresh: new credentials for the running allocation.
+        if let Some(turn) = self.turn.as_mut()
+            && let Some((_, Some(u), Some(p))) =
+                urls.iter().find(|(u, _, _)| u.scheme == Scheme::Turn)
+        {
+            turn.set_credentials(u, p);
+        }
+        self.urls = urls;
+        self.start(now);
+    }
+
+    pub fn resolved(&mut self, now: Instant, host: &str, ips: &[IpAddr]) {
+        self.resolved.insert(host.to_string(), ips.to_vec());
+        self.start(now);
+    }
+
+    fn server_addr(&mut self, url: &Url, family_v4: bool) -> Option<SocketAddr> {
+        let ips: Vec<IpAddr> = if let Ok(ip) = url.host.parse::<IpAddr>() {
+            vec![ip]
+        } else if let Some(ips) = self.resolved.get(&url.host) {
+            ips.clone()
+        } else {
+            if !self.asked.contains(&url.host) {
+                self.asked.push(url.host.clone());
+                self.resolve_out.push_back(url.host.clone());
+            }
+            return None;
+        };
+        ips.into_iter()
+            .find(|ip| ip.is_ipv4() == family_v4)
+            .map(|ip| SocketAddr::new(ip, url.port))
+    }
+
+    /// The socket to reach `server` from: loopback for a loopback server, else the first other one.
+    fn socket_for(&self, server: SocketAddr) -> Option<SocketAddr> {
+        let same_family = self
+            .sockets
+            .iter()
+            .filter(|s| s.is_ipv4() == server.is_ipv4());
+        if server.ip().is_loopback() {
+            return same_family.clone().find(|s| s.ip().is_loopback()).copied();
+        }
+        same_family.clone().find(|s| !s.ip().is_loopback()).copied()
+    }
+
+    /// Starts whatever the servers and sockets known so far allow: STUN probes and the TURN allocation.
+    fn start(&mut self, now: Instant) {
+        let urls = self.urls.clone();
+        for (url, user, pass) in urls {
+            let Some(server) = self.server_addr(&url, true) else {
+                continue;
+            };
+            let Some(local) = self.socket_for(server) else {
+                continue;
+            };
+            match url.scheme {
+                Scheme::Stun if !self.relay_only => {
+                    if self.probed.contains(&(local, server)) || server.ip().is_loopback() {
+                        continue; // our own address to ourselves: nothing to learn
+                    }
+                    self.probed.push((local, server));
+                    let tid = self.next_tid();
+                    let mut buf = vec![0u8; 64];
+                    let Ok(mut w) =
+                        MessageWriter::new(&mut buf, Class::Request, Method::BINDING, &tid)
+                    else {
+                        continue;
+                    };
+                    if w.add_fingerprint().is_err() {
+                        continue;
+                    }
+                    let n = w.finish();
+                    buf.truncate(n);
+                    self.out.push_back(Transmit {
+                        source: local,
+                        destination: server,
+                        contents: buf.clone(),
+                        tcp: false,
+                    });
+                    self.probes.insert(
+                        tid,
+                        Probe {
+                            local,
+                            server,
+                            bytes: buf,
+                            sent_at: now,
+                            tries: 1,
+                        },
+                    );
+                }
+                Scheme::Turn => {
+                    if self.turn.is_some() || url.tcp != self.turn_tcp {
+                        continue;
+                    }
+                    let (Some(u), Some(p)) = (user, pass) else {
+                        continue;
+                    };
+                    let seed = self.next_tid();
+                    let seed = u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8]));
+                    let mut turn = TurnClient::new(now, local, server, &u, &p, seed, url.tcp);
+                    for ip in &self.permissions {
+                        turn.permit(now, *ip);
+                    }
+                    self.turn = Some(turn);
+                }
+                Scheme::Stun => {}
+            }
+        }
+        self.pump_turn();
+    }
+
+    fn pump_turn(&mut self) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        while let Some(t) = turn.poll_transmit() {
+            self.out.push_back(t);
+        }
+        if !self.turn_announced
+            && let Some(relay) = turn.relay()
+        {
+            self.turn_announced = true;
+            if let Ok(c) = Candidate::relayed(relay, turn.local, "udp") {
+                self.candidates.push((c.clone(), LocalKind::Relay));
+                self.fresh.push(c);
+            }
+        }
+    }
+
+    /// A remote candidate's address: our TURN allocation must permit it.
+    pub fn want_permission(&mut self, now: Instant, addr: SocketAddr) {
+        if self.permissions.contains(&addr.ip()) {
+            return;
+        }
+        self.permissions.push(addr.ip());
+        if let Some(turn) = self.turn.as_mut() {
+            turn.permit(now, addr.ip());
+        }
+        self.pump_turn();
+    }
+
+    /// The TURN allocation's state, when there is one.
+    pub fn turn_state(&self) -> Option<TurnState> {
+        self.turn.as_ref().map(TurnClient::state)
+    }
+
+    /// Every local candidate so far (for a new connection).
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.candidates.iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    /// Candidates found since the last call (for connections that exist already).
+    pub fn take_new_candidates(&mut self) -> Vec<Candidate> {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// The type of our candidate at `addr`.
+    pub fn kind_of(&self, addr: SocketAddr) -> Option<LocalKind> {
+        self.candidates
+            .iter()
+            .find(|(c, _)| c.addr() == addr)
+            .map(|(_, k)| *k)
+    }
+
+    /// A datagram a connection wants sent: straight out of a socket, or through the relay when its source is
+    /// our relayed address.
+    pub fn wrap_transmit(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: Vec<u8>,
+    ) -> Option<Transmit> {
+        if let Some(turn) = self.turn.as_mut()
+            && turn.relay() == Some(source)
+        {
+            turn.send(now, destination, &contents);
+            self.pump_turn();
+            return None;
+        }
+        if !self.sockets.contains(&source) {
+            return None;
+        }
+        Some(Transmit {
+            source,
+            destination,
+            contents,
+            tcp: false,
+        })
+    }
+
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> Handled {
+        if let Some(turn) = self.turn.as_mut()
+            && !turn.is_tcp()
+            && source == turn.server
+            && destination == turn.local
+        {
+            let r = turn.handle_input(now, data);
+            let relay = turn.relay();
+            self.pump_turn();
+            return match (r, relay) {
+                (TurnInput::Data { peer, data }, Some(relay)) => {
+                    Handled::Relayed { peer, relay, data }
+                }
+                _ => Handled::Consumed,
+            };
+        }
+        if classify(data) == peercall_stun::PacketKind::Stun
+            && let Ok(msg) = Message::parse(data)
+            && msg.method() == Method::BINDING
+            && matches!(msg.class(), Class::Success | Class::Error)
+            && let Some(probe) = self.probes.remove(msg.transaction_id())
+        {
+            if msg.class() == Class::Success
+                && let Some(Ok(XorMappedAddress(mapped))) = msg.decode::<XorMappedAddress>()
+                && !self.candidates.iter().any(|(c, _)| c.addr() == mapped)
+                && let Ok(c) = Candidate::server_reflexive(mapped, probe.local, "udp")
+            {
+                self.candidates.push((c.clone(), LocalKind::Srflx));
+                self.fresh.push(c);
+            }
+            let _ = probe.server;
+            return Handled::Consumed;
+        }
+        Handled::NotMine
+    }
+
+    /// Bytes from the TCP connection to the TURN server: split into STUN and ChannelData frames; returns the
+    /// peer data among them as (peer, relay address, bytes).
+    pub fn handle_stream(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        data: &[u8],
+    ) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let Some(turn) = self.turn.as_mut().filter(|t| t.server == server) else {
+            return out;
+        };
+        self.stream_buf.extend_from_slice(data);
+        loop {
+            match peercall_stun::stream_frame_len(&self.stream_buf) {
+                Ok(Some(n)) if n <= self.stream_buf.len() => {
+                    let frame: Vec<u8> = self.stream_buf.drain(..n).collect();
+                    if let (TurnInput::Data { peer, data }, Some(relay)) =
+                        (turn.handle_input(now, &frame), turn.relay())
+                    {
+                        out.push((peer, relay, data));
+                    }
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    // Not STUN framing: the stream is unusable.
+                    self.stream_buf.clear();
+                    turn.closed();
+                    break;
+                }
+            }
+        }
+        self.pump_turn();
+        out
+    }
+
+    /// The TCP connection to the TURN server is gone.
+    pub fn stream_closed(&mut self, server: SocketAddr) {
+        if let Some(turn) = self.turn.as_mut().filter(|t| t.server == server) {
+            turn.closed();
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut dead = Vec::new();
+        for (tid, p) in self.probes.iter_mut() {
+            if now >= p.sent_at + Duration::from_millis(500) * 2u32.pow(p.tries - 1) {
+                if p.tries >= 4 {
+                    dead.push(*tid);
+                    continue;
+                }
+                p.tries += 1;
+                p.sent_at = now;
+                self.out.push_back(Transmit {
+                    source: p.local,
+                    destination: p.server,
+                    contents: p.bytes.clone(),
+                    tcp: false,
+                });
+            }
+        }
+        for tid in dead {
+            self.probes.remove(&tid);
+        }
+        if let Some(turn) = self.turn.as_mut() {
+            for ip in &self.permissions {
+                turn.permit(now, *ip);
+            }
+            turn.handle_timeout(now);
+        }
+        self.pump_turn();
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.turn.as_ref().and_then(TurnClient::poll_timeout);
+        for p in self.probes.values() {
+            let due = p.sent_at + Duration::from_millis(500) * 2u32.pow(p.tries - 1);
+            t = Some(t.map_or(due, |t| t.min(due)));
+        }
+        t
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.pump_turn();
+        self.out.pop_front()
+    }
+
+    pub fn poll_resolve(&mut self) -> Option<String> {
+        self.resolve_out.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            parse_url("turn:127.0.0.1:3478?transport=udp"),
+            Some(Url {
+                scheme: Scheme::Turn,
+                host: "127.0.0.1".into(),
+                port: 3478,
+                tcp: false,
+            })
+        );
+        assert_eq!(
+            parse_url("turn:h:3478?transport=tcp").map(|u| u.tcp),
+            Some(true)
+        );
+        assert_eq!(parse_url("turns:h:5349?transport=tcp"), None);
+        assert_eq!(parse_url("stun:example.org").map(|u| u.port), Some(3478));
+        assert_eq!(
+            parse_url("stun:[::1]:3479").map(|u| u.host),
+            Some("::1".into())
+        );
+        assert_eq!(parse_url("stun:h:notaport"), None);
+    }
+}

@@ -1,0 +1,432 @@
+//! Two (or three) engines calling each other in-process: a tiny signaling server that speaks protocol v1's
+//! forwarding rules, a loss-free network that delivers each Transmit to the engine owning its destination, and
+//! injected time (simulated: nothing sleeps).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use peercall_peer::{Clip, Engine, EngineConfig, Event, Output};
+use serde_json::{Value, json};
+
+struct Node {
+    engine: Engine,
+    addr: SocketAddr,
+    id: Option<String>,
+    events: Vec<Event>,
+    up: bool,
+}
+
+/// The room: ids in join order, messages forwarded with `from`.
+struct World {
+    now: Instant,
+    nodes: Vec<Node>,
+    /// Signaling frames waiting for delivery: (node index, text).
+    to_client: Vec<(usize, String)>,
+    next_id: u32,
+    /// Datagrams between nodes are dropped while false.
+    network: bool,
+    datagrams: u64,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            now: Instant::now(),
+            nodes: Vec::new(),
+            to_client: Vec::new(),
+            next_id: 0,
+            network: true,
+            datagrams: 0,
+        }
+    }
+
+    fn join(&mut self, name: &str, ids: &[&str]) -> usize {
+        let config = EngineConfig {
+            room: "room".into(),
+            name: name.into(),
+            password: None,
+            token: None,
+            clip: Clip::test_clip().unwrap(),
+            relay_only: false,
+            turn_tcp: false,
+            record: true,
+        };
+        let i = self.nodes.len();
+        let addr: SocketAddr = format!("127.0.0.1:{}", 10_000 + i).parse().unwrap();
+        let mut engine = Engine::new(config, self.now);
+        engine.add_socket(self.now, addr);
+        engine.signaling_connected(self.now);
+        self.nodes.push(Node {
+            engine,
+            addr,
+            id: ids.get(self.next_id as usize).map(|s| s.to_string()),
+            events: Vec::new(),
+            up: true,
+        });
+        self.next_id += 1;
+        i
+    }
+
+    fn server(&mut self, from: usize, text: &str) {
+        let msg: Value = serde_json::from_str(text).unwrap();
+        let my_id = self.nodes[from].id.clone().unwrap();
+        match msg["type"].as_str().unwrap() {
+            "join" => {
+                let peers: Vec<Value> = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, n)| *j != from && n.up && n.id.is_some())
+                    .map(|(_, n)| json!({"id": n.id, "name": "x"}))
+                    .collect();
+                let welcome = json!({"v": 1, "type": "welcome", "id": my_id, "room": "room", "peers": peers,
+                    "iceServers": [], "resume": "r", "resumed": false, "polite": "lower-id"});
+                self.to_client.push((from, welcome.to_string()));
+                for j in 0..self.nodes.len() {
+                    if j != from && self.nodes[j].up {
+                        let m = json!({"v": 1, "type": "peer-joined", "peer": {"id": my_id, "name": msg["name"]}});
+                        self.to_client.push((j, m.to_string()));
+                    }
+                }
+            }
+            "offer" | "answer" | "candidate" | "message" => {
+                let to = msg["to"].as_str().unwrap();
+                let j = self
+                    .nodes
+                    .iter()
+                    .position(|n| n.id.as_deref() == Some(to))
+                    .unwrap();
+                let mut fwd = msg.clone();
+                fwd.as_object_mut().unwrap().remove("to");
+                fwd["from"] = json!(my_id);
+                fwd["v"] = json!(1);
+                self.to_client.push((j, fwd.to_string()));
+            }
+            "leave" => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    /// Runs every engine until nothing is left to do at this instant.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let mut busy = false;
+            for i in 0..self.nodes.len() {
+                while let Some(out) = self.nodes[i].engine.poll_output() {
+                    busy = true;
+                    match out {
+                        Output::Signal(text) => self.server(i, &text),
+                        Output::Transmit(t) => {
+                            assert_eq!(t.source, self.nodes[i].addr);
+                            if !self.network {
+                                continue;
+                            }
+                            if let Some(j) = self.nodes.iter().position(|n| n.addr == t.destination)
+                            {
+                                self.datagrams += 1;
+                                let now = self.now;
+                                let src = t.source;
+                                self.nodes[j].engine.handle_datagram(
+                                    now,
+                                    src,
+                                    t.destination,
+                                    &t.contents,
+                                );
+                            }
+                        }
+                        Output::Event(e) => self.nodes[i].events.push(e),
+                        Output::Resolve(_) => {}
+                    }
+                }
+            }
+            let pending = std::mem::take(&mut self.to_client);
+            for (j, text) in &pending {
+                busy = true;
+                let now = self.now;
+                self.nodes[*j].engine.handle_signal(now, text).unwrap();
+            }
+            if !busy {
+                return;
+            }
+        }
+        panic!("engines never settled");
+    }
+
+    /// Advances simulated time by `total`, waking every engine when it asks (at most every 10 ms).
+    fn run(&mut self, total: Duration) {
+        let end = self.now + total;
+        self.settle();
+        while self.now < end {
+            let mut next = (self.now + Duration::from_millis(10)).min(end);
+            for n in &self.nodes {
+                if let Some(t) = n.engine.poll_timeout() {
+                    next = next.min(t.max(self.now + Duration::from_millis(1)));
+                }
+            }
+            self.now = next;
+            for i in 0..self.nodes.len() {
+                let now = self.now;
+                self.nodes[i].engine.handle_timeout(now);
+            }
+            self.settle();
+        }
+    }
+
+    /// The signaling server restarts: every session is lost; the nodes come back one by one and get new ids.
+    fn restart_server(&mut self, new_ids: &[&str]) {
+        let now = self.now;
+        for n in &mut self.nodes {
+            n.up = false;
+            n.engine.signaling_lost(now);
+        }
+        self.to_client.clear();
+        for (i, id) in new_ids.iter().enumerate() {
+            self.nodes[i].id = Some(id.to_string());
+            self.nodes[i].up = true;
+            self.nodes[i].engine.signaling_connected(now);
+            self.settle();
+        }
+    }
+
+    fn status(&self, i: usize) -> peercall_peer::PeerStatus {
+        let peers = self.nodes[i].engine.peers();
+        assert_eq!(peers.len(), 1, "node {i} has {} peers", peers.len());
+        peers[0].clone()
+    }
+}
+
+fn media_flows(s: &peercall_peer::PeerStatus) {
+    assert!(s.connected, "{s:?}");
+    assert!(s.video_frames_rx >= 20, "{s:?}");
+    assert!(s.audio_packets_rx >= 50, "{s:?}");
+    assert!(s.video_frames_tx >= 20, "{s:?}");
+    assert!(s.video_acked && s.audio_acked, "{s:?}");
+}
+
+#[test]
+fn two_engines_call_each_other_with_media_both_ways_and_chat() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(100));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(6));
+    for i in [a, b] {
+        let s = w.status(i);
+        media_flows(&s);
+        assert_eq!(s.route.map(|r| r.as_str()), Some("host"));
+        assert!(s.rtt.is_some());
+        assert!(s.channel_open);
+    }
+    w.nodes[b].engine.say("hello from Bob");
+    w.run(Duration::from_millis(500));
+    let chats: Vec<String> = w.nodes[a]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Chat { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(chats, vec!["hello from Bob".to_string()]);
+    // Bob offered (he is the newcomer); Ann answered.
+    assert!(
+        w.nodes[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Joined { peers: 1, .. }))
+    );
+    assert!(
+        w.nodes[a]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PeerJoined { .. }))
+    );
+    // Recorded frames are reported with increasing RTP time.
+    let times: Vec<u64> = w.nodes[a]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Media {
+                kind: peercall_peer::Kind::Video,
+                rtp,
+                ..
+            } => Some(*rtp),
+            _ => None,
+        })
+        .collect();
+    assert!(times.len() >= 20);
+    assert!(times.windows(2).all(|p| p[1] > p[0]));
+}
+
+#[test]
+fn simultaneous_ice_restarts_resolve_by_the_polite_rule() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(50));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(3));
+    assert!(w.status(a).connected && w.status(b).connected);
+    // Both restart at the same instant: the offers cross (glare).
+    let now = w.now;
+    w.nodes[a].engine.restart_ice(now, "p-b", "test");
+    w.nodes[b].engine.restart_ice(now, "p-a", "test");
+    w.settle();
+    let collisions = w.status(a).collisions + w.status(b).collisions;
+    assert!(collisions >= 1, "the offers should have crossed");
+    let before = (w.status(a).video_frames_rx, w.status(b).video_frames_rx);
+    w.run(Duration::from_secs(4));
+    let (sa, sb) = (w.status(a), w.status(b));
+    assert!(sa.connected && sb.connected, "{sa:?} {sb:?}");
+    assert!(sa.video_frames_rx > before.0 + 20 && sb.video_frames_rx > before.1 + 20);
+}
+
+#[test]
+fn a_network_outage_leads_to_an_ice_restart_and_media_comes_back() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(50));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(3));
+    assert!(w.status(a).connected);
+    w.network = false;
+    w.run(Duration::from_secs(12));
+    let restarted = w.nodes[a]
+        .events
+        .iter()
+        .chain(&w.nodes[b].events)
+        .any(|e| matches!(e, Event::IceRestart { .. }));
+    assert!(
+        restarted,
+        "an outage must restart ICE: {:?}",
+        w.nodes[a]
+            .events
+            .iter()
+            .filter(|e| !matches!(e, Event::Media { .. }))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        w.nodes[a]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Disconnected { .. }))
+    );
+    w.network = true;
+    let before = w.status(a).video_frames_rx;
+    w.run(Duration::from_secs(15));
+    let s = w.status(a);
+    assert!(s.connected, "{s:?}");
+    assert!(s.video_frames_rx > before + 20, "{s:?}");
+}
+
+#[test]
+fn three_engines_form_a_mesh() {
+    let mut w = World::new();
+    let ids = ["p-a", "p-b", "p-c"];
+    w.join("Ann", &ids);
+    w.run(Duration::from_millis(50));
+    w.join("Bob", &ids);
+    w.run(Duration::from_millis(50));
+    w.join("Cid", &ids);
+    w.run(Duration::from_secs(6));
+    for n in &w.nodes {
+        let peers = n.engine.peers();
+        assert_eq!(peers.len(), 2);
+        for p in peers {
+            assert!(p.connected && p.video_frames_rx >= 20, "{p:?}");
+        }
+    }
+}
+
+#[test]
+fn refused_joins_and_garbage_are_reported_not_panicked_on() {
+    let now = Instant::now();
+    let mut e = Engine::new(
+        EngineConfig {
+            room: "r".into(),
+            name: "n".into(),
+            password: Some("pw".into()),
+            token: None,
+            clip: Clip::default(),
+            relay_only: false,
+            turn_tcp: false,
+            record: false,
+        },
+        now,
+    );
+    e.signaling_connected(now);
+    let Some(Output::Signal(join)) = e.poll_output() else {
+        panic!()
+    };
+    let join: Value = serde_json::from_str(&join).unwrap();
+    assert_eq!(join["password"], "pw");
+    assert_eq!(join["v"], 1);
+    assert!(e.handle_signal(now, "not json").is_err());
+    assert!(e.handle_signal(now, "{}").is_err());
+    e.handle_signal(now, r#"{"type":"offer","from":"x","sdp":"garbage"}"#)
+        .unwrap();
+    e.handle_signal(
+        now,
+        r#"{"type":"candidate","from":"x","candidate":{"candidate":"junk"}}"#,
+    )
+    .unwrap();
+    e.handle_signal(now, r#"{"type":"welcome","peers":"nope"}"#)
+        .unwrap();
+    e.handle_signal(
+        now,
+        r#"{"type":"error","code":"wrong-password","message":"no"}"#,
+    )
+    .unwrap();
+    let mut fatal = None;
+    while let Some(o) = e.poll_output() {
+        if let Output::Event(Event::Fatal { code, .. }) = o {
+            fatal = Some(code);
+        }
+    }
+    assert_eq!(fatal.as_deref(), Some("wrong-password"));
+    e.handle_datagram(
+        now,
+        "1.2.3.4:5".parse().unwrap(),
+        "127.0.0.1:1".parse().unwrap(),
+        &[0, 1, 2],
+    );
+    e.handle_timeout(now + Duration::from_secs(1));
+    let _: BTreeMap<(), ()> = BTreeMap::new();
+}
+
+#[test]
+fn a_signaling_server_restart_keeps_the_call_and_rekeys_the_peers() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(50));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(3));
+    assert!(w.status(a).connected && w.status(b).connected);
+    let before = (w.status(a).video_frames_rx, w.status(b).video_frames_rx);
+    w.restart_server(&["q-a", "q-b"]);
+    w.run(Duration::from_secs(5));
+    let (sa, sb) = (w.status(a), w.status(b));
+    // Same connections (no new offer, no restart), now known by the new ids, media still flowing.
+    assert_eq!(sa.id, "q-b", "{sa:?}");
+    assert_eq!(sb.id, "q-a", "{sb:?}");
+    assert!(sa.connected && sb.connected);
+    assert!(sa.video_frames_rx > before.0 + 50 && sb.video_frames_rx > before.1 + 50);
+    assert_eq!(w.nodes[a].engine.id(), Some("q-a"));
+    // And they can still negotiate: an ICE restart over the new ids works.
+    let now = w.now;
+    w.nodes[b].engine.restart_ice(now, "q-a", "test");
+    w.run(Duration::from_secs(3));
+    assert!(w.status(a).connected && w.status(b).connected);
+    assert_eq!(
+        w.status(b).restarts,
+        0,
+        "restarts reset once connected again"
+    );
+    assert!(
+        w.nodes[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::IceRestart { .. }))
+    );
+}

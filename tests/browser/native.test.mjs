@@ -1,0 +1,188 @@
+// The native peer (`peercall join`) in a call with Chromium, in both joining orders: Chromium decodes the native
+// peer's video (framesDecoded rising) and plays its audio; the native peer's recording of Chromium's fake camera
+// and microphone is decodable by ffprobe with about the frames the peer counted, and its chat arrives.
+
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import {
+  BIN, Cleanup, describe, join, launchBrowser, mediaFlowing, sleep, startServer, uniqueRoom, waitConnected, waitFor, waitMediaFlowing, withTimeout,
+} from './harness.mjs';
+
+/** Starts `peercall join` with --json; collects its JSON lines. */
+function startNative(url, args) {
+  const child = spawn(BIN, ['join', url, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const native = { child, lines: [], stderr: '', code: undefined };
+  let buffer = '';
+  child.stdout.on('data', (chunk) => {
+    buffer += chunk.toString();
+    let i;
+    while ((i = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, i);
+      buffer = buffer.slice(i + 1);
+      try {
+        native.lines.push(JSON.parse(line));
+      } catch {
+        /* not JSON */
+      }
+    }
+  });
+  child.stderr.on('data', (chunk) => {
+    native.stderr += chunk.toString();
+  });
+  native.exited = new Promise((resolve) => child.once('exit', (code) => {
+    native.code = code;
+    resolve(code);
+  }));
+  return native;
+}
+
+function ffprobe(file) {
+  const out = spawnSync('ffprobe', ['-v', 'error', '-count_frames', '-select_streams', '0', '-show_entries',
+    'stream=codec_name,nb_read_frames:format=duration', '-of', 'json', file], { encoding: 'utf8' });
+  assert.equal(out.status, 0, `ffprobe ${file}: ${out.stderr}`);
+  const info = JSON.parse(out.stdout);
+  return { codec: info.streams?.[0]?.codec_name, frames: Number(info.streams?.[0]?.nb_read_frames), duration: Number(info.format?.duration) };
+}
+
+for (const order of ['browser first', 'native first']) {
+  test(`native peer and Chromium call each other (${order})`, { timeout: 120_000 }, async (t) => {
+    const cleanup = new Cleanup();
+    t.after(() => cleanup.run());
+    const server = await startServer();
+    cleanup.add(() => server.kill());
+    const browser = await launchBrowser();
+    cleanup.add(() => browser.close());
+    const room = uniqueRoom('native');
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'peercall-native-'));
+    cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
+    const url = `${server.url}/r/${room}`;
+    const args = ['--name', 'Native', '--duration', '16', '--expect-peers', '1', '--record', dir, '--say', 'hello from native', '--stats-interval', '2'];
+
+    let ada;
+    let native;
+    if (order === 'browser first') {
+      ada = await join(browser, server, room, 'Ada');
+      native = startNative(url, args);
+    } else {
+      native = startNative(url, args);
+      await waitFor(() => native.lines.some((l) => l.event === 'joined'), { what: 'the native peer to join' });
+      ada = await join(browser, server, room, 'Ada');
+    }
+    cleanup.add(() => native.child.kill('SIGKILL'));
+    try {
+      const joined = await waitFor(() => native.lines.find((l) => l.event === 'joined'), { what: 'the native peer to join' });
+      const peer = await waitConnected(ada, 'Native', { timeout: 25_000 });
+      assert.equal(peer.id, joined.id);
+      const seen = await waitMediaFlowing(ada, joined.id, { timeout: 25_000 });
+      t.diagnostic(`Chromium decodes ${seen.frames} frames and ${seen.samples} real audio samples per 1.5 s from the native peer`);
+      await waitFor(async () => (await ada.page.evaluate(() => window.peercall.chat()))
+        .some((m) => m.text === 'hello from native' && m.name === 'Native'), { what: 'the native chat to reach Chromium' });
+
+      const code = await withTimeout(native.exited, 40_000, 'the native peer to finish');
+      assert.equal(code, 0, `native exit status; stderr: ${native.stderr}`);
+      const stats = native.lines.filter((l) => l.event === 'stats').at(-1);
+      t.diagnostic(`native peer: route ${stats.route}, rtt ${stats.rtt_ms} ms, in ${stats.in_kbps} kbit/s, ${stats.video_frames_rx} frames`);
+      assert.ok(stats.video_frames_rx > 60, JSON.stringify(stats));
+      assert.equal(native.lines.find((l) => l.event === 'summary')?.ok, true);
+
+      const recorded = native.lines.filter((l) => l.event === 'recorded');
+      const video = recorded.find((r) => r.kind === 'video');
+      const audio = recorded.find((r) => r.kind === 'audio');
+      assert.ok(video && audio, JSON.stringify(recorded));
+      assert.match(path.basename(video.path), /^Ada-/);
+      const v = ffprobe(video.path);
+      assert.equal(v.codec, 'vp8');
+      assert.ok(Math.abs(v.frames - video.frames) <= video.frames * 0.1, `ffprobe decodes ${v.frames} of ${video.frames} frames`);
+      const a = ffprobe(audio.path);
+      assert.equal(a.codec, 'opus');
+      assert.ok(a.duration > 5 && Math.abs(a.duration - audio.seconds) <= audio.seconds * 0.1 + 0.1,
+        `Opus track of ${a.duration} s, ${audio.seconds} s written`);
+      t.diagnostic(`recording: ${v.frames} VP8 frames, ${a.duration.toFixed(1)} s of Opus`);
+      assert.deepEqual(ada.errors, [], 'no page errors');
+    } catch (e) {
+      e.message += `\n${await describe(ada)}\nnative: ${JSON.stringify(native.lines.filter((l) => l.event !== 'stats').slice(-20))}\n${native.stderr}`;
+      throw e;
+    }
+  });
+}
+
+test('mixed mesh: two browsers and the native peer, everyone receives the other two', { timeout: 120_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('mesh');
+  const ada = await join(browser, server, room, 'Ada');
+  const native = startNative(`${server.url}/r/${room}`, ['--name', 'Native', '--duration', '25', '--expect-peers', '2', '--stats-interval', '2']);
+  cleanup.add(() => native.child.kill('SIGKILL'));
+  const joined = await waitFor(() => native.lines.find((l) => l.event === 'joined'), { what: 'the native peer to join' });
+  const bob = await join(browser, server, room, 'Bob');
+  try {
+    for (const [viewer, other] of [[ada, bob.id], [ada, joined.id], [bob, ada.id], [bob, joined.id]]) {
+      const flow = await waitMediaFlowing(viewer, other, { timeout: 25_000 });
+      t.diagnostic(`${viewer.name} decodes ${flow.frames} frames per 1.5 s from ${other}`);
+    }
+    const code = await withTimeout(native.exited, 40_000, 'the native peer to finish');
+    assert.equal(code, 0, `native exit status; stderr: ${native.stderr}`);
+    const last = new Map(native.lines.filter((l) => l.event === 'stats').map((l) => [l.name, l]));
+    for (const name of ['Ada', 'Bob']) {
+      assert.ok(last.get(name)?.video_frames_rx > 60, `native receives ${name}: ${JSON.stringify(last.get(name))}`);
+    }
+    assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\n${await describe(bob)}\nnative: ${native.stderr}`;
+    throw e;
+  }
+});
+
+test('the signaling server restarts mid-call: the native peer keeps its media flowing and reconnects', { timeout: 150_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  let server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('native-restart');
+  const ada = await join(browser, server, room, 'Ada');
+  const native = startNative(`${server.url}/r/${room}`, ['--name', 'Native', '--duration', '40', '--expect-peers', '1', '--stats-interval', '1']);
+  cleanup.add(() => native.child.kill('SIGKILL'));
+  try {
+    const first = await waitFor(() => native.lines.find((l) => l.event === 'joined'), { what: 'the native peer to join' });
+    await waitConnected(ada, 'Native', { timeout: 25_000 });
+    await waitMediaFlowing(ada, first.id, { timeout: 25_000 });
+
+    const { httpPort, turnPort } = server;
+    await server.kill('SIGKILL');
+    await waitFor(() => native.lines.some((l) => l.event === 'signaling-lost'), { what: 'the native peer to notice' });
+    const down = await mediaFlowing(ada, first.id);
+    assert.ok(down.ok, `Chromium still receives the native peer with the server down: ${down.problems.join(', ')}`);
+    await sleep(1000);
+    server = await startServer({ httpPort, turnPort });
+    const back = Date.now();
+    const second = await waitFor(() => native.lines.filter((l) => l.event === 'joined').at(1), { timeout: 20_000, what: 'the native peer to rejoin' });
+    assert.notEqual(second.id, first.id, 'a fresh server gives a new id');
+    await waitFor(async () => {
+      const peers = await ada.page.evaluate(() => window.peercall.peers());
+      return peers.length === 1 && peers[0].id === second.id && !peers[0].orphan && peers[0].connectionState === 'connected';
+    }, { timeout: 15_000, what: 'Chromium to know the native peer by its new id, on the same connection' });
+    t.diagnostic(`re-keyed ${Date.now() - back} ms after the server came back`);
+    await waitMediaFlowing(ada, second.id);
+    const before = native.lines.filter((l) => l.event === 'stats').at(-1);
+    await sleep(2500);
+    const after = native.lines.filter((l) => l.event === 'stats').at(-1);
+    assert.equal(after.name, 'Ada');
+    assert.ok(after.video_frames_rx > before.video_frames_rx + 10, `native still receives: ${JSON.stringify(before)} → ${JSON.stringify(after)}`);
+    native.child.kill('SIGINT');
+    const code = await withTimeout(native.exited, 15_000, 'the native peer to leave on Ctrl-C');
+    assert.equal(code, 0, `exit status after Ctrl-C; stderr: ${native.stderr}`);
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\nnative: ${JSON.stringify(native.lines.filter((l) => l.event !== 'stats').slice(-20))}\n${native.stderr}`;
+    throw e;
+  }
+});
