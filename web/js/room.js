@@ -18,6 +18,7 @@ import { Roster } from './roster.js';
 import { layoutStage } from './layout.js';
 import { ChatLog, chatText } from './chat.js';
 import { renderStatsCards } from './stats-panel.js';
+import { safetyCode, SafetyBook, memoryStorage } from './safety.js';
 
 const params = new URLSearchParams(location.search);
 const ROOM = decodeURIComponent(location.pathname.split('/')[2] ?? '');
@@ -57,6 +58,35 @@ const roster = new Roster({
   sendId: (entry, id) => entry.link.peer.sendData({ t: 'id', id }),
   link: (entry) => ({ state: entry.link.peer.connectionState, channelOpen: entry.link.peer.channelOpen }),
 });
+
+/** Safety codes seen per participant, and the codes verified in this tab's session (sessionStorage). */
+const safety = new SafetyBook(sessionCodes());
+
+function sessionCodes() {
+  const key = 'peercall.verifiedCodes';
+  try {
+    sessionStorage.getItem(key);
+  } catch {
+    return memoryStorage();
+  }
+  return {
+    get() {
+      try {
+        const v = JSON.parse(sessionStorage.getItem(key) ?? '[]');
+        return Array.isArray(v) ? v.filter((c) => typeof c === 'string') : [];
+      } catch {
+        return [];
+      }
+    },
+    set(codes) {
+      try {
+        sessionStorage.setItem(key, JSON.stringify(codes));
+      } catch {
+        /* full or unavailable: verification is not remembered */
+      }
+    },
+  };
+}
 
 const chat = new ChatLog({ log: $('#chat-log'), empty: $('#chat-empty'), badge: $('#chat-badge') });
 const meter = new LevelMeter((level) => renderMeter(level));
@@ -447,6 +477,7 @@ class Participant {
     this.tile = new Tile({ id: entry.id, name: entry.name, onInfo: () => openPanel('stats') });
     this.remote = { audio: true, video: true, screen: false, known: false };
     this.stats = null;
+    this.safetyInput = null; // the fingerprints the current safety code was computed from
   }
 
   get id() {
@@ -488,6 +519,7 @@ function openParticipant(entry, { offer }) {
 
 /** The roster let someone go: close the connection, take the tile off the stage. */
 function closeParticipant(p, { announce }) {
+  safety.forget(p);
   p.peer.close();
   p.tile.remove();
   if (announce) toast(`${p.name} left`);
@@ -751,6 +783,7 @@ async function pollStats() {
       const report = await p.peer.pc.getStats();
       p.stats = summarize(report, p.stats);
       p.tile.setQuality(p.peer.connectionState === 'connected' ? quality(p.stats) : 0);
+      await updateSafety(p);
     } catch {
       /* closed meanwhile */
     }
@@ -759,8 +792,44 @@ async function pollStats() {
 }
 
 function renderStats() {
-  renderStatsCards($('#stats-cards'), roster.links().map((p) =>
-    ({ id: p.id, name: p.name, connectionState: p.peer.connectionState, stats: p.stats })));
+  renderStatsCards($('#stats-cards'), roster.links().map((p) => ({
+    id: p.id,
+    name: p.name,
+    connectionState: p.peer.connectionState,
+    stats: p.stats,
+    safety: safety.status(p),
+    onVerify: (verified) => {
+      if (verified) safety.verify(p);
+      else safety.unverify(p);
+      renderSafety(p);
+      renderStats();
+    },
+  })));
+}
+
+/** Safety code (safety.js) from the certificates of the DTLS session in use; warns when it changes mid-call. */
+async function updateSafety(p) {
+  const local = p.stats?.localCertificate;
+  const remote = p.stats?.remoteCertificate;
+  const input = `${local?.fingerprint}|${remote?.fingerprint}`;
+  if (!local || !remote || input === p.safetyInput) return;
+  p.safetyInput = input;
+  const result = await safetyCode(local, remote);
+  if (!result) return;
+  if (safety.update(p, result.code) === 'changed') {
+    const { changedWhileVerified } = safety.status(p);
+    toast(changedWhileVerified
+      ? `Warning: the verified safety code with ${p.name} changed. Compare it again before you trust this call.`
+      : `The safety code with ${p.name} changed (new certificates). Compare it again.`,
+    { kind: 'warn', timeout: 10_000 });
+    console.warn(`peercall: safety code with ${p.id} changed`);
+  }
+  renderSafety(p);
+}
+
+function renderSafety(p) {
+  const s = safety.status(p);
+  p.tile.setSafety(s?.verified ? 'verified' : s?.changed ? 'changed' : null);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -840,6 +909,7 @@ if (store.get('testHook', false) === true) {
       orphan: p.entry.orphan,
       polite: p.peer.polite,
       collisions: p.peer.collisions,
+      safety: safety.status(p),
     })),
     pc: (id) => roster.get(id)?.link.peer.pc ?? null,
     async stats(id) {
