@@ -619,7 +619,9 @@ function bindCall() {
   $('#ctl-leave').addEventListener('click', () => leave());
   $('#side-close').addEventListener('click', () => openPanel(null));
   for (const name of ['chat', 'people', 'stats']) $(`#tab-${name}`).addEventListener('click', () => openPanel(name));
-  for (const id of ['#top-copy', '#empty-copy']) $(id).addEventListener('click', copyInvite);
+  $('#empty-copy').addEventListener('click', copyInvite);
+  $('#top-copy').addEventListener('click', openInvite);
+  $('#invite-copy').addEventListener('click', copyInvite);
   $('#status-retry').addEventListener('click', () => state.signaling?.reconnectNow());
   $('#chat-form').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -666,6 +668,19 @@ function openSettings(focus) {
   const dialog = $('#settings');
   if (!dialog.open) dialog.showModal();
   $(focus).focus();
+}
+
+/** The invite dialog: the room link, and its QR code rendered by the server (GET /qr, SVG) for phones nearby. */
+function openInvite() {
+  const url = inviteUrl();
+  $('#invite-dialog-url').textContent = url;
+  const qr = $('#invite-qr');
+  const src = `/qr?${new URLSearchParams({ text: url })}`;
+  if (qr.getAttribute('src') !== src) qr.src = src;
+  $('#invite-password-note').hidden = !state.password;
+  const dialog = $('#invite');
+  if (!dialog.open) dialog.showModal();
+  $('#invite-copy').focus();
 }
 
 async function copyInvite() {
