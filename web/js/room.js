@@ -19,6 +19,8 @@ import { layoutStage } from './layout.js';
 import { ChatLog, chatText } from './chat.js';
 import { renderStatsCards } from './stats-panel.js';
 import { safetyCode, SafetyBook, memoryStorage } from './safety.js';
+import { FileChannel, checkFile, formatBytes } from './files.js';
+import { renderFileRows } from './files-panel.js';
 
 const params = new URLSearchParams(location.search);
 const ROOM = decodeURIComponent(location.pathname.split('/')[2] ?? '');
@@ -40,6 +42,8 @@ const state = {
   clockTimer: 0,
   speakTimer: 0,
   soundBlocked: false,
+  unseenFiles: 0, // files offered to us while the Files panel was closed (the badge)
+  fileRender: 0,
 };
 
 /** Everyone else in the call; each entry's link is its Participant. */
@@ -478,6 +482,7 @@ class Participant {
     this.remote = { audio: true, video: true, screen: false, known: false };
     this.stats = null;
     this.safetyInput = null; // the fingerprints the current safety code was computed from
+    this.files = null; // FileChannel (files.js), once the connection exists
   }
 
   get id() {
@@ -510,6 +515,7 @@ function openParticipant(entry, { offer }) {
     renderPeer(p);
   });
   peer.addEventListener('data', (e) => onPeerData(p, e.detail.data, 'datachannel'));
+  peer.addEventListener('created', () => wireFiles(p));
   if (offer) peer.startAsOfferer();
   sendState(p);
   renderPeer(p);
@@ -520,7 +526,9 @@ function openParticipant(entry, { offer }) {
 /** The roster let someone go: close the connection, take the tile off the stage. */
 function closeParticipant(p, { announce }) {
   safety.forget(p);
+  p.files?.close();
   p.peer.close();
+  renderFiles();
   p.tile.remove();
   if (announce) toast(`${p.name} left`);
   layout();
@@ -616,9 +624,16 @@ function bindCall() {
   $('#ctl-settings').addEventListener('click', () => openSettings('#set-cam-select'));
   $('#ctl-chat').addEventListener('click', () => togglePanel('chat'));
   $('#ctl-stats').addEventListener('click', () => togglePanel('stats'));
+  $('#ctl-files').addEventListener('click', () => togglePanel('files'));
+  $('#file-choose').addEventListener('click', () => $('#file-input').click());
+  $('#file-input').addEventListener('change', (e) => {
+    sendFiles([...e.target.files], $('#file-target').value);
+    e.target.value = '';
+  });
+  bindDrop();
   $('#ctl-leave').addEventListener('click', () => leave());
   $('#side-close').addEventListener('click', () => openPanel(null));
-  for (const name of ['chat', 'people', 'stats']) $(`#tab-${name}`).addEventListener('click', () => openPanel(name));
+  for (const name of ['chat', 'people', 'files', 'stats']) $(`#tab-${name}`).addEventListener('click', () => openPanel(name));
   $('#empty-copy').addEventListener('click', copyInvite);
   $('#top-copy').addEventListener('click', openInvite);
   $('#invite-copy').addEventListener('click', copyInvite);
@@ -696,7 +711,7 @@ function openPanel(name) {
   state.panel = name;
   $('#side').hidden = !name;
   document.body.classList.toggle('side-open', Boolean(name));
-  for (const tab of ['chat', 'people', 'stats']) {
+  for (const tab of ['chat', 'people', 'files', 'stats']) {
     $(`#tab-${tab}`).setAttribute('aria-selected', String(tab === name));
     $(`#${tab}-panel`).hidden = tab !== name;
   }
@@ -706,6 +721,11 @@ function openPanel(name) {
     chat.markRead();
     $('#chat-input').focus({ preventScroll: true });
     chat.scroll();
+  }
+  $('#ctl-files').setAttribute('aria-pressed', String(name === 'files'));
+  if (name === 'files') {
+    state.unseenFiles = 0;
+    renderFiles();
   }
   if (name === 'stats') pollStats();
   layout();
@@ -736,6 +756,7 @@ function renderClock() {
 }
 
 function renderPresence() {
+  renderFileTargets();
   const count = roster.size + 1;
   $('#call-count').textContent = `${count} ${count === 1 ? 'person' : 'people'}`;
   $('#empty-hint').hidden = roster.size > 0 || state.phase !== 'call';
@@ -786,6 +807,116 @@ function sendChat(raw) {
 
 function addChat(message) {
   chat.add(message, { seen: state.panel === 'chat' });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Files (files.js moves them over each peer's file channel, files-panel.js shows them)
+
+function wireFiles(p) {
+  if (p.files || !p.peer.fileDc) return;
+  const files = new FileChannel(p.peer.fileDc);
+  p.files = files;
+  files.addEventListener('change', (e) => {
+    const t = e.detail;
+    if (t.state === 'done' && t.direction === 'in' && t.blob && !t.url) t.url = URL.createObjectURL(t.blob);
+    scheduleFileRender();
+  });
+  files.addEventListener('incoming', (e) => {
+    const t = e.detail;
+    if (t.state === 'failed') {
+      toast(`${p.name} tried to send ${t.name} (${formatBytes(t.size)}): refused, files up to 100 MB can be received.`, { kind: 'warn', timeout: 8000 });
+    } else {
+      toast(`${p.name} is sending you ${t.name} (${formatBytes(t.size)})`, { timeout: 5000 });
+    }
+    if (state.panel !== 'files') state.unseenFiles += 1;
+    scheduleFileRender();
+  });
+}
+
+/** Sends files to one participant (`target` = its id) or to everyone connected (`target` = ''). */
+function sendFiles(list, target = '') {
+  if (list.length === 0) return;
+  const peers = roster.links().filter((p) => !target || p.id === target);
+  const ready = peers.filter((p) => p.files?.open);
+  if (ready.length === 0) {
+    toast(peers.length ? 'Not sent: the connection is not ready yet' : 'Not sent: nobody else is in the call', { kind: 'warn' });
+    return;
+  }
+  for (const file of list) {
+    const why = checkFile(file);
+    if (why) {
+      toast(`Not sent: ${why}`, { kind: 'warn', timeout: 8000 });
+      continue;
+    }
+    for (const p of ready) {
+      try {
+        p.files.send(file);
+      } catch (e) {
+        toast(`Not sent to ${p.name}: ${e.message}`, { kind: 'warn' });
+      }
+    }
+  }
+  if (state.panel !== 'files') openPanel('files');
+  scheduleFileRender();
+}
+
+function bindDrop() {
+  const call = $('#call');
+  let depth = 0;
+  const hasFiles = (e) => [...(e.dataTransfer?.types ?? [])].includes('Files');
+  call.addEventListener('dragenter', (e) => {
+    if (!hasFiles(e)) return;
+    depth += 1;
+    call.classList.add('dropping');
+  });
+  call.addEventListener('dragleave', () => {
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) call.classList.remove('dropping');
+  });
+  call.addEventListener('dragover', (e) => {
+    if (hasFiles(e)) e.preventDefault();
+  });
+  call.addEventListener('drop', (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    depth = 0;
+    call.classList.remove('dropping');
+    sendFiles([...e.dataTransfer.files], $('#file-target').value);
+  });
+}
+
+/** "Everyone" and each participant, keeping the current choice while it is still here. */
+function renderFileTargets() {
+  const select = $('#file-target');
+  const current = select.value;
+  const options = [h('option', { value: '' }, 'Everyone'), ...roster.links().map((p) => h('option', { value: p.id }, p.name))];
+  select.replaceChildren(...options);
+  select.value = roster.get(current) ? current : '';
+}
+
+function scheduleFileRender() {
+  if (state.fileRender) return;
+  state.fileRender = requestAnimationFrame(() => {
+    state.fileRender = 0;
+    renderFiles();
+  });
+}
+
+function renderFiles() {
+  const badge = $('#files-badge');
+  badge.hidden = state.unseenFiles === 0;
+  badge.textContent = String(state.unseenFiles);
+  if (state.panel !== 'files') return;
+  const rows = roster.links().flatMap((p) => (p.files?.list() ?? []).map((t) => ({
+    key: `${p.id}:${t.direction}:${t.id}`,
+    transfer: t,
+    peerName: p.name,
+    url: t.url ?? null,
+    started: t.started,
+    onCancel: () => p.files.cancel(t.direction, t.id),
+  })));
+  rows.sort((a, b) => a.started - b.started);
+  renderFileRows($('#file-list'), rows);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -932,6 +1063,11 @@ if (store.get('testHook', false) === true) {
       if (!pc) return null;
       return summarize(await pc.getStats(), null);
     },
+    files: () => roster.links().flatMap((p) => (p.files?.list() ?? []).map((t) => ({
+      peer: p.id, peerName: p.name, id: t.id, direction: t.direction, name: t.name, size: t.size, bytes: t.bytes,
+      state: t.state, reason: t.reason,
+    }))),
+    fileBuffered: () => roster.links().map((p) => ({ peer: p.id, maxBuffered: p.files?.maxBuffered ?? 0 })),
     chat: () => chat.messages.map(({ from, name, text, mine, via }) => ({ from, name, text, mine, via })),
     local: () => ({ micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState() }),
     iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
@@ -942,6 +1078,7 @@ if (store.get('testHook', false) === true) {
     toggleMic,
     toggleCam,
     sendChat,
+    sendFiles,
     leave,
   };
 }
