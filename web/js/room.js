@@ -21,6 +21,8 @@ import { renderStatsCards } from './stats-panel.js';
 import { safetyCode, SafetyBook, memoryStorage } from './safety.js';
 import { FileChannel, checkFile, formatBytes } from './files.js';
 import { renderFileRows } from './files-panel.js';
+import { RecordingBook, pickMimeType, recordingFileName } from './recording.js';
+import { CallRecorder } from './recorder.js';
 
 const params = new URLSearchParams(location.search);
 const ROOM = decodeURIComponent(location.pathname.split('/')[2] ?? '');
@@ -42,6 +44,7 @@ const state = {
   clockTimer: 0,
   speakTimer: 0,
   soundBlocked: false,
+  recorder: null, // CallRecorder while we record
   unseenFiles: 0, // files offered to us while the Files panel was closed (the badge)
   fileRender: 0,
 };
@@ -52,6 +55,8 @@ const roster = new Roster({
   close: (entry, { announce }) => closeParticipant(entry.link, { announce }),
   renamed: (entry) => {
     entry.link.tile.setName(entry.name);
+    recordings.rename(entry.link, entry.name);
+    renderRecording();
     renderPresence();
   },
   rekeyed: (entry) => {
@@ -91,6 +96,9 @@ function sessionCodes() {
     },
   };
 }
+
+/** Who in the call is recording (us, and what peers announced over the data channel). */
+const recordings = new RecordingBook();
 
 const chat = new ChatLog({ log: $('#chat-log'), empty: $('#chat-empty'), badge: $('#chat-badge') });
 const meter = new LevelMeter((level) => renderMeter(level));
@@ -512,6 +520,7 @@ function openParticipant(entry, { offer }) {
   });
   peer.addEventListener('channel', () => {
     if (peer.channelOpen) sendState(p);
+    if (peer.channelOpen && state.recorder) peer.sendData({ t: 'recording', on: true });
     renderPeer(p);
   });
   peer.addEventListener('data', (e) => onPeerData(p, e.detail.data, 'datachannel'));
@@ -526,6 +535,7 @@ function openParticipant(entry, { offer }) {
 /** The roster let someone go: close the connection, take the tile off the stage. */
 function closeParticipant(p, { announce }) {
   safety.forget(p);
+  if (recordings.forget(p)) renderRecording();
   p.files?.close();
   p.peer.close();
   renderFiles();
@@ -556,6 +566,16 @@ function onPeerData(p, data, via) {
         console.warn(`peercall: ${p.id} claimed the id of ${data.id}; ignored`);
       }
       return;
+    case 'recording': {
+      // Only over the data channel (end to end): the indicator must not be something the server can switch off.
+      if (via !== 'datachannel') return;
+      const on = data.on === true;
+      if (recordings.set(p, p.name, on)) {
+        toast(on ? `${p.name} started recording this call` : `${p.name} stopped recording`, { kind: on ? 'warn' : 'info', timeout: 5000 });
+        renderRecording();
+      }
+      return;
+    }
     case 'bye':
       roster.remove(p.id, { announce: true });
       return;
@@ -625,6 +645,8 @@ function bindCall() {
   $('#ctl-chat').addEventListener('click', () => togglePanel('chat'));
   $('#ctl-stats').addEventListener('click', () => togglePanel('stats'));
   $('#ctl-files').addEventListener('click', () => togglePanel('files'));
+  $('#ctl-record').addEventListener('click', () => toggleRecording());
+  if (!window.MediaRecorder || !HTMLCanvasElement.prototype.captureStream || !window.AudioContext) $('#ctl-record').hidden = true;
   $('#file-choose').addEventListener('click', () => $('#file-input').click());
   $('#file-input').addEventListener('change', (e) => {
     sendFiles([...e.target.files], $('#file-target').value);
@@ -920,6 +942,82 @@ function renderFiles() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Recording (recorder.js draws and mixes, recording.js decides where and says who records)
+
+function recordingSources() {
+  const remote = roster.links().map((p) => ({
+    key: p.id,
+    name: p.name,
+    video: p.tile.video,
+    showVideo: p.tile.el.dataset.cam === 'on',
+    audio: p.peer.stream.getAudioTracks()[0] ?? null,
+  }));
+  const local = state.localTile
+    ? [{ key: 'local', name: state.name, video: state.localTile.video, showVideo: Boolean(media.outgoingVideo), audio: media.micOn ? media.audioTrack : null }]
+    : [];
+  return [...remote, ...local];
+}
+
+function toggleRecording() {
+  if (state.recorder) stopRecording();
+  else startRecording();
+}
+
+function startRecording() {
+  if (state.recorder || state.phase !== 'call') return false;
+  const mimeType = window.MediaRecorder ? pickMimeType((t) => MediaRecorder.isTypeSupported(t)) : null;
+  if (!mimeType) {
+    toast('This browser cannot record WebM video', { kind: 'warn' });
+    return false;
+  }
+  try {
+    state.recorder = new CallRecorder({ sources: recordingSources, mimeType });
+    state.recorder.start();
+  } catch (e) {
+    state.recorder = null;
+    toast(`Cannot record: ${e.message}`, { kind: 'error' });
+    return false;
+  }
+  state.recordingName = recordingFileName(ROOM, new Date());
+  recordings.self = true;
+  for (const p of roster.links()) p.peer.sendData({ t: 'recording', on: true });
+  renderRecording();
+  toast('Recording. Everyone in the call sees that you are recording.', { timeout: 4000 });
+  return true;
+}
+
+/** Stops, saves the file (a download), tells the others. Resolves with the file's size. */
+async function stopRecording() {
+  const recorder = state.recorder;
+  if (!recorder) return 0;
+  state.recorder = null;
+  recordings.self = false;
+  for (const p of roster.links()) p.peer.sendData({ t: 'recording', on: false });
+  renderRecording();
+  const blob = await recorder.stop();
+  const url = URL.createObjectURL(blob);
+  const link = h('a', { href: url, download: state.recordingName ?? recordingFileName(ROOM, new Date()), class: 'offscreen' });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  toast(`Recording saved (${formatBytes(blob.size)})`, { kind: 'success' });
+  return blob.size;
+}
+
+function renderRecording() {
+  const text = recordings.text();
+  $('#rec-indicator').hidden = !text;
+  $('#rec-text').textContent = text;
+  const mine = Boolean(state.recorder);
+  const button = $('#ctl-record');
+  button.setAttribute('aria-pressed', String(mine));
+  button.setAttribute('aria-label', mine ? 'Stop recording' : 'Record the call');
+  button.querySelector('.ctl-label').textContent = mine ? 'Stop' : 'Record';
+  button.classList.toggle('ctl-recording', mine);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Connection statistics (stats.js summarizes, stats-panel.js shows)
 
 async function pollStats() {
@@ -997,6 +1095,7 @@ function teardownCall() {
 }
 
 function leave() {
+  if (state.recorder) stopRecording();
   sayGoodbye();
   teardownCall();
   media.stopAll();
@@ -1079,6 +1178,9 @@ if (store.get('testHook', false) === true) {
     toggleCam,
     sendChat,
     sendFiles,
+    recording: () => ({ self: Boolean(state.recorder), text: recordings.text(), frames: state.recorder?.frames ?? 0 }),
+    startRecording,
+    stopRecording,
     leave,
   };
 }
