@@ -13,7 +13,7 @@ import { Signaling, signalingUrl } from './signaling.js';
 import { Peer } from './peer.js';
 import { LocalMedia, LevelMeter, describeMediaError } from './media.js';
 import { Tile } from './tile.js';
-import { summarize, quality } from './stats.js';
+import { summarize, quality, qualityDetail } from './stats.js';
 import { Roster } from './roster.js';
 import { layoutStage } from './layout.js';
 import { ChatLog, chatText } from './chat.js';
@@ -23,6 +23,7 @@ import { FileChannel, checkFile, formatBytes } from './files.js';
 import { renderFileRows } from './files-panel.js';
 import { RecordingBook, pickMimeType, recordingFileName } from './recording.js';
 import { CallRecorder } from './recorder.js';
+import { planVideo, sameEncoding, uplinkFromKbps, isSpeaking } from './bitrate.js';
 
 const params = new URLSearchParams(location.search);
 const ROOM = decodeURIComponent(location.pathname.split('/')[2] ?? '');
@@ -45,6 +46,7 @@ const state = {
   speakTimer: 0,
   soundBlocked: false,
   recorder: null, // CallRecorder while we record
+  lastSpokeAt: 0, // when the microphone level last said we speak (bitrate.js: speakers get priority)
   unseenFiles: 0, // files offered to us while the Files panel was closed (the badge)
   fileRender: 0,
 };
@@ -335,7 +337,9 @@ function renderMeter(level) {
     const bars = document.querySelector(id)?.children ?? [];
     for (let i = 0; i < bars.length; i++) bars[i].classList.toggle('on', i < lit);
   }
-  state.localTile?.setSpeaking(level > 0.45 && media.micOn);
+  const speaking = level > 0.45 && media.micOn;
+  if (speaking) state.lastSpokeAt = Date.now();
+  state.localTile?.setSpeaking(speaking);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -491,6 +495,7 @@ class Participant {
     this.stats = null;
     this.safetyInput = null; // the fingerprints the current safety code was computed from
     this.files = null; // FileChannel (files.js), once the connection exists
+    this.videoPlan = null; // the encoding bitrate.js chose for our video to this peer, once applied
   }
 
   get id() {
@@ -666,6 +671,10 @@ function bindCall() {
   });
   $('#set-cam-select').addEventListener('change', (e) => chooseCamera(e.target.value));
   $('#set-mic-select').addEventListener('change', (e) => chooseMicrophone(e.target.value));
+  $('#set-uplink').addEventListener('change', (e) => {
+    store.set('uplinkKbps', e.target.value ? Number(e.target.value) : null);
+    for (const p of roster.links()) applyVideoBudget(p);
+  });
   $('#settings').addEventListener('close', () => {
     const name = cleanName($('#set-name').value);
     if (name && name !== state.name) {
@@ -701,6 +710,8 @@ function bindCall() {
 
 function openSettings(focus) {
   fillDevicePickers();
+  const kbps = String(store.get('uplinkKbps', '') ?? '');
+  $('#set-uplink').value = [...$('#set-uplink').options].some((o) => o.value === kbps) ? kbps : '';
   $('#set-name').value = state.name;
   const dialog = $('#settings');
   if (!dialog.open) dialog.showModal();
@@ -1018,6 +1029,44 @@ function renderRecording() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Uplink budget (bitrate.js): each outgoing video gets its share of the budget, speakers first
+
+/** The budget in bits/s: ?uplink=KBPS, else Settings, else a typical home uplink. */
+function uplinkBudget() {
+  return uplinkFromKbps(params.get('uplink') ?? store.get('uplinkKbps', null));
+}
+
+async function applyVideoBudget(p) {
+  const sender = p.peer.senders.video;
+  if (!sender || p.peer.connectionState !== 'connected') return;
+  const plan = planVideo({
+    budget: uplinkBudget(),
+    peers: roster.size,
+    speaking: isSpeaking(state.lastSpokeAt, Date.now()),
+    screen: media.sharing,
+  });
+  try {
+    const parameters = sender.getParameters();
+    const encoding = parameters.encodings?.[0];
+    if (!encoding) return;
+    if (sameEncoding(encoding, plan)) {
+      p.videoPlan = plan;
+      return;
+    }
+    encoding.maxBitrate = plan.maxBitrate;
+    encoding.scaleResolutionDownBy = plan.scaleResolutionDownBy;
+    if (plan.maxFramerate) encoding.maxFramerate = plan.maxFramerate;
+    else delete encoding.maxFramerate;
+    encoding.priority = plan.priority;
+    encoding.networkPriority = plan.priority;
+    await sender.setParameters(parameters);
+    p.videoPlan = plan;
+  } catch (e) {
+    console.warn(`peercall: video budget for ${p.id}`, e);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Connection statistics (stats.js summarizes, stats-panel.js shows)
 
 async function pollStats() {
@@ -1026,8 +1075,9 @@ async function pollStats() {
     try {
       const report = await p.peer.pc.getStats();
       p.stats = summarize(report, p.stats);
-      p.tile.setQuality(p.peer.connectionState === 'connected' ? quality(p.stats) : 0);
+      p.tile.setQuality(p.peer.connectionState === 'connected' ? quality(p.stats) : 0, qualityDetail(p.stats));
       await updateSafety(p);
+      await applyVideoBudget(p);
     } catch {
       /* closed meanwhile */
     }
@@ -1155,7 +1205,9 @@ if (store.get('testHook', false) === true) {
       polite: p.peer.polite,
       collisions: p.peer.collisions,
       safety: safety.status(p),
+      videoPlan: p.videoPlan ?? null,
     })),
+    uplinkBudget,
     pc: (id) => roster.get(id)?.link.peer.pc ?? null,
     async stats(id) {
       const pc = roster.get(id)?.link.peer.pc;

@@ -104,9 +104,11 @@ export class Tile {
     this.verifiedEl.setAttribute('aria-label', label);
   }
 
-  setQuality(level) {
+  /** 0 (unknown) … 3 (good), from loss and round trip (stats.js quality); `detail` the numbers, for the tooltip. */
+  setQuality(level, detail = '') {
     this.qualityEl.dataset.level = String(level ?? 0);
-    this.qualityEl.title = ['Connection quality unknown', 'Poor connection', 'Fair connection', 'Good connection'][level ?? 0];
+    const label = ['Connection quality unknown', 'Poor connection', 'Fair connection', 'Good connection'][level ?? 0];
+    this.qualityEl.title = detail ? `${label}: ${detail}` : label;
   }
 
   remove() {
