@@ -24,6 +24,7 @@ import { renderFileRows } from './files-panel.js';
 import { RecordingBook, pickMimeType, recordingFileName } from './recording.js';
 import { CallRecorder } from './recorder.js';
 import { planVideo, sameEncoding, uplinkFromKbps, isSpeaking } from './bitrate.js';
+import { PushToTalk, shortcutOf, SHORTCUTS } from './ptt.js';
 
 const params = new URLSearchParams(location.search);
 const ROOM = decodeURIComponent(location.pathname.split('/')[2] ?? '');
@@ -208,7 +209,7 @@ function reportMediaErrors(asToast) {
 }
 
 async function fillDevicePickers() {
-  const { cameras, microphones } = await media.devices();
+  const { cameras, microphones, speakers } = await media.devices();
   const fill = (select, list, current, none) => {
     select.replaceChildren(
       ...(list.length ? list : [{ id: '', label: none }]).map((d) =>
@@ -222,6 +223,44 @@ async function fillDevicePickers() {
   fill($('#set-cam-select'), cameras, camId, 'No camera found');
   fill($('#pre-mic-select'), microphones, micId, 'No microphone found');
   fill($('#set-mic-select'), microphones, micId, 'No microphone found');
+  // Speaker choice: where the browser can route audio (setSinkId) and tells us the outputs.
+  $('#set-speaker-field').hidden = !CAN_PICK_SPEAKER || speakers.length === 0;
+  fill($('#set-speaker-select'), speakers, store.get('speakerDevice', 'default') ?? 'default', 'Default speaker');
+  $('#set-ec').checked = media.processing.echoCancellation;
+  $('#set-ns').checked = media.processing.noiseSuppression;
+  $('#set-agc').checked = media.processing.autoGainControl;
+}
+
+const CAN_PICK_SPEAKER = typeof HTMLMediaElement !== 'undefined' && 'setSinkId' in HTMLMediaElement.prototype;
+
+/** Plays every remote participant's sound on the chosen output device. */
+async function chooseSpeaker(deviceId) {
+  store.set('speakerDevice', deviceId || null);
+  await Promise.all(roster.links().map((p) => routeAudio(p)));
+}
+
+async function routeAudio(p) {
+  const id = store.get('speakerDevice', null);
+  const audio = p.tile.audio;
+  if (!CAN_PICK_SPEAKER || !audio || !id || audio.sinkId === id) return;
+  try {
+    await audio.setSinkId(id);
+  } catch (e) {
+    console.warn('peercall: setSinkId', e);
+    toast('Cannot use that speaker; sound stays on the default one', { kind: 'warn' });
+  }
+}
+
+async function chooseProcessing() {
+  try {
+    await media.setProcessing({
+      echoCancellation: $('#set-ec').checked,
+      noiseSuppression: $('#set-ns').checked,
+      autoGainControl: $('#set-agc').checked,
+    });
+  } catch (e) {
+    toast(describeMediaError(e, 'microphone'), { kind: 'error', timeout: 6000 });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -516,7 +555,7 @@ function openParticipant(entry, { offer }) {
   peer.addEventListener('track', () => {
     p.tile.setStream(peer.stream);
     renderPeer(p);
-    playRemoteAudio(p);
+    routeAudio(p).then(() => playRemoteAudio(p));
   });
   peer.addEventListener('state', () => {
     renderPeer(p);
@@ -671,6 +710,9 @@ function bindCall() {
   });
   $('#set-cam-select').addEventListener('change', (e) => chooseCamera(e.target.value));
   $('#set-mic-select').addEventListener('change', (e) => chooseMicrophone(e.target.value));
+  $('#set-speaker-select').addEventListener('change', (e) => chooseSpeaker(e.target.value));
+  for (const id of ['#set-ec', '#set-ns', '#set-agc']) $(id).addEventListener('change', chooseProcessing);
+  $('#set-shortcuts').addEventListener('click', () => openShortcuts());
   $('#set-uplink').addEventListener('change', (e) => {
     store.set('uplinkKbps', e.target.value ? Number(e.target.value) : null);
     for (const p of roster.links()) applyVideoBudget(p);
@@ -691,21 +733,65 @@ function bindCall() {
     $('#sound-banner').hidden = true;
     for (const p of roster.links()) playRemoteAudio(p);
   });
-  document.addEventListener('keydown', (e) => {
-    if (state.phase !== 'call' || !(e.ctrlKey || e.metaKey)) return;
-    const key = e.key.toLowerCase();
-    if (key === 'd') {
-      e.preventDefault();
-      toggleMic();
-    } else if (key === 'e') {
-      e.preventDefault();
-      toggleCam();
-    }
-  });
+  bindKeys();
   new ResizeObserver(() => layout()).observe($('#stage'));
   window.addEventListener('pagehide', () => {
     if (state.phase === 'call') sayGoodbye();
   });
+}
+
+/** Shortcuts (ptt.js says which key is which) and push-to-talk on the space bar. */
+function bindKeys() {
+  const ptt = new PushToTalk();
+  const describe = (e) => {
+    const el = e.target instanceof Element ? e.target : null;
+    const typing = Boolean(el?.closest('input, textarea, select, [contenteditable=""], [contenteditable="true"]'));
+    return {
+      key: e.key, code: e.code, repeat: e.repeat, ctrl: e.ctrlKey, meta: e.metaKey, alt: e.altKey, shift: e.shiftKey,
+      typing,
+      onControl: typing || Boolean(el?.closest('button, a[href], summary, [role="tab"], dialog[open]')),
+      micOn: media.micOn,
+    };
+  };
+  document.addEventListener('keydown', (e) => {
+    if (state.phase !== 'call') return;
+    const d = describe(e);
+    const action = ptt.down(d);
+    if (action) {
+      e.preventDefault();
+      if (action === 'unmute') pushToTalk(true);
+      return;
+    }
+    const shortcut = shortcutOf(d);
+    if (!shortcut) return;
+    e.preventDefault();
+    if (shortcut === 'mic') toggleMic();
+    else if (shortcut === 'cam') toggleCam();
+    else if (shortcut === 'chat') togglePanel('chat');
+    else if (shortcut === 'leave') leave();
+    else if (shortcut === 'help') openShortcuts();
+  });
+  document.addEventListener('keyup', (e) => {
+    if (ptt.up({ key: e.key, code: e.code }) === 'mute') pushToTalk(false);
+  });
+  window.addEventListener('blur', () => {
+    if (ptt.blur() === 'mute') pushToTalk(false);
+  });
+}
+
+async function pushToTalk(talking) {
+  state.pushToTalk = talking;
+  document.body.classList.toggle('push-to-talk', talking);
+  if (media.micOn !== talking) await toggleMic();
+}
+
+function openShortcuts() {
+  const keys = (list) => list.flatMap((k, i) => [i ? ' + ' : '', h('kbd', {}, k)]);
+  $('#shortcut-list').replaceChildren(...SHORTCUTS.flatMap(({ keys: k, what }) => [h('dt', {}, ...keys(k)), h('dd', {}, what)]));
+  const settings = $('#settings');
+  if (settings.open) settings.close();
+  const dialog = $('#shortcuts');
+  if (!dialog.open) dialog.showModal();
 }
 
 function openSettings(focus) {
@@ -1220,7 +1306,14 @@ if (store.get('testHook', false) === true) {
     }))),
     fileBuffered: () => roster.links().map((p) => ({ peer: p.id, maxBuffered: p.files?.maxBuffered ?? 0 })),
     chat: () => chat.messages.map(({ from, name, text, mine, via }) => ({ from, name, text, mine, via })),
-    local: () => ({ micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState() }),
+    local: () => ({
+      micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState(),
+      pushToTalk: Boolean(state.pushToTalk),
+      processing: { ...media.processing },
+      trackSettings: media.audioTrack ? (({ echoCancellation, noiseSuppression, autoGainControl, deviceId }) =>
+        ({ echoCancellation, noiseSuppression, autoGainControl, deviceId }))(media.audioTrack.getSettings()) : null,
+    }),
+    sinkIds: () => roster.links().map((p) => p.tile.audio?.sinkId ?? null),
     iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
     /** Drops the signaling WebSocket as a network blip would (the client reconnects and resumes by itself). */
     dropSignaling: () => state.signaling?.ws?.close(),
