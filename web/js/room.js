@@ -1124,7 +1124,9 @@ function uplinkBudget() {
 
 async function applyVideoBudget(p) {
   const sender = p.peer.senders.video;
-  if (!sender || p.peer.connectionState !== 'connected') return;
+  // Only between negotiations: parameters set while an offer is pending (and maybe rolled back) can leave the
+  // encoder stopped in Chromium.
+  if (!sender || p.peer.connectionState !== 'connected' || p.peer.pc?.signalingState !== 'stable') return;
   const plan = planVideo({
     budget: uplinkBudget(),
     peers: roster.size,
