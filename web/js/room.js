@@ -342,7 +342,7 @@ function renderLocalMedia() {
   setToggle($('#pre-mic'), micOn, 'mic', 'microphone');
   setToggle($('#pre-cam'), Boolean(media.camOn && media.cameraTrack), 'cam', 'camera');
   // In-call controls and own tile
-  setToggle($('#ctl-mic'), micOn, 'mic', 'microphone');
+  setToggle($('#ctl-mic'), micOn, 'mic', 'mic (microphone)'); // the accessible name holds the visible "Mic"
   setToggle($('#ctl-cam'), Boolean(media.camOn && media.cameraTrack), 'cam', 'camera');
   const screenBtn = $('#ctl-screen');
   screenBtn.setAttribute('aria-pressed', String(media.sharing));
