@@ -371,7 +371,7 @@ export async function describe(participant) {
 
 // ------------------------------------------------------------------------------------------------------------
 // A tiny WebSocket client (RFC 6455), for raw protocol tests: Node 20 has no global WebSocket, and the only
-// npm dependency allowed is playwright-core. Text and binary frames, masking, ping/pong, close.
+// npm dependencies are playwright-core and axe-core. Text and binary frames, masking, ping/pong, close.
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 

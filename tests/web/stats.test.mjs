@@ -168,3 +168,10 @@ test('panel wording: every line of a card, before and after stats arrive', () =>
   assert.equal(byKey['Codecs in'], 'opus 48 kHz, VP8 90 kHz');
   assert.equal(byKey.Encryption, 'DTLS connected (FEFD) · AEAD_AES_128_GCM');
 });
+
+test('qualityDetail: round trip and loss for the tile tooltip', async () => {
+  const { qualityDetail } = await import('../../web/js/stats.js');
+  assert.equal(qualityDetail(null), '');
+  assert.equal(qualityDetail({ pair: { rtt: 0.0484 }, recentLossPercent: 0.42, outboundLossPercent: null }), '48 ms round trip · 0.4 % loss');
+  assert.equal(qualityDetail({ pair: { rtt: null }, recentLossPercent: 12.3, outboundLossPercent: 2 }), '12 % loss');
+});

@@ -9,6 +9,13 @@ import { store } from './util.js';
 const VIDEO = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
 const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 
+/** The processing settings, from what was stored (anything missing or not a boolean: the default, on). */
+export function audioProcessing(stored) {
+  const out = {};
+  for (const key of Object.keys(AUDIO)) out[key] = typeof stored?.[key] === 'boolean' ? stored[key] : AUDIO[key];
+  return out;
+}
+
 /** A sentence a person understands, for a getUserMedia/getDisplayMedia failure. */
 export function describeMediaError(error, what = 'camera and microphone') {
   switch (error?.name) {
@@ -45,6 +52,7 @@ export class LocalMedia extends EventTarget {
     this.camOn = store.get('camOn', true);
     this.audioDeviceId = store.get('audioDevice', null);
     this.videoDeviceId = store.get('videoDevice', null);
+    this.processing = audioProcessing(store.get('audioProcessing', null));
     this.errors = { audio: null, video: null };
     this.hasCamera = true;
     this.hasMic = true;
@@ -69,7 +77,33 @@ export class LocalMedia extends EventTarget {
   }
 
   #audioConstraints() {
-    return this.audioDeviceId ? { ...AUDIO, deviceId: { ideal: this.audioDeviceId } } : AUDIO;
+    return this.audioDeviceId ? { ...this.processing, deviceId: { ideal: this.audioDeviceId } } : { ...this.processing };
+  }
+
+  /**
+   * Echo cancellation, noise suppression and automatic gain ({echoCancellation, noiseSuppression,
+   * autoGainControl}, booleans): remembered, and applied by opening the microphone again with them (browsers do
+   * not reliably change them on a running track); the new track replaces the old one on every connection.
+   */
+  async setProcessing(next) {
+    this.processing = audioProcessing({ ...this.processing, ...next });
+    store.set('audioProcessing', this.processing);
+    if (!this.audioTrack) return;
+    const deviceId = this.audioTrack.getSettings().deviceId ?? this.audioDeviceId;
+    // Stopped first: while a capture of the device runs, Chromium hands out new tracks with its processing.
+    this.audioTrack.stop();
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({
+        audio: { ...this.processing, ...(deviceId ? { deviceId: { exact: deviceId } } : {}) },
+      });
+      this.#setAudio(stream.getAudioTracks()[0]);
+    } catch (e) {
+      this.#setAudio(null);
+      this.errors.audio = e;
+      throw e;
+    } finally {
+      this.#emit();
+    }
   }
 
   #videoConstraints() {
@@ -234,7 +268,7 @@ export class LocalMedia extends EventTarget {
   /** Switches to another microphone, keeping the mute state. */
   async useMicrophone(deviceId) {
     this.audioDeviceId = deviceId;
-    const stream = await navigator.mediaDevices.getUserMedia({ audio: { ...AUDIO, deviceId: { exact: deviceId } } });
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: { ...this.processing, deviceId: { exact: deviceId } } });
     this.#setAudio(stream.getAudioTracks()[0]);
     this.#emit();
   }
@@ -264,12 +298,14 @@ export class LocalMedia extends EventTarget {
   }
 
   async devices() {
-    if (!navigator.mediaDevices?.enumerateDevices) return { cameras: [], microphones: [] };
+    if (!navigator.mediaDevices?.enumerateDevices) return { cameras: [], microphones: [], speakers: [] };
     const all = await navigator.mediaDevices.enumerateDevices();
     const label = (d, i, what) => d.label || `${what} ${i + 1}`;
     const cameras = all.filter((d) => d.kind === 'videoinput' && d.deviceId);
     const microphones = all.filter((d) => d.kind === 'audioinput' && d.deviceId);
+    const speakers = all.filter((d) => d.kind === 'audiooutput' && d.deviceId);
     return {
+      speakers: speakers.map((d, i) => ({ id: d.deviceId, label: label(d, i, 'Speaker') })),
       cameras: cameras.map((d, i) => ({ id: d.deviceId, label: label(d, i, 'Camera') })),
       microphones: microphones.map((d, i) => ({ id: d.deviceId, label: label(d, i, 'Microphone') })),
     };

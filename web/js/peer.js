@@ -8,7 +8,7 @@
 // and screen changes are `replaceTrack` calls: no renegotiation. Renegotiation only happens for ICE restarts.
 //
 // Events: state (connection state changed), track (remote media changed), data (data channel message),
-//         channel (data channel open/closed), closed.
+//         channel (data channel open/closed), created (the RTCPeerConnection and its data channels exist), closed.
 
 const DISCONNECTED_GRACE_MS = 3_000; // "disconnected" this long → ICE restart
 const CONNECT_WATCHDOG_MS = 15_000; // not connected this long after negotiating → ICE restart
@@ -40,6 +40,7 @@ export class Peer extends EventTarget {
     this.host = host;
     this.pc = null;
     this.dc = null;
+    this.fileDc = null;
     this.stream = new MediaStream();
     this.senders = { audio: null, video: null };
     this.canOffer = false;
@@ -90,6 +91,9 @@ export class Peer extends EventTarget {
     this.pc = pc;
     this.dc = pc.createDataChannel('peercall', { negotiated: true, id: 0, ordered: true });
     this.#wireDataChannel(this.dc);
+    // Files (files.js): a channel of their own, so that chat and state messages never wait behind file data.
+    this.fileDc = pc.createDataChannel('peercall-files', { negotiated: true, id: 1, ordered: true });
+    this.dispatchEvent(new Event('created'));
 
     pc.onnegotiationneeded = async () => {
       if (!this.canOffer || this.closed) return;
@@ -388,6 +392,7 @@ export class Peer extends EventTarget {
     clearTimeout(this.offerTimer);
     try {
       this.dc?.close();
+      this.fileDc?.close();
       this.pc?.close();
     } catch {
       /* already closed */

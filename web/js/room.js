@@ -14,11 +14,18 @@ import { Signaling, signalingUrl } from './signaling.js';
 import { Peer } from './peer.js';
 import { LocalMedia, LevelMeter, describeMediaError } from './media.js';
 import { Tile } from './tile.js';
-import { summarize, quality } from './stats.js';
+import { summarize, quality, qualityDetail } from './stats.js';
 import { Roster } from './roster.js';
 import { layoutStage } from './layout.js';
 import { ChatLog, chatText } from './chat.js';
 import { renderStatsCards } from './stats-panel.js';
+import { safetyCode, SafetyBook, memoryStorage } from './safety.js';
+import { FileChannel, checkFile, formatBytes } from './files.js';
+import { renderFileRows } from './files-panel.js';
+import { RecordingBook, pickMimeType, recordingFileName } from './recording.js';
+import { CallRecorder } from './recorder.js';
+import { planVideo, sameEncoding, uplinkFromKbps, isSpeaking } from './bitrate.js';
+import { PushToTalk, shortcutOf, SHORTCUTS } from './ptt.js';
 
 const params = new URLSearchParams(location.search);
 const ROOM = decodeURIComponent(location.pathname.split('/')[2] ?? '');
@@ -40,6 +47,10 @@ const state = {
   clockTimer: 0,
   speakTimer: 0,
   soundBlocked: false,
+  recorder: null, // CallRecorder while we record
+  lastSpokeAt: 0, // when the microphone level last said we speak (bitrate.js: speakers get priority)
+  unseenFiles: 0, // files offered to us while the Files panel was closed (the badge)
+  fileRender: 0,
 };
 
 /** Everyone else in the call; each entry's link is its Participant. */
@@ -48,6 +59,8 @@ const roster = new Roster({
   close: (entry, { announce }) => closeParticipant(entry.link, { announce }),
   renamed: (entry) => {
     entry.link.tile.setName(entry.name);
+    recordings.rename(entry.link, entry.name);
+    renderRecording();
     renderPresence();
   },
   rekeyed: (entry) => {
@@ -58,6 +71,38 @@ const roster = new Roster({
   sendId: (entry, id) => entry.link.peer.sendData({ t: 'id', id }),
   link: (entry) => ({ state: entry.link.peer.connectionState, channelOpen: entry.link.peer.channelOpen }),
 });
+
+/** Safety codes seen per participant, and the codes verified in this tab's session (sessionStorage). */
+const safety = new SafetyBook(sessionCodes());
+
+function sessionCodes() {
+  const key = 'peercall.verifiedCodes';
+  try {
+    sessionStorage.getItem(key);
+  } catch {
+    return memoryStorage();
+  }
+  return {
+    get() {
+      try {
+        const v = JSON.parse(sessionStorage.getItem(key) ?? '[]');
+        return Array.isArray(v) ? v.filter((c) => typeof c === 'string') : [];
+      } catch {
+        return [];
+      }
+    },
+    set(codes) {
+      try {
+        sessionStorage.setItem(key, JSON.stringify(codes));
+      } catch {
+        /* full or unavailable: verification is not remembered */
+      }
+    },
+  };
+}
+
+/** Who in the call is recording (us, and what peers announced over the data channel). */
+const recordings = new RecordingBook();
 
 const chat = new ChatLog({ log: $('#chat-log'), empty: $('#chat-empty'), badge: $('#chat-badge') });
 const meter = new LevelMeter((level) => renderMeter(level));
@@ -165,7 +210,7 @@ function reportMediaErrors(asToast) {
 }
 
 async function fillDevicePickers() {
-  const { cameras, microphones } = await media.devices();
+  const { cameras, microphones, speakers } = await media.devices();
   const fill = (select, list, current, none) => {
     select.replaceChildren(
       ...(list.length ? list : [{ id: '', label: none }]).map((d) =>
@@ -179,6 +224,44 @@ async function fillDevicePickers() {
   fill($('#set-cam-select'), cameras, camId, 'No camera found');
   fill($('#pre-mic-select'), microphones, micId, 'No microphone found');
   fill($('#set-mic-select'), microphones, micId, 'No microphone found');
+  // Speaker choice: where the browser can route audio (setSinkId) and tells us the outputs.
+  $('#set-speaker-field').hidden = !CAN_PICK_SPEAKER || speakers.length === 0;
+  fill($('#set-speaker-select'), speakers, store.get('speakerDevice', 'default') ?? 'default', 'Default speaker');
+  $('#set-ec').checked = media.processing.echoCancellation;
+  $('#set-ns').checked = media.processing.noiseSuppression;
+  $('#set-agc').checked = media.processing.autoGainControl;
+}
+
+const CAN_PICK_SPEAKER = typeof HTMLMediaElement !== 'undefined' && 'setSinkId' in HTMLMediaElement.prototype;
+
+/** Plays every remote participant's sound on the chosen output device. */
+async function chooseSpeaker(deviceId) {
+  store.set('speakerDevice', deviceId || null);
+  await Promise.all(roster.links().map((p) => routeAudio(p)));
+}
+
+async function routeAudio(p) {
+  const id = store.get('speakerDevice', null);
+  const audio = p.tile.audio;
+  if (!CAN_PICK_SPEAKER || !audio || !id || audio.sinkId === id) return;
+  try {
+    await audio.setSinkId(id);
+  } catch (e) {
+    console.warn('peercall: setSinkId', e);
+    toast('Cannot use that speaker; sound stays on the default one', { kind: 'warn' });
+  }
+}
+
+async function chooseProcessing() {
+  try {
+    await media.setProcessing({
+      echoCancellation: $('#set-ec').checked,
+      noiseSuppression: $('#set-ns').checked,
+      autoGainControl: $('#set-agc').checked,
+    });
+  } catch (e) {
+    toast(describeMediaError(e, 'microphone'), { kind: 'error', timeout: 6000 });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -260,7 +343,7 @@ function renderLocalMedia() {
   setToggle($('#pre-mic'), micOn, 'mic', 'microphone');
   setToggle($('#pre-cam'), Boolean(media.camOn && media.cameraTrack), 'cam', 'camera');
   // In-call controls and own tile
-  setToggle($('#ctl-mic'), micOn, 'mic', 'microphone');
+  setToggle($('#ctl-mic'), micOn, 'mic', 'mic (microphone)'); // the accessible name holds the visible "Mic"
   setToggle($('#ctl-cam'), Boolean(media.camOn && media.cameraTrack), 'cam', 'camera');
   const screenBtn = $('#ctl-screen');
   screenBtn.setAttribute('aria-pressed', String(media.sharing));
@@ -294,7 +377,9 @@ function renderMeter(level) {
     const bars = document.querySelector(id)?.children ?? [];
     for (let i = 0; i < bars.length; i++) bars[i].classList.toggle('on', i < lit);
   }
-  state.localTile?.setSpeaking(level > 0.45 && media.micOn);
+  const speaking = level > 0.45 && media.micOn;
+  if (speaking) state.lastSpokeAt = Date.now();
+  state.localTile?.setSpeaking(speaking);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -452,6 +537,9 @@ class Participant {
     this.tile = new Tile({ id: entry.id, name: entry.name, onInfo: () => openPanel('stats') });
     this.remote = { audio: true, video: true, screen: false, known: false };
     this.stats = null;
+    this.safetyInput = null; // the fingerprints the current safety code was computed from
+    this.files = null; // FileChannel (files.js), once the connection exists
+    this.videoPlan = null; // the encoding bitrate.js chose for our video to this peer, once applied
   }
 
   get id() {
@@ -472,7 +560,7 @@ function openParticipant(entry, { offer }) {
   peer.addEventListener('track', () => {
     p.tile.setStream(peer.stream);
     renderPeer(p);
-    playRemoteAudio(p);
+    routeAudio(p).then(() => playRemoteAudio(p));
   });
   peer.addEventListener('state', () => {
     renderPeer(p);
@@ -481,9 +569,11 @@ function openParticipant(entry, { offer }) {
   });
   peer.addEventListener('channel', () => {
     if (peer.channelOpen) sendState(p);
+    if (peer.channelOpen && state.recorder) peer.sendData({ t: 'recording', on: true });
     renderPeer(p);
   });
   peer.addEventListener('data', (e) => onPeerData(p, e.detail.data, 'datachannel'));
+  peer.addEventListener('created', () => wireFiles(p));
   if (offer) peer.startAsOfferer();
   sendState(p);
   renderPeer(p);
@@ -493,7 +583,11 @@ function openParticipant(entry, { offer }) {
 
 /** The roster let someone go: close the connection, take the tile off the stage. */
 function closeParticipant(p, { announce }) {
+  safety.forget(p);
+  if (recordings.forget(p)) renderRecording();
+  p.files?.close();
   p.peer.close();
+  renderFiles();
   p.tile.remove();
   if (announce) toast(`${p.name} left`);
   layout();
@@ -521,6 +615,16 @@ function onPeerData(p, data, via) {
         console.warn(`peercall: ${p.id} claimed the id of ${data.id}; ignored`);
       }
       return;
+    case 'recording': {
+      // Only over the data channel (end to end): the indicator must not be something the server can switch off.
+      if (via !== 'datachannel') return;
+      const on = data.on === true;
+      if (recordings.set(p, p.name, on)) {
+        toast(on ? `${p.name} started recording this call` : `${p.name} stopped recording`, { kind: on ? 'warn' : 'info', timeout: 5000 });
+        renderRecording();
+      }
+      return;
+    }
     case 'bye':
       roster.remove(p.id, { announce: true });
       return;
@@ -615,10 +719,21 @@ function bindCall() {
   $('#ctl-settings').addEventListener('click', () => openSettings('#set-cam-select'));
   $('#ctl-chat').addEventListener('click', () => togglePanel('chat'));
   $('#ctl-stats').addEventListener('click', () => togglePanel('stats'));
+  $('#ctl-files').addEventListener('click', () => togglePanel('files'));
+  $('#ctl-record').addEventListener('click', () => toggleRecording());
+  if (!window.MediaRecorder || !HTMLCanvasElement.prototype.captureStream || !window.AudioContext) $('#ctl-record').hidden = true;
+  $('#file-choose').addEventListener('click', () => $('#file-input').click());
+  $('#file-input').addEventListener('change', (e) => {
+    sendFiles([...e.target.files], $('#file-target').value);
+    e.target.value = '';
+  });
+  bindDrop();
   $('#ctl-leave').addEventListener('click', () => leave());
   $('#side-close').addEventListener('click', () => openPanel(null));
-  for (const name of ['chat', 'people', 'stats']) $(`#tab-${name}`).addEventListener('click', () => openPanel(name));
-  for (const id of ['#top-copy', '#empty-copy']) $(id).addEventListener('click', copyInvite);
+  for (const name of ['chat', 'people', 'files', 'stats']) $(`#tab-${name}`).addEventListener('click', () => openPanel(name));
+  $('#empty-copy').addEventListener('click', copyInvite);
+  $('#top-copy').addEventListener('click', openInvite);
+  $('#invite-copy').addEventListener('click', copyInvite);
   $('#status-retry').addEventListener('click', () => state.signaling?.reconnectNow());
   $('#chat-form').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -626,6 +741,13 @@ function bindCall() {
   });
   $('#set-cam-select').addEventListener('change', (e) => chooseCamera(e.target.value));
   $('#set-mic-select').addEventListener('change', (e) => chooseMicrophone(e.target.value));
+  $('#set-speaker-select').addEventListener('change', (e) => chooseSpeaker(e.target.value));
+  for (const id of ['#set-ec', '#set-ns', '#set-agc']) $(id).addEventListener('change', chooseProcessing);
+  $('#set-shortcuts').addEventListener('click', () => openShortcuts());
+  $('#set-uplink').addEventListener('change', (e) => {
+    store.set('uplinkKbps', e.target.value ? Number(e.target.value) : null);
+    for (const p of roster.links()) applyVideoBudget(p);
+  });
   $('#settings').addEventListener('close', () => {
     const name = cleanName($('#set-name').value);
     if (name && name !== state.name) {
@@ -642,29 +764,88 @@ function bindCall() {
     $('#sound-banner').hidden = true;
     for (const p of roster.links()) playRemoteAudio(p);
   });
-  document.addEventListener('keydown', (e) => {
-    if (state.phase !== 'call' || !(e.ctrlKey || e.metaKey)) return;
-    const key = e.key.toLowerCase();
-    if (key === 'd') {
-      e.preventDefault();
-      toggleMic();
-    } else if (key === 'e') {
-      e.preventDefault();
-      toggleCam();
-    }
-  });
+  bindKeys();
   new ResizeObserver(() => layout()).observe($('#stage'));
   window.addEventListener('pagehide', () => {
     if (state.phase === 'call') sayGoodbye();
   });
 }
 
+/** Shortcuts (ptt.js says which key is which) and push-to-talk on the space bar. */
+function bindKeys() {
+  const ptt = new PushToTalk();
+  const describe = (e) => {
+    const el = e.target instanceof Element ? e.target : null;
+    const typing = Boolean(el?.closest('input, textarea, select, [contenteditable=""], [contenteditable="true"]'));
+    return {
+      key: e.key, code: e.code, repeat: e.repeat, ctrl: e.ctrlKey, meta: e.metaKey, alt: e.altKey, shift: e.shiftKey,
+      typing,
+      onControl: typing || Boolean(el?.closest('button, a[href], summary, [role="tab"], dialog[open]')),
+      micOn: media.micOn,
+    };
+  };
+  document.addEventListener('keydown', (e) => {
+    if (state.phase !== 'call') return;
+    const d = describe(e);
+    const action = ptt.down(d);
+    if (action) {
+      e.preventDefault();
+      if (action === 'unmute') pushToTalk(true);
+      return;
+    }
+    const shortcut = shortcutOf(d);
+    if (!shortcut) return;
+    e.preventDefault();
+    if (shortcut === 'mic') toggleMic();
+    else if (shortcut === 'cam') toggleCam();
+    else if (shortcut === 'chat') togglePanel('chat');
+    else if (shortcut === 'leave') leave();
+    else if (shortcut === 'help') openShortcuts();
+  });
+  document.addEventListener('keyup', (e) => {
+    if (ptt.up({ key: e.key, code: e.code }) === 'mute') pushToTalk(false);
+  });
+  window.addEventListener('blur', () => {
+    if (ptt.blur() === 'mute') pushToTalk(false);
+  });
+}
+
+async function pushToTalk(talking) {
+  state.pushToTalk = talking;
+  document.body.classList.toggle('push-to-talk', talking);
+  if (media.micOn !== talking) await toggleMic();
+}
+
+function openShortcuts() {
+  const keys = (list) => list.flatMap((k, i) => [i ? ' + ' : '', h('kbd', {}, k)]);
+  $('#shortcut-list').replaceChildren(...SHORTCUTS.flatMap(({ keys: k, what }) => [h('dt', {}, ...keys(k)), h('dd', {}, what)]));
+  const settings = $('#settings');
+  if (settings.open) settings.close();
+  const dialog = $('#shortcuts');
+  if (!dialog.open) dialog.showModal();
+}
+
 function openSettings(focus) {
   fillDevicePickers();
+  const kbps = String(store.get('uplinkKbps', '') ?? '');
+  $('#set-uplink').value = [...$('#set-uplink').options].some((o) => o.value === kbps) ? kbps : '';
   $('#set-name').value = state.name;
   const dialog = $('#settings');
   if (!dialog.open) dialog.showModal();
   $(focus).focus();
+}
+
+/** The invite dialog: the room link, and its QR code rendered by the server (GET /qr, SVG) for phones nearby. */
+function openInvite() {
+  const url = inviteUrl();
+  $('#invite-dialog-url').textContent = url;
+  const qr = $('#invite-qr');
+  const src = `/qr?${new URLSearchParams({ text: url })}`;
+  if (qr.getAttribute('src') !== src) qr.src = src;
+  $('#invite-password-note').hidden = !state.password;
+  const dialog = $('#invite');
+  if (!dialog.open) dialog.showModal();
+  $('#invite-copy').focus();
 }
 
 async function copyInvite() {
@@ -680,7 +861,7 @@ function openPanel(name) {
   state.panel = name;
   $('#side').hidden = !name;
   document.body.classList.toggle('side-open', Boolean(name));
-  for (const tab of ['chat', 'people', 'stats']) {
+  for (const tab of ['chat', 'people', 'files', 'stats']) {
     $(`#tab-${tab}`).setAttribute('aria-selected', String(tab === name));
     $(`#${tab}-panel`).hidden = tab !== name;
   }
@@ -690,6 +871,11 @@ function openPanel(name) {
     chat.markRead();
     $('#chat-input').focus({ preventScroll: true });
     chat.scroll();
+  }
+  $('#ctl-files').setAttribute('aria-pressed', String(name === 'files'));
+  if (name === 'files') {
+    state.unseenFiles = 0;
+    renderFiles();
   }
   if (name === 'stats') pollStats();
   layout();
@@ -720,6 +906,7 @@ function renderClock() {
 }
 
 function renderPresence() {
+  renderFileTargets();
   const count = roster.size + 1;
   $('#call-count').textContent = `${count} ${count === 1 ? 'person' : 'people'}`;
   $('#empty-hint').hidden = roster.size > 0 || state.phase !== 'call';
@@ -773,6 +960,232 @@ function addChat(message) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Files (files.js moves them over each peer's file channel, files-panel.js shows them)
+
+function wireFiles(p) {
+  if (p.files || !p.peer.fileDc) return;
+  const files = new FileChannel(p.peer.fileDc);
+  p.files = files;
+  files.addEventListener('change', (e) => {
+    const t = e.detail;
+    if (t.state === 'done' && t.direction === 'in' && t.blob && !t.url) t.url = URL.createObjectURL(t.blob);
+    scheduleFileRender();
+  });
+  files.addEventListener('incoming', (e) => {
+    const t = e.detail;
+    if (t.state === 'failed') {
+      toast(`${p.name} tried to send ${t.name} (${formatBytes(t.size)}): refused, files up to 100 MB can be received.`, { kind: 'warn', timeout: 8000 });
+    } else {
+      toast(`${p.name} is sending you ${t.name} (${formatBytes(t.size)})`, { timeout: 5000 });
+    }
+    if (state.panel !== 'files') state.unseenFiles += 1;
+    scheduleFileRender();
+  });
+}
+
+/** Sends files to one participant (`target` = its id) or to everyone connected (`target` = ''). */
+function sendFiles(list, target = '') {
+  if (list.length === 0) return;
+  const peers = roster.links().filter((p) => !target || p.id === target);
+  const ready = peers.filter((p) => p.files?.open);
+  if (ready.length === 0) {
+    toast(peers.length ? 'Not sent: the connection is not ready yet' : 'Not sent: nobody else is in the call', { kind: 'warn' });
+    return;
+  }
+  for (const file of list) {
+    const why = checkFile(file);
+    if (why) {
+      toast(`Not sent: ${why}`, { kind: 'warn', timeout: 8000 });
+      continue;
+    }
+    for (const p of ready) {
+      try {
+        p.files.send(file);
+      } catch (e) {
+        toast(`Not sent to ${p.name}: ${e.message}`, { kind: 'warn' });
+      }
+    }
+  }
+  if (state.panel !== 'files') openPanel('files');
+  scheduleFileRender();
+}
+
+function bindDrop() {
+  const call = $('#call');
+  let depth = 0;
+  const hasFiles = (e) => [...(e.dataTransfer?.types ?? [])].includes('Files');
+  call.addEventListener('dragenter', (e) => {
+    if (!hasFiles(e)) return;
+    depth += 1;
+    call.classList.add('dropping');
+  });
+  call.addEventListener('dragleave', () => {
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) call.classList.remove('dropping');
+  });
+  call.addEventListener('dragover', (e) => {
+    if (hasFiles(e)) e.preventDefault();
+  });
+  call.addEventListener('drop', (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    depth = 0;
+    call.classList.remove('dropping');
+    sendFiles([...e.dataTransfer.files], $('#file-target').value);
+  });
+}
+
+/** "Everyone" and each participant, keeping the current choice while it is still here. */
+function renderFileTargets() {
+  const select = $('#file-target');
+  const current = select.value;
+  const options = [h('option', { value: '' }, 'Everyone'), ...roster.links().map((p) => h('option', { value: p.id }, p.name))];
+  select.replaceChildren(...options);
+  select.value = roster.get(current) ? current : '';
+}
+
+function scheduleFileRender() {
+  if (state.fileRender) return;
+  state.fileRender = requestAnimationFrame(() => {
+    state.fileRender = 0;
+    renderFiles();
+  });
+}
+
+function renderFiles() {
+  const badge = $('#files-badge');
+  badge.hidden = state.unseenFiles === 0;
+  badge.textContent = String(state.unseenFiles);
+  if (state.panel !== 'files') return;
+  const rows = roster.links().flatMap((p) => (p.files?.list() ?? []).map((t) => ({
+    key: `${p.id}:${t.direction}:${t.id}`,
+    transfer: t,
+    peerName: p.name,
+    url: t.url ?? null,
+    started: t.started,
+    onCancel: () => p.files.cancel(t.direction, t.id),
+  })));
+  rows.sort((a, b) => a.started - b.started);
+  renderFileRows($('#file-list'), rows);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Recording (recorder.js draws and mixes, recording.js decides where and says who records)
+
+function recordingSources() {
+  const remote = roster.links().map((p) => ({
+    key: p.id,
+    name: p.name,
+    video: p.tile.video,
+    showVideo: p.tile.el.dataset.cam === 'on',
+    audio: p.peer.stream.getAudioTracks()[0] ?? null,
+  }));
+  const local = state.localTile
+    ? [{ key: 'local', name: state.name, video: state.localTile.video, showVideo: Boolean(media.outgoingVideo), audio: media.micOn ? media.audioTrack : null }]
+    : [];
+  return [...remote, ...local];
+}
+
+function toggleRecording() {
+  if (state.recorder) stopRecording();
+  else startRecording();
+}
+
+function startRecording() {
+  if (state.recorder || state.phase !== 'call') return false;
+  const mimeType = window.MediaRecorder ? pickMimeType((t) => MediaRecorder.isTypeSupported(t)) : null;
+  if (!mimeType) {
+    toast('This browser cannot record WebM video', { kind: 'warn' });
+    return false;
+  }
+  try {
+    state.recorder = new CallRecorder({ sources: recordingSources, mimeType });
+    state.recorder.start();
+  } catch (e) {
+    state.recorder = null;
+    toast(`Cannot record: ${e.message}`, { kind: 'error' });
+    return false;
+  }
+  state.recordingName = recordingFileName(ROOM, new Date());
+  recordings.self = true;
+  for (const p of roster.links()) p.peer.sendData({ t: 'recording', on: true });
+  renderRecording();
+  toast('Recording. Everyone in the call sees that you are recording.', { timeout: 4000 });
+  return true;
+}
+
+/** Stops, saves the file (a download), tells the others. Resolves with the file's size. */
+async function stopRecording() {
+  const recorder = state.recorder;
+  if (!recorder) return 0;
+  state.recorder = null;
+  recordings.self = false;
+  for (const p of roster.links()) p.peer.sendData({ t: 'recording', on: false });
+  renderRecording();
+  const blob = await recorder.stop();
+  const url = URL.createObjectURL(blob);
+  const link = h('a', { href: url, download: state.recordingName ?? recordingFileName(ROOM, new Date()), class: 'offscreen' });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  toast(`Recording saved (${formatBytes(blob.size)})`, { kind: 'success' });
+  return blob.size;
+}
+
+function renderRecording() {
+  const text = recordings.text();
+  $('#rec-indicator').hidden = !text;
+  $('#rec-text').textContent = text;
+  const mine = Boolean(state.recorder);
+  const button = $('#ctl-record');
+  button.setAttribute('aria-pressed', String(mine));
+  button.setAttribute('aria-label', mine ? 'Stop recording' : 'Record the call');
+  button.querySelector('.ctl-label').textContent = mine ? 'Stop' : 'Record';
+  button.classList.toggle('ctl-recording', mine);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Uplink budget (bitrate.js): each outgoing video gets its share of the budget, speakers first
+
+/** The budget in bits/s: ?uplink=KBPS, else Settings, else a typical home uplink. */
+function uplinkBudget() {
+  return uplinkFromKbps(params.get('uplink') ?? store.get('uplinkKbps', null));
+}
+
+async function applyVideoBudget(p) {
+  const sender = p.peer.senders.video;
+  // Only between negotiations: parameters set while an offer is pending (and maybe rolled back) can leave the
+  // encoder stopped in Chromium.
+  if (!sender || p.peer.connectionState !== 'connected' || p.peer.pc?.signalingState !== 'stable') return;
+  const plan = planVideo({
+    budget: uplinkBudget(),
+    peers: roster.size,
+    speaking: isSpeaking(state.lastSpokeAt, Date.now()),
+    screen: media.sharing,
+  });
+  try {
+    const parameters = sender.getParameters();
+    const encoding = parameters.encodings?.[0];
+    if (!encoding) return;
+    if (sameEncoding(encoding, plan)) {
+      p.videoPlan = plan;
+      return;
+    }
+    encoding.maxBitrate = plan.maxBitrate;
+    encoding.scaleResolutionDownBy = plan.scaleResolutionDownBy;
+    if (plan.maxFramerate) encoding.maxFramerate = plan.maxFramerate;
+    else delete encoding.maxFramerate;
+    encoding.priority = plan.priority;
+    encoding.networkPriority = plan.priority;
+    await sender.setParameters(parameters);
+    p.videoPlan = plan;
+  } catch (e) {
+    console.warn(`peercall: video budget for ${p.id}`, e);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Connection statistics (stats.js summarizes, stats-panel.js shows)
 
 async function pollStats() {
@@ -781,7 +1194,9 @@ async function pollStats() {
     try {
       const report = await p.peer.pc.getStats();
       p.stats = summarize(report, p.stats);
-      p.tile.setQuality(p.peer.connectionState === 'connected' ? quality(p.stats) : 0);
+      p.tile.setQuality(p.peer.connectionState === 'connected' ? quality(p.stats) : 0, qualityDetail(p.stats));
+      await updateSafety(p);
+      await applyVideoBudget(p);
     } catch {
       /* closed meanwhile */
     }
@@ -790,8 +1205,44 @@ async function pollStats() {
 }
 
 function renderStats() {
-  renderStatsCards($('#stats-cards'), roster.links().map((p) =>
-    ({ id: p.id, name: p.name, connectionState: p.peer.connectionState, stats: p.stats })));
+  renderStatsCards($('#stats-cards'), roster.links().map((p) => ({
+    id: p.id,
+    name: p.name,
+    connectionState: p.peer.connectionState,
+    stats: p.stats,
+    safety: safety.status(p),
+    onVerify: (verified) => {
+      if (verified) safety.verify(p);
+      else safety.unverify(p);
+      renderSafety(p);
+      renderStats();
+    },
+  })));
+}
+
+/** Safety code (safety.js) from the certificates of the DTLS session in use; warns when it changes mid-call. */
+async function updateSafety(p) {
+  const local = p.stats?.localCertificate;
+  const remote = p.stats?.remoteCertificate;
+  const input = `${local?.fingerprint}|${remote?.fingerprint}`;
+  if (!local || !remote || input === p.safetyInput) return;
+  p.safetyInput = input;
+  const result = await safetyCode(local, remote);
+  if (!result) return;
+  if (safety.update(p, result.code) === 'changed') {
+    const { changedWhileVerified } = safety.status(p);
+    toast(changedWhileVerified
+      ? `Warning: the verified safety code with ${p.name} changed. Compare it again before you trust this call.`
+      : `The safety code with ${p.name} changed (new certificates). Compare it again.`,
+    { kind: 'warn', timeout: 10_000 });
+    console.warn(`peercall: safety code with ${p.id} changed`);
+  }
+  renderSafety(p);
+}
+
+function renderSafety(p) {
+  const s = safety.status(p);
+  p.tile.setSafety(s?.verified ? 'verified' : s?.changed ? 'changed' : null);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -813,6 +1264,7 @@ function teardownCall() {
 }
 
 function leave() {
+  if (state.recorder) stopRecording();
   sayGoodbye();
   teardownCall();
   media.stopAll();
@@ -871,15 +1323,30 @@ if (store.get('testHook', false) === true) {
       orphan: p.entry.orphan,
       polite: p.peer.polite,
       collisions: p.peer.collisions,
+      safety: safety.status(p),
+      videoPlan: p.videoPlan ?? null,
     })),
+    uplinkBudget,
     pc: (id) => roster.get(id)?.link.peer.pc ?? null,
     async stats(id) {
       const pc = roster.get(id)?.link.peer.pc;
       if (!pc) return null;
       return summarize(await pc.getStats(), null);
     },
+    files: () => roster.links().flatMap((p) => (p.files?.list() ?? []).map((t) => ({
+      peer: p.id, peerName: p.name, id: t.id, direction: t.direction, name: t.name, size: t.size, bytes: t.bytes,
+      state: t.state, reason: t.reason,
+    }))),
+    fileBuffered: () => roster.links().map((p) => ({ peer: p.id, maxBuffered: p.files?.maxBuffered ?? 0 })),
     chat: () => chat.messages.map(({ from, name, text, mine, via }) => ({ from, name, text, mine, via })),
-    local: () => ({ micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState() }),
+    local: () => ({
+      micOn: media.micOn, camOn: media.camOn, sharing: media.sharing, ...localState(),
+      pushToTalk: Boolean(state.pushToTalk),
+      processing: { ...media.processing },
+      trackSettings: media.audioTrack ? (({ echoCancellation, noiseSuppression, autoGainControl, deviceId }) =>
+        ({ echoCancellation, noiseSuppression, autoGainControl, deviceId }))(media.audioTrack.getSettings()) : null,
+    }),
+    sinkIds: () => roster.links().map((p) => p.tile.audio?.sinkId ?? null),
     iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
     /** Drops the signaling WebSocket as a network blip would (the client reconnects and resumes by itself). */
     dropSignaling: () => state.signaling?.ws?.close(),
@@ -888,6 +1355,10 @@ if (store.get('testHook', false) === true) {
     toggleMic,
     toggleCam,
     sendChat,
+    sendFiles,
+    recording: () => ({ self: Boolean(state.recorder), text: recordings.text(), frames: state.recorder?.frames ?? 0 }),
+    startRecording,
+    stopRecording,
     leave,
   };
 }

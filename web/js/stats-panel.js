@@ -40,8 +40,41 @@ export function statsLines(s) {
 }
 
 /**
- * Fills `container` with one card per participant: [{id, name, connectionState, stats}], stats being the last
- * summary (or null).
+ * The safety-code block of a card (web/js/safety.js): the code in groups, whether it is verified, a warning when
+ * it changed during the call, and the button that marks it verified (or takes that back).
+ * `safety`: SafetyBook.status() or null; `onVerify(verified)`: the button's action.
+ */
+function safetyBlock(name, safety, onVerify) {
+  if (!safety) {
+    return h('div', { class: 'safety', dataset: { state: 'pending' } },
+      h('div', { class: 'fp-label' }, 'Safety code'),
+      h('p', { class: 'muted small' }, 'Appears when the encrypted connection is up.'));
+  }
+  const state = safety.verified ? 'verified' : safety.changed ? 'changed' : 'unverified';
+  return h('div', { class: 'safety', dataset: { state } },
+    h('div', { class: 'fp-label' }, 'Safety code',
+      safety.verified ? h('span', { class: 'safety-badge' }, ' · verified') : null),
+    h('code', { class: 'safety-code', 'aria-label': `Safety code ${safety.code}` },
+      ...safety.code.split(' ').map((g) => h('span', {}, g))),
+    safety.changed
+      ? h('p', { class: 'notice notice-warn safety-warning', role: 'alert' },
+        safety.changedWhileVerified
+          ? `The safety code with ${name} changed during the call, and the old one was verified. Compare the new code again before you trust this connection.`
+          : `The safety code with ${name} changed during the call (new certificates). Compare it again.`)
+      : null,
+    h('p', { class: 'muted small' }, safety.verified
+      ? `You confirmed that ${name} sees this same code.`
+      : `Read it to ${name} over another channel (in person, by phone). When ${name} sees the same digits, nobody is in between.`),
+    h('button', {
+      type: 'button',
+      class: `btn btn-sm ${safety.verified ? 'btn-ghost' : 'btn-primary'} safety-verify`,
+      onclick: () => onVerify?.(!safety.verified),
+    }, safety.verified ? 'Mark as not verified' : `Mark ${name} as verified`));
+}
+
+/**
+ * Fills `container` with one card per participant: [{id, name, connectionState, stats, safety, onVerify}], stats
+ * being the last summary (or null), safety the safety-code status (or null).
  */
 export function renderStatsCards(container, participants) {
   if (participants.length === 0) {
@@ -52,12 +85,13 @@ export function renderStatsCards(container, participants) {
   const fingerprint = (label, c) => h('div', { class: 'fp' },
     h('div', { class: 'fp-label' }, label, c ? h('span', { class: 'muted' }, ` ${c.algorithm}`) : null),
     h('code', { class: 'fp-value' }, c?.fingerprint ?? 'not yet negotiated'));
-  container.replaceChildren(...participants.map(({ id, name, connectionState, stats }) =>
+  container.replaceChildren(...participants.map(({ id, name, connectionState, stats, safety, onVerify }) =>
     h('section', { class: 'stats-card', dataset: { peer: id } },
       h('header', { class: 'stats-head' },
         h('span', { class: 'avatar avatar-sm', style: `--hue:${hueOf(name)}` }, (name[0] ?? '?').toUpperCase()),
         h('strong', {}, name),
         h('span', { class: `chip chip-${connectionState}` }, connectionState)),
+      safetyBlock(name, safety, onVerify),
       h('dl', { class: 'kv' }, ...statsLines(stats).map(([k, v, cls]) => kv(k, v, cls))),
       h('div', { class: 'fps' },
         fingerprint('Your fingerprint', stats?.localCertificate),

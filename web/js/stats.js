@@ -159,3 +159,13 @@ export function quality(summary) {
   if (rtt > 0.3 || loss > 3) return 2;
   return 3;
 }
+
+/** "48 ms round trip · 0.4 % loss" for the tile's quality indicator; '' when unknown. */
+export function qualityDetail(summary) {
+  if (!summary?.pair) return '';
+  const parts = [];
+  if (Number.isFinite(summary.pair.rtt)) parts.push(`${Math.round(summary.pair.rtt * 1000)} ms round trip`);
+  const loss = Math.max(summary.recentLossPercent ?? 0, summary.outboundLossPercent ?? 0);
+  parts.push(`${loss.toFixed(loss < 1 ? 1 : 0)} % loss`);
+  return parts.join(' · ');
+}

@@ -1,7 +1,7 @@
 // A participant tile: video (or avatar when the camera is off), name, microphone state, connection quality.
 // Where tiles go and how large they are is layout.js.
 
-import { h, icon } from './util.js';
+import { h, icon, setIcon } from './util.js';
 import { initials, hueOf } from './names.js';
 
 export class Tile {
@@ -15,6 +15,7 @@ export class Tile {
     this.nameEl = h('span', { class: 'tile-name' });
     this.micEl = h('span', { class: 'tile-mic', title: 'Microphone off', 'aria-label': 'Microphone off' }, icon('mic-off'));
     this.stateEl = h('span', { class: 'tile-state', hidden: true });
+    this.verifiedEl = h('span', { class: 'tile-verified', hidden: true, title: 'Safety code verified', 'aria-label': 'Safety code verified' }, icon('shield'));
     this.qualityEl = h('span', { class: 'quality', 'data-level': '0', title: 'Connection quality', 'aria-hidden': 'true' },
       h('i'), h('i'), h('i'));
     this.infoBtn = onInfo
@@ -27,7 +28,7 @@ export class Tile {
       this.audio,
       h('div', { class: 'tile-avatar' }, this.avatar),
       h('div', { class: 'tile-top' }, this.stateEl, this.infoBtn),
-      h('div', { class: 'tile-bottom' }, this.micEl, this.nameEl, local ? null : this.qualityEl),
+      h('div', { class: 'tile-bottom' }, this.micEl, this.nameEl, this.verifiedEl, local ? null : this.qualityEl),
     );
     this.setName(name);
     this.setCam(false);
@@ -93,9 +94,21 @@ export class Tile {
     this.el.classList.toggle('tile-pending', Boolean(text));
   }
 
-  setQuality(level) {
+  /** The safety code with this peer: 'verified' (a shield by the name), 'changed' (a warning) or null. */
+  setSafety(state) {
+    this.verifiedEl.hidden = !state;
+    this.el.dataset.safety = state ?? '';
+    setIcon(this.verifiedEl, state === 'changed' ? 'warn' : 'shield');
+    const label = state === 'changed' ? 'Safety code changed: compare it again' : 'Safety code verified';
+    this.verifiedEl.title = label;
+    this.verifiedEl.setAttribute('aria-label', label);
+  }
+
+  /** 0 (unknown) … 3 (good), from loss and round trip (stats.js quality); `detail` the numbers, for the tooltip. */
+  setQuality(level, detail = '') {
     this.qualityEl.dataset.level = String(level ?? 0);
-    this.qualityEl.title = ['Connection quality unknown', 'Poor connection', 'Fair connection', 'Good connection'][level ?? 0];
+    const label = ['Connection quality unknown', 'Poor connection', 'Fair connection', 'Good connection'][level ?? 0];
+    this.qualityEl.title = detail ? `${label}: ${detail}` : label;
   }
 
   remove() {

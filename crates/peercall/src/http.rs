@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::request::Parts as RequestParts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -308,7 +308,9 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> Http
         app = app.merge(signal.router());
     }
     if parts.signal.is_some() {
-        app = app.merge(crate::parts::web_router());
+        app = app
+            .merge(crate::parts::web_router())
+            .route("/qr", get(qr_code));
     }
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
@@ -548,4 +550,121 @@ fn proc_self_stat() -> Option<(f64, u64)> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some((cpu, rss_pages * rustix::param::page_size() as u64))
+}
+
+/// Longest text `/qr` renders: a room link is its origin, `/r/` and at most 64 characters of room name.
+const MAX_QR_TEXT: usize = 300;
+
+#[derive(serde::Deserialize)]
+struct QrQuery {
+    text: String,
+}
+
+/// `GET /qr?text=<room link>`: the invite dialog's QR code, as SVG. Only links to a room of this server are
+/// rendered (`http(s)://<the Host this request came to>/r/<valid room>`, nothing after the room name), so the
+/// server is no QR generator for arbitrary text or other sites' links.
+async fn qr_code(headers: HeaderMap, Query(query): Query<QrQuery>) -> Response {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let plain = |code: StatusCode, text: &'static str| {
+        (
+            code,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            text,
+        )
+            .into_response()
+    };
+    if let Err(why) = room_link_of(&query.text, host) {
+        return plain(StatusCode::BAD_REQUEST, why);
+    }
+    match qr_svg(&query.text) {
+        Some(svg) => (
+            [
+                (header::CONTENT_TYPE, "image/svg+xml"),
+                (header::CACHE_CONTROL, "private, max-age=3600"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+            ],
+            svg,
+        )
+            .into_response(),
+        None => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode this link as a QR code\n",
+        ),
+    }
+}
+
+/// Checks that `text` is a link to a room of the server reached as `host`; the error says what is wrong.
+fn room_link_of(text: &str, host: Option<&str>) -> Result<(), &'static str> {
+    if text.len() > MAX_QR_TEXT {
+        return Err("/qr renders room links of this server only; this text is too long\n");
+    }
+    let host = host.ok_or("/qr needs a Host header\n")?;
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or("/qr renders room links of this server only (http:// or https://)\n")?;
+    let room = rest
+        .strip_prefix(host)
+        .and_then(|r| r.strip_prefix("/r/"))
+        .ok_or("/qr renders room links of this server only (another host or path)\n")?;
+    if !peercall_signal::protocol::valid_room(room) {
+        return Err("/qr renders room links of this server only (not a valid room name)\n");
+    }
+    Ok(())
+}
+
+/// The QR code of `text` as an SVG document (medium error correction, quiet zone included).
+fn qr_svg(text: &str) -> Option<String> {
+    use qrcode::render::svg;
+    let code =
+        qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).ok()?;
+    Some(
+        code.render::<svg::Color<'_>>()
+            .min_dimensions(256, 256)
+            .dark_color(svg::Color("#000000"))
+            .light_color(svg::Color("#ffffff"))
+            .build(),
+    )
+}
+
+#[cfg(test)]
+mod qr_tests {
+    use super::*;
+
+    #[test]
+    fn only_room_links_of_this_host() {
+        let host = Some("call.example.org:8443");
+        assert!(room_link_of("https://call.example.org:8443/r/team-standup", host).is_ok());
+        assert!(room_link_of("http://call.example.org:8443/r/a_B-9", host).is_ok());
+        for bad in [
+            "https://evil.example/r/team",
+            "https://call.example.org:8443.evil.example/r/team",
+            "https://call.example.org:8443/x/team",
+            "https://call.example.org:8443/r/",
+            "https://call.example.org:8443/r/team?x=1",
+            "https://call.example.org:8443/r/team/more",
+            "https://call.example.org:8443/r/bad%20name",
+            "ftp://call.example.org:8443/r/team",
+            "call.example.org:8443/r/team",
+        ] {
+            assert!(room_link_of(bad, host).is_err(), "{bad}");
+        }
+        assert!(room_link_of("https://call.example.org:8443/r/team", None).is_err());
+        let long = format!(
+            "https://call.example.org:8443/r/{}",
+            "a".repeat(MAX_QR_TEXT)
+        );
+        assert!(room_link_of(&long, host).is_err());
+    }
+
+    #[test]
+    fn renders_svg() {
+        let svg = qr_svg("https://call.example.org/r/team").unwrap();
+        assert!(svg.contains("<svg") && svg.contains("<path"));
+        assert!(!svg.contains("<script"));
+    }
 }
