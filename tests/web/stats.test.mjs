@@ -115,13 +115,13 @@ test('summarize: an empty report (a connection not started) is all unknowns, not
   assert.equal(quality(s), null);
 });
 
-test('describeRoute: direct, through NAT, relayed', () => {
+test('describeRoute: direct, through your router, relayed, in words then the candidate types', () => {
   const c = (type, protocol = 'udp', relayProtocol = null) => ({ type, protocol, relayProtocol });
-  assert.equal(describeRoute({ local: c('host'), remote: c('host') }), 'Direct (udp)');
-  assert.equal(describeRoute({ local: c('srflx'), remote: c('host') }), 'Direct through NAT (udp)');
-  assert.equal(describeRoute({ local: c('host', 'tcp'), remote: c('prflx', 'tcp') }), 'Direct through NAT (tcp)');
-  assert.equal(describeRoute({ local: c('relay', 'udp', 'tls'), remote: c('srflx') }), 'Relayed through TURN (tls)');
-  assert.equal(describeRoute({ local: c('host'), remote: c('relay') }), 'Relayed through TURN (udp)');
+  assert.equal(describeRoute({ local: c('host'), remote: c('host') }), 'Direct · host ↔ host');
+  assert.equal(describeRoute({ local: c('srflx'), remote: c('host') }), 'Direct through your router · srflx ↔ host');
+  assert.equal(describeRoute({ local: c('host', 'tcp'), remote: c('prflx', 'tcp') }), 'Direct through your router · host ↔ prflx');
+  assert.equal(describeRoute({ local: c('relay', 'udp', 'tls'), remote: c('srflx') }), 'Relayed by the server (TLS) · relay ↔ srflx');
+  assert.equal(describeRoute({ local: c('host'), remote: c('relay') }), "Relayed by the server (the other side's relay) · host ↔ relay");
   assert.equal(describeRoute(null), 'Not connected');
   assert.equal(describeRoute({ local: c('host') }), 'Not connected');
 });
@@ -158,7 +158,7 @@ test('panel wording: every line of a card, before and after stats arrive', () =>
   const second = summarize(relayedCall({ t: 2000, bytesSent: 2_600_000, bytesReceived: 300_000 }), first);
   const lines = statsLines(second);
   const byKey = Object.fromEntries(lines.map(([k, v]) => [k, v]));
-  assert.equal(byKey.Route, 'Relayed through TURN (tcp)');
+  assert.equal(byKey.Route, 'Relayed by the server (TCP) · relay ↔ srflx');
   assert.equal(lines.find(([k]) => k === 'Route')[2], 'warn', 'a relayed route is flagged');
   assert.equal(byKey['Round trip'], '42 ms');
   assert.equal(byKey.Sending, '20.00 Mbit/s');
