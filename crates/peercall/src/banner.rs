@@ -115,7 +115,7 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
         let unmapped_private: Vec<String> = a
             .relay_ips
             .iter()
-            .filter(|ip| is_private(ip) && !config.external_ip.iter().any(|e| maps(e, ip)))
+            .filter(|ip| is_private(ip) && !config.external_ip.iter().any(|e| e.maps(**ip)))
             .map(IpAddr::to_string)
             .collect();
         if !unmapped_private.is_empty() {
@@ -197,15 +197,6 @@ fn is_private(ip: &IpAddr) -> bool {
     }
 }
 
-/// Whether `--external-ip` entry `e` advertises relays on `ip` (PUBLIC/PRIVATE names it; PUBLIC alone maps
-/// its own family).
-fn maps(e: &peercall_turn::ExternalIp, ip: &IpAddr) -> bool {
-    match e.private {
-        Some(private) => private == *ip,
-        None => e.public.is_ipv4() == ip.is_ipv4(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,9 +217,9 @@ mod tests {
             assert!(!is_private(&ip(public)), "{public}");
         }
         let pair: peercall_turn::ExternalIp = "203.0.113.20/10.200.0.10".parse().expect("pair");
-        assert!(maps(&pair, &ip("10.200.0.10")));
-        assert!(!maps(&pair, &ip("10.200.0.11")));
+        assert!(pair.maps(ip("10.200.0.10")));
+        assert!(!pair.maps(ip("10.200.0.11")));
         let alone: peercall_turn::ExternalIp = "203.0.113.20".parse().expect("public");
-        assert!(maps(&alone, &ip("10.200.0.10")) && !maps(&alone, &ip("fd00::1")));
+        assert!(alone.maps(ip("10.200.0.10")) && !alone.maps(ip("fd00::1")));
     }
 }

@@ -36,6 +36,17 @@ pub struct ExternalIp {
     pub private: Option<IpAddr>,
 }
 
+impl ExternalIp {
+    /// Whether this mapping applies to relays on `relay_ip`: PUBLIC/PRIVATE names its private address; PUBLIC
+    /// alone maps the relays of its own family (an IPv4 PUBLIC says nothing of IPv6).
+    pub fn maps(&self, relay_ip: IpAddr) -> bool {
+        match self.private {
+            Some(private) => private == relay_ip,
+            None => self.public.is_ipv4() == relay_ip.is_ipv4(),
+        }
+    }
+}
+
 impl FromStr for ExternalIp {
     type Err = String;
 

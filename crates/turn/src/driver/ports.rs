@@ -124,12 +124,7 @@ impl RelayPorts for DriverPorts<'_> {
 
 /// The address clients are told for `relay`: its `--external-ip` mapping (1:1 NAT), if one applies.
 fn advertise(external: &[ExternalIp], relay: SocketAddr) -> SocketAddr {
-    let mapped = external.iter().find(|e| match e.private {
-        Some(private) => private == relay.ip(),
-        // PUBLIC alone maps the relays of its own family (an IPv4 PUBLIC says nothing of IPv6).
-        None => e.public.is_ipv4() == relay.is_ipv4(),
-    });
-    match mapped {
+    match external.iter().find(|e| e.maps(relay.ip())) {
         Some(e) => SocketAddr::new(e.public, relay.port()),
         None => relay,
     }
