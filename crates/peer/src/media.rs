@@ -243,7 +243,11 @@ impl IvfWriter {
     /// ffmpeg reads that field (in libvpx's own files, one tick per frame, the two are the same).
     pub fn header_length(&self) -> u32 {
         let pts = self.last_pts.unwrap_or(0);
-        let avg = if self.frames > 1 { pts / (self.frames - 1) } else { 0 };
+        let avg = if self.frames > 1 {
+            pts / (self.frames - 1)
+        } else {
+            0
+        };
         u32::try_from(pts + avg).unwrap_or(u32::MAX)
     }
 

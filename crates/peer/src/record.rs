@@ -136,7 +136,8 @@ impl Recorder {
         for (_, mut t) in self.tracks {
             if let Some(ivf) = &t.ivf {
                 t.file.seek(SeekFrom::Start(0))?;
-                t.file.write_all(&IvfWriter::header(ivf.size(), ivf.header_length()))?;
+                t.file
+                    .write_all(&IvfWriter::header(ivf.size(), ivf.header_length()))?;
             }
             t.file.flush()?;
             out.push(match (&t.ivf, &t.ogg) {
