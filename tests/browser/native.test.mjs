@@ -186,3 +186,42 @@ test('the signaling server restarts mid-call: the native peer keeps its media fl
     throw e;
   }
 });
+
+test('perfect negotiation: Chromium and the native peer restart ICE at the same time', { timeout: 120_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('native-glare');
+  const ada = await join(browser, server, room, 'Ada');
+  const native = startNative(`${server.url}/r/${room}`, ['--name', 'Native', '--duration', '40', '--expect-peers', '1', '--stats-interval', '1']);
+  cleanup.add(() => native.child.kill('SIGKILL'));
+  try {
+    const joined = await waitFor(() => native.lines.find((l) => l.event === 'joined'), { what: 'the native peer to join' });
+    await waitConnected(ada, 'Native', { timeout: 25_000 });
+    await waitMediaFlowing(ada, joined.id, { timeout: 25_000 });
+    for (let round = 0; round < 3; round++) {
+      // Both sides offer at once: the offers cross (glare); the polite side (lower id) yields.
+      native.child.kill('SIGUSR1');
+      await ada.page.evaluate((id) => window.peercall.restartIce(id), joined.id);
+      await sleep(1500);
+    }
+    const restarts = native.lines.filter((l) => l.event === 'ice-restart').length;
+    assert.ok(restarts >= 1, 'the native peer restarted ICE');
+    const peer = await waitConnected(ada, 'Native', { timeout: 20_000 });
+    t.diagnostic(`after 3 simultaneous restarts: Chromium saw ${peer.collisions ?? '?'} collisions, native made ${restarts} restarts`);
+    await waitMediaFlowing(ada, joined.id);
+    const before = native.lines.filter((l) => l.event === 'stats').at(-1);
+    await sleep(2500);
+    const after = native.lines.filter((l) => l.event === 'stats').at(-1);
+    assert.ok(after.connected && after.video_frames_rx > before.video_frames_rx + 10,
+      `native still receives: ${JSON.stringify(before)} → ${JSON.stringify(after)}`);
+    native.child.kill('SIGINT');
+    assert.equal(await withTimeout(native.exited, 15_000, 'the native peer to leave'), 0, native.stderr);
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\nnative: ${JSON.stringify(native.lines.filter((l) => l.event !== 'stats').slice(-20))}\n${native.stderr}`;
+    throw e;
+  }
+});

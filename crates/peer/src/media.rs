@@ -239,6 +239,18 @@ impl IvfWriter {
         out
     }
 
+    /// The length to put in the header's frame-count field: the duration in time-base units, which is how
+    /// ffmpeg reads that field (in libvpx's own files, one tick per frame, the two are the same).
+    pub fn header_length(&self) -> u32 {
+        let pts = self.last_pts.unwrap_or(0);
+        let avg = if self.frames > 1 {
+            pts / (self.frames - 1)
+        } else {
+            0
+        };
+        u32::try_from(pts + avg).unwrap_or(u32::MAX)
+    }
+
     /// The picture size seen in the first keyframe.
     pub fn size(&self) -> (u16, u16) {
         self.size.unwrap_or((0, 0))

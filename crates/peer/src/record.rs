@@ -135,9 +135,9 @@ impl Recorder {
         let mut out = Vec::new();
         for (_, mut t) in self.tracks {
             if let Some(ivf) = &t.ivf {
-                let frames = u32::try_from(ivf.frames).unwrap_or(u32::MAX);
                 t.file.seek(SeekFrom::Start(0))?;
-                t.file.write_all(&IvfWriter::header(ivf.size(), frames))?;
+                t.file
+                    .write_all(&IvfWriter::header(ivf.size(), ivf.header_length()))?;
             }
             t.file.flush()?;
             out.push(match (&t.ivf, &t.ogg) {

@@ -573,13 +573,20 @@ mod tests {
                 data: b"pong".to_vec()
             }
         );
-        // A refresh is due at 80 % of the lifetime.
+        // `ice-servers` brought new credentials: the refresh, due at 80 % of the lifetime, uses them.
+        c.set_credentials("u2", "p2");
         c.handle_timeout(now + Duration::from_secs(481));
-        let mut methods = Vec::new();
+        let mut refresh = None;
         while let Some(t) = c.poll_transmit() {
-            methods.push(Message::parse(&t.contents).unwrap().method());
+            if Message::parse(&t.contents).unwrap().method() == Method::REFRESH {
+                refresh = Some(t.contents);
+            }
         }
-        assert!(methods.contains(&Method::REFRESH));
+        let refresh = refresh.expect("a Refresh request");
+        let msg = Message::parse(&refresh).unwrap();
+        assert_eq!(msg.decode::<Username>(), Some(Ok(Username("u2"))));
+        msg.verify_integrity(&long_term_key_md5("u2", "test", "p2"))
+            .unwrap();
     }
 
     #[test]

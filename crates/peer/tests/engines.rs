@@ -28,6 +28,8 @@ struct World {
     /// Datagrams between nodes are dropped while false.
     network: bool,
     datagrams: u64,
+    /// The server's resume token; a restarted server knows none of the old ones.
+    resume_token: String,
 }
 
 impl World {
@@ -39,6 +41,7 @@ impl World {
             next_id: 0,
             network: true,
             datagrams: 0,
+            resume_token: "r".into(),
         }
     }
 
@@ -81,9 +84,13 @@ impl World {
                     .filter(|(j, n)| *j != from && n.up && n.id.is_some())
                     .map(|(_, n)| json!({"id": n.id, "name": "x"}))
                     .collect();
+                let resumed = msg["resume"] == self.resume_token.as_str();
                 let welcome = json!({"v": 1, "type": "welcome", "id": my_id, "room": "room", "peers": peers,
-                    "iceServers": [], "resume": "r", "resumed": false, "polite": "lower-id"});
+                    "iceServers": [], "resume": self.resume_token, "resumed": resumed, "polite": "lower-id"});
                 self.to_client.push((from, welcome.to_string()));
+                if resumed {
+                    return; // nobody else sees a resumed peer leave or join
+                }
                 for j in 0..self.nodes.len() {
                     if j != from && self.nodes[j].up {
                         let m = json!({"v": 1, "type": "peer-joined", "peer": {"id": my_id, "name": msg["name"]}});
@@ -182,6 +189,7 @@ impl World {
             n.engine.signaling_lost(now);
         }
         self.to_client.clear();
+        self.resume_token = "r-after-restart".into();
         for (i, id) in new_ids.iter().enumerate() {
             self.nodes[i].id = Some(id.to_string());
             self.nodes[i].up = true;
@@ -429,4 +437,47 @@ fn a_signaling_server_restart_keeps_the_call_and_rekeys_the_peers() {
             .iter()
             .any(|e| matches!(e, Event::IceRestart { .. }))
     );
+}
+
+#[test]
+fn a_dropped_signaling_connection_resumes_and_runs_the_restart_that_waited() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(50));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(3));
+    assert!(w.status(a).connected);
+    // Bob's socket drops; while it is down he wants an ICE restart: it must wait.
+    let now = w.now;
+    w.nodes[b].engine.signaling_lost(now);
+    w.nodes[b].engine.restart_ice(now, "p-a", "test");
+    w.settle();
+    assert!(
+        !w.nodes[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::IceRestart { .. }))
+    );
+    w.run(Duration::from_secs(2));
+    assert!(w.status(b).connected, "media does not need signaling");
+    // Back with the resume token: same id, same connection, and the restart goes out now.
+    w.nodes[b].engine.signaling_connected(w.now);
+    w.settle();
+    assert!(
+        w.nodes[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Joined { resumed: true, .. }))
+    );
+    assert!(
+        w.nodes[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::IceRestart { .. }))
+    );
+    let before = w.status(a).video_frames_rx;
+    w.run(Duration::from_secs(3));
+    let (sa, sb) = (w.status(a), w.status(b));
+    assert!(sa.connected && sb.connected && sa.id == "p-b" && sb.id == "p-a");
+    assert!(sa.video_frames_rx > before + 20);
 }

@@ -487,6 +487,9 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
     let mut failure: Option<String> = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // SIGUSR1: restart ICE with every peer now (to test or to recover by hand after a network change).
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("cannot install the SIGUSR1 handler")?;
 
     'main: loop {
         while let Some(o) = engine.poll_output() {
@@ -682,6 +685,12 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
             },
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 engine.handle_timeout(Instant::now());
+            }
+            _ = usr1.recv() => {
+                let now = Instant::now();
+                for p in engine.peers() {
+                    engine.restart_ice(now, &p.id, "SIGUSR1");
+                }
             }
             _ = &mut ctrl_c => {
                 out.line("Ctrl-C: leaving".into(), json!({"event": "interrupted"}));
