@@ -7,7 +7,7 @@
 // Who is in the call and how ids are reconciled is roster.js; the stage layout is layout.js; the chat panel
 // chat.js; the connection panel stats-panel.js.
 
-import { $, h, icon, setIcon, store, toast, copyText } from './util.js';
+import { $, h, icon, setIcon, store, toast, copyText, keepFocus } from './util.js';
 import { cleanName, ROOM_RE, hueOf } from './names.js';
 import { Signaling, signalingUrl } from './signaling.js';
 import { Peer } from './peer.js';
@@ -48,7 +48,8 @@ const state = {
   soundBlocked: false,
   recorder: null, // CallRecorder while we record
   lastSpokeAt: 0, // when the microphone level last said we speak (bitrate.js: speakers get priority)
-  unseenFiles: 0, // files offered to us while the Files panel was closed (the badge)
+  unseenFiles: 0,
+  pastFiles: [], // transfers with people who left: received files can still be saved // files offered to us while the Files panel was closed (the badge)
   fileRender: 0,
 };
 
@@ -580,7 +581,11 @@ function openParticipant(entry, { offer }) {
 function closeParticipant(p, { announce }) {
   safety.forget(p);
   if (recordings.forget(p)) renderRecording();
-  p.files?.close();
+  if (p.files) {
+    p.files.close();
+    state.pastFiles.push(...p.files.list().map((transfer) => ({ transfer, peerName: p.name, peerId: p.id })));
+    state.pastFiles = state.pastFiles.slice(-50);
+  }
   p.peer.close();
   renderFiles();
   p.tile.remove();
@@ -1034,8 +1039,12 @@ function renderFiles() {
     started: t.started,
     onCancel: () => p.files.cancel(t.direction, t.id),
   })));
+  for (const { transfer, peerName, peerId } of state.pastFiles) {
+    rows.push({ key: `${peerId}:${transfer.direction}:${transfer.id}`, transfer, peerName, url: transfer.url ?? null, started: transfer.started, onCancel: () => {} });
+  }
   rows.sort((a, b) => a.started - b.started);
-  renderFileRows($('#file-list'), rows);
+  const list = $('#file-list');
+  keepFocus(list, () => renderFileRows(list, rows));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1174,7 +1183,8 @@ async function pollStats() {
 }
 
 function renderStats() {
-  renderStatsCards($('#stats-cards'), roster.links().map((p) => ({
+  const cards = $('#stats-cards');
+  keepFocus(cards, () => renderStatsCards(cards, roster.links().map((p) => ({
     id: p.id,
     name: p.name,
     connectionState: p.peer.connectionState,
@@ -1186,7 +1196,7 @@ function renderStats() {
       renderSafety(p);
       renderStats();
     },
-  })));
+  }))));
 }
 
 /** Safety code (safety.js) from the certificates of the DTLS session in use; warns when it changes mid-call. */
