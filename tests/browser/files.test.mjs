@@ -81,6 +81,11 @@ test('a 20 MB file arrives intact while video keeps flowing', { timeout: 180_000
     await waitFor(() => ada.page.evaluate(() => document.querySelector('#toasts')?.textContent.includes('Not sent: movie.mkv is 150 MB: files up to 100 MB can be sent.')),
       { timeout: 5000, what: 'the size-limit message' });
     assert.equal((await bob.page.evaluate(() => window.peercall.files())).length, 2, 'nothing was offered to Bob');
+    // Ada leaves: what Bob received stays in his list, still to be saved.
+    await ada.page.click('#ctl-leave');
+    await waitFor(async () => (await bob.page.evaluate(() => window.peercall.peers())).length === 0, { timeout: 10_000, what: 'Ada gone' });
+    await bob.page.click('#tab-files');
+    assert.equal(await bob.page.locator('#file-list .file-row[data-direction="in"] .file-save').count(), 2, 'both Save links remain');
     assert.deepEqual([...ada.errors, ...bob.errors], [], 'no page errors');
   } catch (e) {
     for (const p of [ada, bob]) e.message += `\n${await describe(p)}`;

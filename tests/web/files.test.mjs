@@ -56,6 +56,10 @@ function channelPair({ bytesPerTick = 256 * 1024 } = {}) {
           }
           to.dispatchEvent(new MessageEvent('message', { data }));
         }
+        if (to.readyState !== 'open') {
+          from.queue = []; // a closed channel delivers nothing more (and keeps no timer alive)
+          from.bufferedAmount = 0;
+        }
         if (from.queue.length) from.schedule();
       });
     };
@@ -79,7 +83,7 @@ function until(fc, pred) {
   });
 }
 
-test('a file arrives intact, both sides see progress, backpressure keeps the queue bounded', async () => {
+test('a file arrives intact, both sides see progress, backpressure keeps the queue bounded', { timeout: 20_000 }, async () => {
   const [ca, cb] = channelPair();
   const ada = new FileChannel(ca);
   const bob = new FileChannel(cb);
@@ -103,7 +107,7 @@ test('a file arrives intact, both sides see progress, backpressure keeps the que
   assert.ok(ca.sent.every((m) => typeof m === 'string' || m.byteLength <= CHUNK_BYTES + 4));
 });
 
-test('several files at once, both ways, interleaved', async () => {
+test('several files at once, both ways, interleaved', { timeout: 20_000 }, async () => {
   const [ca, cb] = channelPair();
   const ada = new FileChannel(ca);
   const bob = new FileChannel(cb);
@@ -128,7 +132,7 @@ test('several files at once, both ways, interleaved', async () => {
   assert.equal(ada.list().length, 4);
 });
 
-test('cancel by the sender or the receiver stops the transfer on both sides', async () => {
+test('cancel by the sender or the receiver stops the transfer on both sides', { timeout: 20_000 }, async () => {
   for (const who of ['sender', 'receiver']) {
     const [ca, cb] = channelPair({ bytesPerTick: 64 * 1024 });
     const ada = new FileChannel(ca);
@@ -148,7 +152,7 @@ test('cancel by the sender or the receiver stops the transfer on both sides', as
   }
 });
 
-test('size limit: refused when sending, and a receiver refuses an offer over the limit', async () => {
+test('size limit: refused when sending, and a receiver refuses an offer over the limit', { timeout: 20_000 }, async () => {
   const big = { name: 'movie.mkv', size: 150_000_000 };
   assert.equal(checkFile(big), 'movie.mkv is 150 MB: files up to 100 MB can be sent.');
   assert.equal(formatBytes(MAX_FILE_BYTES), '100 MB');
@@ -167,7 +171,7 @@ test('size limit: refused when sending, and a receiver refuses an offer over the
   assert.equal(t.bytes, 0, 'chunks of a refused file are dropped');
 });
 
-test('more data than announced, a short file, a closed channel: failures, not corrupt files', async () => {
+test('more data than announced, a short file, a closed channel: failures, not corrupt files', { timeout: 20_000 }, async () => {
   const [ca, cb] = channelPair();
   const bob = new FileChannel(cb);
   ca.send(JSON.stringify({ t: 'offer', id: 1, name: 'a', size: 5 }));

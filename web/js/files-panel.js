@@ -34,7 +34,7 @@ export function renderFileRows(list, rows) {
       h('progress', { class: 'file-progress', max: String(t.size || 1), value: String(t.size ? t.bytes : 1), 'aria-label': `${t.name}: ${transferText(t)}` }),
       h('div', { class: 'file-foot' },
         h('span', { class: 'small file-state' }, transferText(t)),
-        active ? h('button', { type: 'button', class: 'btn btn-ghost btn-sm file-cancel', onclick: onCancel }, 'Cancel') : null,
-        t.state === 'done' && url ? h('a', { class: 'btn btn-primary btn-sm file-save', href: url, download: t.name }, 'Save') : null));
+        active ? h('button', { type: 'button', class: 'btn btn-ghost btn-sm file-cancel', onclick: onCancel, dataset: { focus: `cancel:${key}` }, 'aria-label': `Cancel ${t.name}` }, 'Cancel') : null,
+        t.state === 'done' && url ? h('a', { class: 'btn btn-primary btn-sm file-save', href: url, download: t.name, dataset: { focus: `save:${key}` }, 'aria-label': `Save ${t.name}` }, 'Save') : null));
   }));
 }

@@ -8,7 +8,7 @@
 // chat.js; the connection panel stats-panel.js.
 
 import { explainFailure } from './diagnose.js';
-import { $, h, icon, setIcon, store, toast, copyText } from './util.js';
+import { $, h, icon, setIcon, store, toast, copyText, keepFocus } from './util.js';
 import { cleanName, ROOM_RE, hueOf } from './names.js';
 import { Signaling, signalingUrl } from './signaling.js';
 import { Peer } from './peer.js';
@@ -49,7 +49,8 @@ const state = {
   soundBlocked: false,
   recorder: null, // CallRecorder while we record
   lastSpokeAt: 0, // when the microphone level last said we speak (bitrate.js: speakers get priority)
-  unseenFiles: 0, // files offered to us while the Files panel was closed (the badge)
+  unseenFiles: 0,
+  pastFiles: [], // transfers with people who left: received files can still be saved // files offered to us while the Files panel was closed (the badge)
   fileRender: 0,
 };
 
@@ -585,7 +586,11 @@ function openParticipant(entry, { offer }) {
 function closeParticipant(p, { announce }) {
   safety.forget(p);
   if (recordings.forget(p)) renderRecording();
-  p.files?.close();
+  if (p.files) {
+    p.files.close();
+    state.pastFiles.push(...p.files.list().map((transfer) => ({ transfer, peerName: p.name, peerId: p.id })));
+    state.pastFiles = state.pastFiles.slice(-50);
+  }
   p.peer.close();
   renderFiles();
   p.tile.remove();
@@ -1065,8 +1070,12 @@ function renderFiles() {
     started: t.started,
     onCancel: () => p.files.cancel(t.direction, t.id),
   })));
+  for (const { transfer, peerName, peerId } of state.pastFiles) {
+    rows.push({ key: `${peerId}:${transfer.direction}:${transfer.id}`, transfer, peerName, url: transfer.url ?? null, started: transfer.started, onCancel: () => {} });
+  }
   rows.sort((a, b) => a.started - b.started);
-  renderFileRows($('#file-list'), rows);
+  const list = $('#file-list');
+  keepFocus(list, () => renderFileRows(list, rows));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1205,7 +1214,8 @@ async function pollStats() {
 }
 
 function renderStats() {
-  renderStatsCards($('#stats-cards'), roster.links().map((p) => ({
+  const cards = $('#stats-cards');
+  keepFocus(cards, () => renderStatsCards(cards, roster.links().map((p) => ({
     id: p.id,
     name: p.name,
     connectionState: p.peer.connectionState,
@@ -1217,7 +1227,7 @@ function renderStats() {
       renderSafety(p);
       renderStats();
     },
-  })));
+  }))));
 }
 
 /** Safety code (safety.js) from the certificates of the DTLS session in use; warns when it changes mid-call. */

@@ -68,6 +68,7 @@ function safetyBlock(name, safety, onVerify) {
     h('button', {
       type: 'button',
       class: `btn btn-sm ${safety.verified ? 'btn-ghost' : 'btn-primary'} safety-verify`,
+      dataset: { focus: `verify:${name}` },
       onclick: () => onVerify?.(!safety.verified),
     }, safety.verified ? 'Mark as not verified' : `Mark ${name} as verified`));
 }

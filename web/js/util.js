@@ -118,3 +118,14 @@ export async function copyText(text) {
     return ok;
   }
 }
+
+/**
+ * Re-renders `container` with `render()` and gives the keyboard focus back to the new element with the same
+ * `data-focus` key (panels that re-render every second must not throw a keyboard user's focus away).
+ */
+export function keepFocus(container, render) {
+  const active = document.activeElement;
+  const key = active && container.contains(active) ? active.dataset?.focus : null;
+  render();
+  if (key) container.querySelector(`[data-focus="${CSS.escape(key)}"]`)?.focus({ preventScroll: true });
+}

@@ -563,8 +563,16 @@ struct QrQuery {
 /// `GET /qr?text=<room link>`: the invite dialog's QR code, as SVG. Only links to a room of this server are
 /// rendered (`http(s)://<the Host this request came to>/r/<valid room>`, nothing after the room name), so the
 /// server is no QR generator for arbitrary text or other sites' links.
-async fn qr_code(headers: HeaderMap, Query(query): Query<QrQuery>) -> Response {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+async fn qr_code(
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Query(query): Query<QrQuery>,
+) -> Response {
+    // HTTP/1.1 names the host in `Host`; HTTP/2 (browsers over TLS) in the `:authority` of the request URI.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
     let plain = |code: StatusCode, text: &'static str| {
         (
             code,
