@@ -8,6 +8,7 @@
 //! | `/` | the landing page (`web/index.html`) |
 //! | `/r/{room}` | the room page (`web/room.html`); `room` must be a valid room name (protocol rules) |
 //! | `/<file>` | every other file of `web/`, by its path |
+//! | `/sw.js` | the service worker, with this build's hash and the list of files it keeps for offline use |
 //!
 //! Anything else is left to the caller's router (axum answers 404). The router has no fallback of its own, so it
 //! merges with the signaling router and the binary's `/healthz` and `/metrics`.
@@ -19,7 +20,7 @@
 #![forbid(unsafe_code)]
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -32,6 +33,8 @@ static WEB: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../../web");
 const LANDING: &str = "index.html";
 /// The room page, served at `/r/{room}`.
 const ROOM: &str = "room.html";
+/// The service worker. Served rendered: see [`service_worker`].
+const SERVICE_WORKER: &str = "sw.js";
 /// Longest room name the protocol accepts (docs/protocol.md).
 const MAX_ROOM_LEN: usize = 64;
 
@@ -46,7 +49,7 @@ const PERMISSIONS: &str =
 /// One embedded file, ready to serve (cheap to clone: the body is static, the tag a shared header value).
 #[derive(Clone)]
 struct Asset {
-    body: &'static [u8],
+    body: Bytes,
     content_type: &'static str,
     etag: HeaderValue,
     html: bool,
@@ -54,10 +57,16 @@ struct Asset {
 
 impl Asset {
     fn new(file: &'static File<'static>) -> Asset {
-        let body = file.contents();
-        let content_type = content_type(&file.path().to_string_lossy());
+        Asset::with_body(
+            &file.path().to_string_lossy(),
+            Bytes::from_static(file.contents()),
+        )
+    }
+
+    fn with_body(path: &str, body: Bytes) -> Asset {
+        let content_type = content_type(path);
         // Computed once per file when the router is built.
-        let etag = HeaderValue::from_str(&format!("\"{:016x}\"", fnv1a(body)))
+        let etag = HeaderValue::from_str(&format!("\"{:016x}\"", fnv1a(&body)))
             .expect("a quoted hex string is a valid header value");
         Asset {
             body,
@@ -96,18 +105,57 @@ pub fn router() -> Router {
                 },
             ),
         );
-    for file in files(&WEB) {
-        let path = file.path().to_string_lossy().replace('\\', "/");
-        if path.starts_with('.') || path.contains("/.") {
-            continue; // editor and OS droppings are never served
-        }
-        let asset = Asset::new(file);
+    for (path, file) in served_files() {
+        let asset = if path == SERVICE_WORKER {
+            Asset::with_body(&path, service_worker(file))
+        } else {
+            Asset::new(file)
+        };
         app = app.route(
             &format!("/{path}"),
             get(move |headers: HeaderMap| async move { respond(&asset, &headers) }),
         );
     }
     app
+}
+
+/// The files served by their path (relative to `web/`, `/`-separated): every file except editor and OS
+/// droppings (dot files).
+fn served_files() -> Vec<(String, &'static File<'static>)> {
+    files(&WEB)
+        .into_iter()
+        .map(|file| (file.path().to_string_lossy().replace('\\', "/"), file))
+        .filter(|(path, _)| !path.starts_with('.') && !path.contains("/."))
+        .collect()
+}
+
+/// `web/sw.js` with this build filled in: `BUILD` becomes a hash over every embedded file (a new binary is a new
+/// worker, and a new worker drops the old cache) and `SHELL` the paths the worker keeps for offline use, the
+/// landing page at `/` included. Generated here so the list can never miss a file.
+fn service_worker(template: &'static File<'static>) -> Bytes {
+    let source = template
+        .contents_utf8()
+        .expect("web/sw.js is UTF-8 text");
+    let mut build: u64 = 0;
+    for file in files(&WEB) {
+        build = build.rotate_left(5) ^ fnv1a(file.contents());
+    }
+    let mut shell = vec!["/".to_owned()];
+    shell.extend(
+        served_files()
+            .into_iter()
+            .filter(|(path, _)| path != SERVICE_WORKER)
+            .map(|(path, _)| format!("/{path}")),
+    );
+    let list = serde_json::to_string(&shell).expect("a list of strings serializes");
+    let rendered = source
+        .replacen("const BUILD = 'dev';", &format!("const BUILD = '{build:016x}';"), 1)
+        .replacen("const SHELL = [];", &format!("const SHELL = {list};"), 1);
+    assert!(
+        !rendered.contains("const BUILD = 'dev';") && !rendered.contains("const SHELL = [];"),
+        "web/sw.js declares `const BUILD = 'dev';` and `const SHELL = [];` for the server to fill in"
+    );
+    Bytes::from(rendered)
 }
 
 /// Every file below `dir`, depth first.
@@ -141,7 +189,7 @@ fn respond(asset: &Asset, request: &HeaderMap) -> Response {
         Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, asset.content_type)
-            .body(Body::from(asset.body))
+            .body(Body::from(asset.body.clone()))
     }
     .expect("static status and header values form a valid response");
     let headers = response.headers_mut();
@@ -398,5 +446,60 @@ mod tests {
         assert_eq!(content_type("icon.svg"), "image/svg+xml");
         assert_eq!(content_type("p.png"), "image/png");
         assert_eq!(content_type("noext"), "application/octet-stream");
+    }
+
+    #[tokio::test]
+    async fn the_service_worker_keeps_every_served_file_of_this_build() {
+        let response = get("/sw.js", &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(&response, "content-type"),
+            "text/javascript; charset=utf-8"
+        );
+        let script = body(response).await;
+        let build = script
+            .split("const BUILD = '")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .expect("sw.js declares BUILD");
+        assert_eq!(build.len(), 16, "BUILD is this build's hash, not {build:?}");
+        assert!(build.bytes().all(|b| b.is_ascii_hexdigit()));
+        let list = script
+            .split("const SHELL = ")
+            .nth(1)
+            .and_then(|rest| rest.split(";\n").next())
+            .expect("sw.js declares SHELL");
+        let shell: Vec<String> = serde_json::from_str(list).expect("SHELL is a JSON list");
+        for path in [
+            "/",
+            "/room.html",
+            "/app.css",
+            "/js/room.js",
+            "/js/pwa.js",
+            "/manifest.webmanifest",
+            "/icons/icon-192.png",
+        ] {
+            assert!(shell.iter().any(|p| p == path), "{path} is kept offline");
+        }
+        assert!(!shell.iter().any(|p| p == "/sw.js"), "the worker does not cache itself");
+        // Every path in the list is served (the worker's install fails as a whole on one 404).
+        for path in &shell {
+            assert_eq!(get(path, &[]).await.status(), StatusCode::OK, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_manifest_is_served_as_a_web_app_manifest() {
+        let response = get("/manifest.webmanifest", &[]).await;
+        assert_eq!(header(&response, "content-type"), "application/manifest+json");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&body(response).await).expect("the manifest is JSON");
+        assert_eq!(manifest["start_url"], "/");
+        assert_eq!(manifest["display"], "standalone");
+        let icons = manifest["icons"].as_array().expect("icons");
+        for icon in icons {
+            let src = icon["src"].as_str().expect("icon src");
+            assert_eq!(get(src, &[]).await.status(), StatusCode::OK, "{src}");
+        }
     }
 }
