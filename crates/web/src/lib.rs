@@ -133,9 +133,7 @@ fn served_files() -> Vec<(String, &'static File<'static>)> {
 /// worker, and a new worker drops the old cache) and `SHELL` the paths the worker keeps for offline use, the
 /// landing page at `/` included. Generated here so the list can never miss a file.
 fn service_worker(template: &'static File<'static>) -> Bytes {
-    let source = template
-        .contents_utf8()
-        .expect("web/sw.js is UTF-8 text");
+    let source = template.contents_utf8().expect("web/sw.js is UTF-8 text");
     let mut build: u64 = 0;
     for file in files(&WEB) {
         build = build.rotate_left(5) ^ fnv1a(file.contents());
@@ -149,7 +147,11 @@ fn service_worker(template: &'static File<'static>) -> Bytes {
     );
     let list = serde_json::to_string(&shell).expect("a list of strings serializes");
     let rendered = source
-        .replacen("const BUILD = 'dev';", &format!("const BUILD = '{build:016x}';"), 1)
+        .replacen(
+            "const BUILD = 'dev';",
+            &format!("const BUILD = '{build:016x}';"),
+            1,
+        )
         .replacen("const SHELL = [];", &format!("const SHELL = {list};"), 1);
     assert!(
         !rendered.contains("const BUILD = 'dev';") && !rendered.contains("const SHELL = [];"),
@@ -481,7 +483,10 @@ mod tests {
         ] {
             assert!(shell.iter().any(|p| p == path), "{path} is kept offline");
         }
-        assert!(!shell.iter().any(|p| p == "/sw.js"), "the worker does not cache itself");
+        assert!(
+            !shell.iter().any(|p| p == "/sw.js"),
+            "the worker does not cache itself"
+        );
         // Every path in the list is served (the worker's install fails as a whole on one 404).
         for path in &shell {
             assert_eq!(get(path, &[]).await.status(), StatusCode::OK, "{path}");
@@ -491,7 +496,10 @@ mod tests {
     #[tokio::test]
     async fn the_manifest_is_served_as_a_web_app_manifest() {
         let response = get("/manifest.webmanifest", &[]).await;
-        assert_eq!(header(&response, "content-type"), "application/manifest+json");
+        assert_eq!(
+            header(&response, "content-type"),
+            "application/manifest+json"
+        );
         let manifest: serde_json::Value =
             serde_json::from_str(&body(response).await).expect("the manifest is JSON");
         assert_eq!(manifest["start_url"], "/");
