@@ -73,7 +73,9 @@ export async function up() {
   tmp = mkdtempSync(path.join(os.tmpdir(), 'pcnat-'));
   await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
     '-keyout', path.join(tmp, 'key.pem'), '-out', path.join(tmp, 'cert.pem'), '-days', '2', '-subj', '/CN=peercall-nat',
-    '-addext', `subjectAltName=IP:${SERVER.web},IP:${SERVER.turn},IP:203.0.113.20`], { timeout: 20_000 });
+    '-addext', `subjectAltName=IP:${SERVER.web},IP:${SERVER.turn},IP:203.0.113.20`,
+    // A leaf, not a CA: rustls (the native peer's --ca-file) refuses a CA certificate used as a server's own.
+    '-addext', 'basicConstraints=critical,CA:FALSE'], { timeout: 20_000 });
   return { cert: path.join(tmp, 'cert.pem'), key: path.join(tmp, 'key.pem'), tmp };
 }
 

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { describe as describeParticipant, ensureArtifacts, join, sleep, statsOf, uniqueRoom, waitConnected, waitFor, waitMediaFlowing } from '../browser/harness.mjs';
+import { BIN, describe as describeParticipant, ensureArtifacts, join, sleep, statsOf, uniqueRoom, waitConnected, waitFor, waitMediaFlowing } from '../browser/harness.mjs';
 import {
   down, host, inNs, launchIn, mappingKind, ns, pairOf, publicIp, renumber, SERVER, startPeercall, startPublicServer, stunProbe, tcpOpens, unavailable, up,
 } from './nat.mjs';
@@ -267,6 +267,71 @@ test('scenario 7: three participants behind three NAT kinds all decode each othe
 
 /** Waits until every [viewer, peerId] direction has stalled (no new frame for 400 ms) and decodes again; returns
  *  the time from `t0` until the last direction decodes again (0 when it never stalled). */
+// ------------------------------------------------------------------------------------------------------------
+// The native peer (`peercall join`, issue 12) behind each NAT kind, calling a browser behind a cone NAT: exit
+// status 0 means it connected and media flowed both ways; the browser must decode its video; behind a cone NAT it
+// must connect directly (its server-reflexive candidate); where UDP is blocked
+// it must relay over TURN/TCP, where only 443 is open over TURNS on 443 (rustls, trusting the server's
+// self-signed certificate through --ca-file).
+
+/** Runs `peercall join` in `router`'s client namespace for `seconds`; resolves its exit code and JSON events. */
+async function nativeJoin(router, room, seconds) {
+  const argv = [BIN, 'join', `${SERVER.url}/r/${room}`, '--name', `native-${router}`, '--duration', String(seconds),
+    '--expect-peers', '1', '--json', '--ca-file', tls.cert];
+  const r = await inNs(host(router), argv, { timeout: (seconds + 30) * 1000 });
+  const events = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => {
+    try {
+      return JSON.parse(l);
+    } catch {
+      return null;
+    }
+  }).filter(Boolean);
+  return { ...r, events };
+}
+
+test('scenario 9: the native peer behind each NAT kind calls a browser (relayed over TCP / TURNS where it must be)', { skip, timeout: 240_000 }, async (t) => {
+  // [router, the route the native peer must take (null: any), how it reaches the relay]
+  const cases = [
+    ['cone2', 'srflx', null], // two cone NATs: hole-punched, as two browsers
+    ['sym1', null, null],
+    ['udpblock', 'relay', 'tcp'],
+    ['tcp443', 'relay', 'tls'],
+  ];
+  const seen = {};
+  const browser = await browserIn('cone1');
+  t.after(async () => {
+    for (const b of browsers.values()) await b.close().catch(() => {});
+    browsers.clear();
+  });
+  for (const [router, route, relayOver] of cases) {
+    const room = uniqueRoom('native');
+    const person = await join(browser, SERVER, room, 'cone1', { timeout: 30_000 });
+    try {
+      const running = nativeJoin(router, room, 12);
+      // The browser sees the native peer and decodes its clip while the native peer runs.
+      const nativeId = await waitFor(async () => (await person.page.evaluate(() => window.peercall.peers?.() ?? []))
+        .find((p) => p.name === `native-${router}`)?.id, { timeout: 20_000, what: `native-${router} in the browser's roster` }).catch(() => null);
+      let decoded = 0;
+      if (nativeId) {
+        await waitFor(async () => (decoded = await frames(person, nativeId)) > 10, { timeout: 20_000, interval: 250, what: `the browser to decode native-${router}` }).catch(() => {});
+      }
+      const r = await running;
+      const stats = r.events.filter((e) => e.event === 'stats' && e.connected).at(-1);
+      const summaryLine = r.events.find((e) => e.event === 'summary');
+      seen[router] = { exit: r.code, route: stats?.route ?? null, relayOver: stats?.relay_transport ?? null, browserDecoded: decoded };
+      const about = `native-${router}: ${JSON.stringify(seen[router])}\n${r.stderr.slice(-1500)}\n${r.stdout.slice(-1500)}`;
+      assert.equal(r.code, 0, `exits 0 (connected, media both ways): ${about}`);
+      assert.equal(summaryLine?.ok, true, `its summary says so: ${about}`);
+      assert.ok(decoded > 10, `the browser decodes the native peer's video: ${about}`);
+      if (route) assert.equal(stats?.route, route, `route ${route}: ${about}`);
+      if (relayOver) assert.equal(stats?.relay_transport, relayOver, `to the TURN server over ${relayOver.toUpperCase()}: ${about}`);
+    } finally {
+      await person.context.close().catch(() => {});
+    }
+  }
+  record(t, 'scenario 9 (native peer behind each NAT kind ↔ browser behind cone1)', seen);
+});
+
 async function recovery(directions, t0, { timeout = 30_000 } = {}) {
   const state = directions.map(() => ({ last: -1, since: Date.now(), stalled: false, back: null }));
   const deadline = t0 + timeout;

@@ -51,7 +51,9 @@ pub struct EngineConfig {
     pub clip: Clip,
     /// Relay candidates only (like the browser's `&relay=1`): no host or server-reflexive candidates.
     pub relay_only: bool,
-    /// Reach TURN servers over TCP (their `?transport=tcp` URL) instead of UDP.
+    /// Reach TURN servers only over TCP and TLS (their `?transport=tcp` and `turns:` URLs), not over UDP.
+    /// Without it, as a browser does, an allocation is made over every transport the server offers and ICE picks
+    /// what gets through (UDP where it can, TCP when UDP is blocked, TLS when only HTTPS is allowed out).
     pub turn_tcp: bool,
     /// Emit [`Event::Media`] for every frame and packet that arrives (for `--record`).
     pub record: bool,
@@ -66,6 +68,9 @@ pub struct Transmit {
     /// Send on the TCP connection to `destination` (a TURN server; the caller opens it on first use and feeds
     /// what it reads to [`Engine::handle_stream`]) instead of a datagram from `source`.
     pub tcp: bool,
+    /// With `tcp`: the connection is TLS (a `turns:` server), and the server's certificate must be valid for
+    /// this name (the URL's host, an IP address or a DNS name).
+    pub tls: Option<std::sync::Arc<str>>,
 }
 
 /// What the engine wants done.
@@ -169,6 +174,8 @@ pub struct PeerStatus {
     pub connected: bool,
     pub ever_connected: bool,
     pub route: Option<Route>,
+    /// When our side of the route is a relay candidate: how we reach the TURN server ("udp", "tcp", "tls").
+    pub relay_transport: Option<&'static str>,
     pub rtt: Option<Duration>,
     pub bytes_rx: u64,
     pub bytes_tx: u64,
@@ -1469,6 +1476,7 @@ impl Engine {
                 link.status.bytes_tx = s.peer_bytes_tx;
                 if let Some(pair) = s.selected_candidate_pair {
                     let local = self.gather.kind_of(pair.local.addr);
+                    link.status.relay_transport = self.gather.relay_transport(pair.local.addr);
                     let remote = link
                         .remote_candidates
                         .iter()

@@ -1,6 +1,8 @@
 //! Local ICE candidates: host candidates of the caller's sockets, server-reflexive ones from STUN Binding
-//! requests to the `stun:` servers of `welcome`, relayed ones from a TURN allocation ([`crate::turn`]) on the
-//! `turn:` servers (UDP). Also the demultiplexing of what arrives from those servers. Sans-IO.
+//! requests to the `stun:` servers of `welcome`, relayed ones from TURN allocations ([`crate::turn`]): one per
+//! transport the servers offer (`turn:` over UDP, `turn:...?transport=tcp`, `turns:` over TLS), as a browser
+//! gathers them, so a network that blocks UDP or allows only HTTPS out still gets a relay. Also the
+//! demultiplexing of what arrives from those servers. Sans-IO.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +15,7 @@ use serde_json::Value;
 use str0m::Candidate;
 
 use crate::engine::Transmit;
-use crate::turn::{TurnClient, TurnInput, TurnState};
+use crate::turn::{TurnClient, TurnInput};
 
 /// The type of one of our candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,39 +71,75 @@ enum Scheme {
     Turn,
 }
 
-/// A parsed `stun:host:port` / `turn:host:port?transport=udp` URL (turns: and TCP are skipped here).
+/// How a TURN server is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// A parsed `stun:host:port`, `turn:host:port?transport=udp|tcp` or `turns:host:port?transport=tcp` URL
+/// (RFC 7064, RFC 7065).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Url {
     scheme: Scheme,
     host: String,
     port: u16,
-    tcp: bool,
+    transport: Transport,
 }
 
 fn parse_url(url: &str) -> Option<Url> {
     let (scheme, rest) = url.split_once(':')?;
-    let scheme = match scheme {
-        "stun" => Scheme::Stun,
-        "turn" => Scheme::Turn,
+    let (scheme, tls) = match scheme {
+        "stun" => (Scheme::Stun, false),
+        "turn" => (Scheme::Turn, false),
+        "turns" => (Scheme::Turn, true),
         _ => return None,
     };
     let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let tcp = scheme == Scheme::Turn && query.contains("transport=tcp");
+    let transport = match (scheme, tls, query.contains("transport=tcp")) {
+        (Scheme::Turn, true, _) => Transport::Tls,
+        (Scheme::Turn, false, true) => Transport::Tcp,
+        _ => Transport::Udp,
+    };
+    let default_port = if tls { "5349" } else { "3478" };
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (h, p) = v6.split_once(']')?;
-        (h.to_string(), p.strip_prefix(':').unwrap_or("3478"))
+        (h.to_string(), p.strip_prefix(':').unwrap_or(default_port))
     } else {
         match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p),
-            None => (hostport.to_string(), "3478"),
+            None => (hostport.to_string(), default_port),
         }
     };
     Some(Url {
         scheme,
         host,
         port: port.parse().ok()?,
-        tcp,
+        transport,
     })
+}
+
+/// One TURN allocation and what belongs to it.
+#[derive(Debug)]
+struct Relay {
+    transport: Transport,
+    client: TurnClient,
+    /// Over TCP/TLS: bytes read from the connection, not yet a whole frame.
+    stream_buf: Vec<u8>,
+    /// Its relay candidate has been handed out.
+    announced: bool,
 }
 
 #[derive(Debug)]
@@ -131,8 +169,6 @@ pub enum Handled {
 pub struct Gatherer {
     relay_only: bool,
     turn_tcp: bool,
-    /// Bytes read from the TCP connection to the TURN server, not yet a whole frame.
-    stream_buf: Vec<u8>,
     sockets: Vec<SocketAddr>,
     urls: Vec<(Url, Option<String>, Option<String>)>,
     resolved: HashMap<String, Vec<IpAddr>>,
@@ -142,8 +178,8 @@ pub struct Gatherer {
     probed: Vec<(SocketAddr, SocketAddr)>,
     candidates: Vec<(Candidate, LocalKind)>,
     fresh: Vec<Candidate>,
-    turn: Option<TurnClient>,
-    turn_announced: bool,
+    /// At most one allocation per transport, on the first server offering it.
+    relays: Vec<Relay>,
     permissions: Vec<IpAddr>,
     out: VecDeque<Transmit>,
     seed: u64,
@@ -154,7 +190,6 @@ impl Gatherer {
         Gatherer {
             relay_only,
             turn_tcp,
-            stream_buf: Vec::new(),
             sockets: Vec::new(),
             urls: Vec::new(),
             resolved: HashMap::new(),
@@ -164,8 +199,7 @@ impl Gatherer {
             probed: Vec::new(),
             candidates: Vec::new(),
             fresh: Vec::new(),
-            turn: None,
-            turn_announced: false,
+            relays: Vec::new(),
             permissions: Vec::new(),
             out: VecDeque::new(),
             seed: 0x9e37_79b9_7f4a_7c15,
@@ -212,12 +246,14 @@ impl Gatherer {
                 }
             }
         }
-        // A refresh: new credentials for the running allocation.
-        if let Some(turn) = self.turn.as_mut()
-            && let Some((_, Some(u), Some(p))) =
-                urls.iter().find(|(u, _, _)| u.scheme == Scheme::Turn)
-        {
-            turn.set_credentials(u, p);
+        // A refresh: new credentials for the running allocations.
+        for relay in &mut self.relays {
+            if let Some((_, Some(u), Some(p))) = urls
+                .iter()
+                .find(|(u, _, _)| u.scheme == Scheme::Turn && u.transport == relay.transport)
+            {
+                relay.client.set_credentials(u, p);
+            }
         }
         self.urls = urls;
         self.start(now);
@@ -290,6 +326,7 @@ impl Gatherer {
                         destination: server,
                         contents: buf.clone(),
                         tcp: false,
+                        tls: None,
                     });
                     self.probes.insert(
                         tid,
@@ -303,7 +340,10 @@ impl Gatherer {
                     );
                 }
                 Scheme::Turn => {
-                    if self.turn.is_some() || url.tcp != self.turn_tcp {
+                    let udp = url.transport == Transport::Udp;
+                    if (udp && self.turn_tcp)
+                        || self.relays.iter().any(|r| r.transport == url.transport)
+                    {
                         continue;
                     }
                     let (Some(u), Some(p)) = (user, pass) else {
@@ -311,11 +351,19 @@ impl Gatherer {
                     };
                     let seed = self.next_tid();
                     let seed = u64::from_le_bytes(seed[..8].try_into().unwrap_or([1; 8]));
-                    let mut turn = TurnClient::new(now, local, server, &u, &p, seed, url.tcp);
-                    for ip in &self.permissions {
-                        turn.permit(now, *ip);
+                    let mut client = TurnClient::new(now, local, server, &u, &p, seed, !udp);
+                    if url.transport == Transport::Tls {
+                        client = client.with_tls(&url.host);
                     }
-                    self.turn = Some(turn);
+                    for ip in &self.permissions {
+                        client.permit(now, *ip);
+                    }
+                    self.relays.push(Relay {
+                        transport: url.transport,
+                        client,
+                        stream_buf: Vec::new(),
+                        announced: false,
+                    });
                 }
                 Scheme::Stun => {}
             }
@@ -324,19 +372,22 @@ impl Gatherer {
     }
 
     fn pump_turn(&mut self) {
-        let Some(turn) = self.turn.as_mut() else {
-            return;
-        };
-        while let Some(t) = turn.poll_transmit() {
-            self.out.push_back(t);
-        }
-        if !self.turn_announced
-            && let Some(relay) = turn.relay()
-        {
-            self.turn_announced = true;
-            if let Ok(c) = Candidate::relayed(relay, turn.local, "udp") {
-                self.candidates.push((c.clone(), LocalKind::Relay));
-                self.fresh.push(c);
+        for relay in &mut self.relays {
+            while let Some(t) = relay.client.poll_transmit() {
+                self.out.push_back(t);
+            }
+            if !relay.announced
+                && let Some(addr) = relay.client.relay()
+            {
+                relay.announced = true;
+                // Two transports to one server may come back with one relayed address only if the server
+                // reuses ports across allocations, which it must not; skip a duplicate all the same.
+                if !self.candidates.iter().any(|(c, _)| c.addr() == addr)
+                    && let Ok(c) = Candidate::relayed(addr, relay.client.local, "udp")
+                {
+                    self.candidates.push((c.clone(), LocalKind::Relay));
+                    self.fresh.push(c);
+                }
             }
         }
     }
@@ -347,15 +398,10 @@ impl Gatherer {
             return;
         }
         self.permissions.push(addr.ip());
-        if let Some(turn) = self.turn.as_mut() {
-            turn.permit(now, addr.ip());
+        for relay in &mut self.relays {
+            relay.client.permit(now, addr.ip());
         }
         self.pump_turn();
-    }
-
-    /// The TURN allocation's state, when there is one.
-    pub fn turn_state(&self) -> Option<TurnState> {
-        self.turn.as_ref().map(TurnClient::state)
     }
 
     /// Every local candidate so far (for a new connection).
@@ -376,6 +422,15 @@ impl Gatherer {
             .map(|(_, k)| *k)
     }
 
+    /// How the TURN server of our relayed address `addr` is reached ("udp", "tcp" or "tls"), as a browser's
+    /// `relayProtocol`.
+    pub fn relay_transport(&self, addr: SocketAddr) -> Option<&'static str> {
+        self.relays
+            .iter()
+            .find(|r| r.client.relay() == Some(addr))
+            .map(|r| r.transport.as_str())
+    }
+
     /// A datagram a connection wants sent: straight out of a socket, or through the relay when its source is
     /// our relayed address.
     pub fn wrap_transmit(
@@ -385,10 +440,12 @@ impl Gatherer {
         destination: SocketAddr,
         contents: Vec<u8>,
     ) -> Option<Transmit> {
-        if let Some(turn) = self.turn.as_mut()
-            && turn.relay() == Some(source)
+        if let Some(relay) = self
+            .relays
+            .iter_mut()
+            .find(|r| r.client.relay() == Some(source))
         {
-            turn.send(now, destination, &contents);
+            relay.client.send(now, destination, &contents);
             self.pump_turn();
             return None;
         }
@@ -400,6 +457,7 @@ impl Gatherer {
             destination,
             contents,
             tcp: false,
+            tls: None,
         })
     }
 
@@ -410,21 +468,9 @@ impl Gatherer {
         destination: SocketAddr,
         data: &[u8],
     ) -> Handled {
-        if let Some(turn) = self.turn.as_mut()
-            && !turn.is_tcp()
-            && source == turn.server
-            && destination == turn.local
-        {
-            let r = turn.handle_input(now, data);
-            let relay = turn.relay();
-            self.pump_turn();
-            return match (r, relay) {
-                (TurnInput::Data { peer, data }, Some(relay)) => {
-                    Handled::Relayed { peer, relay, data }
-                }
-                _ => Handled::Consumed,
-            };
-        }
+        // Answers to our STUN probes first: the STUN server is often the TURN server itself, on the same address
+        // and socket as an allocation, and a Binding response handed to the TURN client would be lost (and with it
+        // the server-reflexive candidate that lets two cone NATs connect directly).
         if classify(data) == peercall_stun::PacketKind::Stun
             && let Ok(msg) = Message::parse(data)
             && msg.method() == Method::BINDING
@@ -442,6 +488,22 @@ impl Gatherer {
             let _ = probe.server;
             return Handled::Consumed;
         }
+        if let Some(turn) = self
+            .relays
+            .iter_mut()
+            .map(|r| &mut r.client)
+            .find(|t| !t.is_tcp() && source == t.server && destination == t.local)
+        {
+            let r = turn.handle_input(now, data);
+            let relay = turn.relay();
+            self.pump_turn();
+            return match (r, relay) {
+                (TurnInput::Data { peer, data }, Some(relay)) => {
+                    Handled::Relayed { peer, relay, data }
+                }
+                _ => Handled::Consumed,
+            };
+        }
         Handled::NotMine
     }
 
@@ -454,25 +516,29 @@ impl Gatherer {
         data: &[u8],
     ) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
         let mut out = Vec::new();
-        let Some(turn) = self.turn.as_mut().filter(|t| t.server == server) else {
+        let Some(relay) = self
+            .relays
+            .iter_mut()
+            .find(|r| r.client.is_tcp() && r.client.server == server)
+        else {
             return out;
         };
-        self.stream_buf.extend_from_slice(data);
+        relay.stream_buf.extend_from_slice(data);
         loop {
-            match peercall_stun::stream_frame_len(&self.stream_buf) {
-                Ok(Some(n)) if n <= self.stream_buf.len() => {
-                    let frame: Vec<u8> = self.stream_buf.drain(..n).collect();
-                    if let (TurnInput::Data { peer, data }, Some(relay)) =
-                        (turn.handle_input(now, &frame), turn.relay())
+            match peercall_stun::stream_frame_len(&relay.stream_buf) {
+                Ok(Some(n)) if n <= relay.stream_buf.len() => {
+                    let frame: Vec<u8> = relay.stream_buf.drain(..n).collect();
+                    if let (TurnInput::Data { peer, data }, Some(addr)) =
+                        (relay.client.handle_input(now, &frame), relay.client.relay())
                     {
-                        out.push((peer, relay, data));
+                        out.push((peer, addr, data));
                     }
                 }
                 Ok(_) => break,
                 Err(_) => {
                     // Not STUN framing: the stream is unusable.
-                    self.stream_buf.clear();
-                    turn.closed();
+                    relay.stream_buf.clear();
+                    relay.client.closed();
                     break;
                 }
             }
@@ -483,8 +549,11 @@ impl Gatherer {
 
     /// The TCP connection to the TURN server is gone.
     pub fn stream_closed(&mut self, server: SocketAddr) {
-        if let Some(turn) = self.turn.as_mut().filter(|t| t.server == server) {
-            turn.closed();
+        for relay in &mut self.relays {
+            if relay.client.is_tcp() && relay.client.server == server {
+                relay.stream_buf.clear();
+                relay.client.closed();
+            }
         }
     }
 
@@ -503,23 +572,28 @@ impl Gatherer {
                     destination: p.server,
                     contents: p.bytes.clone(),
                     tcp: false,
+                    tls: None,
                 });
             }
         }
         for tid in dead {
             self.probes.remove(&tid);
         }
-        if let Some(turn) = self.turn.as_mut() {
+        for relay in &mut self.relays {
             for ip in &self.permissions {
-                turn.permit(now, *ip);
+                relay.client.permit(now, *ip);
             }
-            turn.handle_timeout(now);
+            relay.client.handle_timeout(now);
         }
         self.pump_turn();
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.turn.as_ref().and_then(TurnClient::poll_timeout);
+        let mut t = self
+            .relays
+            .iter()
+            .filter_map(|r| r.client.poll_timeout())
+            .min();
         for p in self.probes.values() {
             let due = p.sent_at + Duration::from_millis(500) * 2u32.pow(p.tries - 1);
             t = Some(t.map_or(due, |t| t.min(due)));
@@ -549,19 +623,105 @@ mod tests {
                 scheme: Scheme::Turn,
                 host: "127.0.0.1".into(),
                 port: 3478,
-                tcp: false,
+                transport: Transport::Udp,
             })
         );
         assert_eq!(
-            parse_url("turn:h:3478?transport=tcp").map(|u| u.tcp),
-            Some(true)
+            parse_url("turn:h:3478?transport=tcp").map(|u| u.transport),
+            Some(Transport::Tcp)
         );
-        assert_eq!(parse_url("turns:h:5349?transport=tcp"), None);
+        assert_eq!(
+            parse_url("turns:call.example.com:443?transport=tcp"),
+            Some(Url {
+                scheme: Scheme::Turn,
+                host: "call.example.com".into(),
+                port: 443,
+                transport: Transport::Tls,
+            })
+        );
+        assert_eq!(parse_url("turns:h").map(|u| u.port), Some(5349));
+        assert_eq!(parse_url("http://h"), None);
         assert_eq!(parse_url("stun:example.org").map(|u| u.port), Some(3478));
         assert_eq!(
             parse_url("stun:[::1]:3479").map(|u| u.host),
             Some("::1".into())
         );
         assert_eq!(parse_url("stun:h:notaport"), None);
+    }
+
+    fn servers(urls: &[&str]) -> Vec<IceServer> {
+        vec![IceServer {
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+            username: Some("u".into()),
+            credential: Some("p".into()),
+        }]
+    }
+
+    /// The STUN server and the TURN server on one address and one local socket (how peercall hands them
+    /// out): the Binding answer still makes a server-reflexive candidate, it is not eaten by the TURN client.
+    #[test]
+    fn a_binding_answer_from_the_turn_servers_address_makes_a_srflx_candidate() {
+        let now = Instant::now();
+        let local: SocketAddr = "10.1.0.2:40000".parse().unwrap();
+        let server: SocketAddr = "203.0.113.11:3478".parse().unwrap();
+        let mut g = Gatherer::new(false, false);
+        g.add_socket(now, local);
+        g.set_ice_servers(
+            now,
+            &servers(&[
+                "stun:203.0.113.11:3478",
+                "turn:203.0.113.11:3478?transport=udp",
+            ]),
+        );
+        let mut probe = None;
+        while let Some(t) = g.poll_transmit() {
+            let msg = Message::parse(&t.contents).unwrap();
+            if msg.method() == Method::BINDING {
+                probe = Some(t.contents.clone());
+            }
+        }
+        let request = Message::parse(probe.as_deref().expect("a Binding request")).unwrap();
+        let mapped: SocketAddr = "198.51.100.18:40000".parse().unwrap();
+        let mut buf = vec![0u8; 128];
+        let mut w = MessageWriter::response(&mut buf, &request, Class::Success).unwrap();
+        w.add(&XorMappedAddress(mapped)).unwrap();
+        let n = w.finish();
+        assert!(matches!(
+            g.handle_datagram(now, server, local, &buf[..n]),
+            Handled::Consumed
+        ));
+        assert_eq!(g.kind_of(mapped), Some(LocalKind::Srflx));
+    }
+
+    /// One allocation per transport, as a browser: UDP, TCP and TLS; `--turn-tcp` leaves UDP out.
+    #[test]
+    fn one_allocation_per_transport() {
+        let now = Instant::now();
+        let urls = [
+            "turn:203.0.113.11:3478?transport=udp",
+            "turn:203.0.113.11:3478?transport=tcp",
+            "turns:203.0.113.11:443?transport=tcp",
+            "turn:203.0.113.12:3478?transport=udp",
+        ];
+        for (turn_tcp, expected) in [
+            (
+                false,
+                vec![(false, None), (true, None), (true, Some("203.0.113.11"))],
+            ),
+            (true, vec![(true, None), (true, Some("203.0.113.11"))]),
+        ] {
+            let mut g = Gatherer::new(true, turn_tcp);
+            g.add_socket(now, "10.1.0.2:40000".parse().unwrap());
+            g.set_ice_servers(now, &servers(&urls));
+            let mut seen = Vec::new();
+            while let Some(t) = g.poll_transmit() {
+                seen.push((t.tcp, t.tls.as_deref().map(str::to_string)));
+            }
+            let expected: Vec<_> = expected
+                .into_iter()
+                .map(|(tcp, tls)| (tcp, tls.map(str::to_string)))
+                .collect();
+            assert_eq!(seen, expected, "--turn-tcp {turn_tcp}");
+        }
     }
 }

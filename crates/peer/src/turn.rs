@@ -70,6 +70,8 @@ pub struct TurnClient {
     tid_seed: u64,
     /// Over a TCP connection to the server: no retransmissions, ChannelData padded to 4 bytes.
     tcp: bool,
+    /// `turns:`: the name the server's certificate must be valid for (shared by every transmit, hence the Arc).
+    tls: Option<std::sync::Arc<str>>,
     pub error: Option<String>,
 }
 
@@ -111,6 +113,7 @@ impl TurnClient {
             out: VecDeque::new(),
             tid_seed: seed | 1,
             tcp,
+            tls: None,
             error: None,
         };
         c.request(now, Req::Allocate, false);
@@ -120,6 +123,18 @@ impl TurnClient {
     /// Whether this allocation is reached over TCP.
     pub fn is_tcp(&self) -> bool {
         self.tcp
+    }
+
+    /// Over TLS (`turns:`), the certificate checked against `server_name`: only meaningful with `tcp`; every
+    /// transmit then asks the caller for a TLS connection.
+    pub fn with_tls(mut self, server_name: &str) -> TurnClient {
+        let name: std::sync::Arc<str> = server_name.into();
+        // The Allocate queued by `new` goes out over TLS too.
+        for t in &mut self.out {
+            t.tls = Some(name.clone());
+        }
+        self.tls = Some(name);
+        self
     }
 
     pub fn state(&self) -> TurnState {
@@ -273,6 +288,7 @@ impl TurnClient {
             destination: self.server,
             contents,
             tcp: self.tcp,
+            tls: self.tls.clone(),
         });
     }
 
@@ -507,6 +523,18 @@ mod tests {
         let n = w.finish();
         buf.truncate(n);
         buf
+    }
+
+    #[test]
+    fn over_tls_every_transmit_asks_for_tls_the_first_allocate_too() {
+        let now = Instant::now();
+        let local: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let server: SocketAddr = "203.0.113.11:443".parse().unwrap();
+        let mut c =
+            TurnClient::new(now, local, server, "u", "p", 42, true).with_tls("turn.example.com");
+        let first = c.poll_transmit().unwrap();
+        assert!(first.tcp);
+        assert_eq!(first.tls.as_deref(), Some("turn.example.com"));
     }
 
     #[test]

@@ -491,9 +491,13 @@ settings! {
         /// Use relay (TURN) candidates only, like the browser's &relay=1
         relay: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
             default_missing_value = "true"] = "false";
-        /// Reach the TURN server over TCP instead of UDP (with --relay, media is relayed over TCP)
+        /// Reach TURN servers only over TCP and TLS, not UDP (without it, relays are gathered over every
+        /// transport the server offers, as a browser does)
         turn_tcp: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
             default_missing_value = "true"] = "false";
+        /// PEM certificates to trust besides the public web roots, for a wss:// or turns: server with a private
+        /// CA or a self-signed certificate
+        ca_file: Option<PathBuf> [value_name = "FILE.pem"];
         /// Machine-readable output: one JSON object per line
         json: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
             default_missing_value = "true"] = "false";
@@ -784,6 +788,7 @@ pub struct Resolved {
     pub say: Option<String>,
     pub relay: bool,
     pub turn_tcp: bool,
+    pub ca_file: Option<PathBuf>,
     pub json: bool,
     pub stats_interval: u64,
     pub log_level: String,
@@ -1103,6 +1108,7 @@ impl Resolved {
             say: o.say,
             relay: o.relay.unwrap_or_else(defaults::relay),
             turn_tcp: o.turn_tcp.unwrap_or_else(defaults::turn_tcp),
+            ca_file: o.ca_file,
             json: o.json.unwrap_or_else(defaults::json),
             stats_interval,
             log_level,

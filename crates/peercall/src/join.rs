@@ -122,10 +122,30 @@ enum Sig {
     Failed(String),
 }
 
-fn tls_connector() -> anyhow::Result<tokio_tungstenite::Connector> {
-    let roots = rustls::RootCertStore {
+/// The TLS client of `wss://` signaling and `turns:` relays: the public web roots, plus the certificates of
+/// `--ca-file` (a private CA, or a server's self-signed certificate).
+fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect())
+            .map_err(|e| anyhow!("--ca-file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            bail!("--ca-file {}: no PEM certificate in it", path.display());
+        }
+        let (added, ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            bail!(
+                "--ca-file {}: none of its {ignored} certificates can be used as a trust anchor",
+                path.display()
+            );
+        }
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -133,7 +153,7 @@ fn tls_connector() -> anyhow::Result<tokio_tungstenite::Connector> {
     .context("TLS setup")?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 fn describe_ws_error(url: &str, e: &tungstenite::Error) -> String {
@@ -154,14 +174,9 @@ async fn signaling_task(
     url: String,
     events: mpsc::Sender<Sig>,
     mut outgoing: mpsc::Receiver<String>,
+    tls: Arc<rustls::ClientConfig>,
 ) {
-    let connector = match tls_connector() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = events.send(Sig::Failed(format!("{e:#}"))).await;
-            return;
-        }
-    };
+    let connector = tokio_tungstenite::Connector::Rustls(tls);
     let mut ever = false;
     let mut backoff = RECONNECT_FIRST;
     loop {
@@ -301,6 +316,7 @@ fn send_out(
     sockets: &HashMap<SocketAddr, Arc<UdpSocket>>,
     tcp_conns: &mut HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     tcp_tx: &mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
+    tls: &Arc<rustls::ClientConfig>,
     t: peercall_peer::Transmit,
 ) {
     if !t.tcp {
@@ -310,25 +326,23 @@ fn send_out(
         return;
     }
     let server = t.destination;
+    let tls_name = t.tls;
+    let tls = tls.clone();
     let conn = tcp_conns.entry(server).or_insert_with(|| {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
         let back = tcp_tx.clone();
         tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let stream = match tokio::time::timeout(
+            let Ok(Some(stream)) = tokio::time::timeout(
                 Duration::from_secs(5),
-                tokio::net::TcpStream::connect(server),
+                connect_stream(server, tls_name, tls),
             )
             .await
-            {
-                Ok(Ok(s)) => s,
-                _ => {
-                    let _ = back.send((server, None)).await;
-                    return;
-                }
+            else {
+                let _ = back.send((server, None)).await;
+                return;
             };
-            let _ = stream.set_nodelay(true);
-            let (mut read, mut write) = stream.into_split();
+            let (mut read, mut write) = tokio::io::split(stream);
             let reader_back = back.clone();
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
@@ -360,6 +374,38 @@ fn send_out(
         tx
     });
     let _ = conn.try_send(t.contents);
+}
+
+/// Something to read and write TURN frames on: a TCP or a TLS stream.
+trait TurnStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> TurnStream for S {}
+
+/// Connects to a TURN server over TCP, and TLS on top when `tls_name` is set (`turns:`; the certificate must be
+/// valid for that name). None on any failure: the engine hears of it as a closed stream.
+async fn connect_stream(
+    server: SocketAddr,
+    tls_name: Option<Arc<str>>,
+    tls: Arc<rustls::ClientConfig>,
+) -> Option<Box<dyn TurnStream>> {
+    let tcp = tokio::net::TcpStream::connect(server).await.ok()?;
+    let _ = tcp.set_nodelay(true);
+    let Some(name) = tls_name else {
+        return Some(Box::new(tcp));
+    };
+    let Ok(server_name) = rustls::pki_types::ServerName::try_from(name.to_string()) else {
+        tracing::warn!("turns: {name} is not a name a certificate can be checked against");
+        return None;
+    };
+    match tokio_rustls::TlsConnector::from(tls)
+        .connect(server_name, tcp)
+        .await
+    {
+        Ok(stream) => Some(Box::new(stream)),
+        Err(e) => {
+            tracing::warn!("turns:{name} at {server}: TLS failed: {e}");
+            None
+        }
+    }
 }
 
 /// Whether the call with this peer had media both ways: it connected, something of theirs arrived, and (when
@@ -469,7 +515,13 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
 
     let (sig_tx, mut sig_rx) = mpsc::channel::<Sig>(256);
     let (out_tx, out_rx) = mpsc::channel::<String>(256);
-    tokio::spawn(signaling_task(room.ws_url.clone(), sig_tx, out_rx));
+    let tls = tls_client_config(config.ca_file.as_deref())?;
+    tokio::spawn(signaling_task(
+        room.ws_url.clone(),
+        sig_tx,
+        out_rx,
+        tls.clone(),
+    ));
     let (res_tx, mut res_rx) = mpsc::channel::<(String, Vec<IpAddr>)>(16);
     let (tcp_tx, mut tcp_rx) = mpsc::channel::<(SocketAddr, Option<Vec<u8>>)>(1024);
     let mut tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
@@ -497,7 +549,7 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
                 Output::Signal(text) => {
                     let _ = out_tx.try_send(text);
                 }
-                Output::Transmit(t) => send_out(&sockets, &mut tcp_conns, &tcp_tx, t),
+                Output::Transmit(t) => send_out(&sockets, &mut tcp_conns, &tcp_tx, &tls, t),
                 Output::Resolve(host) => {
                     let tx = res_tx.clone();
                     tokio::spawn(async move {
@@ -611,7 +663,13 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
                 let out_kbps =
                     (p.bytes_tx.saturating_sub(tx0) as f64 * 8.0 / 1000.0 / secs).round();
                 last_bytes.insert(p.id.clone(), (p.bytes_rx, p.bytes_tx, now));
-                let route = p.route.map(|r| r.as_str()).unwrap_or("-");
+                let route = match (p.route, p.relay_transport) {
+                    (Some(r), Some(t)) => {
+                        format!("{} (to the server over {})", r.as_str(), t.to_uppercase())
+                    }
+                    (Some(r), None) => r.as_str().to_string(),
+                    (None, _) => "-".to_string(),
+                };
                 let rtt = p.rtt.map(|r| r.as_secs_f64() * 1000.0);
                 out.line(
                     format!(
@@ -625,7 +683,7 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
                         p.video_frames_tx,
                     ),
                     json!({"event": "stats", "id": p.id, "name": p.name, "connected": p.connected,
-                        "route": p.route.map(|r| r.as_str()), "rtt_ms": rtt, "in_kbps": in_kbps,
+                        "route": p.route.map(|r| r.as_str()), "relay_transport": p.relay_transport, "rtt_ms": rtt, "in_kbps": in_kbps,
                         "out_kbps": out_kbps, "video_frames_rx": p.video_frames_rx,
                         "audio_packets_rx": p.audio_packets_rx, "video_frames_tx": p.video_frames_tx,
                         "audio_packets_tx": p.audio_packets_tx, "restarts": p.restarts}),
@@ -706,7 +764,7 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
             Output::Signal(text) => {
                 let _ = out_tx.try_send(text);
             }
-            Output::Transmit(t) => send_out(&sockets, &mut tcp_conns, &tcp_tx, t),
+            Output::Transmit(t) => send_out(&sockets, &mut tcp_conns, &tcp_tx, &tls, t),
             _ => {}
         }
     }
