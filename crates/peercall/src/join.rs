@@ -408,6 +408,19 @@ async fn connect_stream(
     }
 }
 
+/// Whether a local address gets a socket and a host candidate.
+fn host_candidate_address(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            !v6.is_loopback()
+                && !v6.is_unspecified()
+                && !v6.is_unicast_link_local()
+                && !v6.is_multicast()
+        }
+    }
+}
+
 /// Whether the call with this peer had media both ways: it connected, something of theirs arrived, and (when
 /// we send) their receiver reports show ours arrived.
 pub fn media_both_ways(s: &PeerStatus, sending: bool) -> bool {
@@ -474,12 +487,13 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
         start,
     );
 
-    // One socket per local IPv4 address (loopback included: peers on this machine use it).
+    // One socket per local address: IPv4 (loopback included: peers on this machine use it) and IPv6 that can
+    // reach beyond the link (link-local needs a scope id a candidate cannot carry; ::1 adds nothing to 127.0.0.1).
     let (udp_tx, mut udp_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(1024);
     let mut sockets: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut ips: Vec<IpAddr> = peercall_turn::interface_addresses()
         .into_iter()
-        .filter(|ip| ip.is_ipv4())
+        .filter(host_candidate_address)
         .collect();
     ips.sort();
     ips.dedup();
@@ -510,7 +524,7 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
         });
     }
     if sockets.is_empty() {
-        bail!("no IPv4 address to send media from");
+        bail!("no network address to send media from");
     }
 
     let (sig_tx, mut sig_rx) = mpsc::channel::<Sig>(256);
@@ -815,6 +829,22 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_candidates_on_ipv4_and_routable_ipv6() {
+        for (ip, yes) in [
+            ("127.0.0.1", true),
+            ("10.1.0.2", true),
+            ("169.254.3.4", false),
+            ("2001:db8::5", true),
+            ("fd00::5", true),
+            ("fe80::1", false),
+            ("::1", false),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(host_candidate_address(&ip), yes, "{ip}");
+        }
+    }
 
     #[test]
     fn room_links_as_people_paste_them() {
