@@ -711,6 +711,25 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_challenge_names_the_domain_and_the_cas_reason() {
+        let auth: rustls_acme::acme::Auth = serde_json::from_value(serde_json::json!({
+            "status": "invalid",
+            "identifier": { "type": "dns", "value": "call.example.com" },
+            "challenges": [{
+                "type": "tls-alpn-01", "url": "https://ca.example/c/1", "token": "t",
+                "error": { "type": "urn:ietf:params:acme:error:connection", "detail": "Connection refused" },
+            }],
+        }))
+        .expect("an authorization object");
+        let (reason, hint) = explain(&OrderError::BadAuth(auth), "https://ca.example/dir");
+        assert_eq!(
+            reason,
+            "the CA could not validate call.example.com: Connection refused"
+        );
+        assert_eq!(hint, None, "the general hint (DNS, port) applies");
+    }
+
+    #[test]
     fn private_files_are_0600_in_a_0700_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("a/b/key.pem");

@@ -1764,6 +1764,134 @@ mod tests {
     }
 
     #[test]
+    fn domain_alone_is_the_one_command_setup() {
+        let r = load(
+            flags(&["--domain", "Call.Example.com."]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.domain, vec!["call.example.com".to_owned()]);
+        assert_eq!(r.http_tls(), HttpTls::Acme);
+        assert_eq!(r.http.to_string(), "0.0.0.0:443");
+        assert_eq!(
+            r.http_redirect.map(|a| a.to_string()).as_deref(),
+            Some("0.0.0.0:80")
+        );
+        assert_eq!(r.acme_directory, defaults::acme_directory());
+        assert_eq!(r.acme_challenge_in_use(), AcmeChallenge::TlsAlpn01);
+        // An explicit --http keeps its port and brings no redirect of its own.
+        let r = load(
+            flags(&[
+                "--domain",
+                "a.example",
+                "--http",
+                "0.0.0.0:8443",
+                "--acme-staging",
+            ]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.http.port(), 8443);
+        assert_eq!(r.http_redirect, None);
+        assert_eq!(r.acme_directory, LETS_ENCRYPT_STAGING);
+        // Only port 80 reachable: auto picks HTTP-01.
+        let r = load(
+            flags(&[
+                "--domain",
+                "a.example",
+                "--http",
+                "0.0.0.0:8443",
+                "--http-redirect",
+                "0.0.0.0:80",
+            ]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.acme_challenge_in_use(), AcmeChallenge::Http01);
+        let r = load(
+            Options::default(),
+            None,
+            &env(&[
+                ("PEERCALL_DOMAIN", "a.example,b.example"),
+                ("PEERCALL_ACME_CHALLENGE", "TLS-ALPN-01"),
+            ]),
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.domain.len(), 2);
+        assert_eq!(r.acme_challenge, AcmeChallenge::TlsAlpn01);
+        assert!(
+            r.to_annotated_toml()
+                .contains("acme-challenge = \"tls-alpn-01\"")
+        );
+    }
+
+    #[test]
+    fn acme_settings_are_checked() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--domain", "*.example.com"],
+                "invalid domain (from flag --domain): \"*.example.com\": wildcard",
+            ),
+            (&["--domain", "203.0.113.7"], "invalid domain"),
+            (&["--domain", "https://call.example.com"], "invalid domain"),
+            (&["--domain", "call.example.com:443"], "invalid domain"),
+            (
+                &["--domain", "a.example", "--tls-self-signed"],
+                "invalid domain",
+            ),
+            (
+                &["--domain", "a.example", "--tls-cert", "c", "--tls-key", "k"],
+                "invalid domain",
+            ),
+            (&["--acme-email", "not an address"], "invalid acme-email"),
+            (&["--acme-email", "nobody"], "invalid acme-email"),
+            (
+                &[
+                    "--acme-staging",
+                    "--acme-directory",
+                    "https://ca.example/dir",
+                ],
+                "invalid acme-staging",
+            ),
+            (
+                &["--acme-directory", "http://ca.example/dir"],
+                "invalid acme-directory",
+            ),
+            (
+                &[
+                    "--domain",
+                    "a.example",
+                    "--http",
+                    "127.0.0.1:1",
+                    "--acme-challenge",
+                    "http-01",
+                ],
+                "invalid acme-challenge",
+            ),
+            (
+                &[
+                    "--http",
+                    "127.0.0.1:8080",
+                    "--http-redirect",
+                    "127.0.0.1:8080",
+                ],
+                "invalid http-redirect",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = load(flags(args), None, &[], &no_file).expect_err(want);
+            assert!(err.to_string().starts_with(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
     fn turn_tls_defaults_to_the_http_certificate() {
         let r = load(
             flags(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]),

@@ -506,7 +506,44 @@ async fn certificates_from_pebble_are_served_renewed_and_cached() {
     assert!(stderr.contains("saved in the state directory"), "{stderr}");
     drop(server);
 
-    // 3. The CA gone: a restart serves the cached certificate at once, and the banner says how it stands.
+    // 3. HTTP-01 on the redirect port: refused while nothing answers where the CA looks (the banner says
+    // why and what to check), issued once the redirect port is the one the CA connects to.
+    let http01_state = dir.path().join("http01");
+    let http01 = http01_state.to_str().unwrap().to_owned();
+    let elsewhere = format!("127.0.0.1:{}", free_port());
+    let mut refused_args = serve_args(
+        &dir_url, &ca_file, &http01, &https, &elsewhere, &turn, &turns,
+    );
+    refused_args.extend(["--acme-challenge", "http-01"]);
+    let refused = Server::start(&refused_args, &[]);
+    let banner = certificate_banner(&refused);
+    assert!(
+        banner.contains("HTTP-01")
+            && banner.contains(&format!("failing: the CA could not validate {DOMAIN}"))
+            && banner.contains("TCP port 80"),
+        "{banner}"
+    );
+    drop(refused);
+    let mut http01_args = serve_args(
+        &dir_url, &ca_file, &http01, &https, &redirect, &turn, &turns,
+    );
+    http01_args.extend(["--acme-challenge", "http-01"]);
+    let server = Server::start(&http01_args, &[]);
+    let by_http01 = wait_for_certificate(
+        &verified,
+        https_addr,
+        None,
+        Duration::from_secs(20),
+        &server,
+    )
+    .await;
+    assert!(
+        by_http01 != first && by_http01 != renewed,
+        "a new certificate, through HTTP-01"
+    );
+    drop(server);
+
+    // 4. The CA gone: a restart serves the cached certificate at once, and the banner says how it stands.
     drop(pebble);
     let server = Server::start(&args, &[]);
     let banner = certificate_banner(&server);
@@ -519,7 +556,7 @@ async fn certificates_from_pebble_are_served_renewed_and_cached() {
     assert!(banner.contains("valid until"), "{banner}");
     drop(server);
 
-    // 4. No certificate and no CA: the server serves anyway (a stand-in certificate) and the banner says why.
+    // 5. No certificate and no CA: the server serves anyway (a stand-in certificate) and the banner says why.
     let empty_state = dir.path().join("empty");
     let empty = empty_state.to_str().unwrap().to_owned();
     let args = serve_args(
