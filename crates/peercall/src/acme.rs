@@ -584,7 +584,10 @@ fn explain(e: &OrderError, directory: &str) -> (String, Option<String>) {
                     None,
                 ),
                 None => (
-                    format!("cannot reach the ACME directory {directory}: {text}"),
+                    format!(
+                        "cannot reach the ACME directory {directory}: {}",
+                        io_message(&text)
+                    ),
                     Some(
                         "this machine's network and DNS resolver, --acme-directory, and --acme-ca-file for a private CA"
                             .into(),
@@ -619,6 +622,14 @@ fn explain(e: &OrderError, directory: &str) -> (String, Option<String>) {
         }
         other => (other.to_string(), None),
     }
+}
+
+/// The operating system's words in rustls-acme's debug-printed I/O errors (`... message: "Connection
+/// refused" ...`), else the whole text.
+fn io_message(text: &str) -> String {
+    text.split_once("message: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or_else(|| text.to_owned(), |(message, _)| message.to_lowercase())
 }
 
 /// The ACME problem document (RFC 8555 §6.7) in rustls-acme's "non 2xx http status: CODE \"BODY\"" text:
@@ -708,6 +719,8 @@ mod tests {
         assert_eq!(typ, "urn:ietf:params:acme:error:rateLimited");
         assert_eq!(detail, "too many certificates");
         assert_eq!(problem_in("io error: refused"), None);
+        let refused = r#"http error: ConnectError(TcpConnect(Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }))"#;
+        assert_eq!(io_message(refused), "connection refused");
     }
 
     #[test]

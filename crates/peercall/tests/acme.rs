@@ -571,8 +571,9 @@ async fn certificates_from_pebble_are_served_renewed_and_cached() {
     let server = Server::start(&args, &[]);
     let banner = certificate_banner(&server);
     assert!(
-        banner.contains("failing: cannot reach the ACME directory https://127.0.0.1:9/dir")
-            && banner.contains("retrying in"),
+        banner.contains(
+            "failing: cannot reach the ACME directory https://127.0.0.1:9/dir: connection refused"
+        ) && banner.contains("retrying in"),
         "{banner}"
     );
     assert!(
