@@ -1001,6 +1001,17 @@ impl Resolved {
                 format!("{r} is the --http address; choose another port"),
             ));
         }
+        if o.http_redirect.is_some()
+            && domain.is_empty()
+            && o.tls_cert.is_none()
+            && !tls_self_signed
+        {
+            return Err(invalid(
+                "http_redirect",
+                "redirects go to HTTPS, and --http serves plain HTTP: give --domain, --tls-cert/--tls-key or --tls-self-signed"
+                    .into(),
+            ));
+        }
         if acme_challenge == AcmeChallenge::Http01 && !domain.is_empty() && http_redirect.is_none()
         {
             return Err(invalid(
@@ -1881,8 +1892,13 @@ mod tests {
                     "127.0.0.1:8080",
                     "--http-redirect",
                     "127.0.0.1:8080",
+                    "--tls-self-signed",
                 ],
                 "invalid http-redirect",
+            ),
+            (
+                &["--http-redirect", "127.0.0.1:8081"],
+                "invalid http-redirect (from flag --http-redirect): redirects go to HTTPS",
             ),
         ];
         for (args, want) in cases {

@@ -424,6 +424,15 @@ async fn certificates_from_pebble_are_served_renewed_and_cached() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
+    // Loopback clients see the details, the certificate's state among them.
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["certificate"]["status"], "valid", "{body}");
+    assert!(
+        health["certificate"]["not_after"]
+            .as_str()
+            .is_some_and(|d| d.ends_with(" UTC")),
+        "{body}"
+    );
     // Plain HTTP on the redirect port goes to HTTPS.
     let (status, head, _) = common::http_get(redirect.parse().unwrap(), "/r/team?x=1");
     assert_eq!(status, 308, "{head}");
