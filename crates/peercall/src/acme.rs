@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
@@ -134,14 +134,26 @@ impl CertState {
 /// issued none.
 #[derive(Debug)]
 pub struct Resolver {
-    acme: Arc<ResolvesServerCertAcme>,
+    /// The resolver of the rustls-acme state in use; replaced when peercall switches challenge type or starts
+    /// over after a stall (only once the new one holds the cached certificate).
+    acme: RwLock<Arc<ResolvesServerCertAcme>>,
     stand_in: Arc<CertifiedKey>,
+}
+
+impl Resolver {
+    fn current(&self) -> Arc<ResolvesServerCertAcme> {
+        self.acme.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, acme: Arc<ResolvesServerCertAcme>) {
+        *self.acme.write().unwrap_or_else(|p| p.into_inner()) = acme;
+    }
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let validation = rustls_acme::is_tls_alpn_challenge(&hello);
-        match self.acme.resolve(hello) {
+        match self.current().resolve(hello) {
             Some(cert) => Some(cert),
             // A validation handshake gets the validation certificate or nothing, never the stand-in.
             None if validation => None,
@@ -150,17 +162,80 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// Makes rustls-acme states, one per challenge type tried (a state answers one type).
+struct StateMaker {
+    domains: Vec<String>,
+    directory: String,
+    contact: Option<String>,
+    client: Arc<rustls::ClientConfig>,
+    cache_dir: PathBuf,
+    status: Arc<watch::Sender<CertState>>,
+}
+
+impl StateMaker {
+    fn cache(&self) -> StateDirCache {
+        StateDirCache {
+            dir: self.cache_dir.clone(),
+            status: self.status.clone(),
+        }
+    }
+
+    fn make(&self, challenge: AcmeChallenge) -> AcmeState<std::io::Error> {
+        let mut config = AcmeConfig::new_with_client_config(&self.domains, self.client.clone())
+            .directory(&self.directory)
+            .challenge_type(match challenge {
+                AcmeChallenge::Http01 => UseChallenge::Http01,
+                AcmeChallenge::TlsAlpn01 | AcmeChallenge::Auto => UseChallenge::TlsAlpn01,
+            })
+            .cache(self.cache());
+        if let Some(contact) = &self.contact {
+            config = config.contact_push(contact);
+        }
+        config.state()
+    }
+
+    fn has_cached_cert(&self) -> bool {
+        let cache = self.cache();
+        cache.cert_path(&self.domains, &self.directory).exists()
+    }
+
+    /// A new state for `challenge`, put into the resolver once it serves the cached certificate (its first
+    /// event, before any order starts), so no handshake sees the stand-in meanwhile.
+    async fn switch(
+        &self,
+        resolver: &Resolver,
+        challenge: AcmeChallenge,
+    ) -> AcmeState<std::io::Error> {
+        let mut state = self.make(challenge);
+        if self.has_cached_cert() {
+            match tokio::time::timeout(Duration::from_secs(10), state.next()).await {
+                Ok(Some(Ok(EventOk::DeployedCachedCert))) => {}
+                other => tracing::debug!("new ACME state, first event: {other:?}"),
+            }
+        }
+        resolver.replace(state.resolver());
+        state
+    }
+}
+
 /// Automatic HTTPS for one process: the shared resolver, the certificate state, and the ACME work to start.
 pub struct Acme {
     resolver: Arc<Resolver>,
-    acme_resolver: Arc<ResolvesServerCertAcme>,
     status: Arc<watch::Sender<CertState>>,
-    state: Mutex<Option<AcmeState<std::io::Error>>>,
+    maker: Arc<StateMaker>,
+    first_state: Mutex<Option<AcmeState<std::io::Error>>>,
+    /// The challenge type in use now.
+    challenge: Arc<Mutex<AcmeChallenge>>,
+    /// `--acme-challenge auto`: after a failure, the other type is tried (when --http-redirect is bound).
+    auto: bool,
     pub domains: Vec<String>,
     pub directory: String,
-    pub challenge: AcmeChallenge,
     pub state_dir: PathBuf,
 }
+
+/// How long the ACME client may go without news while an order is due before peercall starts over
+/// (rustls-acme sets no timeout on its requests to the CA).
+const STALL_GRACE_SECS: u64 = 30 * 60;
 
 impl Acme {
     /// Reads the state directory (a cached certificate is served at once) and prepares the ACME client.
@@ -177,10 +252,15 @@ impl Acme {
         let directory = config.acme_directory.clone();
         let domains = config.domain.clone();
         let status = Arc::new(watch::Sender::new(CertState::Obtaining));
-        let cache = StateDirCache {
-            dir: state_dir.join("acme"),
+        let maker = Arc::new(StateMaker {
+            domains: domains.clone(),
+            directory: directory.clone(),
+            contact: config.acme_email.as_ref().map(|e| format!("mailto:{e}")),
+            client: client_config(config)?,
+            cache_dir: state_dir.join("acme"),
             status: status.clone(),
-        };
+        });
+        let cache = maker.cache();
         let now = unix_now();
         match cache.read(&cache.cert_path(&domains, &directory)) {
             Ok(Some(pem)) => match validity_of(&pem) {
@@ -199,30 +279,20 @@ impl Acme {
             Ok(None) => {}
             Err(e) => tracing::warn!("{e}"),
         }
-        let mut acme_config = AcmeConfig::new_with_client_config(&domains, client_config(config)?)
-            .directory(&directory)
-            .challenge_type(match challenge {
-                AcmeChallenge::Http01 => UseChallenge::Http01,
-                AcmeChallenge::TlsAlpn01 | AcmeChallenge::Auto => UseChallenge::TlsAlpn01,
-            })
-            .cache(cache);
-        if let Some(email) = &config.acme_email {
-            acme_config = acme_config.contact_push(format!("mailto:{email}"));
-        }
-        let state = acme_config.state();
-        let acme_resolver = state.resolver();
+        let state = maker.make(challenge);
         let resolver = Arc::new(Resolver {
-            acme: acme_resolver.clone(),
+            acme: RwLock::new(state.resolver()),
             stand_in: stand_in(&domains)?,
         });
         Ok(Acme {
             resolver,
-            acme_resolver,
             status,
-            state: Mutex::new(Some(state)),
+            maker,
+            first_state: Mutex::new(Some(state)),
+            challenge: Arc::new(Mutex::new(challenge)),
+            auto: config.acme_challenge == AcmeChallenge::Auto,
             domains,
             directory,
-            challenge,
             state_dir,
         })
     }
@@ -253,7 +323,7 @@ impl Acme {
 
     /// The key authorization of an HTTP-01 token under way, for `/.well-known/acme-challenge/TOKEN`.
     pub fn http01_key_authorization(&self, token: &str) -> Option<String> {
-        self.acme_resolver.get_http_01_key_auth(token)
+        self.resolver.current().get_http_01_key_auth(token)
     }
 
     /// The certificate's state now.
@@ -261,16 +331,31 @@ impl Acme {
         self.status.borrow().clone()
     }
 
+    /// The challenge type in use now.
+    pub fn challenge(&self) -> AcmeChallenge {
+        *self.challenge.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Starts ordering and renewing, in a task of its own, once the listeners are up (the CA connects back to
     /// them). Failures are logged with what to check and retried with back-off; they never stop the server.
-    pub fn start(&self) {
-        let Some(mut state) = self.state.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+    /// With `--acme-challenge auto` and the redirect port bound, a failed challenge type makes way for the other.
+    pub fn start(&self, redirect_bound: bool) {
+        let Some(mut state) = self
+            .first_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
             return;
         };
+        let alternate = self.auto && redirect_bound;
         let status = self.status.clone();
+        let maker = self.maker.clone();
+        let resolver = self.resolver.clone();
+        let challenge = self.challenge.clone();
         let domains = self.domains.join(", ");
         let directory = self.directory.clone();
-        let hint = match self.challenge {
+        let hint = move |challenge: AcmeChallenge| match challenge {
             AcmeChallenge::Http01 => format!(
                 "that the DNS of {domains} points at this machine and that TCP port 80 from the internet reaches --http-redirect"
             ),
@@ -278,17 +363,42 @@ impl Acme {
                 "that the DNS of {domains} points at this machine and that TCP port 443 from the internet reaches --http"
             ),
         };
+        let domains = self.domains.join(", ");
         tracing::info!(
-            "certificate for {domains}: {} (ACME directory {directory}, {} challenge)",
+            "certificate for {domains}: {} (ACME directory {directory}, {} challenge{})",
             status.borrow().describe(),
-            match self.challenge {
-                AcmeChallenge::Http01 => "HTTP-01",
-                _ => "TLS-ALPN-01",
+            challenge_name(self.challenge()),
+            if alternate {
+                ", the other one after a failure"
+            } else {
+                ""
             }
         );
         tokio::spawn(async move {
             let mut failures: u32 = 0;
-            while let Some(event) = state.next().await {
+            loop {
+                let in_use = *challenge.lock().unwrap_or_else(|p| p.into_inner());
+                let limit = stall_limit(&status.borrow());
+                let event = match tokio::time::timeout(limit, state.next()).await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => break,
+                    Err(_) => {
+                        failures += 1;
+                        let failing = CertState::Failing {
+                            reason: format!(
+                                "the CA at {directory} has not answered for {} min",
+                                STALL_GRACE_SECS / 60
+                            ),
+                            hint: "the CA's status page and this machine's network".into(),
+                            retry_in_secs: 0,
+                            valid: status.borrow().validity(),
+                        };
+                        tracing::warn!("certificate for {domains}: {}", failing.describe());
+                        status.send_replace(failing);
+                        state = maker.switch(&resolver, in_use).await;
+                        continue;
+                    }
+                };
                 match event {
                     Ok(EventOk::DeployedCachedCert) => {
                         tracing::debug!("certificate for {domains} loaded from the state directory")
@@ -299,8 +409,9 @@ impl Acme {
                     }
                     Ok(EventOk::CertCacheStore) => {
                         tracing::info!(
-                            "certificate for {domains}: {}; saved in the state directory",
-                            status.borrow().describe()
+                            "certificate for {domains}: {} ({} challenge); saved in the state directory",
+                            status.borrow().describe(),
+                            challenge_name(in_use)
                         );
                     }
                     Ok(EventOk::AccountCacheStore) => {
@@ -308,20 +419,37 @@ impl Acme {
                     }
                     Err(EventError::Order(e)) => {
                         failures += 1;
-                        // rustls-acme waits 2^n s after the n-th failure in a row (n from 0, at most 2^16 s).
+                        // rustls-acme waits 2^n s after the n-th failure in a row (n from 0, at most 2^16 s);
+                        // peercall waits as long before trying the other challenge type.
                         let retry_in_secs = 1u64 << (failures - 1).min(16);
                         let (reason, specific) = explain(&e, &directory);
-                        let hint = specific.unwrap_or_else(|| hint.clone());
-                        let valid = status.borrow().validity();
-                        let failing = CertState::Failing {
-                            reason,
-                            hint,
-                            retry_in_secs,
-                            valid,
+                        let next = match (alternate, in_use) {
+                            (true, AcmeChallenge::Http01) => AcmeChallenge::TlsAlpn01,
+                            (true, _) => AcmeChallenge::Http01,
+                            (false, current) => current,
                         };
-                        tracing::warn!("certificate for {domains}: {}", failing.describe());
+                        let failing = CertState::Failing {
+                            reason: format!("{} ({} challenge)", reason, challenge_name(in_use)),
+                            hint: specific.unwrap_or_else(|| hint(in_use)),
+                            retry_in_secs,
+                            valid: status.borrow().validity(),
+                        };
+                        tracing::warn!(
+                            "certificate for {domains}: {}{}",
+                            failing.describe(),
+                            if next != in_use {
+                                format!("; next with the {} challenge", challenge_name(next))
+                            } else {
+                                String::new()
+                            }
+                        );
                         tracing::debug!("ACME order error: {e:?}");
                         status.send_replace(failing);
+                        if next != in_use {
+                            tokio::time::sleep(Duration::from_secs(retry_in_secs)).await;
+                            state = maker.switch(&resolver, next).await;
+                            *challenge.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                        }
                     }
                     Err(e) => tracing::warn!("certificate for {domains}: state directory: {e}"),
                 }
@@ -646,6 +774,23 @@ fn problem_in(text: &str) -> Option<(String, String)> {
         .map(str::to_owned)
         .unwrap_or_else(|| format!("HTTP status {code}"));
     Some((typ, detail))
+}
+
+fn challenge_name(challenge: AcmeChallenge) -> &'static str {
+    match challenge {
+        AcmeChallenge::Http01 => "HTTP-01",
+        AcmeChallenge::TlsAlpn01 | AcmeChallenge::Auto => "TLS-ALPN-01",
+    }
+}
+
+/// How long an ACME state may stay silent: until its next planned order, plus [`STALL_GRACE_SECS`].
+fn stall_limit(state: &CertState) -> Duration {
+    let planned = match state {
+        CertState::Valid(v) => u64::try_from(v.renew_at - unix_now()).unwrap_or(0),
+        CertState::Failing { retry_in_secs, .. } => *retry_in_secs,
+        CertState::Obtaining => 0,
+    };
+    Duration::from_secs(planned + STALL_GRACE_SECS)
 }
 
 fn unix_now() -> i64 {

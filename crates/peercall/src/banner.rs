@@ -150,7 +150,7 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
             "  certificate  for {} from {} ({} challenge), for HTTPS{}",
             acme.domains.join(", "),
             crate::acme::ca_name(&acme.directory),
-            match acme.challenge {
+            match acme.challenge() {
                 crate::config::AcmeChallenge::Http01 => "HTTP-01",
                 _ => "TLS-ALPN-01",
             },

@@ -417,7 +417,7 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     let parts = parts::start(mode, &config, turns_tls).await?;
     let http = http::serve(mode, bound, &parts, &config);
     if let Some(acme) = &acme {
-        acme.start();
+        acme.start(http.redirect_addr.is_some());
         // When an order is due now, give it a moment, so the banner says how it went.
         acme.settle(ACME_BANNER_WAIT).await;
     }
