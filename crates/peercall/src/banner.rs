@@ -23,9 +23,13 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
     let mut notes = Vec::new();
 
     if let Some(signal) = &parts.signal {
-        lines.push(format!(
-            "  web client   {base}/   <- open this in a browser"
-        ));
+        // With --domain, the name the certificate is for: the one address browsers accept it on.
+        let web = match (&http.acme, http.addr.port()) {
+            (Some(acme), 443) => format!("https://{}", acme.domains[0]),
+            (Some(acme), port) => format!("https://{}:{port}", acme.domains[0]),
+            (None, _) => base.clone(),
+        };
+        lines.push(format!("  web client   {web}/   <- open this in a browser"));
         if http.addr.ip().is_unspecified() {
             for ip in lan_addresses(http.addr.ip()) {
                 lines.push(format!(
@@ -78,7 +82,7 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
             join(&a.tcp)
         ));
         if a.tls.is_empty() {
-            lines.push("  TURNS        off (no certificate: give --turn-cert/--turn-key, or --tls-cert/--tls-key)".into());
+            lines.push("  TURNS        off (no certificate: give --domain, --turn-cert/--turn-key, or --tls-cert/--tls-key)".into());
         } else {
             lines.push(format!("  TURNS        tls {}", join(&a.tls)));
         }
@@ -140,6 +144,43 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
         ));
         lines.push(format!("               SHA-256 {fingerprint}"));
         notes.push("browsers warn about a self-signed certificate: compare the fingerprint, then accept it".into());
+    }
+    if let Some(acme) = &http.acme {
+        lines.push(format!(
+            "  certificate  for {} from {} ({} challenge), for HTTPS{}",
+            acme.domains.join(", "),
+            crate::acme::ca_name(&acme.directory),
+            match acme.challenge() {
+                crate::config::AcmeChallenge::Http01 => "HTTP-01",
+                _ => "TLS-ALPN-01",
+            },
+            if parts
+                .turn
+                .as_ref()
+                .is_some_and(|t| !t.addrs().tls.is_empty())
+                && config.turn_cert.is_none()
+            {
+                " and TURNS"
+            } else {
+                ""
+            }
+        ));
+        lines.push(format!("               {}", acme.state().describe()));
+        lines.push(format!(
+            "               account key and certificates in {}",
+            acme.state_dir.display()
+        ));
+    }
+    if let Some(redirect) = http.redirect_addr {
+        lines.push(format!(
+            "  redirect     http://{}/ -> {scheme}://...{}",
+            url_host_port(redirect),
+            if http.acme.is_some() {
+                " (and ACME HTTP-01)"
+            } else {
+                ""
+            }
+        ));
     }
     if !http.tls && parts.signal.is_some() && !http.addr.ip().is_loopback() {
         notes.push(

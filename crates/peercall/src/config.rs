@@ -348,6 +348,34 @@ settings! {
         metrics_token: Option<Secret> [value_name = "TOKEN"];
     }
 
+    /// Automatic HTTPS: certificates from an ACME CA (RFC 8555), for HTTPS and TURNS.
+    group AcmeFlags ("Automatic HTTPS (ACME)") {
+        /// Domain name to get a certificate for from an ACME CA (Let's Encrypt by default) and serve HTTPS and
+        /// TURNS with; repeatable. Its DNS must point at this machine, and the CA must reach port 443 (or 80, see
+        /// --acme-challenge) from the internet
+        domain: Vec<String> [value_name = "NAME"];
+        /// Contact e-mail address of the ACME account (the CA writes about expiring certificates and problems)
+        acme_email: Option<String> [value_name = "EMAIL"];
+        /// ACME directory URL of the CA
+        acme_directory: Option<String> [value_name = "URL"] = "https://acme-v02.api.letsencrypt.org/directory";
+        /// Use Let's Encrypt's staging directory (untrusted certificates, generous rate limits: for trying out)
+        acme_staging: Option<bool> [value_name = "BOOL", num_args = 0..=1, require_equals = true,
+            default_missing_value = "true"] = "false";
+        /// How the CA checks that this machine answers for the domain: tls-alpn-01 (on the HTTPS port, 443 from
+        /// the internet), http-01 (on the --http-redirect port, 80 from the internet), or auto (http-01 only when
+        /// --http-redirect is on port 80 and --http is not on 443)
+        acme_challenge: Option<AcmeChallenge> [value_name = "TYPE"] = "auto";
+        /// PEM CA certificate(s) trusted for the HTTPS of --acme-directory besides the web's roots: for testing
+        /// and private CAs
+        acme_ca_file: Option<PathBuf> [value_name = "FILE"];
+        /// Directory for state kept across restarts: the ACME account key and certificates (private keys 0600)
+        state_dir: Option<PathBuf> [value_name = "DIR"],
+            default "$STATE_DIRECTORY (systemd's StateDirectory=), else $XDG_DATA_HOME/peercall or ~/.local/share/peercall";
+        /// Plain-HTTP address that redirects every request to HTTPS (and answers ACME HTTP-01), e.g. 0.0.0.0:80
+        http_redirect: Option<SocketAddr> [value_name = "ADDR"],
+            default "0.0.0.0:80 with --domain and --http left at its default (skipped with a warning when it cannot be bound), else none";
+    }
+
     /// Flags of the signaling server.
     group SignalFlags ("Signaling") {
         /// Host name put in the STUN/TURN URLs handed to browsers
@@ -513,6 +541,78 @@ settings! {
         /// Log format: human or json
         log_format: Option<LogFormat> [value_name = "FORMAT"] = "human";
     }
+}
+
+/// `--acme-challenge`: which ACME challenge proves control of the domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01, unless only port 80 can be reached (see [`Resolved::acme_challenge_in_use`]).
+    #[default]
+    Auto,
+    /// TLS-ALPN-01 (RFC 8737) on the HTTPS port.
+    TlsAlpn01,
+    /// HTTP-01 on the `--http-redirect` port.
+    Http01,
+}
+
+impl FromStr for AcmeChallenge {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(AcmeChallenge::Auto),
+            "tls-alpn-01" => Ok(AcmeChallenge::TlsAlpn01),
+            "http-01" => Ok(AcmeChallenge::Http01),
+            _ => Err("expected auto, tls-alpn-01 or http-01".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for AcmeChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AcmeChallenge::Auto => "auto",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        })
+    }
+}
+
+impl Serialize for AcmeChallenge {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Let's Encrypt's staging directory (`--acme-staging`).
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// Checks a `--domain` value: a DNS name an ACME CA can validate with TLS-ALPN-01 or HTTP-01 (no wildcard, no
+/// IP address, no scheme or port). Returns it in lower case.
+fn check_domain(name: &str) -> Result<String, String> {
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name.starts_with("*.") {
+        return Err(format!(
+            "{name:?}: wildcard names need the DNS-01 challenge, which peercall does not do; give each name"
+        ));
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "{name:?} is an IP address; ACME certificates are for domain names"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{name:?} is not a domain name (letters, digits, '-' and '.', no scheme, path or port)"
+        ));
+    }
+    Ok(name)
 }
 
 /// `--log-format`.
@@ -711,8 +811,13 @@ fn nearest_key(unknown: &str) -> Option<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum HttpTls {
     Off,
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     SelfSigned,
+    /// A certificate for `--domain` from an ACME CA.
+    Acme,
 }
 
 /// The effective configuration: every default applied, every cross-field rule checked.
@@ -727,6 +832,14 @@ pub struct Resolved {
     pub trusted_proxy: Vec<IpNet>,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_token: Option<Secret>,
+    pub domain: Vec<String>,
+    pub acme_email: Option<String>,
+    pub acme_directory: String,
+    pub acme_staging: bool,
+    pub acme_challenge: AcmeChallenge,
+    pub acme_ca_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub http_redirect: Option<SocketAddr>,
     pub public_host: Option<String>,
     pub room_capacity: usize,
     pub max_rooms: usize,
@@ -828,6 +941,89 @@ impl Resolved {
                 ));
             }
             _ => {}
+        }
+        let mut domain = Vec::new();
+        for name in &o.domain {
+            let name = check_domain(name).map_err(|m| invalid("domain", m))?;
+            if !domain.contains(&name) {
+                domain.push(name);
+            }
+        }
+        if !domain.is_empty() && (o.tls_cert.is_some() || tls_self_signed) {
+            return Err(invalid(
+                "domain",
+                "choose either --domain (a certificate from an ACME CA) or --tls-cert/--tls-key/--tls-self-signed"
+                    .into(),
+            ));
+        }
+        if let Some(email) = &o.acme_email
+            && (email.contains([' ', ',', '<', '>'])
+                || email.split('@').filter(|p| !p.is_empty()).count() != 2)
+        {
+            return Err(invalid(
+                "acme_email",
+                format!("{email:?} is not an e-mail address"),
+            ));
+        }
+        let acme_staging = o.acme_staging.unwrap_or_else(defaults::acme_staging);
+        let acme_directory = match (o.acme_directory, acme_staging) {
+            (Some(_), true) => {
+                return Err(invalid(
+                    "acme_staging",
+                    "choose either --acme-staging or --acme-directory".into(),
+                ));
+            }
+            (Some(url), false) => url,
+            (None, true) => LETS_ENCRYPT_STAGING.to_owned(),
+            (None, false) => defaults::acme_directory(),
+        };
+        if !acme_directory.starts_with("https://") || acme_directory.len() <= "https://".len() {
+            return Err(invalid(
+                "acme_directory",
+                format!("{acme_directory:?}: an ACME directory is an https:// URL (RFC 8555)"),
+            ));
+        }
+        let acme_challenge = o.acme_challenge.unwrap_or_else(defaults::acme_challenge);
+        // The one-command setup: `--domain` alone listens on 443, and on 80 to redirect to it.
+        let http = match o.http {
+            Some(http) => http,
+            None if !domain.is_empty() => SocketAddr::from(([0, 0, 0, 0], 443)),
+            None => defaults::http(),
+        };
+        let http_redirect = match o.http_redirect {
+            Some(addr) => Some(addr),
+            None if !domain.is_empty() && o.http.is_none() => {
+                Some(SocketAddr::from(([0, 0, 0, 0], 80)))
+            }
+            None => None,
+        };
+        if let Some(r) = http_redirect
+            && r.port() != 0
+            && r == http
+        {
+            return Err(invalid(
+                "http_redirect",
+                format!("{r} is the --http address; choose another port"),
+            ));
+        }
+        if o.http_redirect.is_some()
+            && domain.is_empty()
+            && o.tls_cert.is_none()
+            && !tls_self_signed
+        {
+            return Err(invalid(
+                "http_redirect",
+                "redirects go to HTTPS, and --http serves plain HTTP: give --domain, --tls-cert/--tls-key or --tls-self-signed"
+                    .into(),
+            ));
+        }
+        if acme_challenge == AcmeChallenge::Http01 && !domain.is_empty() && http_redirect.is_none()
+        {
+            return Err(invalid(
+                "acme_challenge",
+                "http-01 is answered on the --http-redirect port: give --http-redirect (port 80 from the internet)"
+                    .into(),
+            ));
         }
         let (turn_cert, turn_key) = match (o.turn_cert, o.turn_key) {
             (Some(c), Some(k)) => (Some(c), Some(k)),
@@ -1030,13 +1226,21 @@ impl Resolved {
             warnings.push("--join-token-secret shorter than 16 characters is easy to guess".into());
         }
         Ok(Resolved {
-            http: o.http.unwrap_or_else(defaults::http),
+            http,
             tls_cert: o.tls_cert,
             tls_key: o.tls_key,
             tls_self_signed,
             trusted_proxy: o.trusted_proxy,
             metrics_listen: o.metrics_listen,
             metrics_token: o.metrics_token,
+            domain,
+            acme_email: o.acme_email,
+            acme_directory,
+            acme_staging,
+            acme_challenge,
+            acme_ca_file: o.acme_ca_file,
+            state_dir: o.state_dir,
+            http_redirect,
             public_host: o.public_host,
             room_capacity,
             max_rooms,
@@ -1118,7 +1322,23 @@ impl Resolved {
         })
     }
 
+    /// The ACME challenge peercall answers: `--acme-challenge`, with `auto` made concrete.
+    pub fn acme_challenge_in_use(&self) -> AcmeChallenge {
+        match (self.acme_challenge, self.http_redirect) {
+            (AcmeChallenge::Auto, Some(redirect))
+                if redirect.port() == 80 && self.http.port() != 443 =>
+            {
+                AcmeChallenge::Http01
+            }
+            (AcmeChallenge::Auto, _) => AcmeChallenge::TlsAlpn01,
+            (chosen, _) => chosen,
+        }
+    }
+
     pub fn http_tls(&self) -> HttpTls {
+        if !self.domain.is_empty() {
+            return HttpTls::Acme;
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => HttpTls::Files {
                 cert: cert.clone(),
@@ -1208,6 +1428,8 @@ mod tests {
         #[command(flatten)]
         http: HttpFlags,
         #[command(flatten)]
+        acme: AcmeFlags,
+        #[command(flatten)]
         signal: SignalFlags,
         #[command(flatten)]
         external: ExternalTurnFlags,
@@ -1224,6 +1446,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("test flags {args:?} parse: {e}"));
         let mut o = Options::default();
         all.http.apply(&mut o);
+        all.acme.apply(&mut o);
         all.signal.apply(&mut o);
         all.external.apply(&mut o);
         all.turn.apply(&mut o);
@@ -1555,6 +1778,139 @@ mod tests {
                 .starts_with("invalid max-port (from config file p.toml)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn domain_alone_is_the_one_command_setup() {
+        let r = load(
+            flags(&["--domain", "Call.Example.com."]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.domain, vec!["call.example.com".to_owned()]);
+        assert_eq!(r.http_tls(), HttpTls::Acme);
+        assert_eq!(r.http.to_string(), "0.0.0.0:443");
+        assert_eq!(
+            r.http_redirect.map(|a| a.to_string()).as_deref(),
+            Some("0.0.0.0:80")
+        );
+        assert_eq!(r.acme_directory, defaults::acme_directory());
+        assert_eq!(r.acme_challenge_in_use(), AcmeChallenge::TlsAlpn01);
+        // An explicit --http keeps its port and brings no redirect of its own.
+        let r = load(
+            flags(&[
+                "--domain",
+                "a.example",
+                "--http",
+                "0.0.0.0:8443",
+                "--acme-staging",
+            ]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.http.port(), 8443);
+        assert_eq!(r.http_redirect, None);
+        assert_eq!(r.acme_directory, LETS_ENCRYPT_STAGING);
+        // Only port 80 reachable: auto picks HTTP-01.
+        let r = load(
+            flags(&[
+                "--domain",
+                "a.example",
+                "--http",
+                "0.0.0.0:8443",
+                "--http-redirect",
+                "0.0.0.0:80",
+            ]),
+            None,
+            &[],
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.acme_challenge_in_use(), AcmeChallenge::Http01);
+        let r = load(
+            Options::default(),
+            None,
+            &env(&[
+                ("PEERCALL_DOMAIN", "a.example,b.example"),
+                ("PEERCALL_ACME_CHALLENGE", "TLS-ALPN-01"),
+            ]),
+            &no_file,
+        )
+        .expect("valid");
+        assert_eq!(r.domain.len(), 2);
+        assert_eq!(r.acme_challenge, AcmeChallenge::TlsAlpn01);
+        assert!(
+            r.to_annotated_toml()
+                .contains("acme-challenge = \"tls-alpn-01\"")
+        );
+    }
+
+    #[test]
+    fn acme_settings_are_checked() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--domain", "*.example.com"],
+                "invalid domain (from flag --domain): \"*.example.com\": wildcard",
+            ),
+            (&["--domain", "203.0.113.7"], "invalid domain"),
+            (&["--domain", "https://call.example.com"], "invalid domain"),
+            (&["--domain", "call.example.com:443"], "invalid domain"),
+            (
+                &["--domain", "a.example", "--tls-self-signed"],
+                "invalid domain",
+            ),
+            (
+                &["--domain", "a.example", "--tls-cert", "c", "--tls-key", "k"],
+                "invalid domain",
+            ),
+            (&["--acme-email", "not an address"], "invalid acme-email"),
+            (&["--acme-email", "nobody"], "invalid acme-email"),
+            (
+                &[
+                    "--acme-staging",
+                    "--acme-directory",
+                    "https://ca.example/dir",
+                ],
+                "invalid acme-staging",
+            ),
+            (
+                &["--acme-directory", "http://ca.example/dir"],
+                "invalid acme-directory",
+            ),
+            (
+                &[
+                    "--domain",
+                    "a.example",
+                    "--http",
+                    "127.0.0.1:1",
+                    "--acme-challenge",
+                    "http-01",
+                ],
+                "invalid acme-challenge",
+            ),
+            (
+                &[
+                    "--http",
+                    "127.0.0.1:8080",
+                    "--http-redirect",
+                    "127.0.0.1:8080",
+                    "--tls-self-signed",
+                ],
+                "invalid http-redirect",
+            ),
+            (
+                &["--http-redirect", "127.0.0.1:8081"],
+                "invalid http-redirect (from flag --http-redirect): redirects go to HTTPS",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = load(flags(args), None, &[], &no_file).expect_err(want);
+            assert!(err.to_string().starts_with(want), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::task::JoinHandle;
 
+use crate::acme::Acme;
 use crate::config::{HttpTls, Layer, Resolved};
 use crate::parts::{Mode, Parts, SignalPart, TurnPart};
 use crate::tls;
@@ -28,6 +29,9 @@ pub struct Bound {
     tls: Option<TlsSource>,
     /// `--metrics-listen`: /metrics and the detailed /healthz for anyone who reaches it.
     metrics: Option<(std::net::TcpListener, SocketAddr)>,
+    /// `--http-redirect`: plain HTTP redirected to HTTPS, and ACME HTTP-01.
+    redirect: Option<(std::net::TcpListener, SocketAddr)>,
+    acme: Option<Arc<Acme>>,
 }
 
 enum TlsSource {
@@ -37,10 +41,12 @@ enum TlsSource {
         config: Arc<rustls::ServerConfig>,
     },
     SelfSigned(tls::SelfSigned),
+    /// `--domain`: the ACME resolver's certificate, renewed in place.
+    Acme(Arc<rustls::ServerConfig>),
 }
 
 /// Binds the HTTP port and loads its certificate. Errors name the address or file and the flag to change.
-pub fn bind(mode: Mode, config: &Resolved) -> anyhow::Result<Bound> {
+pub fn bind(mode: Mode, config: &Resolved, acme: Option<Arc<Acme>>) -> anyhow::Result<Bound> {
     let what = if mode.runs_signal() {
         "the web client and signaling"
     } else {
@@ -102,12 +108,48 @@ pub fn bind(mode: Mode, config: &Resolved) -> anyhow::Result<Bound> {
             })
         }
         HttpTls::SelfSigned => Some(TlsSource::SelfSigned(tls::self_signed()?)),
+        HttpTls::Acme => match &acme {
+            Some(acme) => Some(TlsSource::Acme(acme.https_config(tls::HTTP_ALPN)?)),
+            None => {
+                return Err(anyhow!(
+                    "--domain is not supported by `peercall {}`",
+                    mode.name()
+                ));
+            }
+        },
+    };
+    let redirect = match config.http_redirect {
+        None => None,
+        Some(at) => match std::net::TcpListener::bind(at) {
+            Ok(l) => {
+                l.set_nonblocking(true)
+                    .context("cannot configure the redirect socket")?;
+                let a = l
+                    .local_addr()
+                    .context("cannot read the redirect socket address")?;
+                Some((l, a))
+            }
+            // The port 80 that `--domain` alone asks for may be another web server's: HTTPS works without it.
+            Err(e) if crate::acme::redirect_is_default(config) => {
+                tracing::warn!(
+                    "cannot listen on {at} to redirect plain HTTP to HTTPS: {e}; going on without (give --http-redirect to choose another address)"
+                );
+                None
+            }
+            Err(e) => {
+                return Err(anyhow!(
+                    "cannot listen on {at} to redirect plain HTTP to HTTPS: {e} (change --http-redirect)"
+                ));
+            }
+        },
     };
     Ok(Bound {
         listener,
         addr,
         tls,
         metrics,
+        redirect,
+        acme,
     })
 }
 
@@ -129,6 +171,12 @@ pub struct HttpServer {
     pub self_signed: Option<(String, Vec<String>)>,
     /// The `--metrics-listen` address, when there is one.
     pub metrics_addr: Option<SocketAddr>,
+    /// The `--http-redirect` address, when it is bound.
+    pub redirect_addr: Option<SocketAddr>,
+    /// `--domain`: the ACME certificate's state.
+    pub acme: Option<Arc<Acme>>,
+    redirect_handle: axum_server::Handle,
+    redirect_task: Option<JoinHandle<()>>,
     handle: axum_server::Handle,
     metrics_handle: axum_server::Handle,
     reload: Option<(RustlsConfig, PathBuf, PathBuf)>,
@@ -143,6 +191,7 @@ impl HttpServer {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.handle.graceful_shutdown(Some(grace));
         self.metrics_handle.graceful_shutdown(Some(grace));
+        self.redirect_handle.graceful_shutdown(Some(grace));
     }
 
     /// Re-reads `--tls-cert/--tls-key` (SIGHUP); new connections use the new certificate.
@@ -165,6 +214,9 @@ impl HttpServer {
         if let Some(task) = self.metrics_task {
             let _ = task.await;
         }
+        if let Some(task) = self.redirect_task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -182,6 +234,8 @@ struct AppState {
     access: Access,
     /// Requests for /metrics refused by `access`.
     refused: Arc<AtomicU64>,
+    /// `--domain`: the ACME certificate's state.
+    acme: Option<Arc<Acme>>,
 }
 
 #[derive(Clone)]
@@ -279,6 +333,7 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> Http
             token,
         },
         refused,
+        acme: bound.acme.clone(),
     };
     let metrics_handle = axum_server::Handle::new();
     let (metrics_addr, metrics_task) = match bound.metrics {
@@ -314,6 +369,28 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> Http
     }
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
+    let redirect_handle = axum_server::Handle::new();
+    let (redirect_addr, redirect_task) = match bound.redirect {
+        None => (None, None),
+        Some((listener, addr)) => {
+            let target = RedirectTarget {
+                https_port: bound.addr.port(),
+                fallback_host: config.domain.first().cloned(),
+                acme: bound.acme.clone(),
+            };
+            let app = Router::new()
+                .route("/.well-known/acme-challenge/{token}", get(http01))
+                .fallback(redirect_to_https)
+                .with_state(Arc::new(target));
+            let server = axum_server::from_tcp(listener).handle(redirect_handle.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = server.serve(app.into_make_service()).await {
+                    tracing::error!("HTTP redirect server stopped: {e}");
+                }
+            });
+            (Some(addr), Some(task))
+        }
+    };
 
     let (task, self_signed, reload) = match bound.tls {
         None => {
@@ -329,6 +406,7 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> Http
             let (server_config, self_signed, files) = match source {
                 TlsSource::Files { cert, key, config } => (config, None, Some((cert, key))),
                 TlsSource::SelfSigned(s) => (s.config, Some((s.fingerprint, s.names)), None),
+                TlsSource::Acme(config) => (config, None, None),
             };
             let rustls_config = RustlsConfig::from_config(server_config);
             let server = axum_server::from_tcp_rustls(bound.listener, rustls_config.clone())
@@ -344,9 +422,13 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> Http
     };
     HttpServer {
         addr: bound.addr,
-        tls: reload.is_some() || self_signed.is_some(),
+        tls: reload.is_some() || self_signed.is_some() || bound.acme.is_some(),
         self_signed,
         metrics_addr,
+        redirect_addr,
+        acme: bound.acme,
+        redirect_handle,
+        redirect_task,
         handle,
         metrics_handle,
         reload,
@@ -354,6 +436,83 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> Http
         task,
         metrics_task,
     }
+}
+
+/// Where `--http-redirect` sends plain-HTTP requests.
+struct RedirectTarget {
+    https_port: u16,
+    /// For a request without a Host header: the first `--domain`.
+    fallback_host: Option<String>,
+    acme: Option<Arc<Acme>>,
+}
+
+/// `GET /.well-known/acme-challenge/TOKEN` on the redirect port: ACME HTTP-01 (RFC 8555 §8.3).
+async fn http01(
+    State(target): State<Arc<RedirectTarget>>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    match target
+        .acme
+        .as_ref()
+        .and_then(|acme| acme.http01_key_authorization(&token))
+    {
+        Some(key_authorization) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            key_authorization,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such ACME challenge\n").into_response(),
+    }
+}
+
+/// Every other request on the redirect port: a permanent redirect to the same path over HTTPS.
+async fn redirect_to_https(
+    State(target): State<Arc<RedirectTarget>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(host_without_port)
+        .filter(|h| valid_host(h))
+        .map(str::to_owned)
+        .or_else(|| target.fallback_host.clone());
+    let Some(host) = host else {
+        return (StatusCode::BAD_REQUEST, "a Host header is needed\n").into_response();
+    };
+    let port = match target.https_port {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{path}");
+    match axum::http::HeaderValue::from_str(&location) {
+        Ok(value) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, value)],
+            "",
+        )
+            .into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, "bad request target\n").into_response(),
+    }
+}
+
+/// `example.com:80` → `example.com`; `[::1]:80` → `[::1]`.
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// A host name or address literal, nothing that could change the meaning of the redirect URL.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
 }
 
 /// The socket address of the client, when the server runs with connect info.
@@ -421,6 +580,7 @@ async fn healthz(State(state): State<AppState>, request: RequestParts) -> impl I
             "signaling": signaling,
             "turn": turn,
         },
+        "certificate": state.acme.as_ref().map(|acme| acme.state().json()),
         })
     };
     let code = if healthy {

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod acme;
 mod banner;
 mod config;
 mod http;
@@ -17,8 +18,8 @@ use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    ExternalTurnFlags, HttpFlags, JoinFlags, Layer, LogFlags, LogFormat, Options, Resolved,
-    SignalFlags, TurnFlags,
+    AcmeFlags, ExternalTurnFlags, HttpFlags, JoinFlags, Layer, LogFlags, LogFormat, Options,
+    Resolved, SignalFlags, TurnFlags,
 };
 use crate::parts::Mode;
 
@@ -161,6 +162,8 @@ struct ServeArgs {
     #[command(flatten)]
     http: HttpFlags,
     #[command(flatten)]
+    acme: AcmeFlags,
+    #[command(flatten)]
     signal: SignalFlags,
     #[command(flatten)]
     turn: TurnFlags,
@@ -187,6 +190,8 @@ struct SignalArgs {
     #[command(flatten)]
     http: HttpFlags,
     #[command(flatten)]
+    acme: AcmeFlags,
+    #[command(flatten)]
     signal: SignalFlags,
     #[command(flatten)]
     external: ExternalTurnFlags,
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
         Some(Command::Signal(args)) => {
             let mut o = Options::default();
             args.http.apply(&mut o);
+            args.acme.apply(&mut o);
             args.signal.apply(&mut o);
             args.external.apply(&mut o);
             args.log.apply(&mut o);
@@ -240,6 +246,7 @@ fn main() -> ExitCode {
 fn split_serve(args: ServeArgs) -> (Mode, Common, Options) {
     let mut o = Options::default();
     args.http.apply(&mut o);
+    args.acme.apply(&mut o);
     args.signal.apply(&mut o);
     args.turn.apply(&mut o);
     args.log.apply(&mut o);
@@ -357,6 +364,8 @@ fn init_logging(config: &Resolved) -> anyhow::Result<()> {
 /// How long requests in flight get once shutdown starts, and the hard deadline for the whole shutdown.
 const HTTP_GRACE: Duration = Duration::from_secs(2);
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the banner waits for the first ACME outcome (an unreachable CA fails well within it).
+const ACME_BANNER_WAIT: Duration = Duration::from_secs(3);
 
 /// Raises the soft limit on open files to the hard one: every relay socket, TURN TCP/TLS connection and
 /// WebSocket is a descriptor, and the usual soft limit of 1,024 is far below the default quotas.
@@ -392,10 +401,26 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
 
     raise_open_file_limit();
+    // `--domain`: the state directory is read (a cached certificate is served at once); the CA is contacted
+    // only once the listeners are up, since it connects back to them.
+    let acme = if config.domain.is_empty() || !mode.runs_signal() {
+        None
+    } else {
+        Some(std::sync::Arc::new(acme::Acme::prepare(&config)?))
+    };
+    let turns_tls = match &acme {
+        Some(acme) if mode.runs_turn() && config.turn_cert.is_none() => Some(acme.turns_config()?),
+        _ => None,
+    };
     // The HTTP port first: "port in use" and certificate errors before anything else starts.
-    let bound = http::bind(mode, &config)?;
-    let parts = parts::start(mode, &config).await?;
+    let bound = http::bind(mode, &config, acme.clone())?;
+    let parts = parts::start(mode, &config, turns_tls).await?;
     let http = http::serve(mode, bound, &parts, &config);
+    if let Some(acme) = &acme {
+        acme.start(http.redirect_addr.is_some());
+        // When an order is due now, give it a moment, so the banner says how it went.
+        acme.settle(ACME_BANNER_WAIT).await;
+    }
     println!("{}", banner::render(mode, &config, &parts, &http));
     tracing::info!(mode = mode.name(), http = %http.addr, "peercall {} ready", env!("CARGO_PKG_VERSION"));
 

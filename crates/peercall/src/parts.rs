@@ -140,8 +140,13 @@ impl Parts {
     }
 }
 
-/// Binds and starts the parts `mode` runs.
-pub async fn start(mode: Mode, config: &Resolved) -> anyhow::Result<Parts> {
+/// Binds and starts the parts `mode` runs. `turns_tls` is a ready TURNS configuration (the ACME certificate's
+/// resolver), used when no `--turn-cert` is given.
+pub async fn start(
+    mode: Mode,
+    config: &Resolved,
+    turns_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<Parts> {
     let turn_stop = CancellationToken::new();
     let mut tasks = Vec::new();
     // Under `serve` the signaling server mints TURN credentials with the TURN server's own shared secret; when
@@ -162,6 +167,7 @@ pub async fn start(mode: Mode, config: &Resolved) -> anyhow::Result<Parts> {
                 }),
                 _ => None,
             },
+            tls_config: turns_tls,
             relay_ip: config.relay_ip.clone(),
             external_ip: config.external_ip.clone(),
             realm: config.realm.clone(),

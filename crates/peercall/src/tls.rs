@@ -23,7 +23,7 @@ pub fn server_config_from_files(cert: &Path, key: &Path) -> anyhow::Result<Arc<S
 }
 
 /// What the HTTPS port speaks.
-const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
+pub const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
 
 /// A self-signed certificate and its parts.
 pub struct SelfSigned {

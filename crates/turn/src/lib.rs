@@ -84,6 +84,9 @@ pub struct TurnConfig {
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
     pub tls: Option<TlsFiles>,
+    /// A ready TLS configuration for TURNS, used when `tls` is `None`: one whose certificate resolver swaps
+    /// certificates by itself (an ACME-managed one), so a renewal needs no reload and drops no connection.
+    pub tls_config: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub relay_ip: Vec<IpAddr>,
     pub external_ip: Vec<ExternalIp>,
     pub realm: String,
@@ -118,6 +121,7 @@ impl Default for TurnConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 3478))],
             tls_listen: vec![SocketAddr::from(([0, 0, 0, 0], 5349))],
             tls: None,
+            tls_config: None,
             relay_ip: Vec::new(),
             external_ip: Vec::new(),
             realm: "peercall".to_owned(),

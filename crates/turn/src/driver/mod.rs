@@ -118,7 +118,9 @@ struct Shared {
     relay_ips: Vec<IpAddr>,
     external: Vec<ExternalIp>,
     ports: (u16, u16),
-    tls: Option<(TlsFiles, RwLock<Arc<rustls::ServerConfig>>)>,
+    /// The TURNS configuration, and the files to re-read it from on reload (none for a configuration given
+    /// ready-made, whose resolver renews itself).
+    tls: Option<(Option<TlsFiles>, RwLock<Arc<rustls::ServerConfig>>)>,
     shutdown: CancellationToken,
     stopping: AtomicBool,
     owners: RelayOwners,
@@ -220,9 +222,10 @@ impl TurnServer {
             listening.tcp.push(tcp_addr);
             tcp.push(listener);
         }
-        let tls_config = match &config.tls {
-            Some(files) => Some((files.clone(), RwLock::new(load_tls(files)?))),
-            None => None,
+        let tls_config = match (&config.tls, &config.tls_config) {
+            (Some(files), _) => Some((Some(files.clone()), RwLock::new(load_tls(files)?))),
+            (None, Some(ready)) => Some((None, RwLock::new(ready.clone()))),
+            (None, None) => None,
         };
         let mut tls = Vec::new();
         if tls_config.is_some() {
@@ -408,7 +411,7 @@ impl TurnHandle {
 
     /// Re-reads the TLS certificate and key; new TLS connections use them, existing allocations stay.
     pub fn reload_tls(&self) -> Result<(), TurnError> {
-        if let Some((files, current)) = &self.shared.tls {
+        if let Some((Some(files), current)) = &self.shared.tls {
             let fresh = load_tls(files)?;
             *current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         }
