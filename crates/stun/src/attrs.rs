@@ -8,8 +8,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::message::ParseError;
-use crate::writer::EncodeError;
+use crate::error::{EncodeError, ParseError};
 use crate::{MAGIC_COOKIE, TransactionId};
 
 pub(crate) const FINGERPRINT_XOR: u32 = 0x5354_554E;
@@ -830,7 +829,7 @@ fn algorithm_entry(typ: u16, value: &[u8]) -> Result<(PasswordAlgorithm<'_>, &[u
     }
     let plen = usize::from(u16::from_be_bytes([value[2], value[3]]));
     let params = value.get(4..4 + plen).ok_or(bad(typ))?;
-    let rest = value.get(4 + crate::message::padded(plen)..).unwrap_or(&[]);
+    let rest = value.get(4 + crate::padded(plen)..).unwrap_or(&[]);
     Ok((
         PasswordAlgorithm {
             algorithm: u16::from_be_bytes([value[0], value[1]]),
@@ -844,7 +843,7 @@ fn algorithm_len(a: &PasswordAlgorithm<'_>) -> Result<usize, EncodeError> {
     if a.params.len() > usize::from(u16::MAX) {
         return Err(EncodeError::TooLong);
     }
-    Ok(4 + crate::message::padded(a.params.len()))
+    Ok(4 + crate::padded(a.params.len()))
 }
 
 fn write_algorithm(out: &mut [u8], a: &PasswordAlgorithm<'_>) {

@@ -1,7 +1,6 @@
 //! ChannelData framing (RFC 8656 §12) and demultiplexing of what arrives on a TURN port.
 
-use crate::message::ParseError;
-use crate::writer::EncodeError;
+use crate::error::{EncodeError, ParseError};
 use crate::{HEADER_LEN, MAGIC_COOKIE};
 
 /// What a packet on a STUN/TURN port is, from its first byte (RFC 7983).

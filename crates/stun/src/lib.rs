@@ -32,6 +32,7 @@
 
 mod attrs;
 mod channel;
+mod error;
 mod message;
 mod writer;
 
@@ -48,9 +49,10 @@ pub use channel::{
     CHANNEL_RANGE, ChannelData, PacketKind, channel_data_padded_len, classify,
     frame_channel_data_in_place, stream_frame_len, write_channel_data, write_channel_data_header,
 };
-pub use message::{AttributeIter, IntegrityError, Message, ParseError, ParseLimits, RawAttribute};
+pub use error::{EncodeError, IntegrityError, ParseError};
+pub use message::{AttributeIter, Message, ParseLimits, RawAttribute};
 pub use writer::{
-    EncodeError, MessageWriter, data_indication_payload_offset, write_data_indication,
+    MessageWriter, data_indication_payload_offset, write_data_indication,
     write_data_indication_in_place,
 };
 
@@ -111,6 +113,11 @@ pub fn message_type(class: Class, method: Method) -> u16 {
         Class::Error => 0b11,
     };
     (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | ((c & 0b01) << 4) | ((c & 0b10) << 7)
+}
+
+/// `len` rounded up to the 4-byte boundary that attribute values and TCP ChannelData frames are padded to.
+pub(crate) fn padded(len: usize) -> usize {
+    (len + 3) & !3
 }
 
 pub(crate) fn split_type(t: u16) -> (Class, Method) {
