@@ -11,6 +11,7 @@ use crate::{
 /// hostile message can cause per lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParseLimits {
+    /// Most attributes a message may carry; more fail with [`crate::ParseError::TooManyAttributes`].
     pub max_attributes: usize,
 }
 
@@ -28,8 +29,11 @@ impl Default for ParseLimits {
 /// One attribute as it sits in the message: type, value (without padding) and the offset of its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawAttribute<'a> {
+    /// Attribute type code (see [`crate::attr`]).
     pub typ: u16,
+    /// The value as sent, without the padding to 4 bytes.
     pub value: &'a [u8],
+    /// Byte offset of the attribute header from the start of the message.
     pub offset: usize,
 }
 
@@ -132,14 +136,17 @@ impl<'a> Message<'a> {
         Ok(msg)
     }
 
+    /// The class from the message type field.
     pub fn class(&self) -> Class {
         self.class
     }
 
+    /// The method from the message type field (any 12-bit value, not only the known ones).
     pub fn method(&self) -> Method {
         self.method
     }
 
+    /// The 96-bit transaction id that a response must echo.
     pub fn transaction_id(&self) -> &'a TransactionId {
         self.buf[8..20]
             .try_into()

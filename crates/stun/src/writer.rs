@@ -32,6 +32,9 @@ pub struct MessageWriter<'b> {
 }
 
 impl<'b> MessageWriter<'b> {
+    /// Starts a message of `class` and `method` with transaction id `tid`: writes the 20-byte header into
+    /// `buf`, which bounds the whole message. Fails with [`EncodeError::BufferTooSmall`] when `buf` is shorter
+    /// than a header.
     pub fn new(
         buf: &'b mut [u8],
         class: Class,
