@@ -43,9 +43,13 @@ pub const CHANNEL_LABEL: &str = "peercall";
 /// What to join and what to send.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// Room name, as in the room URL (the signaling server validates it).
     pub room: String,
+    /// Display name the other participants see.
     pub name: String,
+    /// Room password, for rooms that have one (a wrong one ends the call with [`Event::Fatal`]).
     pub password: Option<String>,
+    /// Join token the server requires when it restricts who may join.
     pub token: Option<String>,
     /// What is sent (looped); an empty track is not sent.
     pub clip: Clip,
@@ -62,8 +66,11 @@ pub struct EngineConfig {
 /// A datagram to send from one of the caller's sockets.
 #[derive(Debug, Clone)]
 pub struct Transmit {
+    /// Local address of the socket to send from (one the caller registered).
     pub source: SocketAddr,
+    /// Where the datagram goes.
     pub destination: SocketAddr,
+    /// The bytes of one datagram (or of one stream frame, with `tcp`).
     pub contents: Vec<u8>,
     /// Send on the TCP connection to `destination` (a TURN server; the caller opens it on first use and feeds
     /// what it reads to [`Engine::handle_stream`]) instead of a datagram from `source`.
@@ -89,7 +96,9 @@ pub enum Output {
 /// Media kinds as the engine reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Opus audio, RTP clock 48 kHz.
     Audio,
+    /// VP8 video, RTP clock 90 kHz.
     Video,
 }
 
@@ -97,53 +106,86 @@ pub enum Kind {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Event {
+    /// The server admitted us to the room.
     Joined {
+        /// Our peer id in the room.
         id: String,
+        /// How many others were in the room.
         peers: usize,
+        /// The server resumed our previous session (a reconnect) instead of starting a new one.
         resumed: bool,
     },
+    /// Someone entered the room; a connection to them starts.
     PeerJoined {
+        /// Their peer id.
         id: String,
+        /// Their display name.
         name: String,
     },
+    /// Someone left the room; their connection is closed.
     PeerLeft {
+        /// Their peer id.
         id: String,
+        /// Their display name.
         name: String,
     },
+    /// The connection to a peer is up (ICE and DTLS done).
     Connected {
+        /// Their peer id.
         id: String,
+        /// Their display name.
         name: String,
     },
+    /// The connection to a peer was lost; ICE restarts follow.
     Disconnected {
+        /// Their peer id.
         id: String,
+        /// Their display name.
         name: String,
     },
+    /// An ICE restart toward a peer began.
     IceRestart {
+        /// Their peer id.
         id: String,
+        /// Why, for logs (e.g. "SIGUSR1" when `peercall join` was asked to restart).
         reason: &'static str,
     },
+    /// A chat message over the data channel.
     Chat {
+        /// Sender peer id.
         from: String,
+        /// Sender display name.
         name: String,
+        /// The text, at most [`MAX_CHAT`] characters.
         text: String,
     },
     /// One frame (video) or packet (audio) from `peer`; `rtp` is its RTP time, extended (90 kHz / 48 kHz).
     Media {
+        /// Sender peer id.
         peer: String,
+        /// Sender display name.
         name: String,
+        /// Audio or video.
         kind: Kind,
+        /// RTP timestamp, extended to 64 bits.
         rtp: u64,
+        /// The depacketized frame (VP8) or packet (Opus).
         data: Arc<[u8]>,
+        /// No frame was lost between the previous one and this (false after a gap).
         contiguous: bool,
     },
     /// The join was refused (room full, wrong password, …): the call is over.
     Fatal {
+        /// The server's error code (protocol v1, e.g. "room-full").
         code: String,
+        /// Human-readable text from the server.
         message: String,
     },
     /// A non-fatal error the server sent.
     ServerError {
+        /// The server's error code (protocol v1).
         code: String,
+        /// Human-readable text from the server.
         message: String,
     },
 }
@@ -151,12 +193,16 @@ pub enum Event {
 /// The route a connection takes, by its candidates' types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
+    /// Direct, between host candidates.
     Host,
+    /// Through a NAT mapping (a server-reflexive candidate on either side).
     Srflx,
+    /// Through a TURN relay (a relay candidate on either side).
     Relay,
 }
 
 impl Route {
+    /// The ICE candidate type name ("host", "srflx", "relay"), for status output.
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Host => "host",
@@ -169,26 +215,43 @@ impl Route {
 /// How a connection to one peer is doing.
 #[derive(Debug, Clone, Default)]
 pub struct PeerStatus {
+    /// Their peer id.
     pub id: String,
+    /// Their display name.
     pub name: String,
+    /// The connection is up now.
     pub connected: bool,
+    /// The connection was up at some point.
     pub ever_connected: bool,
+    /// The route of the selected candidate pair, once there is one.
     pub route: Option<Route>,
     /// When our side of the route is a relay candidate: how we reach the TURN server ("udp", "tcp", "tls").
     pub relay_transport: Option<&'static str>,
+    /// Round-trip time of the selected pair, as str0m's peer statistics report it.
     pub rtt: Option<Duration>,
+    /// Bytes received from this peer (all packets).
     pub bytes_rx: u64,
+    /// Bytes sent to this peer (all packets).
     pub bytes_tx: u64,
+    /// Video frames received.
     pub video_frames_rx: u64,
+    /// Audio packets received.
     pub audio_packets_rx: u64,
+    /// Video frames sent.
     pub video_frames_tx: u64,
+    /// Audio packets sent.
     pub audio_packets_tx: u64,
     /// The remote's receiver reports say it receives our video / audio.
     pub video_acked: bool,
+    /// As `video_acked`, for audio.
     pub audio_acked: bool,
+    /// ICE restarts begun toward this peer.
     pub restarts: u32,
+    /// Offer collisions that perfect negotiation resolved.
     pub collisions: u32,
+    /// Keyframe requests (PLI/FIR) the peer sent us; each restarts our clip at a keyframe for them.
     pub keyframe_requests: u64,
+    /// The `peercall` data channel (chat) is open.
     pub channel_open: bool,
 }
 
@@ -323,6 +386,8 @@ const FATAL_CODES: &[&str] = &[
 ];
 
 impl Engine {
+    /// An engine that will join `config.room`: it sends the join as an [`Output::Signal`] once the caller
+    /// reports the signaling socket open with [`Engine::signaling_connected`].
     pub fn new(config: EngineConfig, _now: Instant) -> Engine {
         Engine {
             gather: Gatherer::new(config.relay_only, config.turn_tcp),
@@ -433,6 +498,7 @@ impl Engine {
         self.flush_gathered(now);
     }
 
+    /// The next thing to do, in order; `None` when there is nothing until the next input or timeout.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }

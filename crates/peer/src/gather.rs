@@ -20,16 +20,22 @@ use crate::turn::{TurnClient, TurnInput};
 /// The type of one of our candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalKind {
+    /// An address of one of our sockets.
     Host,
+    /// Our address as a STUN server saw it (behind a NAT).
     Srflx,
+    /// An address on a TURN server that relays for us.
     Relay,
 }
 
 /// One entry of `iceServers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IceServer {
+    /// `stun:`, `turn:` and `turns:` URLs (others are ignored).
     pub urls: Vec<String>,
+    /// TURN user name (time-limited, from the signaling server).
     pub username: Option<String>,
+    /// TURN password that goes with `username`.
     pub credential: Option<String>,
 }
 
@@ -158,14 +164,20 @@ pub enum Handled {
     Consumed,
     /// Peer data that came through our TURN relay.
     Relayed {
+        /// The remote peer that sent it.
         peer: SocketAddr,
+        /// Our relayed address it was sent to.
         relay: SocketAddr,
+        /// The payload, unwrapped from the Data indication or ChannelData frame.
         data: Vec<u8>,
     },
     /// Not ours: ICE/DTLS/RTP for the connections.
     NotMine,
 }
 
+/// Sans-IO gathering of our ICE candidates: host candidates of our sockets, server-reflexive ones from STUN
+/// Binding requests, relay ones from TURN allocations (one per transport); also owns those TURN clients,
+/// so relayed traffic passes through it.
 pub struct Gatherer {
     relay_only: bool,
     turn_tcp: bool,
@@ -186,6 +198,8 @@ pub struct Gatherer {
 }
 
 impl Gatherer {
+    /// A gatherer with no sockets and no servers yet. `relay_only` keeps only relay candidates; `turn_tcp`
+    /// reaches TURN servers over TCP/TLS only (see [`crate::EngineConfig`]).
     pub fn new(relay_only: bool, turn_tcp: bool) -> Gatherer {
         Gatherer {
             relay_only,
@@ -223,6 +237,7 @@ impl Gatherer {
         self.seed = seed | 1;
     }
 
+    /// Registers one of our UDP sockets (its host candidate, and a source for STUN/TURN requests).
     pub fn add_socket(&mut self, now: Instant, addr: SocketAddr) {
         if self.sockets.contains(&addr) {
             return;
@@ -237,6 +252,8 @@ impl Gatherer {
         self.start(now);
     }
 
+    /// Replaces the STUN/TURN servers (the signaling server's `ice-servers` list); URLs that do not parse are
+    /// skipped.
     pub fn set_ice_servers(&mut self, now: Instant, servers: &[IceServer]) {
         let mut urls = Vec::new();
         for s in servers {
@@ -259,6 +276,8 @@ impl Gatherer {
         self.start(now);
     }
 
+    /// The addresses `host` (from [`Gatherer::poll_resolve`]) resolved to; empty when it did not resolve,
+    /// and then that server is not used.
     pub fn resolved(&mut self, now: Instant, host: &str, ips: &[IpAddr]) {
         self.resolved.insert(host.to_string(), ips.to_vec());
         self.start(now);
@@ -461,6 +480,8 @@ impl Gatherer {
         })
     }
 
+    /// Offers a received datagram: answers to our requests and relayed data are taken, the rest is
+    /// [`Handled::NotMine`].
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -557,6 +578,8 @@ impl Gatherer {
         }
     }
 
+    /// Retransmits unanswered Binding probes (up to 4 tries, backing off from 500 ms) and drives the TURN
+    /// clients' timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut dead = Vec::new();
         for (tid, p) in self.probes.iter_mut() {
@@ -588,6 +611,7 @@ impl Gatherer {
         self.pump_turn();
     }
 
+    /// When [`Gatherer::handle_timeout`] is due next; `None` when nothing is pending.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self
             .relays
@@ -601,11 +625,13 @@ impl Gatherer {
         t
     }
 
+    /// The next datagram or stream frame to send, in order.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.pump_turn();
         self.out.pop_front()
     }
 
+    /// A server host name to resolve; the answer goes to [`Gatherer::resolved`].
     pub fn poll_resolve(&mut self) -> Option<String> {
         self.resolve_out.pop_front()
     }

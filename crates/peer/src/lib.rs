@@ -4,6 +4,7 @@
 //! tokio driver and the `peercall join` command live in the `peercall` crate.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod engine;
 pub mod gather;

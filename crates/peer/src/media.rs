@@ -8,27 +8,35 @@ use crate::PeerError;
 /// One VP8 frame of a clip: its bytes, how long it shows, whether it is a keyframe.
 #[derive(Debug, Clone)]
 pub struct VideoFrame {
+    /// The VP8 frame as it sits in the IVF file.
     pub data: Vec<u8>,
+    /// How long it shows before the next frame.
     pub duration: Duration,
+    /// Decodable on its own (sent first, and again on a keyframe request).
     pub keyframe: bool,
 }
 
 /// One Opus packet of a clip and its duration in 48 kHz samples.
 #[derive(Debug, Clone)]
 pub struct AudioPacket {
+    /// The Opus packet.
     pub data: Vec<u8>,
+    /// Its duration in 48 kHz samples (960 for 20 ms).
     pub samples: u32,
 }
 
 /// What the native peer sends: VP8 frames and Opus packets, looped (either may be empty: not sent).
 #[derive(Debug, Clone, Default)]
 pub struct Clip {
+    /// VP8 frames in display order.
     pub video: Vec<VideoFrame>,
+    /// Opus packets in order.
     pub audio: Vec<AudioPacket>,
 }
 
 /// The embedded test clip (made by `crates/peer/media/make-clip.sh` from ffmpeg's test sources).
 pub const TEST_CLIP_IVF: &[u8] = include_bytes!("../media/clip.ivf");
+/// The audio of the embedded test clip, Ogg/Opus (the video is [`TEST_CLIP_IVF`]).
 pub const TEST_CLIP_OGG: &[u8] = include_bytes!("../media/clip.ogg");
 
 impl Clip {
@@ -192,6 +200,7 @@ pub fn vp8_keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
 pub struct IvfWriter {
     first: Option<u64>,
     last_pts: Option<u64>,
+    /// Frames written so far.
     pub frames: u64,
     size: Option<(u16, u16)>,
 }
@@ -280,12 +289,14 @@ pub struct OggWriter {
     seq: u32,
     first: Option<u64>,
     last_granule: u64,
+    /// Opus packets written so far.
     pub packets: u64,
 }
 
 const PRE_SKIP: u16 = 312;
 
 impl OggWriter {
+    /// A writer for one logical Ogg stream; `serial` tells streams apart within a file.
     pub fn new(serial: u32) -> OggWriter {
         OggWriter {
             serial,

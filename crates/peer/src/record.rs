@@ -48,9 +48,13 @@ pub fn safe_name(name: &str) -> String {
 /// What one finished recording holds.
 #[derive(Debug, Clone)]
 pub struct RecordedFile {
+    /// Where the file was written.
     pub path: PathBuf,
+    /// Video (IVF) or audio (Ogg/Opus).
     pub kind: Kind,
+    /// Video frames or audio packets in it.
     pub frames: u64,
+    /// Its duration in seconds, from the RTP timestamps.
     pub seconds: f64,
 }
 

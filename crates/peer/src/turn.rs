@@ -45,14 +45,24 @@ struct Pending {
 /// Where the allocation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TurnState {
+    /// An Allocate is in flight (first try, or again with credentials after the 401).
     Allocating,
-    Allocated { relay: SocketAddr },
+    /// The server granted a relay.
+    Allocated {
+        /// The relayed transport address: where peers send to reach us.
+        relay: SocketAddr,
+    },
+    /// Allocation failed for good (refused, wrong credentials, no answer); see `TurnClient::error`.
     Failed,
 }
 
 #[derive(Debug)]
+/// A sans-IO TURN client (RFC 8656) for one allocation on one server: allocates, refreshes, installs
+/// permissions and channels for ICE peers, and frames and unframes relayed data.
 pub struct TurnClient {
+    /// The TURN server's address.
     pub server: SocketAddr,
+    /// Our socket address the server is reached from.
     pub local: SocketAddr,
     username: String,
     password: String,
@@ -72,6 +82,7 @@ pub struct TurnClient {
     tcp: bool,
     /// `turns:`: the name the server's certificate must be valid for (shared by every transmit, hence the Arc).
     tls: Option<std::sync::Arc<str>>,
+    /// Why the allocation failed, for the user, once the state is `Failed`.
     pub error: Option<String>,
 }
 
@@ -80,8 +91,13 @@ pub struct TurnClient {
 pub enum TurnInput {
     /// A response or something else for the client itself.
     Consumed,
-    /// Data from `peer` through the relay.
-    Data { peer: SocketAddr, data: Vec<u8> },
+    /// Data from a peer through the relay.
+    Data {
+        /// The peer that sent it.
+        peer: SocketAddr,
+        /// The payload, unwrapped from its Data indication or ChannelData frame.
+        data: Vec<u8>,
+    },
 }
 
 impl TurnClient {
@@ -137,6 +153,7 @@ impl TurnClient {
         self
     }
 
+    /// Where the allocation stands now.
     pub fn state(&self) -> TurnState {
         self.state
     }
@@ -484,6 +501,8 @@ impl TurnClient {
         }
     }
 
+    /// When `handle_timeout` is due next: a retransmission, or a refresh of the allocation, a permission
+    /// or a channel. `None` when nothing is pending.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.refresh_at;
         let mut min = |x: Instant| t = Some(t.map_or(x, |t: Instant| t.min(x)));
@@ -505,6 +524,7 @@ impl TurnClient {
         t
     }
 
+    /// The next datagram (or stream frame) for the server, in order.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()
     }

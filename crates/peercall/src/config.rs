@@ -1,6 +1,6 @@
 //! Configuration in three layers: command-line flags > `PEERCALL_*` environment variables > TOML file > defaults.
 //!
-//! Every setting is declared once, in the [`settings!`] table below. From that one table come: the clap flag
+//! Every setting is declared once, in the `settings!` table below. From that one table come: the clap flag
 //! groups (one struct per group, so each subcommand shows only the flags it uses), the flat [`Options`] struct
 //! that is also the serde shape of the TOML file, the parsing of `PEERCALL_<KEY>` variables, and the merge that
 //! records where each value came from. A setting's TOML key is its flag name without the dashes in front

@@ -8,8 +8,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::message::ParseError;
-use crate::writer::EncodeError;
+use crate::error::{EncodeError, ParseError};
 use crate::{MAGIC_COOKIE, TransactionId};
 
 pub(crate) const FINGERPRINT_XOR: u32 = 0x5354_554E;
@@ -17,40 +16,73 @@ pub(crate) const FINGERPRINT_XOR: u32 = 0x5354_554E;
 /// Attribute type codes (IANA "STUN Attributes" registry).
 pub mod attr {
     // RFC 8489
+    /// Reflexive address in clear (RFC 3489 compatibility).
     pub const MAPPED_ADDRESS: u16 = 0x0001;
+    /// User name of short- or long-term credentials.
     pub const USERNAME: u16 = 0x0006;
+    /// HMAC-SHA1 over the message up to this attribute.
     pub const MESSAGE_INTEGRITY: u16 = 0x0008;
+    /// Error class, number and reason phrase of an error response.
     pub const ERROR_CODE: u16 = 0x0009;
+    /// Comprehension-required types a 420 response did not understand.
     pub const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
+    /// Long-term credential realm; its presence in a response is a challenge.
     pub const REALM: u16 = 0x0014;
+    /// Server challenge the client echoes in its next request.
     pub const NONCE: u16 = 0x0015;
+    /// HMAC-SHA256 (truncatable to 16 bytes) over the message up to this attribute.
     pub const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
+    /// The password algorithm a client chose.
     pub const PASSWORD_ALGORITHM: u16 = 0x001D;
+    /// SHA-256 of username and realm, sent instead of USERNAME for anonymity.
     pub const USERHASH: u16 = 0x001E;
+    /// Reflexive address XORed with the cookie and transaction id.
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    /// Password algorithms a server offers, in order of preference.
     pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
+    /// TLS name of the ALTERNATE-SERVER.
     pub const ALTERNATE_DOMAIN: u16 = 0x8003;
+    /// Agent name and version, informational.
     pub const SOFTWARE: u16 = 0x8022;
+    /// Server to try instead (with a 300 Try Alternate).
     pub const ALTERNATE_SERVER: u16 = 0x8023;
+    /// CRC-32 of the message XOR 0x5354554E; tells STUN apart from other protocols on a port.
     pub const FINGERPRINT: u16 = 0x8028;
     // RFC 8656
+    /// Channel number of a ChannelBind, in [`crate::CHANNEL_RANGE`].
     pub const CHANNEL_NUMBER: u16 = 0x000C;
+    /// Allocation lifetime in seconds.
     pub const LIFETIME: u16 = 0x000D;
+    /// A peer address of a TURN allocation, XORed.
     pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+    /// Relayed application data of a Send or Data indication.
     pub const DATA: u16 = 0x0013;
+    /// The relayed address of an allocation, XORed.
     pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+    /// Family of the relayed address an Allocate asks for.
     pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
+    /// Asks for an even relay port, optionally reserving the next one.
     pub const EVEN_PORT: u16 = 0x0018;
+    /// Transport protocol of the allocation (UDP).
     pub const REQUESTED_TRANSPORT: u16 = 0x0019;
+    /// Asks the server to set DF on relayed datagrams.
     pub const DONT_FRAGMENT: u16 = 0x001A;
+    /// Token naming a port reserved by EVEN-PORT.
     pub const RESERVATION_TOKEN: u16 = 0x0022;
+    /// Asks for a second (IPv6) relayed address in the same allocation.
     pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+    /// Why one family of a dual-stack allocation failed.
     pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+    /// An ICMP error from a peer, relayed in a Data indication.
     pub const ICMP: u16 = 0x8004;
     // RFC 8445 (ICE)
+    /// ICE priority of the candidate the check would create.
     pub const PRIORITY: u16 = 0x0024;
+    /// ICE nomination by the controlling agent.
     pub const USE_CANDIDATE: u16 = 0x0025;
+    /// Tie-breaker of an agent in the controlled role.
     pub const ICE_CONTROLLED: u16 = 0x8029;
+    /// Tie-breaker of an agent in the controlling role.
     pub const ICE_CONTROLLING: u16 = 0x802A;
 
     /// Every type this codec understands, in registry order.
@@ -136,7 +168,9 @@ pub trait EncodeAttr {
 /// Address family codes of address attributes and (ADDITIONAL-)REQUESTED-ADDRESS-FAMILY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// IPv4 (wire code 0x01).
     V4,
+    /// IPv6 (wire code 0x02).
     V6,
 }
 
@@ -149,6 +183,7 @@ impl Family {
         }
     }
 
+    /// The family of a wire code; [`ParseError::BadFamily`] for codes other than 0x01 and 0x02.
     pub fn from_code(code: u8) -> Result<Family, ParseError> {
         match code {
             0x01 => Ok(Family::V4),
@@ -157,6 +192,7 @@ impl Family {
         }
     }
 
+    /// The family of an IP address.
     pub fn of(ip: IpAddr) -> Family {
         match ip {
             IpAddr::V4(_) => Family::V4,
@@ -609,7 +645,9 @@ impl EncodeAttr for Data<'_> {
 /// ERROR-CODE: a 300–699 code and a reason phrase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ErrorCode<'a> {
+    /// Error code, 300–699 (see [`crate::error_code`]).
     pub code: u16,
+    /// Reason phrase for people, UTF-8, at most [`limits::TEXT_ENCODE_MAX`] bytes when sent.
     pub reason: &'a str,
 }
 
@@ -646,8 +684,11 @@ impl EncodeAttr for ErrorCode<'_> {
 /// ADDRESS-ERROR-CODE (RFC 8656 §18.12): why one family of a dual allocation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AddressErrorCode<'a> {
+    /// The address family whose allocation failed.
     pub family: Family,
+    /// Error code, 300–699 (see [`crate::error_code`]).
     pub code: u16,
+    /// Reason phrase for people, UTF-8.
     pub reason: &'a str,
 }
 
@@ -729,7 +770,9 @@ impl EncodeAttr for EvenPort {
 pub struct RequestedTransport(pub u8);
 
 impl RequestedTransport {
+    /// UDP, the only transport RFC 8656 relays.
     pub const UDP: RequestedTransport = RequestedTransport(17);
+    /// TCP (RFC 6062 relays; refused by servers without it).
     pub const TCP: RequestedTransport = RequestedTransport(6);
 }
 
@@ -779,8 +822,11 @@ impl EncodeAttr for ReservationToken {
 /// ICMP (RFC 8656 §18.13): an ICMP error relayed in a Data indication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Icmp {
+    /// ICMP (or ICMPv6) type.
     pub typ: u8,
+    /// ICMP code.
     pub code: u8,
+    /// The error data word (e.g. the next-hop MTU of "fragmentation needed").
     pub data: u32,
 }
 
@@ -812,7 +858,9 @@ impl EncodeAttr for Icmp {
 /// PASSWORD-ALGORITHM: the algorithm a client picked, with its parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PasswordAlgorithm<'a> {
+    /// Algorithm number (0x0001 MD5, 0x0002 SHA-256).
     pub algorithm: u16,
+    /// Algorithm parameters, unpadded (empty for both defined algorithms).
     pub params: &'a [u8],
 }
 
@@ -830,7 +878,7 @@ fn algorithm_entry(typ: u16, value: &[u8]) -> Result<(PasswordAlgorithm<'_>, &[u
     }
     let plen = usize::from(u16::from_be_bytes([value[2], value[3]]));
     let params = value.get(4..4 + plen).ok_or(bad(typ))?;
-    let rest = value.get(4 + crate::message::padded(plen)..).unwrap_or(&[]);
+    let rest = value.get(4 + crate::padded(plen)..).unwrap_or(&[]);
     Ok((
         PasswordAlgorithm {
             algorithm: u16::from_be_bytes([value[0], value[1]]),
@@ -844,7 +892,7 @@ fn algorithm_len(a: &PasswordAlgorithm<'_>) -> Result<usize, EncodeError> {
     if a.params.len() > usize::from(u16::MAX) {
         return Err(EncodeError::TooLong);
     }
-    Ok(4 + crate::message::padded(a.params.len()))
+    Ok(4 + crate::padded(a.params.len()))
 }
 
 fn write_algorithm(out: &mut [u8], a: &PasswordAlgorithm<'_>) {
@@ -904,6 +952,7 @@ impl<'a> PasswordAlgorithms<'a> {
         Ok(PasswordAlgorithms(AlgorithmList::Wire(value)))
     }
 
+    /// The offered algorithms in order, as [`PasswordAlgorithm`] values.
     pub fn iter(&self) -> PasswordAlgorithmsIter<'a> {
         match self.0 {
             AlgorithmList::Wire(rest) => PasswordAlgorithmsIter { rest, list: &[] },
@@ -1000,6 +1049,7 @@ impl<'a> UnknownAttributes<'a> {
         UnknownAttributes(TypeList::List(types))
     }
 
+    /// The listed attribute types in order.
     pub fn iter(&self) -> impl Iterator<Item = u16> + 'a {
         let (wire, list): (&'a [u8], &'a [u16]) = match self.0 {
             TypeList::Wire(w) => (w, &[]),
@@ -1010,6 +1060,7 @@ impl<'a> UnknownAttributes<'a> {
             .chain(list.iter().copied())
     }
 
+    /// Number of listed types.
     pub fn len(&self) -> usize {
         match self.0 {
             TypeList::Wire(w) => w.len() / 2,
@@ -1017,6 +1068,7 @@ impl<'a> UnknownAttributes<'a> {
         }
     }
 
+    /// Whether no type is listed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -1063,7 +1115,9 @@ impl EncodeAttr for UnknownAttributes<'_> {
 /// An attribute this codec has no struct for, kept as raw bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct UnknownAttr<'a> {
+    /// Attribute type code.
     pub typ: u16,
+    /// Raw value, unpadded.
     pub value: &'a [u8],
 }
 
@@ -1086,57 +1140,101 @@ impl EncodeAttr for UnknownAttr<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Attribute<'a> {
+    /// [`MappedAddress`]: the reflexive address in clear.
     MappedAddress(SocketAddr),
+    /// [`XorMappedAddress`]: the reflexive address, un-XORed.
     XorMappedAddress(SocketAddr),
+    /// [`Username`].
     Username(&'a str),
+    /// [`UserHash`]: SHA-256 of username and realm.
     UserHash(&'a [u8; 32]),
+    /// [`MessageIntegrity`]: the HMAC-SHA1 as sent; check it with [`crate::Message::verify_integrity`].
     MessageIntegrity(&'a [u8; 20]),
+    /// [`MessageIntegritySha256`]: the (possibly truncated, 16–32 bytes) HMAC-SHA256 as sent.
     MessageIntegritySha256(&'a [u8]),
+    /// [`Fingerprint`]: the CRC-32 value as sent (XOR 0x5354554E applied).
     Fingerprint(u32),
+    /// [`ErrorCode`]: code and reason phrase.
     ErrorCode {
+        /// Error code, 300–699.
         code: u16,
+        /// Reason phrase, UTF-8.
         reason: &'a str,
     },
+    /// [`Realm`].
     Realm(&'a str),
+    /// [`Nonce`].
     Nonce(&'a str),
+    /// [`PasswordAlgorithms`]: the algorithms a server offers.
     PasswordAlgorithms(PasswordAlgorithms<'a>),
+    /// [`PasswordAlgorithm`]: the algorithm a client picked.
     PasswordAlgorithm {
+        /// Algorithm number (0x0001 MD5, 0x0002 SHA-256).
         algorithm: u16,
+        /// Algorithm parameters, unpadded (empty for both defined algorithms).
         params: &'a [u8],
     },
+    /// [`UnknownAttributes`]: the types a 420 response did not understand.
     UnknownAttributes(UnknownAttributes<'a>),
+    /// [`Software`].
     Software(&'a str),
+    /// [`AlternateServer`].
     AlternateServer(SocketAddr),
+    /// [`AlternateDomain`].
     AlternateDomain(&'a str),
+    /// [`ChannelNumber`]: the channel (the RFFU bytes dropped).
     ChannelNumber(u16),
+    /// [`Lifetime`], in seconds.
     Lifetime(u32),
+    /// [`XorPeerAddress`], un-XORed.
     XorPeerAddress(SocketAddr),
+    /// [`Data`]: the relayed payload, borrowed from the datagram.
     Data(&'a [u8]),
+    /// [`XorRelayedAddress`], un-XORed.
     XorRelayedAddress(SocketAddr),
+    /// [`RequestedAddressFamily`].
     RequestedAddressFamily(Family),
     /// The R bit: reserve the next-higher port too.
     EvenPort(bool),
     /// IANA protocol number (17 = UDP).
     RequestedTransport(u8),
+    /// [`DontFragment`] (no value).
     DontFragment,
+    /// [`ReservationToken`]: the opaque 8-byte token.
     ReservationToken([u8; 8]),
+    /// [`AdditionalAddressFamily`].
     AdditionalAddressFamily(Family),
+    /// [`AddressErrorCode`]: why one family of a dual allocation failed.
     AddressErrorCode {
+        /// The family that failed.
         family: Family,
+        /// Error code, 300–699.
         code: u16,
+        /// Reason phrase, UTF-8.
         reason: &'a str,
     },
+    /// [`Icmp`]: an ICMP error relayed from a peer.
     Icmp {
+        /// ICMP (or ICMPv6) type.
         typ: u8,
+        /// ICMP code.
         code: u8,
+        /// The error data word (e.g. the next-hop MTU of "fragmentation needed").
         data: u32,
     },
+    /// [`Priority`]: ICE candidate priority.
     Priority(u32),
+    /// [`UseCandidate`]: ICE nomination flag (no value).
     UseCandidate,
+    /// [`IceControlled`]: the tie-breaker of an agent in the controlled role.
     IceControlled(u64),
+    /// [`IceControlling`]: the tie-breaker of an agent in the controlling role.
     IceControlling(u64),
+    /// A type this codec has no struct for (see [`UnknownAttr`]).
     Unknown {
+        /// Attribute type code.
         typ: u16,
+        /// Raw value, unpadded.
         value: &'a [u8],
     },
 }

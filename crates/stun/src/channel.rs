@@ -1,14 +1,16 @@
 //! ChannelData framing (RFC 8656 §12) and demultiplexing of what arrives on a TURN port.
 
-use crate::message::ParseError;
-use crate::writer::EncodeError;
+use crate::error::{EncodeError, ParseError};
 use crate::{HEADER_LEN, MAGIC_COOKIE};
 
 /// What a packet on a STUN/TURN port is, from its first byte (RFC 7983).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PacketKind {
+    /// A STUN message (first byte 0–3): parse it with [`crate::Message::parse`].
     Stun,
+    /// A TURN ChannelData frame (first byte 64–127): parse it with [`ChannelData::parse`].
     ChannelData,
+    /// Anything else (DTLS, RTP, noise): not for the STUN/TURN codec.
     Other,
 }
 
@@ -27,7 +29,9 @@ pub fn classify(buf: &[u8]) -> PacketKind {
 /// A ChannelData message borrowed from the receive buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelData<'a> {
+    /// Channel number, in [`CHANNEL_RANGE`] (checked by [`ChannelData::parse`]).
     pub channel: u16,
+    /// The application data, without the 4-byte header or TCP padding.
     pub data: &'a [u8],
 }
 

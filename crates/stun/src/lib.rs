@@ -29,9 +29,11 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod attrs;
 mod channel;
+mod error;
 mod message;
 mod writer;
 
@@ -48,9 +50,10 @@ pub use channel::{
     CHANNEL_RANGE, ChannelData, PacketKind, channel_data_padded_len, classify,
     frame_channel_data_in_place, stream_frame_len, write_channel_data, write_channel_data_header,
 };
-pub use message::{AttributeIter, IntegrityError, Message, ParseError, ParseLimits, RawAttribute};
+pub use error::{EncodeError, IntegrityError, ParseError};
+pub use message::{AttributeIter, Message, ParseLimits, RawAttribute};
 pub use writer::{
-    EncodeError, MessageWriter, data_indication_payload_offset, write_data_indication,
+    MessageWriter, data_indication_payload_offset, write_data_indication,
     write_data_indication_in_place,
 };
 
@@ -67,9 +70,13 @@ pub type TransactionId = [u8; 12];
 /// Message class, from the two class bits of the type field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Class {
+    /// Expects a success or error response with the same transaction id.
     Request,
+    /// Fire and forget: no response (TURN Send and Data).
     Indication,
+    /// A success response to a request.
     Success,
+    /// An error response, carrying ERROR-CODE.
     Error,
 }
 
@@ -78,12 +85,19 @@ pub enum Class {
 pub struct Method(pub u16);
 
 impl Method {
+    /// Binding (RFC 8489): asks for the reflexive address; also the ICE connectivity check.
     pub const BINDING: Method = Method(0x001);
+    /// Allocate (RFC 8656 §7): creates a TURN relay allocation.
     pub const ALLOCATE: Method = Method(0x003);
+    /// Refresh (RFC 8656 §8): extends or (LIFETIME 0) deletes an allocation.
     pub const REFRESH: Method = Method(0x004);
+    /// Send indication (RFC 8656 §11): client data for a peer.
     pub const SEND: Method = Method(0x006);
+    /// Data indication (RFC 8656 §11): peer data for the client.
     pub const DATA: Method = Method(0x007);
+    /// CreatePermission (RFC 8656 §9): lets peers at given IPs reach the relay for 5 minutes.
     pub const CREATE_PERMISSION: Method = Method(0x008);
+    /// ChannelBind (RFC 8656 §12): binds a channel number to a peer for 10 minutes.
     pub const CHANNEL_BIND: Method = Method(0x009);
 
     /// A short name for logs and metric labels.
@@ -113,6 +127,11 @@ pub fn message_type(class: Class, method: Method) -> u16 {
     (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | ((c & 0b01) << 4) | ((c & 0b10) << 7)
 }
 
+/// `len` rounded up to the 4-byte boundary that attribute values and TCP ChannelData frames are padded to.
+pub(crate) fn padded(len: usize) -> usize {
+    (len + 3) & !3
+}
+
 pub(crate) fn split_type(t: u16) -> (Class, Method) {
     let class = match ((t >> 7) & 0b10) | ((t >> 4) & 0b01) {
         0b00 => Class::Request,
@@ -126,20 +145,35 @@ pub(crate) fn split_type(t: u16) -> (Class, Method) {
 
 /// ERROR-CODE numbers of RFC 8489 §14.8 and RFC 8656 §19, and their recommended reason phrases.
 pub mod error_code {
+    /// Use the server in ALTERNATE-SERVER instead.
     pub const TRY_ALTERNATE: u16 = 300;
+    /// Malformed request; the client should not retry it unchanged.
     pub const BAD_REQUEST: u16 = 400;
+    /// Missing or wrong credentials: the challenge carrying REALM and NONCE.
     pub const UNAUTHENTICATED: u16 = 401;
+    /// Authenticated but not allowed (e.g. a peer address the server refuses to relay to).
     pub const FORBIDDEN: u16 = 403;
+    /// Mobility (RFC 8016) refused.
     pub const MOBILITY_FORBIDDEN: u16 = 405;
+    /// A comprehension-required attribute was not understood; listed in UNKNOWN-ATTRIBUTES.
     pub const UNKNOWN_ATTRIBUTE: u16 = 420;
+    /// Allocate on a 5-tuple that has an allocation, or another request on one that has none.
     pub const ALLOCATION_MISMATCH: u16 = 437;
+    /// The NONCE expired: retry with the new one in this response.
     pub const STALE_NONCE: u16 = 438;
+    /// The requested relay address family is not offered.
     pub const ADDRESS_FAMILY_NOT_SUPPORTED: u16 = 440;
+    /// A request on an allocation with other credentials than the ones that created it.
     pub const WRONG_CREDENTIALS: u16 = 441;
+    /// REQUESTED-TRANSPORT other than UDP.
     pub const UNSUPPORTED_TRANSPORT_PROTOCOL: u16 = 442;
+    /// A peer address of another family than the relayed address.
     pub const PEER_ADDRESS_FAMILY_MISMATCH: u16 = 443;
+    /// This user holds as many allocations as allowed.
     pub const ALLOCATION_QUOTA_REACHED: u16 = 486;
+    /// A temporary failure on the server: retry later.
     pub const SERVER_ERROR: u16 = 500;
+    /// No relay ports (or other capacity) left: try another server.
     pub const INSUFFICIENT_CAPACITY: u16 = 508;
 
     /// The RFC's reason phrase for `code` ("Error" for codes it does not name).

@@ -1,58 +1,17 @@
 //! Zero-copy parsing and verification of STUN messages.
 
 use crate::attrs::{Attribute, DecodeAttr, FINGERPRINT_XOR, attr};
+use crate::error::{IntegrityError, ParseError};
 use crate::{
-    Class, HEADER_LEN, MAGIC_COOKIE, Method, TransactionId, hmac_sha1, hmac_sha256, split_type,
+    Class, HEADER_LEN, MAGIC_COOKIE, Method, TransactionId, hmac_sha1, hmac_sha256, padded,
+    split_type,
 };
-
-/// Why bytes are not a well-formed STUN message, ChannelData frame or attribute value.
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ParseError {
-    #[error("shorter than a STUN header")]
-    TooShort,
-    #[error("the two most significant bits are not zero")]
-    NotStun,
-    #[error("wrong magic cookie")]
-    BadCookie,
-    #[error("message length is not a multiple of 4")]
-    UnalignedLength,
-    #[error("message length does not match the bytes received")]
-    LengthMismatch,
-    #[error("an attribute runs past the end of the message")]
-    AttributeOverrun,
-    #[error("more than {0} attributes")]
-    TooManyAttributes(usize),
-    #[error("attribute {0:#06x} has an invalid value")]
-    BadAttribute(u16),
-    #[error("unknown address family")]
-    BadFamily,
-    #[error("attribute {0:#06x} is not UTF-8")]
-    BadText(u16),
-    #[error("attribute {0:#06x} is longer than allowed")]
-    TextTooLong(u16),
-    #[error("not a ChannelData message (channel number outside 0x4000-0x7FFE)")]
-    NotChannelData,
-    #[error("ChannelData length runs past the end")]
-    ChannelDataOverrun,
-}
-
-/// Why a MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT check failed.
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IntegrityError {
-    #[error("the attribute is missing")]
-    Missing,
-    #[error("the attribute has the wrong length or position")]
-    Malformed,
-    #[error("the value does not match")]
-    Mismatch,
-}
 
 /// Limits applied by [`Message::parse_with`]. Attribute lookups are linear, so the count bounds the work a
 /// hostile message can cause per lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParseLimits {
+    /// Most attributes a message may carry; more fail with [`crate::ParseError::TooManyAttributes`].
     pub max_attributes: usize,
 }
 
@@ -70,8 +29,11 @@ impl Default for ParseLimits {
 /// One attribute as it sits in the message: type, value (without padding) and the offset of its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawAttribute<'a> {
+    /// Attribute type code (see [`crate::attr`]).
     pub typ: u16,
+    /// The value as sent, without the padding to 4 bytes.
     pub value: &'a [u8],
+    /// Byte offset of the attribute header from the start of the message.
     pub offset: usize,
 }
 
@@ -174,14 +136,17 @@ impl<'a> Message<'a> {
         Ok(msg)
     }
 
+    /// The class from the message type field.
     pub fn class(&self) -> Class {
         self.class
     }
 
+    /// The method from the message type field (any 12-bit value, not only the known ones).
     pub fn method(&self) -> Method {
         self.method
     }
 
+    /// The 96-bit transaction id that a response must echo.
     pub fn transaction_id(&self) -> &'a TransactionId {
         self.buf[8..20]
             .try_into()
@@ -331,10 +296,6 @@ impl<'a> Message<'a> {
         let len = u16::try_from(offset + attr_size - HEADER_LEN).unwrap_or(u16::MAX);
         (&self.buf[0..2], len.to_be_bytes(), &self.buf[4..offset])
     }
-}
-
-pub(crate) fn padded(len: usize) -> usize {
-    (len + 3) & !3
 }
 
 /// Iterator over the attributes of a parsed message.

@@ -5,28 +5,12 @@ use std::net::SocketAddr;
 use crate::attrs::{
     Data, EncodeAttr, FINGERPRINT_XOR, Family, PasswordAlgorithm, XorPeerAddress, attr,
 };
-use crate::message::{Message, padded};
+use crate::error::EncodeError;
+use crate::message::Message;
 use crate::{
     Class, HEADER_LEN, MAGIC_COOKIE, Method, TransactionId, hmac_sha1, hmac_sha256, message_type,
+    padded,
 };
-
-/// Why a message could not be written.
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EncodeError {
-    #[error("the output buffer is too small")]
-    BufferTooSmall,
-    #[error("an attribute value or the message is longer than 65535 bytes")]
-    TooLong,
-    #[error("the error code must be between 300 and 699")]
-    BadErrorCode,
-    #[error("attribute {0:#06x} has a value a receiver would reject")]
-    InvalidValue(u16),
-    #[error("attribute {0:#06x} cannot follow MESSAGE-INTEGRITY or FINGERPRINT")]
-    AfterIntegrity(u16),
-    #[error("channel number outside 0x4000-0x7FFE")]
-    BadChannel,
-}
 
 /// How far the message has progressed through its trailing attributes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,6 +32,9 @@ pub struct MessageWriter<'b> {
 }
 
 impl<'b> MessageWriter<'b> {
+    /// Starts a message of `class` and `method` with transaction id `tid`: writes the 20-byte header into
+    /// `buf`, which bounds the whole message. Fails with [`EncodeError::BufferTooSmall`] when `buf` is shorter
+    /// than a header.
     pub fn new(
         buf: &'b mut [u8],
         class: Class,

@@ -4,6 +4,7 @@
 //! Everything is allocated once, up front; the per-batch calls allocate nothing. The TURN server's relay
 //! path and the benchmark tools both use it.
 
+#![warn(missing_docs)]
 // libc calls (sockets, epoll, recvmmsg/sendmmsg, getifaddrs) need unsafe; every block says why it is sound.
 #![allow(unsafe_code)]
 
@@ -136,12 +137,15 @@ pub struct Received<'a> {
     pub source: Option<SocketAddr>,
     /// The whole slot: `slot[headroom..headroom + len]` is the datagram.
     pub slot: &'a mut [u8],
+    /// Length of the datagram in bytes (at most the slot minus the headroom).
     pub len: usize,
     /// The datagram was larger than the slot and was cut (MSG_TRUNC): drop it.
     pub truncated: bool,
 }
 
 impl RecvBatch {
+    /// Allocates `count` slots (at least one) of `headroom + payload` bytes: `payload` is the largest datagram
+    /// kept whole (longer ones arrive with `truncated` set), `headroom` the bytes left free in front of it.
     pub fn new(count: usize, payload: usize, headroom: usize) -> RecvBatch {
         let count = count.max(1);
         let slot = headroom + payload.max(1);
@@ -178,14 +182,6 @@ impl RecvBatch {
             hdrs,
             received: 0,
         }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.hdrs.len()
-    }
-
-    pub fn headroom(&self) -> usize {
-        self.headroom
     }
 
     /// `recvmmsg` of what is queued on `fd`, without blocking. `Ok(0)` when nothing is.
@@ -269,6 +265,7 @@ impl RecvBatch {
 /// What one flush of a [`SendQueue`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Flushed {
+    /// Datagrams the kernel accepted.
     pub sent: usize,
     /// Datagrams the kernel refused (full send buffer, ICMP errors reported on the socket, ...): dropped,
     /// as a router would drop them.
@@ -306,6 +303,8 @@ pub struct SendBuffers {
 }
 
 impl SendBuffers {
+    /// Allocates arrays for `count` datagrams per `sendmmsg` (at least one); a queue holding more flushes
+    /// early. GSO bundling is on.
     pub fn new(count: usize) -> SendBuffers {
         let count = count.max(1);
         SendBuffers {
@@ -370,10 +369,6 @@ impl<'d> SendQueue<'_, 'd> {
             iov_len: data.len(),
         };
         self.len += 1;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Sends everything queued; returns the totals of this queue so far.
@@ -531,6 +526,8 @@ pub struct Epoll {
 }
 
 impl Epoll {
+    /// Creates an empty set (close-on-exec). Fails only as `epoll_create1` does: out of file descriptors or
+    /// kernel memory.
     pub fn new() -> io::Result<Epoll> {
         // SAFETY: plain syscall.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
