@@ -25,6 +25,9 @@ const FATAL = new Set([
   'unsupported-version',
 ]);
 
+/** Close code of a draining cluster node: reconnect (and resume) elsewhere right away. */
+const DRAINING = 4001;
+
 const RATE_PER_SEC = 30; // server default limit: 50 messages per second per connection
 const BURST = 30;
 const MAX_QUEUE = 500;
@@ -183,13 +186,15 @@ export class Signaling extends EventTarget {
       if (!message || typeof message !== 'object' || typeof message.type !== 'string') return;
       this.#receive(ws, message);
     };
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (this.ws !== ws) return;
       clearTimeout(this.connectTimer);
       this.ws = null;
       this.joined = false;
       clearInterval(this.pingTimer);
       if (this.stopped) return;
+      // 4001: the node is draining (docs/protocol.md); another node takes the resume at once.
+      if (event?.code === DRAINING) this.attempt = 0;
       this.#scheduleReconnect();
     };
     ws.onerror = () => {
@@ -218,6 +223,11 @@ export class Signaling extends EventTarget {
         return;
       case 'error': {
         const code = String(message.code ?? 'unknown');
+        if (code === 'unavailable') {
+          // The cluster store is down for a moment: the server closes; reconnecting with back-off will do.
+          this.dispatchEvent(new CustomEvent('error', { detail: message }));
+          return;
+        }
         if (FATAL.has(code)) {
           this.dispatchEvent(new CustomEvent('fatal', { detail: { code, message: message.message } }));
           this.#stop('closed');

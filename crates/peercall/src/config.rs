@@ -417,6 +417,9 @@ settings! {
         max_join_backoff: Option<u64> [value_name = "SECONDS"] = "600";
         /// Failed password joins after which every join to that room waits 1 s before it is checked; 0 = never
         room_failed_joins_before_delay: Option<u32> [value_name = "N"] = "10";
+        /// Redis shared by every signaling node of a cluster (redis://, rediss://): rooms span the nodes; without
+        /// it this node serves its rooms alone
+        redis: Option<RedisUrl> [value_name = "URL"];
     }
 
     /// Where `peercall signal` sends browsers for TURN.
@@ -427,6 +430,9 @@ settings! {
         turn_port: Option<u16> [value_name = "PORT"] = "3478";
         /// TURNS (TLS) port of that TURN server
         turn_tls_port: Option<u16> [value_name = "PORT"];
+        /// TURN server URL handed to browsers instead of the one on --public-host (turn:HOST:PORT or
+        /// turns:HOST:PORT, ?transport=udp|tcp); repeatable, every one sharing --turn-secret
+        turn_server: Vec<TurnUrl> [value_name = "URL"];
     }
 
     /// Flags of the STUN/TURN server.
@@ -693,6 +699,77 @@ impl Serialize for UserPass {
     }
 }
 
+/// `--redis URL`: `redis://` or `rediss://` (also `redis-cluster://`, `redis-sentinel://` and their TLS forms).
+/// Its password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub String);
+
+impl FromStr for RedisUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const SCHEMES: [&str; 6] = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+            "redis-sentinel://",
+            "rediss-sentinel://",
+        ];
+        if !SCHEMES.iter().any(|p| s.starts_with(p)) || s.len() > 2048 {
+            return Err(
+                "expected redis://[user:password@]host[:port][/db] or rediss://...".to_owned(),
+            );
+        }
+        Ok(RedisUrl(s.to_owned()))
+    }
+}
+
+impl RedisUrl {
+    /// The URL with its password replaced.
+    pub fn redacted(&self) -> String {
+        let s = &self.0;
+        match (s.find("://"), s.rfind('@')) {
+            (Some(i), Some(at)) if at > i => format!("{}://<redacted>@{}", &s[..i], &s[at + 1..]),
+            _ => s.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// `--turn-server URL`: `turn:HOST[:PORT][?transport=udp|tcp]` or `turns:HOST[:PORT][?transport=tcp]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TurnUrl(pub String);
+
+impl FromStr for TurnUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || "expected turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]".to_owned();
+        let rest = s
+            .strip_prefix("turn:")
+            .or_else(|| s.strip_prefix("turns:"))
+            .ok_or_else(bad)?;
+        let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if !matches!(query, "" | "transport=udp" | "transport=tcp")
+            || peercall_signal::ice::normalize_host(hostport).is_none()
+        {
+            return Err(bad());
+        }
+        Ok(TurnUrl(s.to_owned()))
+    }
+}
+
 /// `--allowed-origin ORIGIN|*` is the signaling crate's own type.
 pub use peercall_signal::AllowedOrigin;
 /// `--external-ip PUBLIC[/PRIVATE]` is the TURN crate's own type; printed as text by `--print-config`.
@@ -859,9 +936,11 @@ pub struct Resolved {
     pub failed_joins_before_backoff: u32,
     pub max_join_backoff: u64,
     pub room_failed_joins_before_delay: u32,
+    pub redis: Option<RedisUrl>,
     pub turn_secret: Option<Secret>,
     pub turn_port: u16,
     pub turn_tls_port: Option<u16>,
+    pub turn_server: Vec<TurnUrl>,
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
     pub turn_cert: Option<PathBuf>,
@@ -1269,9 +1348,11 @@ impl Resolved {
             room_failed_joins_before_delay: o
                 .room_failed_joins_before_delay
                 .unwrap_or_else(defaults::room_failed_joins_before_delay),
+            redis: o.redis,
             turn_secret: o.turn_secret,
             turn_port: o.turn_port.unwrap_or_else(defaults::turn_port),
             turn_tls_port: o.turn_tls_port,
+            turn_server: o.turn_server,
             listen,
             tls_listen,
             turn_cert,

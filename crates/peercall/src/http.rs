@@ -558,8 +558,17 @@ async fn healthz(State(state): State<AppState>, request: RequestParts) -> impl I
     } else {
         serde_json::json!({ "status": "not running" })
     };
+    // Redis down: this node still serves its calls (so it stays in the load balancer), but cannot admit
+    // cross-node joins: "degraded", still 200.
+    let redis_down = state
+        .signal
+        .as_ref()
+        .and_then(SignalPart::redis_up)
+        .is_some_and(|up| !up);
     let status = if shutting_down {
         "shutting down"
+    } else if healthy && redis_down {
+        "degraded"
     } else if healthy {
         "ok"
     } else {

@@ -94,7 +94,18 @@ impl SignalPart {
     /// For /healthz.
     pub fn stats_json(&self) -> serde_json::Value {
         let s = self.inner.stats();
-        serde_json::json!({ "connections": s.connections, "rooms": s.rooms, "peers": s.peers })
+        let mut v =
+            serde_json::json!({ "connections": s.connections, "rooms": s.rooms, "peers": s.peers });
+        if let Some((node, up)) = self.inner.cluster_status() {
+            v["redis"] =
+                serde_json::json!({ "status": if up { "up" } else { "down" }, "node": node });
+        }
+        v
+    }
+
+    /// `Some(false)` when this node is clustered and Redis cannot be reached.
+    pub fn redis_up(&self) -> Option<bool> {
+        self.inner.cluster_status().map(|(_, up)| up)
     }
 }
 
@@ -263,11 +274,21 @@ pub async fn start(
                     port: summary.port,
                     tls_port: summary.tls_port,
                     credential_ttl: Duration::from_secs(summary.credential_ttl_secs),
+                    servers: config.turn_server.iter().map(|u| u.0.clone()).collect(),
                 }),
             ..peercall_signal::SignalConfig::default()
         };
+        let service = peercall_signal::SignalService::new(signal_config);
+        if let Some(url) = &config.redis {
+            service
+                .enable_redis(&peercall_signal::redis::RedisSettings {
+                    url: url.0.clone(),
+                    resume_grace: Duration::from_secs(config.resume_grace),
+                })
+                .map_err(|e| anyhow!("signaling cluster: {e}"))?;
+        }
         Some(SignalPart {
-            inner: peercall_signal::SignalService::new(signal_config),
+            inner: service,
             turn_advert: advert.map(|(_, summary)| summary),
         })
     } else {

@@ -262,6 +262,7 @@ fn drain(rooms: &mut Rooms, model: &mut Model, capacity: usize) {
             Output::Close { conn, .. } => {
                 model.open.remove(&conn);
             }
+            Output::Cluster(_) => unreachable!("the fuzzed core is not clustered"),
         }
     }
 }

@@ -48,7 +48,13 @@ pub fn ice_servers(
     peer_id: &str,
     now_unix: u64,
 ) -> Vec<IceServer> {
-    let (Some(turn), Some(host)) = (turn, host) else {
+    let Some(turn) = turn else {
+        return Vec::new();
+    };
+    if !turn.servers.is_empty() {
+        return fleet(turn, peer_id, now_unix);
+    }
+    let Some(host) = host else {
         return Vec::new();
     };
     let cred = turn_credential(&turn.secret, peer_id, now_unix, turn.credential_ttl);
@@ -72,6 +78,36 @@ pub fn ice_servers(
             credential: Some(cred.credential),
         },
     ]
+}
+
+/// The `iceServers` of a fleet of TURN servers (`TurnAdvert::servers`): one `stun:` URL per `turn:` host and
+/// port, and every TURN URL with the one credential they all accept.
+fn fleet(turn: &TurnAdvert, peer_id: &str, now_unix: u64) -> Vec<IceServer> {
+    let cred = turn_credential(&turn.secret, peer_id, now_unix, turn.credential_ttl);
+    let mut stun: Vec<String> = Vec::new();
+    for url in &turn.servers {
+        if let Some(rest) = url.strip_prefix("turn:") {
+            let hostport = rest.split('?').next().unwrap_or(rest);
+            let s = format!("stun:{hostport}");
+            if !stun.contains(&s) {
+                stun.push(s);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if !stun.is_empty() {
+        out.push(IceServer {
+            urls: stun,
+            username: None,
+            credential: None,
+        });
+    }
+    out.push(IceServer {
+        urls: turn.servers.clone(),
+        username: Some(cred.username),
+        credential: Some(cred.credential),
+    });
+    out
 }
 
 /// When to send fresh credentials: at 80 % of the TTL (at least one second from now).
@@ -190,6 +226,7 @@ mod tests {
             port: 3478,
             tls_port: Some(5349),
             credential_ttl: Duration::from_secs(600),
+            servers: Vec::new(),
         };
         let list = ice_servers(Some(&turn), Some("[::1]"), "p-1", 1000);
         assert_eq!(list.len(), 2);

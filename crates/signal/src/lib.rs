@@ -14,12 +14,14 @@
 
 use std::time::Duration;
 
+pub mod cluster;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
 pub mod ice;
 pub mod metrics;
 pub mod protocol;
+pub mod redis;
 pub mod rooms;
 pub mod server;
 pub mod session;
@@ -123,6 +125,9 @@ pub struct TurnAdvert {
     pub tls_port: Option<u16>,
     /// Lifetime of a minted credential (default 6 h); fresh ones are sent at 80 % of it.
     pub credential_ttl: Duration,
+    /// Explicit TURN URLs (`turn:`/`turns:`, a fleet sharing `secret`); when not empty they replace the URLs
+    /// made from the client's host and `port`/`tls_port`.
+    pub servers: Vec<String>,
 }
 
 impl TurnAdvert {

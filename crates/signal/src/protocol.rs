@@ -46,11 +46,13 @@ pub enum ErrorCode {
     TooManyConnections,
     TooManyJoins,
     Abuse,
+    /// The cluster store (Redis) cannot be reached: joins that need it are refused for now.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadField,
@@ -67,6 +69,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::TooManyJoins,
         ErrorCode::Abuse,
+        ErrorCode::Unavailable,
     ];
 
     /// The code as written on the wire.
@@ -88,6 +91,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too-many-connections",
             ErrorCode::TooManyJoins => "too-many-joins",
             ErrorCode::Abuse => "abuse",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -102,6 +106,7 @@ impl ErrorCode {
                 | ErrorCode::TooManyConnections
                 | ErrorCode::TooManyJoins
                 | ErrorCode::Abuse
+                | ErrorCode::Unavailable
         )
     }
 
@@ -957,7 +962,7 @@ mod tests {
         let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), ErrorCode::ALL.len());
     }
 
     proptest::proptest! {

@@ -21,12 +21,14 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::cluster::{Admission, ClusterEvent, ClusterRequest, Member, Resumption, RoomSnapshot};
 use crate::metrics::JoinRefusal;
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMessage, ErrorCode, Forward, Join, PeerInfo, ServerMessage};
 use crate::token::{TokenError, verify_join_token};
 use crate::{SignalConfig, SignalStats, ice};
 
+mod cluster;
 mod limits;
 pub use limits::{FAILURE_MEMORY, FIRST_BACKOFF};
 use limits::{Failure, Limits, ceil_secs};
@@ -57,7 +59,12 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     /// The peer resumed on another connection; this one is obsolete.
     pub const REPLACED: u16 = 4000;
+    /// The node is draining (SIGTERM in a cluster): reconnect, with the resume token, to another node.
+    pub const DRAINING: u16 = 4001;
 }
+
+/// Cluster events kept for a room whose first snapshot has not arrived yet; more are dropped.
+const MAX_EVENT_BUFFER: usize = 256;
 
 /// An effect for the driver to carry out.
 #[derive(Debug)]
@@ -69,6 +76,24 @@ pub enum Output {
         conn: ConnId,
         code: u16,
         reason: &'static str,
+    },
+    /// Ask the cluster store (only with [`Rooms::enable_cluster`]).
+    Cluster(ClusterRequest),
+}
+
+/// A join waiting for the cluster store's answer.
+#[derive(Debug)]
+enum Pending {
+    Admit {
+        room: String,
+        id: String,
+        resume: String,
+        name: String,
+        name_pinned: bool,
+    },
+    Resume {
+        join: Join,
+        new_token: String,
     },
 }
 
@@ -93,6 +118,8 @@ struct Peer {
     name_pinned: bool,
     /// Forwarded messages that arrived while detached.
     pending: VecDeque<ServerMessage>,
+    /// The node holding this peer's connection, when it is another node of the cluster (`None`: here).
+    node: Option<String>,
 }
 
 #[derive(Debug)]
@@ -103,6 +130,29 @@ struct Room {
     /// Failed password joins, forgotten [`FAILURE_MEMORY`] after the last one.
     failed: u32,
     last_failed: Option<Instant>,
+    /// Cluster: the last room event applied, whether a snapshot from the store was applied yet, the events
+    /// held until then, joins of this node waiting for the store, and the stored password hash.
+    version: u64,
+    synced: bool,
+    buffer: Vec<ClusterEvent>,
+    admitting: u32,
+    stored_password: Option<String>,
+}
+
+impl Room {
+    fn new(password: Option<PasswordHash>) -> Self {
+        Room {
+            members: Vec::new(),
+            password,
+            failed: 0,
+            last_failed: None,
+            version: 0,
+            synced: false,
+            buffer: Vec::new(),
+            admitting: 0,
+            stored_password: None,
+        }
+    }
 }
 
 impl Room {
@@ -166,6 +216,10 @@ pub struct Rooms {
     limits: Limits,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     out: VecDeque<Output>,
+    /// This node's id when rooms are shared with other nodes through a cluster store.
+    node: Option<String>,
+    /// Joins waiting for the cluster store, by connection (kept when the connection goes away meanwhile).
+    pending: HashMap<ConnId, Pending>,
 }
 
 impl Rooms {
@@ -192,7 +246,21 @@ impl Rooms {
             per_ip: HashMap::new(),
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
+            node: None,
+            pending: HashMap::new(),
         }
+    }
+
+    /// Shares rooms with the other nodes of a cluster: from now on admissions and cross-node resumes are
+    /// asked of the store ([`Output::Cluster`]) and events of other nodes are taken with
+    /// [`Rooms::handle_cluster_event`]. `node` is this node's id, unique in the cluster.
+    pub fn enable_cluster(&mut self, node: String) {
+        self.node = Some(node);
+    }
+
+    /// This node's cluster id, when clustered.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     /// Re-anchors the wall clock (the driver calls this now and then; wall time may jump, `Instant` won't).
@@ -333,7 +401,7 @@ impl Rooms {
             return Ok(()); // already closed: late frames are dropped
         };
         let peer_id = c.peer.clone();
-        let parked = c.parked.is_some();
+        let parked = c.parked.is_some() || self.pending.contains_key(&conn);
         let ty = msg.type_name();
         match (msg, peer_id) {
             (ClientMessage::Ping, _) => {
@@ -376,9 +444,33 @@ impl Rooms {
             && self
                 .peers
                 .get(&peer_id)
-                .is_some_and(|p| p.room == join.room)
+                .is_some_and(|p| p.room == join.room && p.node.is_none())
         {
             self.resume(now, conn, &peer_id, join);
+            return Ok(());
+        }
+        if self.node.is_some()
+            && let Some(token) = join.resume.clone()
+        {
+            // Unknown here: the peer may have been held by another node (dead, draining or just elsewhere).
+            let new_token = self.new_resume_token();
+            let room = join.room.clone();
+            let name = join.name.clone();
+            self.ensure_cluster_room(&room);
+            self.pending.insert(
+                conn,
+                Pending::Resume {
+                    join,
+                    new_token: new_token.clone(),
+                },
+            );
+            self.out.push_back(Output::Cluster(ClusterRequest::Resume {
+                conn,
+                room,
+                token,
+                new_token,
+                name,
+            }));
             return Ok(());
         }
 
@@ -417,7 +509,7 @@ impl Rooms {
 
     /// The checks of a join that is not a resume, once the per-address throttles let it through.
     fn admit(&mut self, now: Instant, conn: ConnId, join: Join) -> Result<(), ErrorCode> {
-        let mut name = join.name;
+        let mut name = join.name.clone();
         let mut name_pinned = false;
         if let Some(secret) = &self.config.join_token_secret {
             let Some(token) = &join.token else {
@@ -447,6 +539,9 @@ impl Rooms {
             }
         }
 
+        if self.node.is_some() {
+            return self.admit_cluster(conn, join, name, name_pinned);
+        }
         match self.rooms.get(&join.room) {
             Some(room) => {
                 let wrong_password = room
@@ -510,15 +605,7 @@ impl Rooms {
                     .password
                     .as_deref()
                     .map(|p| PasswordHash::new(self.rng.r#gen(), p));
-                self.rooms.insert(
-                    join.room.clone(),
-                    Room {
-                        members: Vec::new(),
-                        password,
-                        failed: 0,
-                        last_failed: None,
-                    },
-                );
+                self.rooms.insert(join.room.clone(), Room::new(password));
             }
         }
 
@@ -551,6 +638,7 @@ impl Rooms {
                 epoch: 0,
                 name_pinned,
                 pending: VecDeque::new(),
+                node: None,
             },
         );
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -598,6 +686,21 @@ impl Rooms {
         let room_name = peer.room.clone();
         self.by_resume.remove(&old_token);
         self.by_resume.insert(new_token.clone(), peer_id.to_owned());
+        if self.node.is_some() {
+            self.out.push_back(Output::Cluster(ClusterRequest::Retoken {
+                room: room_name.clone(),
+                id: peer_id.to_owned(),
+                old: old_token,
+                new: new_token.clone(),
+            }));
+            if let Some(info) = &renamed {
+                self.out.push_back(Output::Cluster(ClusterRequest::Rename {
+                    room: room_name.clone(),
+                    id: peer_id.to_owned(),
+                    name: info.name.clone(),
+                }));
+            }
+        }
         if let Some(old) = old_conn.filter(|old| *old != conn) {
             // The old socket is still open on our side (its loss was not noticed yet): retire it quietly.
             self.forget_conn(old);
@@ -667,6 +770,17 @@ impl Rooms {
                 );
             }
         };
+        if target.node.is_some() {
+            self.metrics.forwarded();
+            self.out.push_back(Output::Cluster(ClusterRequest::Forward {
+                room,
+                to: f.to,
+                from: from.to_owned(),
+                kind: f.kind,
+                payload: f.payload,
+            }));
+            return Ok(());
+        }
         let msg = ServerMessage::Forward {
             kind: f.kind,
             from: from.to_owned(),
@@ -703,6 +817,13 @@ impl Rooms {
         }
         peer.name = name.clone();
         let room = peer.room.clone();
+        if self.node.is_some() {
+            self.out.push_back(Output::Cluster(ClusterRequest::Rename {
+                room: room.clone(),
+                id: id.to_owned(),
+                name: name.clone(),
+            }));
+        }
         let info = PeerInfo {
             id: id.to_owned(),
             name,
@@ -818,6 +939,12 @@ impl Rooms {
     }
 
     fn remove_peer(&mut self, id: &str) {
+        self.remove_peer_inner(id, true);
+    }
+
+    /// Removes a peer and tells the room's local members; `tell_store`: a local peer's leave goes to the
+    /// cluster store too (not when the store told us).
+    fn remove_peer_inner(&mut self, id: &str, tell_store: bool) {
         let Some(peer) = self.peers.remove(id) else {
             return;
         };
@@ -825,10 +952,25 @@ impl Rooms {
         if let Some(c) = peer.conn.and_then(|c| self.conns.get_mut(&c)) {
             c.peer = None;
         }
+        if tell_store && self.node.is_some() && peer.node.is_none() {
+            self.out.push_back(Output::Cluster(ClusterRequest::Leave {
+                room: peer.room.clone(),
+                id: id.to_owned(),
+                token: peer.resume.clone(),
+            }));
+        }
         let Some(room) = self.rooms.get_mut(&peer.room) else {
             return;
         };
         room.members.retain(|m| m != id);
+        if self.node.is_some() {
+            let members = room.members.clone();
+            for other in &members {
+                self.send_to_peer_if_attached(other, ServerMessage::PeerLeft { id: id.to_owned() });
+            }
+            self.maybe_drop_room(&peer.room);
+            return;
+        }
         if room.members.is_empty() {
             self.rooms.remove(&peer.room);
             return;
@@ -960,7 +1102,12 @@ impl Rooms {
     fn new_peer_id(&mut self) -> String {
         loop {
             let n: u64 = self.rng.r#gen::<u64>() & 0xffff_ffff_ffff;
-            let id = format!("p-{n:012x}");
+            // In a cluster the node's id makes the peer id unique cluster-wide (it stays the peer's id when it
+            // resumes on another node).
+            let id = match &self.node {
+                Some(node) => format!("p-{node}-{:08x}", n & 0xffff_ffff),
+                None => format!("p-{n:012x}"),
+            };
             if !self.peers.contains_key(&id) {
                 return id;
             }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ServerMessage};
-use crate::rooms::{ConnId, ConnInfo, Output, Rooms};
+use crate::rooms::{ConnId, ConnInfo, Output, Rooms, close_code};
 use crate::session::{Session, Verdict};
 use crate::{SignalConfig, SignalStats, guard, ice};
 
@@ -60,17 +60,19 @@ impl std::fmt::Debug for SignalService {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: SignalConfig,
     metrics: Arc<Metrics>,
     state: Mutex<SharedState>,
     shutdown: CancellationToken,
     timer_wake: Notify,
     timer_started: AtomicBool,
+    /// The Redis link, when this node is part of a cluster.
+    cluster: OnceLock<crate::redis::Link>,
 }
 
-struct SharedState {
-    rooms: Rooms,
+pub(crate) struct SharedState {
+    pub(crate) rooms: Rooms,
     conns: HashMap<ConnId, ConnHandle>,
 }
 
@@ -112,6 +114,7 @@ impl SignalService {
                 shutdown: CancellationToken::new(),
                 timer_wake: Notify::new(),
                 timer_started: AtomicBool::new(false),
+                cluster: OnceLock::new(),
             }),
         }
     }
@@ -131,10 +134,39 @@ impl SignalService {
     pub fn metrics_text(&self, out: &mut String) {
         let stats = self.stats();
         self.inner.metrics.encode_prometheus(&stats, out);
+        if let Some(link) = self.inner.cluster.get() {
+            link.stats.encode_prometheus(&link.node, out);
+        }
     }
 
-    /// Closes every connection with 1001 (going away) and refuses new ones with 503.
+    /// Joins the cluster of nodes sharing `settings`' Redis: rooms span nodes from now on (call before
+    /// serving). Fails only for a bad URL; an unreachable Redis is retried in the background.
+    pub fn enable_redis(
+        &self,
+        settings: &crate::redis::RedisSettings,
+    ) -> Result<(), crate::redis::RedisError> {
+        let link = crate::redis::start(&self.inner, settings)?;
+        let node = link.node.clone();
+        self.inner.with_state(|st, _| st.rooms.enable_cluster(node));
+        let _ = self.inner.cluster.set(link);
+        Ok(())
+    }
+
+    /// This node's cluster id and whether Redis is reachable; `None` without `--redis`.
+    pub fn cluster_status(&self) -> Option<(String, bool)> {
+        self.inner
+            .cluster
+            .get()
+            .map(|l| (l.node.clone(), l.stats.up()))
+    }
+
+    /// Closes every connection with 1001 (going away) and refuses new ones with 503. In a cluster the close
+    /// code is 4001 (draining: reconnect to another node and resume) and the node leaves the cluster at once, so
+    /// the other nodes keep its peers' places for the grace period.
     pub fn shutdown(&self) {
+        if let Some(link) = self.inner.cluster.get() {
+            link.stop();
+        }
         self.inner.shutdown.cancel();
     }
 
@@ -157,8 +189,9 @@ impl Inner {
     }
 
     /// Runs `f` on the shared state, then delivers the core's outputs (outside the lock).
-    fn with_state<R>(&self, f: impl FnOnce(&mut SharedState, Instant) -> R) -> R {
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut SharedState, Instant) -> R) -> R {
         let mut batch: Vec<(ConnId, ConnHandle, Delivery)> = Vec::new();
+        let mut requests = Vec::new();
         let (result, wake_timer) = {
             let mut guard = self.lock();
             let st = &mut *guard;
@@ -177,6 +210,7 @@ impl Inner {
                             batch.push((conn, h, Delivery::Close(code, reason)));
                         }
                     }
+                    Output::Cluster(req) => requests.push(req),
                 }
             }
             let after = st.rooms.poll_timeout();
@@ -191,6 +225,11 @@ impl Inner {
             self.timer_wake.notify_one();
         }
         self.dispatch(batch);
+        if let Some(link) = self.cluster.get() {
+            for req in requests {
+                link.submit(self, req);
+            }
+        }
         result
     }
 
@@ -515,6 +554,15 @@ async fn run_connection(
 
     match end {
         End::Core(code, reason) => close_socket(sink, stream, code, reason).await,
+        End::Shutdown if inner.cluster.get().is_some() => {
+            close_socket(
+                sink,
+                stream,
+                close_code::DRAINING,
+                "draining: reconnect to another node",
+            )
+            .await
+        }
         End::Shutdown => close_socket(sink, stream, CLOSE_GOING_AWAY, "server shutting down").await,
         End::Lost | End::Killed => {}
     }

@@ -74,6 +74,7 @@ impl H {
                     serde_json::from_str(&msg.to_json()).expect("server JSON"),
                 ),
                 Output::Close { conn, code, .. } => O::Close(conn, code),
+                Output::Cluster(req) => panic!("a core without a cluster asked the store: {req:?}"),
             });
         }
         v
@@ -676,6 +677,7 @@ fn turn_cfg() -> SignalConfig {
             port: 3478,
             tls_port: Some(5349),
             credential_ttl: Duration::from_secs(1000),
+            servers: Vec::new(),
         }),
         ..cfg()
     }

@@ -1,0 +1,310 @@
+//! The cluster side of the room core, sans-IO: what the core asks of the cluster store and what it is told.
+//!
+//! With `--redis`, several nodes serve the same rooms (docs/scaling.md). The room core ([`crate::rooms`]) stays
+//! the only place that decides: it asks the store for the decisions that must be taken cluster-wide (admission
+//! against capacity and password, resume on another node) with [`ClusterRequest`]s, learns the answers with
+//! [`crate::rooms::Rooms::handle_admission`] / [`crate::rooms::Rooms::handle_resumption`], and learns what
+//! happens on other nodes with [`crate::rooms::Rooms::handle_cluster_event`]. The Redis driver
+//! ([`crate::redis`]) only moves these values to and from Redis.
+
+use serde_json::value::RawValue;
+
+use crate::protocol::{ErrorCode, ForwardKind, PeerInfo};
+use crate::rooms::ConnId;
+
+/// A member of a room as the store lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Peer id (unique cluster-wide).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Node that holds the member's connection.
+    pub node: String,
+}
+
+/// What the core asks of the cluster store. Requests are carried out in order.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClusterRequest {
+    /// Start receiving the room's events (sent before the first [`ClusterRequest::Admit`] for it).
+    Subscribe { room: String },
+    /// Stop receiving the room's events (no local member left).
+    Unsubscribe { room: String },
+    /// Admit a new member atomically against the room's capacity and password; answered with
+    /// [`crate::rooms::Rooms::handle_admission`].
+    Admit {
+        conn: ConnId,
+        room: String,
+        id: String,
+        name: String,
+        resume: String,
+        password: Option<String>,
+        capacity: usize,
+        require_password: bool,
+    },
+    /// Take over the member that holds this resume token (it may live on another node); answered with
+    /// [`crate::rooms::Rooms::handle_resumption`].
+    Resume {
+        conn: ConnId,
+        room: String,
+        token: String,
+        new_token: String,
+        name: String,
+    },
+    /// A local member resumed here: its token changed.
+    Retoken {
+        room: String,
+        id: String,
+        old: String,
+        new: String,
+    },
+    /// A local member left for good.
+    Leave {
+        room: String,
+        id: String,
+        token: String,
+    },
+    /// A local member renamed itself.
+    Rename {
+        room: String,
+        id: String,
+        name: String,
+    },
+    /// Relay a message from a local member to a member on another node.
+    Forward {
+        room: String,
+        to: String,
+        from: String,
+        kind: ForwardKind,
+        payload: Box<RawValue>,
+    },
+}
+
+/// The store's answer to [`ClusterRequest::Admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// Admitted. `members` is the room after the join (the new member included), `seq` the room's event number
+    /// at that moment, `password` the stored (salted) password hash, kept to restore the room after a store
+    /// restart.
+    Admitted {
+        seq: u64,
+        members: Vec<Member>,
+        password: Option<String>,
+    },
+    /// Refused (`room-full`, `wrong-password`).
+    Refused(ErrorCode),
+    /// The store cannot be reached.
+    Unavailable,
+}
+
+/// The store's answer to [`ClusterRequest::Resume`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resumption {
+    /// The member is now held here.
+    Resumed {
+        id: String,
+        name: String,
+        seq: u64,
+        members: Vec<Member>,
+        password: Option<String>,
+    },
+    /// The token names no member of the room: join afresh.
+    Unknown,
+    /// The store cannot be reached.
+    Unavailable,
+}
+
+/// Something that happened in a room on another node (or in the store), in the room's order.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ClusterEvent {
+    /// A member was admitted (event `seq` of the room) on `node`.
+    Joined {
+        seq: u64,
+        node: String,
+        peer: PeerInfo,
+    },
+    /// A member left (or its node died and it did not resume in time).
+    Left { seq: u64, id: String },
+    /// A member resumed on `node`.
+    Moved { seq: u64, node: String, id: String },
+    /// A member renamed itself.
+    Renamed { node: String, peer: PeerInfo },
+    /// A message for a member of this room.
+    Forward {
+        to: String,
+        from: String,
+        kind: ForwardKind,
+        payload: Box<RawValue>,
+    },
+}
+
+/// What the core holds of one room, for restoring the store after it lost its data (a Redis restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSnapshot {
+    /// Room name.
+    pub room: String,
+    /// Stored password hash, if the room has one.
+    pub password: Option<String>,
+    /// Local members: id, name and current resume token.
+    pub members: Vec<(String, String, String)>,
+}
+
+/// The wire form of events on a room's channel (also written by the store's Lua scripts).
+pub mod wire {
+    use serde::{Deserialize, Serialize};
+    use serde_json::value::RawValue;
+
+    use super::ClusterEvent;
+    use crate::protocol::{ForwardKind, PeerInfo};
+
+    /// One event as published on a room channel.
+    #[derive(Debug, Deserialize, Serialize)]
+    pub struct Event<'a> {
+        /// `join`, `left`, `move`, `name` or `fwd`.
+        pub t: &'a str,
+        /// Publishing node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub n: Option<String>,
+        /// Room event number (scripted events).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub s: Option<u64>,
+        /// Peer id (the subject).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub id: Option<String>,
+        /// Display name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+        /// Forward: target and sender.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub to: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub from: Option<String>,
+        /// Forward: `offer`, `answer`, `candidate` or `message`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub k: Option<&'a str>,
+        /// Forward: the payload as raw JSON.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        pub p: Option<&'a RawValue>,
+    }
+
+    fn kind_of(name: &str) -> Option<ForwardKind> {
+        Some(match name {
+            "offer" => ForwardKind::Offer,
+            "answer" => ForwardKind::Answer,
+            "candidate" => ForwardKind::Candidate,
+            "message" => ForwardKind::Message,
+            _ => return None,
+        })
+    }
+
+    /// Parses one channel message; `None` for anything malformed (logged by the caller).
+    pub fn parse(text: &str) -> Option<ClusterEvent> {
+        let e: Event<'_> = serde_json::from_str(text).ok()?;
+        Some(match e.t {
+            "join" => ClusterEvent::Joined {
+                seq: e.s?,
+                node: e.n?,
+                peer: PeerInfo {
+                    id: e.id?,
+                    name: e.name?,
+                },
+            },
+            "left" => ClusterEvent::Left {
+                seq: e.s?,
+                id: e.id?,
+            },
+            "move" => ClusterEvent::Moved {
+                seq: e.s?,
+                node: e.n?,
+                id: e.id?,
+            },
+            "name" => ClusterEvent::Renamed {
+                node: e.n?,
+                peer: PeerInfo {
+                    id: e.id?,
+                    name: e.name?,
+                },
+            },
+            "fwd" => ClusterEvent::Forward {
+                to: e.to?,
+                from: e.from?,
+                kind: kind_of(e.k?)?,
+                payload: e.p?.to_owned(),
+            },
+            _ => return None,
+        })
+    }
+
+    /// The channel text of a forward.
+    pub fn forward(
+        node: &str,
+        to: &str,
+        from: &str,
+        kind: ForwardKind,
+        payload: &RawValue,
+    ) -> String {
+        let e = Event {
+            t: "fwd",
+            n: Some(node.to_owned()),
+            s: None,
+            id: None,
+            name: None,
+            to: Some(to.to_owned()),
+            from: Some(from.to_owned()),
+            k: Some(kind.type_name()),
+            p: Some(payload),
+        };
+        serde_json::to_string(&e).unwrap_or_default()
+    }
+
+    /// The channel text of a rename.
+    pub fn rename(node: &str, id: &str, name: &str) -> String {
+        let e = Event {
+            t: "name",
+            n: Some(node.to_owned()),
+            s: None,
+            id: Some(id.to_owned()),
+            name: Some(name.to_owned()),
+            to: None,
+            from: None,
+            k: None,
+            p: None,
+        };
+        serde_json::to_string(&e).unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn events_round_trip_and_junk_is_refused() {
+            let p = RawValue::from_string(r#"{"sdp":"x"}"#.into()).expect("json");
+            let text = forward("n1", "p-b", "p-a", ForwardKind::Offer, &p);
+            match parse(&text) {
+                Some(ClusterEvent::Forward {
+                    to,
+                    from,
+                    kind,
+                    payload,
+                }) => {
+                    assert_eq!((to.as_str(), from.as_str()), ("p-b", "p-a"));
+                    assert_eq!(kind, ForwardKind::Offer);
+                    assert_eq!(payload.get(), r#"{"sdp":"x"}"#);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(
+                parse(r#"{"t":"join","n":"n1","s":4,"id":"p-1","name":"Ann"}"#),
+                Some(ClusterEvent::Joined { seq: 4, .. })
+            ));
+            assert!(parse(r#"{"t":"join","n":"n1","id":"p-1"}"#).is_none());
+            assert!(parse(r#"{"t":"fwd","to":"a","from":"b","k":"evil","p":1}"#).is_none());
+            assert!(parse("not json").is_none());
+        }
+    }
+}

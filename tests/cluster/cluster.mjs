@@ -1,0 +1,191 @@
+// Helpers for the multi-node tests: a real redis-server, peercall signaling nodes sharing it, and Debian's haproxy
+// in front (round-robin, health checks on /healthz, a cookie to pin a browser to a node). Every process is started
+// on free loopback ports and stopped at the end (and at exit as a last resort).
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { BIN, freePort, waitFor, withTimeout } from '../browser/harness.mjs';
+
+const children = new Set();
+process.on('exit', () => {
+  for (const child of children) {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+});
+
+function tool(name) {
+  for (const dir of ['/usr/bin', '/usr/sbin', '/usr/local/bin', '/usr/local/sbin']) {
+    const p = path.join(dir, name);
+    if (existsSync(p)) return p;
+  }
+  throw new Error(`${name} not found (apt-get install ${name === 'redis-server' ? 'redis-server' : name})`);
+}
+
+/** Spawns a long-running process, keeping the tail of its output; `kill(signal)` waits for the exit. */
+function run(cmd, args, what) {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
+  children.add(child);
+  let output = '';
+  const keep = (chunk) => {
+    output += chunk.toString();
+    if (output.length > 200_000) output = output.slice(-150_000);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  const proc = {
+    child,
+    pid: child.pid,
+    exited: false,
+    logs: () => output,
+    async kill(signal = 'SIGKILL') {
+      if (proc.exited) return;
+      const gone = new Promise((resolve) => child.once('exit', resolve));
+      child.kill(signal);
+      await withTimeout(gone, 10_000, `${what} to exit on ${signal}`);
+    },
+  };
+  child.once('exit', () => {
+    proc.exited = true;
+    children.delete(child);
+  });
+  return proc;
+}
+
+/** A throw-away redis-server on a free port, no persistence (a restart starts empty). */
+export async function startRedis({ port } = {}) {
+  port ??= await freePort();
+  const proc = run(tool('redis-server'), ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    '--protected-mode', 'no', '--loglevel', 'warning'], 'redis-server');
+  const redis = { ...proc, port, url: `redis://127.0.0.1:${port}` };
+  await waitFor(async () => {
+    if (proc.exited) throw new Error(`redis-server exited:\n${proc.logs()}`);
+    return redisCommand(port, ['PING']).then((r) => r === 'PONG').catch(() => false);
+  }, { timeout: 10_000, interval: 100, what: 'redis-server to answer PING' });
+  return redis;
+}
+
+/** One Redis command over a fresh connection (RESP), for checks from the test: returns the decoded reply. */
+export async function redisCommand(port, args) {
+  const net = await import('node:net');
+  return withTimeout(new Promise((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    let buf = Buffer.alloc(0);
+    socket.once('error', reject);
+    socket.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      const parsed = parseResp(buf, 0);
+      if (parsed) {
+        socket.end();
+        resolve(parsed.value);
+      }
+    });
+    socket.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('')}`);
+  }), 3000, `redis ${args[0]}`);
+}
+
+function parseResp(buf, at) {
+  const end = buf.indexOf('\r\n', at);
+  if (end < 0) return null;
+  const type = String.fromCharCode(buf[at]);
+  const line = buf.subarray(at + 1, end).toString();
+  if (type === '+' || type === '-') return { value: type === '-' ? new Error(line) : line, next: end + 2 };
+  if (type === ':') return { value: Number(line), next: end + 2 };
+  if (type === '$') {
+    const n = Number(line);
+    if (n < 0) return { value: null, next: end + 2 };
+    if (buf.length < end + 2 + n + 2) return null;
+    return { value: buf.subarray(end + 2, end + 2 + n).toString(), next: end + 2 + n + 2 };
+  }
+  if (type === '*') {
+    const n = Number(line);
+    const out = [];
+    let next = end + 2;
+    for (let i = 0; i < n; i++) {
+      const item = parseResp(buf, next);
+      if (!item) return null;
+      out.push(item.value);
+      next = item.next;
+    }
+    return { value: out, next };
+  }
+  return null;
+}
+
+/** A `peercall signal` node using `redisUrl`, on a free (or the given) loopback port. */
+export async function startNode(redisUrl, { port, extraArgs = [] } = {}) {
+  port ??= await freePort();
+  const args = ['signal', '--http', `127.0.0.1:${port}`, '--redis', redisUrl, '--trusted-proxy', '127.0.0.1/32',
+    '--max-connections-per-ip', '200', '--max-joins-per-min', '1000', '--max-new-rooms-per-min', '1000', ...extraArgs];
+  const proc = run(BIN, args, 'peercall node');
+  const node = { ...proc, port, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}/ws` };
+  node.kill = proc.kill;
+  await waitFor(async () => {
+    if (proc.exited) throw new Error(`peercall exited at start:\n${proc.logs()}`);
+    const health = await fetch(`${node.url}/healthz`).then((r) => r.json()).catch(() => null);
+    return health?.parts?.signaling?.redis?.status === 'up';
+  }, { timeout: 15_000, interval: 100, what: `node ${node.url} to be up with Redis` });
+  return node;
+}
+
+/** The detailed /healthz of a node (loopback clients get it). */
+export async function health(node) {
+  return fetch(`${node.url}/healthz`).then((r) => r.json());
+}
+
+/** The value of one Prometheus sample of a node's /metrics (first line starting with `name`). */
+export async function metric(node, name) {
+  const text = await fetch(`${node.url}/metrics`).then((r) => r.text());
+  const line = text.split('\n').find((l) => l.startsWith(name));
+  return line ? Number(line.split(' ').pop()) : undefined;
+}
+
+/**
+ * haproxy in front of `nodes` (round-robin, /healthz checks every 300 ms, failed connections redispatched; a
+ * cookie SRV=n1|n2... pins a client to a node while that node is up). Returns {url, port, stop}.
+ */
+export async function startHaproxy(nodes) {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'peercall-haproxy-'));
+  const cfg = path.join(dir, 'haproxy.cfg');
+  writeFileSync(cfg, [
+    'global',
+    '  maxconn 2000',
+    'defaults',
+    '  mode http',
+    '  timeout connect 1s',
+    '  timeout client 120s',
+    '  timeout server 120s',
+    '  timeout tunnel 1h',
+    '  option redispatch',
+    '  retries 3',
+    '  option forwardfor',
+    'frontend fe',
+    `  bind 127.0.0.1:${port}`,
+    '  default_backend nodes',
+    'backend nodes',
+    '  balance roundrobin',
+    '  option httpchk GET /healthz',
+    '  http-check expect status 200',
+    '  cookie SRV insert indirect nocache',
+    '  default-server inter 300ms fall 2 rise 2',
+    ...nodes.map((n, i) => `  server n${i + 1} 127.0.0.1:${n.port} check cookie n${i + 1}`),
+    '',
+  ].join('\n'));
+  const proc = run(tool('haproxy'), ['-db', '-f', cfg], 'haproxy');
+  const lb = { ...proc, port, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}/ws` };
+  lb.stop = async () => {
+    await proc.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  await waitFor(async () => {
+    if (proc.exited) throw new Error(`haproxy exited:\n${proc.logs()}`);
+    return (await fetch(`${lb.url}/healthz`).catch(() => null))?.ok;
+  }, { timeout: 10_000, interval: 100, what: 'haproxy to serve' });
+  return lb;
+}
