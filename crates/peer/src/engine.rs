@@ -414,6 +414,13 @@ impl Engine {
         self.joined
     }
 
+    /// Randomness from the caller (the core reads no entropy itself) for STUN and TURN transaction ids: without
+    /// it they follow a fixed sequence, fine for deterministic tests, guessable on a network. Call it before
+    /// [`Engine::add_socket`].
+    pub fn seed(&mut self, seed: u64) {
+        self.gather.seed(seed);
+    }
+
     /// A socket of the caller's: its address becomes a host candidate (unless relay-only) and STUN/TURN go
     /// out from it.
     pub fn add_socket(&mut self, now: Instant, addr: SocketAddr) {

@@ -487,6 +487,7 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
         start,
     );
 
+    engine.seed(rand::random());
     // One socket per local address: IPv4 (loopback included: peers on this machine use it) and IPv6 that can
     // reach beyond the link (link-local needs a scope id a candidate cannot carry; ::1 adds nothing to 127.0.0.1).
     let (udp_tx, mut udp_rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(1024);
