@@ -40,10 +40,15 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
             Some(advert) => lines.push(format!(
                 "  ICE servers  browsers get stun/turn on port {}{}, credentials valid {} s ({})",
                 advert.port,
-                advert
-                    .tls_port
-                    .map(|p| format!(" and turns on {p}"))
-                    .unwrap_or_default(),
+                match (
+                    advert.tls_port,
+                    advert.https_port.filter(|h| Some(*h) != advert.tls_port)
+                ) {
+                    (Some(t), Some(h)) => format!(", turns on {t} and on the HTTPS port {h}"),
+                    (Some(t), None) => format!(" and turns on {t}"),
+                    (None, Some(h)) => format!(" and turns on the HTTPS port {h}"),
+                    (None, None) => String::new(),
+                },
                 advert.credential_ttl_secs,
                 match (&config.public_host, mode) {
                     (Some(h), _) => format!("host {h}"),
@@ -77,10 +82,18 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
             join(&a.udp),
             join(&a.tcp)
         ));
-        if a.tls.is_empty() {
-            lines.push("  TURNS        off (no certificate: give --turn-cert/--turn-key, or --tls-cert/--tls-key)".into());
+        // TURN is served on the HTTPS port too (shared_port), whatever the TURNS listener does.
+        let on_https = if http.tls {
+            format!(" and on the HTTPS port {}", url_host_port(http.addr))
         } else {
-            lines.push(format!("  TURNS        tls {}", join(&a.tls)));
+            String::new()
+        };
+        if a.tls.is_empty() && !http.tls {
+            lines.push("  TURNS        off (no certificate: give --turn-cert/--turn-key, or --tls-cert/--tls-key)".into());
+        } else if a.tls.is_empty() {
+            lines.push(format!("  TURNS        on the HTTPS port {} (no TURNS port: give --turn-cert/--turn-key, or --tls-cert/--tls-key)", url_host_port(http.addr)));
+        } else {
+            lines.push(format!("  TURNS        tls {}{on_https}", join(&a.tls)));
         }
         let relays: Vec<String> = a.relay_ips.iter().map(IpAddr::to_string).collect();
         lines.push(format!(

@@ -14,7 +14,7 @@ use axum::http::request::Parts as RequestParts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tokio::task::JoinHandle;
 
 use crate::config::{HttpTls, Layer, Resolved};
@@ -109,6 +109,13 @@ pub fn bind(mode: Mode, config: &Resolved) -> anyhow::Result<Bound> {
         tls,
         metrics,
     })
+}
+
+impl Bound {
+    /// The port when it is HTTPS: TURN is served there too (see `shared_port`).
+    pub fn https_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|_| self.addr.port())
+    }
 }
 
 /// Under `peercall turn` with --http left at its default: the default port on the first TURN listen
@@ -331,7 +338,14 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> Http
                 TlsSource::SelfSigned(s) => (s.config, Some((s.fingerprint, s.names)), None),
             };
             let rustls_config = RustlsConfig::from_config(server_config);
-            let server = axum_server::from_tcp_rustls(bound.listener, rustls_config.clone())
+            // One port for web and TURN: after the handshake, STUN goes to TURN (see shared_port).
+            let acceptor = crate::shared_port::SharedPort::new(
+                RustlsAcceptor::new(rustls_config.clone()),
+                parts.turn.clone(),
+                Duration::from_secs(config.tcp_first_message_timeout),
+            );
+            let server = axum_server::from_tcp(bound.listener)
+                .acceptor(acceptor)
                 .handle(handle.clone());
             let reload = files.map(|(cert, key)| (rustls_config, cert, key));
             let task = tokio::spawn(async move {

@@ -7,6 +7,7 @@ mod config;
 mod http;
 mod join;
 mod parts;
+mod shared_port;
 mod tls;
 
 use std::path::PathBuf;
@@ -394,7 +395,7 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     raise_open_file_limit();
     // The HTTP port first: "port in use" and certificate errors before anything else starts.
     let bound = http::bind(mode, &config)?;
-    let parts = parts::start(mode, &config).await?;
+    let parts = parts::start(mode, &config, bound.https_port()).await?;
     let http = http::serve(mode, bound, &parts, &config);
     println!("{}", banner::render(mode, &config, &parts, &http));
     tracing::info!(mode = mode.name(), http = %http.addr, "peercall {} ready", env!("CARGO_PKG_VERSION"));
