@@ -519,6 +519,14 @@ fn process_metrics(state: &AppState, out: &mut String) {
             rss.to_string(),
         );
     }
+    if let Some(max) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        gauge(
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit, raised to the hard one at start).",
+            "gauge",
+            max.to_string(),
+        );
+    }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         gauge(
             "process_open_fds",

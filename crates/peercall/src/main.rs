@@ -360,27 +360,43 @@ const HTTP_GRACE: Duration = Duration::from_secs(2);
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Raises the soft limit on open files to the hard one: every relay socket, TURN TCP/TLS connection and
-/// WebSocket is a descriptor, and the usual soft limit of 1,024 is far below the default quotas.
-fn raise_open_file_limit() {
+/// WebSocket is a descriptor, and the usual soft limit of 1,024 is far below the default quotas. Returns what
+/// the limit is now, for the banner.
+fn raise_open_file_limit() -> banner::FileLimit {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current == limit.maximum {
-        return;
+        return banner::FileLimit {
+            now: limit.current,
+            raised_from: None,
+        };
     }
     let raised = Rlimit {
         current: limit.maximum,
         maximum: limit.maximum,
     };
     match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::debug!(
-            from = ?limit.current,
-            to = ?limit.maximum,
-            "raised the open file limit"
-        ),
-        Err(e) => tracing::warn!(
-            "cannot raise the open file limit from {:?} ({e}): connections past it will be refused",
-            limit.current
-        ),
+        Ok(()) => {
+            tracing::debug!(
+                from = ?limit.current,
+                to = ?limit.maximum,
+                "raised the open file limit"
+            );
+            banner::FileLimit {
+                now: limit.maximum,
+                raised_from: limit.current,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot raise the open file limit from {:?} ({e}): connections past it will be refused",
+                limit.current
+            );
+            banner::FileLimit {
+                now: limit.current,
+                raised_from: None,
+            }
+        }
     }
 }
 
@@ -392,12 +408,12 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
 
-    raise_open_file_limit();
+    let files = raise_open_file_limit();
     // The HTTP port first: "port in use" and certificate errors before anything else starts.
     let bound = http::bind(mode, &config)?;
     let parts = parts::start(mode, &config, bound.https_port()).await?;
     let http = http::serve(mode, bound, &parts, &config);
-    println!("{}", banner::render(mode, &config, &parts, &http));
+    println!("{}", banner::render(mode, &config, &parts, &http, &files));
     tracing::info!(mode = mode.name(), http = %http.addr, "peercall {} ready", env!("CARGO_PKG_VERSION"));
 
     let reason = loop {
