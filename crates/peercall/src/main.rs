@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod banner;
+mod check;
 mod config;
 mod http;
 mod join;
@@ -109,6 +110,9 @@ enum Command {
     /// Run the web client and signaling alone; browsers use an external TURN server (--turn-secret)
     #[command(after_help = SIGNAL_AFTER_HELP)]
     Signal(SignalArgs),
+    /// Check, with the settings `serve` would use, that this machine can run it: the name resolves, ports can
+    /// be bound, the relay range is free, the certificate is valid for the host; exit status 0 only when all is well
+    Check(ServeArgs),
     /// Join a room as a native WebRTC peer: send a clip, record, probe a call (no browser needed)
     #[command(after_help = JOIN_AFTER_HELP)]
     Join(JoinArgs),
@@ -200,6 +204,17 @@ fn main() -> ExitCode {
     let (mode, common, flags) = match cli.command {
         None => split_serve(cli.serve),
         Some(Command::Serve(args)) => split_serve(args),
+        Some(Command::Check(args)) => {
+            let (_, common, o) = split_serve(args);
+            return match run_check(common, o) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("peercall: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Turn(args)) => {
             let mut o = Options::default();
             args.turn.apply(&mut o);
@@ -259,6 +274,17 @@ fn peercall_env() -> anyhow::Result<Vec<(String, String)>> {
         }
     }
     Ok(env)
+}
+
+/// `peercall check`: the findings on stdout; true when none failed.
+fn run_check(common: Common, flags: Options) -> anyhow::Result<bool> {
+    let env = peercall_env()?;
+    let config = config::load(flags, common.config, &env, &|path| {
+        std::fs::read_to_string(path)
+    })?;
+    let findings = check::run(&config, true);
+    print!("{}", check::render(&findings));
+    Ok(findings.iter().all(|f| f.status != check::Status::Fail))
 }
 
 /// `peercall join`: settings as for the servers, then the native peer on a small runtime.
