@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { existsSync, mkdirSync } from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -143,7 +144,7 @@ export async function freePort() {
  * @returns {Promise<{url: string, wsUrl: string, httpPort: number, turnPort: number, logs: () => string,
  *                    kill: () => Promise<void>, stop: () => Promise<void>, exited: boolean}>}
  */
-export async function startServer({ httpPort, turnPort, extraArgs = [] } = {}) {
+export async function startServer({ httpPort, turnPort, extraArgs = [], tls = false } = {}) {
   if (!existsSync(BIN)) throw new Error(`peercall binary not found at ${BIN}: run \`cargo build -p peercall\` or set PEERCALL_BIN`);
   httpPort ??= await freePort();
   turnPort ??= await freePort();
@@ -158,8 +159,10 @@ export async function startServer({ httpPort, turnPort, extraArgs = [] } = {}) {
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
   const server = {
-    url: `http://127.0.0.1:${httpPort}`,
-    wsUrl: `ws://127.0.0.1:${httpPort}/ws`,
+    // tls: the server runs HTTPS (--tls-self-signed or --tls-cert in extraArgs); browsers need
+    // --ignore-certificate-errors for a self-signed certificate.
+    url: `${tls ? 'https' : 'http'}://127.0.0.1:${httpPort}`,
+    wsUrl: `${tls ? 'wss' : 'ws'}://127.0.0.1:${httpPort}/ws`,
     httpPort,
     turnPort,
     pid: child.pid,
@@ -180,6 +183,7 @@ export async function startServer({ httpPort, turnPort, extraArgs = [] } = {}) {
   try {
     await waitFor(async () => {
       if (server.exited) throw new Error(`peercall exited at start:\n${output}`);
+      if (tls) return healthyOverTls(httpPort);
       const response = await fetch(`${server.url}/healthz`).catch(() => null);
       return response?.ok;
     }, { timeout: 15_000, interval: 100, what: `peercall to serve ${server.url}/healthz` });
@@ -190,14 +194,27 @@ export async function startServer({ httpPort, turnPort, extraArgs = [] } = {}) {
   return server;
 }
 
+/** Whether https://127.0.0.1:port/healthz answers 200, whatever the certificate (a self-signed one, say). */
+function healthyOverTls(port) {
+  return new Promise((resolve) => {
+    const request = https.get({ host: '127.0.0.1', port, path: '/healthz', rejectUnauthorized: false, timeout: 2000 }, (response) => {
+      response.resume();
+      resolve(response.statusCode === 200);
+    });
+    request.on('error', () => resolve(false));
+    request.on('timeout', () => request.destroy());
+  });
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // Browser and participants.
 
-/** Launches Chromium. `cameras`: how many fake cameras it offers (default 1; it always offers 3 microphones). */
-export async function launchBrowser({ cameras = 1 } = {}) {
+/** Launches Chromium. `cameras`: how many fake cameras it offers (default 1; it always offers 3 microphones);
+ *  `extraArgs`: more command-line flags (--ignore-certificate-errors for a self-signed server, say). */
+export async function launchBrowser({ cameras = 1, extraArgs = [] } = {}) {
   if (!existsSync(CHROMIUM)) throw new Error(`Chromium not found at ${CHROMIUM} (apt-get install chromium)`);
   const args = CHROMIUM_FLAGS.map((flag) =>
-    flag === '--use-fake-device-for-media-stream' && cameras > 1 ? `${flag}=device-count=${cameras}` : flag);
+    flag === '--use-fake-device-for-media-stream' && cameras > 1 ? `${flag}=device-count=${cameras}` : flag).concat(extraArgs);
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: 30_000 });
 }
 

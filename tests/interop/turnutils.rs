@@ -191,6 +191,94 @@ fn uclient_client_to_client_over_udp_and_tcp_with_static_user() {
     assert_no_loss(&out, 100);
 }
 
+/// TURN over TLS on the HTTPS port of `peercall serve` (web and TURN share one port): coturn's client allocates
+/// and relays there, with no TURNS port configured, while the same port serves the web client.
+#[test]
+fn uclient_over_tls_on_the_https_port() {
+    let https_port = free_port();
+    let metrics_port = free_port();
+    let https = format!("127.0.0.1:{https_port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--http",
+            &https,
+            "--tls-self-signed",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--relay-ip",
+            "127.0.0.1",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--realm",
+            "test",
+            "--user",
+            "u:p",
+            "--allow-loopback-peers",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start peercall");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut banner = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "peercall did not start");
+        match lines.next() {
+            Some(Ok(line)) if line.contains("stop with Ctrl-C") => {
+                std::thread::spawn(move || lines.for_each(drop));
+                break;
+            }
+            Some(Ok(line)) => banner.push(line),
+            _ => panic!("peercall exited before listening"),
+        }
+    }
+    let s = Server {
+        child,
+        port: https_port,
+        http: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
+    };
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains("TURNS") && l.contains(&format!("HTTPS port {https}"))),
+        "{banner:#?}"
+    );
+    let port = https_port.to_string();
+    // -t -S: TLS over TCP to the HTTPS port (coturn's client offers ALPN http/1.1 before stun.turn: the server
+    // must prefer stun.turn); -y: two allocations relaying to each other.
+    let out = uclient(&[
+        "-t",
+        "-S",
+        "-y",
+        "-m",
+        "2",
+        "-n",
+        "50",
+        "-l",
+        "120",
+        "-u",
+        "u",
+        "-w",
+        "p",
+        "-p",
+        &port,
+        "127.0.0.1",
+    ]);
+    assert_no_loss(&out, 100);
+    // Served by TURN as TLS connections, counted like the TURNS port's.
+    assert!(
+        s.metric("peercall_turn_requests_total{method=\"allocate\",result=\"success\"}") >= 2.0
+    );
+    assert!(s.metric("peercall_turn_stream_closed_total{reason=\"closed_by_client\"}") >= 2.0);
+    // The web client still loads from the same port (curl: HTTP/1.1 over TLS, the self-signed certificate).
+    let page =
+        run(Command::new("curl").args(["-ksS", "--max-time", "10", &format!("https://{https}/")]));
+    assert!(page.contains("<html"), "{page:.300}");
+}
+
 #[test]
 fn uclient_with_rest_api_secret() {
     let s = start(&["--auth-secret", "north-secret", "--allow-loopback-peers"]);

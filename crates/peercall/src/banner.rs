@@ -6,7 +6,49 @@ use crate::config::Resolved;
 use crate::http::HttpServer;
 use crate::parts::{Mode, Parts};
 
-pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -> String {
+/// The open-file limit at start (after raising the soft limit to the hard one); `None` is unlimited.
+pub struct FileLimit {
+    pub now: Option<u64>,
+    /// The soft limit before, when it was raised.
+    pub raised_from: Option<u64>,
+}
+
+/// Descriptors kept for what every server holds: listening sockets (one per UDP shard), epoll sets, the
+/// runtime, logs, certificate reads.
+const RESERVED_FDS: u64 = 64;
+
+/// What the open-file limit allows, in words: each relay allocation holds a UDP socket (a dual IPv4+IPv6 one
+/// two), each TURN TCP/TLS connection and each browser's WebSocket one descriptor.
+pub fn file_limit_line(files: &FileLimit) -> String {
+    let raised = files
+        .raised_from
+        .map(|from| format!(" (soft limit raised from {from})"))
+        .unwrap_or_default();
+    match files.now {
+        None => "open files   unlimited: relay allocations and connections are bounded by the quotas only"
+            .to_owned(),
+        Some(n) => {
+            let room = n.saturating_sub(RESERVED_FDS);
+            let hint = if n < 4096 {
+                "; low for a public server: raise LimitNOFILE (systemd) or ulimit -Hn"
+            } else {
+                ""
+            };
+            format!(
+                "open files   {n}{raised}: room for about {room} relay allocations, TURN TCP/TLS connections \
+                 and WebSockets together{hint}"
+            )
+        }
+    }
+}
+
+pub fn render(
+    mode: Mode,
+    config: &Resolved,
+    parts: &Parts,
+    http: &HttpServer,
+    files: &FileLimit,
+) -> String {
     let scheme = if http.tls { "https" } else { "http" };
     let ws = if http.tls { "wss" } else { "ws" };
     let base = format!("{scheme}://{}", url_host_port(http.addr));
@@ -44,10 +86,15 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
             Some(advert) => lines.push(format!(
                 "  ICE servers  browsers get stun/turn on port {}{}, credentials valid {} s ({})",
                 advert.port,
-                advert
-                    .tls_port
-                    .map(|p| format!(" and turns on {p}"))
-                    .unwrap_or_default(),
+                match (
+                    advert.tls_port,
+                    advert.https_port.filter(|h| Some(*h) != advert.tls_port)
+                ) {
+                    (Some(t), Some(h)) => format!(", turns on {t} and on the HTTPS port {h}"),
+                    (Some(t), None) => format!(" and turns on {t}"),
+                    (None, Some(h)) => format!(" and turns on the HTTPS port {h}"),
+                    (None, None) => String::new(),
+                },
                 advert.credential_ttl_secs,
                 match (&config.public_host, mode) {
                     (Some(h), _) => format!("host {h}"),
@@ -81,10 +128,18 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
             join(&a.udp),
             join(&a.tcp)
         ));
-        if a.tls.is_empty() {
-            lines.push("  TURNS        off (no certificate: give --domain, --turn-cert/--turn-key, or --tls-cert/--tls-key)".into());
+        // TURN is served on the HTTPS port too (shared_port), whatever the TURNS listener does.
+        let on_https = if http.tls {
+            format!(" and on the HTTPS port {}", url_host_port(http.addr))
         } else {
-            lines.push(format!("  TURNS        tls {}", join(&a.tls)));
+            String::new()
+        };
+        if a.tls.is_empty() && !http.tls {
+            lines.push("  TURNS        off (no certificate: give --domain, --turn-cert/--turn-key, or --tls-cert/--tls-key)".into());
+        } else if a.tls.is_empty() {
+            lines.push(format!("  TURNS        on the HTTPS port {} (no TURNS port: give --turn-cert/--turn-key, or --tls-cert/--tls-key)", url_host_port(http.addr)));
+        } else {
+            lines.push(format!("  TURNS        tls {}{on_https}", join(&a.tls)));
         }
         let relays: Vec<String> = a.relay_ips.iter().map(IpAddr::to_string).collect();
         lines.push(format!(
@@ -136,6 +191,8 @@ pub fn render(mode: Mode, config: &Resolved, parts: &Parts, http: &HttpServer) -
             notes.push("the relay address is loopback: only this machine can use the relay; give --relay-ip".into());
         }
     }
+
+    lines.push(format!("  {}", file_limit_line(files)));
 
     if let Some((fingerprint, names)) = &http.self_signed {
         lines.push(format!(
@@ -241,6 +298,35 @@ fn is_private(ip: &IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_limit_line_says_what_the_limit_allows() {
+        let line = file_limit_line(&FileLimit {
+            now: Some(20_000),
+            raised_from: Some(256),
+        });
+        assert!(
+            line.contains("20000 (soft limit raised from 256)"),
+            "{line}"
+        );
+        assert!(line.contains("about 19936 relay allocations"), "{line}");
+        assert!(!line.contains("low for"), "{line}");
+        let low = file_limit_line(&FileLimit {
+            now: Some(1024),
+            raised_from: None,
+        });
+        assert!(
+            low.contains("LimitNOFILE") && !low.contains("raised"),
+            "{low}"
+        );
+        assert!(
+            file_limit_line(&FileLimit {
+                now: None,
+                raised_from: None
+            })
+            .contains("unlimited")
+        );
+    }
 
     #[test]
     fn private_relay_addresses_need_an_external_mapping() {

@@ -14,7 +14,7 @@ use axum::http::request::Parts as RequestParts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tokio::task::JoinHandle;
 
 use crate::acme::Acme;
@@ -151,6 +151,13 @@ pub fn bind(mode: Mode, config: &Resolved, acme: Option<Arc<Acme>>) -> anyhow::R
         redirect,
         acme,
     })
+}
+
+impl Bound {
+    /// The port when it is HTTPS: TURN is served there too (see `shared_port`).
+    pub fn https_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|_| self.addr.port())
+    }
 }
 
 /// Under `peercall turn` with --http left at its default: the default port on the first TURN listen
@@ -409,7 +416,14 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> Http
                 TlsSource::Acme(config) => (config, None, None),
             };
             let rustls_config = RustlsConfig::from_config(server_config);
-            let server = axum_server::from_tcp_rustls(bound.listener, rustls_config.clone())
+            // One port for web and TURN: after the handshake, STUN goes to TURN (see shared_port).
+            let acceptor = crate::shared_port::SharedPort::new(
+                RustlsAcceptor::new(rustls_config.clone()),
+                parts.turn.clone(),
+                Duration::from_secs(config.tcp_first_message_timeout),
+            );
+            let server = axum_server::from_tcp(bound.listener)
+                .acceptor(acceptor)
                 .handle(handle.clone());
             let reload = files.map(|(cert, key)| (rustls_config, cert, key));
             let task = tokio::spawn(async move {
@@ -672,6 +686,14 @@ fn process_metrics(state: &AppState, out: &mut String) {
             "Resident memory size, in bytes.",
             "gauge",
             rss.to_string(),
+        );
+    }
+    if let Some(max) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        gauge(
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit, raised to the hard one at start).",
+            "gauge",
+            max.to_string(),
         );
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {

@@ -4,10 +4,12 @@
 
 mod acme;
 mod banner;
+mod check;
 mod config;
 mod http;
 mod join;
 mod parts;
+mod shared_port;
 mod tls;
 
 use std::path::PathBuf;
@@ -109,6 +111,9 @@ enum Command {
     /// Run the web client and signaling alone; browsers use an external TURN server (--turn-secret)
     #[command(after_help = SIGNAL_AFTER_HELP)]
     Signal(SignalArgs),
+    /// Check, with the settings `serve` would use, that this machine can run it: the name resolves, ports can
+    /// be bound, the relay range is free, the certificate is valid for the host; exit status 0 only when all is well
+    Check(ServeArgs),
     /// Join a room as a native WebRTC peer: send a clip, record, probe a call (no browser needed)
     #[command(after_help = JOIN_AFTER_HELP)]
     Join(JoinArgs),
@@ -204,6 +209,17 @@ fn main() -> ExitCode {
     let (mode, common, flags) = match cli.command {
         None => split_serve(cli.serve),
         Some(Command::Serve(args)) => split_serve(args),
+        Some(Command::Check(args)) => {
+            let (_, common, o) = split_serve(args);
+            return match run_check(common, o) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("peercall: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Turn(args)) => {
             let mut o = Options::default();
             args.turn.apply(&mut o);
@@ -265,6 +281,17 @@ fn peercall_env() -> anyhow::Result<Vec<(String, String)>> {
         }
     }
     Ok(env)
+}
+
+/// `peercall check`: the findings on stdout; true when none failed.
+fn run_check(common: Common, flags: Options) -> anyhow::Result<bool> {
+    let env = peercall_env()?;
+    let config = config::load(flags, common.config, &env, &|path| {
+        std::fs::read_to_string(path)
+    })?;
+    let findings = check::run(&config, true);
+    print!("{}", check::render(&findings));
+    Ok(findings.iter().all(|f| f.status != check::Status::Fail))
 }
 
 /// `peercall join`: settings as for the servers, then the native peer on a small runtime.
@@ -368,27 +395,43 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const ACME_BANNER_WAIT: Duration = Duration::from_secs(3);
 
 /// Raises the soft limit on open files to the hard one: every relay socket, TURN TCP/TLS connection and
-/// WebSocket is a descriptor, and the usual soft limit of 1,024 is far below the default quotas.
-fn raise_open_file_limit() {
+/// WebSocket is a descriptor, and the usual soft limit of 1,024 is far below the default quotas. Returns what
+/// the limit is now, for the banner.
+fn raise_open_file_limit() -> banner::FileLimit {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current == limit.maximum {
-        return;
+        return banner::FileLimit {
+            now: limit.current,
+            raised_from: None,
+        };
     }
     let raised = Rlimit {
         current: limit.maximum,
         maximum: limit.maximum,
     };
     match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::debug!(
-            from = ?limit.current,
-            to = ?limit.maximum,
-            "raised the open file limit"
-        ),
-        Err(e) => tracing::warn!(
-            "cannot raise the open file limit from {:?} ({e}): connections past it will be refused",
-            limit.current
-        ),
+        Ok(()) => {
+            tracing::debug!(
+                from = ?limit.current,
+                to = ?limit.maximum,
+                "raised the open file limit"
+            );
+            banner::FileLimit {
+                now: limit.maximum,
+                raised_from: limit.current,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot raise the open file limit from {:?} ({e}): connections past it will be refused",
+                limit.current
+            );
+            banner::FileLimit {
+                now: limit.current,
+                raised_from: None,
+            }
+        }
     }
 }
 
@@ -400,7 +443,7 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
 
-    raise_open_file_limit();
+    let files = raise_open_file_limit();
     // `--domain`: the state directory is read (a cached certificate is served at once); the CA is contacted
     // only once the listeners are up, since it connects back to them.
     let acme = if config.domain.is_empty() || !mode.runs_signal() {
@@ -414,14 +457,14 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     };
     // The HTTP port first: "port in use" and certificate errors before anything else starts.
     let bound = http::bind(mode, &config, acme.clone())?;
-    let parts = parts::start(mode, &config, turns_tls).await?;
+    let parts = parts::start(mode, &config, bound.https_port(), turns_tls).await?;
     let http = http::serve(mode, bound, &parts, &config);
     if let Some(acme) = &acme {
         acme.start(http.redirect_addr.is_some());
         // When an order is due now, give it a moment, so the banner says how it went.
         acme.settle(ACME_BANNER_WAIT).await;
     }
-    println!("{}", banner::render(mode, &config, &parts, &http));
+    println!("{}", banner::render(mode, &config, &parts, &http, &files));
     tracing::info!(mode = mode.name(), http = %http.addr, "peercall {} ready", env!("CARGO_PKG_VERSION"));
 
     let reason = loop {

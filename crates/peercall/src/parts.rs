@@ -60,6 +60,21 @@ impl TurnPart {
     pub fn reload_tls(&self) -> Result<(), String> {
         self.handle.reload_tls().map_err(|e| e.to_string())
     }
+
+    /// Serves a connection of the HTTPS port that speaks STUN, as the TURNS port would (same caps and metrics).
+    pub fn adopt_tls_stream<S>(
+        &self,
+        stream: S,
+        client: SocketAddr,
+        server: SocketAddr,
+        accepted: tokio::time::Instant,
+    ) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        self.handle
+            .adopt_tls_stream(stream, client, server, accepted)
+    }
 }
 
 /// What browsers are told about TURN (for the banner).
@@ -67,6 +82,8 @@ impl TurnPart {
 pub struct TurnAdvertSummary {
     pub port: u16,
     pub tls_port: Option<u16>,
+    /// TURNS on the HTTPS port too (web and TURN share it).
+    pub https_port: Option<u16>,
     pub credential_ttl_secs: u64,
 }
 
@@ -151,11 +168,13 @@ impl Parts {
     }
 }
 
-/// Binds and starts the parts `mode` runs. `turns_tls` is a ready TURNS configuration (the ACME certificate's
-/// resolver), used when no `--turn-cert` is given.
+/// Binds and starts the parts `mode` runs. `https_port`: the web port when it is HTTPS, where TURN is served too.
+/// `turns_tls` is a ready TURNS configuration (the ACME certificate's resolver), used when no `--turn-cert` is
+/// given.
 pub async fn start(
     mode: Mode,
     config: &Resolved,
+    https_port: Option<u16>,
     turns_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<Parts> {
     let turn_stop = CancellationToken::new();
@@ -234,6 +253,7 @@ pub async fn start(
                     TurnAdvertSummary {
                         port: addrs.udp.first().map_or(config.turn_port, SocketAddr::port),
                         tls_port: addrs.tls.first().map(SocketAddr::port),
+                        https_port,
                         credential_ttl_secs: config.credential_ttl,
                     },
                 )
@@ -243,6 +263,7 @@ pub async fn start(
                 TurnAdvertSummary {
                     port: config.turn_port,
                     tls_port: config.turn_tls_port,
+                    https_port: None,
                     credential_ttl_secs: config.credential_ttl,
                 },
             )),
@@ -273,6 +294,7 @@ pub async fn start(
                     secret: secret.clone(),
                     port: summary.port,
                     tls_port: summary.tls_port,
+                    https_port: summary.https_port,
                     credential_ttl: Duration::from_secs(summary.credential_ttl_secs),
                     servers: config.turn_server.iter().map(|u| u.0.clone()).collect(),
                 }),

@@ -22,8 +22,13 @@ pub fn server_config_from_files(cert: &Path, key: &Path) -> anyhow::Result<Arc<S
     })
 }
 
-/// What the HTTPS port speaks.
-pub const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
+/// What the HTTPS port speaks: HTTP, and STUN/TURN (RFC 7443) for a client that names it (see shared_port). rustls
+/// picks the first of ours the client offers: a TURN client offering `http/1.1` too gets TURN, browsers HTTP.
+pub const HTTP_ALPN: &[&[u8]] = &[
+    crate::shared_port::STUN_ALPN,
+    crate::shared_port::STUN_DISCOVERY_ALPN,
+    b"http/1.1",
+];
 
 /// A self-signed certificate and its parts.
 pub struct SelfSigned {

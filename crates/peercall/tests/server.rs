@@ -771,3 +771,42 @@ fn ws_from_another_site_is_refused_by_the_binary_and_allowed_with_allowed_origin
         "{metrics}"
     );
 }
+
+#[test]
+fn soft_open_file_limit_is_raised_to_the_hard_limit_and_reported() {
+    // The hard limit of this machine, as the shell sees it; the server starts with a soft limit of 256.
+    let hard = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .expect("sh");
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_owned();
+    let port = free_port();
+    let args = serve_args(port);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+        .arg(common::BIN)
+        .args(&args)
+        .env_clear();
+    let server = Server::spawn(cmd, &refs(&args));
+    let line = server
+        .banner
+        .iter()
+        .find(|l| l.trim_start().starts_with("open files"))
+        .unwrap_or_else(|| panic!("no open files line in {:#?}", server.banner));
+    if hard == "unlimited" {
+        assert!(line.contains("unlimited"), "{line}");
+        return;
+    }
+    assert!(
+        line.contains(&format!("{hard} (soft limit raised from 256)")),
+        "{line} (hard limit {hard})"
+    );
+    assert!(line.contains("relay allocations"), "{line}");
+    let (status, _, body) = http_get(server.http_addr(), "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.lines().any(|l| l == format!("process_max_fds {hard}")),
+        "process_max_fds is not {hard}:\n{body}"
+    );
+}

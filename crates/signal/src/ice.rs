@@ -66,6 +66,10 @@ pub fn ice_servers(
     if let Some(tls) = turn.tls_port {
         urls.push(format!("turns:{host}:{tls}?transport=tcp"));
     }
+    // The HTTPS port last: the TURNS port is the cheaper path (no classification) when the network lets it out.
+    if let Some(https) = turn.https_port.filter(|p| Some(*p) != turn.tls_port) {
+        urls.push(format!("turns:{host}:{https}?transport=tcp"));
+    }
     vec![
         IceServer {
             urls: vec![format!("stun:{host}:{port}")],
@@ -225,6 +229,7 @@ mod tests {
             secret: "s".into(),
             port: 3478,
             tls_port: Some(5349),
+            https_port: None,
             credential_ttl: Duration::from_secs(600),
             servers: Vec::new(),
         };
@@ -246,6 +251,29 @@ mod tests {
         };
         let list = ice_servers(Some(&no_tls), Some("example.org"), "p-1", 1000);
         assert!(list[1].urls.iter().all(|u| !u.starts_with("turns:")));
+        // TURNS on the HTTPS port too: one more URL on the same host; none twice when both ports are one.
+        let shared = TurnAdvert {
+            https_port: Some(443),
+            ..turn.clone()
+        };
+        let list = ice_servers(Some(&shared), Some("call.example.org"), "p-1", 1000);
+        assert_eq!(
+            list[1].urls[2..],
+            [
+                "turns:call.example.org:5349?transport=tcp",
+                "turns:call.example.org:443?transport=tcp"
+            ]
+        );
+        let same = TurnAdvert {
+            tls_port: Some(443),
+            https_port: Some(443),
+            ..turn.clone()
+        };
+        let list = ice_servers(Some(&same), Some("call.example.org"), "p-1", 1000);
+        assert_eq!(
+            list[1].urls[2..],
+            ["turns:call.example.org:443?transport=tcp"]
+        );
         assert!(ice_servers(None, Some("h"), "p", 0).is_empty());
         assert!(ice_servers(Some(&turn), None, "p", 0).is_empty());
     }

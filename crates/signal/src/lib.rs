@@ -123,6 +123,9 @@ pub struct TurnAdvert {
     pub port: u16,
     /// TURN over TLS port; `None` when the TURN server has no certificate.
     pub tls_port: Option<u16>,
+    /// TURN over TLS on the HTTPS port as well (peercall serves web and TURN on one TLS port), for networks that
+    /// let only HTTPS out; `None` when the web port is plain HTTP or TURN runs elsewhere.
+    pub https_port: Option<u16>,
     /// Lifetime of a minted credential (default 6 h); fresh ones are sent at 80 % of it.
     pub credential_ttl: Duration,
     /// Explicit TURN URLs (`turn:`/`turns:`, a fleet sharing `secret`); when not empty they replace the URLs

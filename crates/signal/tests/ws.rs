@@ -532,6 +532,7 @@ async fn ice_servers_name_the_host_the_client_used() {
             secret: "turn-secret".into(),
             port: 3478,
             tls_port: None,
+            https_port: None,
             credential_ttl: Duration::from_secs(3600),
             servers: Vec::new(),
         }),

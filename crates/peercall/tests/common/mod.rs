@@ -68,7 +68,12 @@ pub struct Server {
 impl Server {
     /// Starts peercall and waits (up to 30 s) for its banner.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = command(args, env)
+        Server::spawn(command(args, env), args)
+    }
+
+    /// Starts `cmd` (peercall, or a shell that execs it) and waits (up to 30 s) for its banner.
+    pub fn spawn(mut cmd: Command, args: &[&str]) -> Server {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

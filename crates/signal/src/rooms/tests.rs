@@ -676,6 +676,7 @@ fn turn_cfg() -> SignalConfig {
             secret: "turn-secret".into(),
             port: 3478,
             tls_port: Some(5349),
+            https_port: None,
             credential_ttl: Duration::from_secs(1000),
             servers: Vec::new(),
         }),

@@ -35,7 +35,7 @@ pub use setup::interface_addresses;
 use setup::{default_relay_ips, load_tls, own_ips, own_listeners, shard_count};
 pub use stream::StreamLimits;
 pub(crate) use stream::{Framer, StreamRefusal};
-use stream::{StreamGate, stream_listener};
+use stream::{StreamGate, adopt_tls_stream, stream_listener};
 use udp::shard_loop;
 
 /// Largest peer datagram a relay accepts. Media over TURN stays under the path MTU (about 1200-1500 bytes).
@@ -407,6 +407,30 @@ impl TurnHandle {
 
     pub fn is_running(&self) -> bool {
         !self.shared.shutdown.is_cancelled()
+    }
+
+    /// Serves a TLS connection accepted by another listener whose first bytes are STUN (TURN on peercall's
+    /// HTTPS port): `stream` is the decrypted stream, with any bytes already read put back in front; `client`
+    /// and `server` are its TCP addresses; `accepted` is when the TCP connection was accepted. It is treated
+    /// exactly as a connection on the TURNS port: the same per-address and total caps, first-message and idle
+    /// deadlines and metrics. Runs on a task of its own (call inside the tokio runtime); `false` when a
+    /// connection cap or shutdown refused it.
+    pub fn adopt_tls_stream<S>(
+        &self,
+        stream: S,
+        client: SocketAddr,
+        server: SocketAddr,
+        accepted: tokio::time::Instant,
+    ) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let five = FiveTuple {
+            client,
+            server,
+            transport: Transport::Tls,
+        };
+        adopt_tls_stream(&self.shared, stream, five, accepted)
     }
 
     /// Re-reads the TLS certificate and key; new TLS connections use them, existing allocations stay.

@@ -262,6 +262,41 @@ pub(super) async fn stream_listener(
     }
 }
 
+/// Serves a TLS connection another listener accepted and found to speak STUN (peercall's HTTPS port, shared by
+/// web and TURN): admitted under the same caps as a connection on the TURNS port, with the same deadlines and
+/// metrics. `accepted` is when its TCP connection was accepted; its first-message deadline counts from there,
+/// as on the TURNS port. `false` when a cap or shutdown refused it (the stream is dropped, which closes it).
+pub(super) fn adopt_tls_stream<S: AsyncRead + AsyncWrite + Send + 'static>(
+    shared: &Arc<Shared>,
+    stream: S,
+    five: FiveTuple,
+    accepted: Instant,
+) -> bool {
+    if shared.shutdown.is_cancelled() {
+        return false;
+    }
+    let permit = match shared
+        .streams
+        .admit(five.client.ip(), &shared.stream_limits)
+    {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            shared.metrics.stream_refused(refusal);
+            tracing::debug!(client = %five.client, ?refusal, "TURN connection on the HTTPS port refused: connection limit");
+            return false;
+        }
+    };
+    let deadline = accepted + shared.stream_limits.first_message_timeout;
+    tokio::spawn(stream_connection(
+        shared.clone(),
+        five,
+        stream,
+        deadline,
+        permit,
+    ));
+    true
+}
+
 /// Runs a shard's core on one frame from a TCP/TLS client; returns a reply to send back, if any. Packets
 /// for a peer leave at once from the relay socket, without blocking (a full buffer drops them).
 fn stream_packet(shared: &Shared, shard: &Shard, from: FiveTuple, frame: &[u8]) -> Option<Vec<u8>> {
