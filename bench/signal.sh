@@ -11,7 +11,7 @@
 # process (VmRSS from /proc). Everything runs on 127.0.0.1; every step is bounded in count and time.
 #
 # Environment knobs (defaults in brackets): REPEAT [3] CLIENTS [200] PAYLOAD [200] STEP [3] (seconds per sweep
-# step) START_RATE [5000] MAX_RATE [400000] LAT_RATE [20000] HOLD_COUNT [10000] HOLD_SECS [20] THREADS [2]
+# step) START_RATE [5000] MAX_RATE [1000000] LAT_RATE [20000] HOLD_COUNT [10000] HOLD_SECS [20] THREADS [2]
 # (generator threads) ONLY [peercall,peerjs] OUT [bench/results/signal-DATE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ CLIENTS=${CLIENTS:-200}
 PAYLOAD=${PAYLOAD:-200}
 STEP=${STEP:-3}
 START_RATE=${START_RATE:-5000}
-MAX_RATE=${MAX_RATE:-400000}
+MAX_RATE=${MAX_RATE:-1000000}
 LAT_RATE=${LAT_RATE:-20000}
 HOLD_COUNT=${HOLD_COUNT:-10000}
 HOLD_SECS=${HOLD_SECS:-20}
@@ -37,8 +37,8 @@ PEERCALL=$TARGET/release/peercall
 LG=$TARGET/release/peercall-loadgen
 [ -d bench/peerjs/node_modules/peer ] || npm ci --prefix bench/peerjs --no-audit --no-fund
 ulimit -n "$(ulimit -Hn)"
-if [ "$(ulimit -n)" -lt $((HOLD_COUNT * 2 + 1000)) ]; then
-  echo "open-file limit $(ulimit -n) is too low for HOLD_COUNT=$HOLD_COUNT (generator and server each hold one per client)" >&2
+if [ "$(ulimit -n)" -lt $((HOLD_COUNT + 1000)) ]; then
+  echo "open-file limit $(ulimit -n) is too low for HOLD_COUNT=$HOLD_COUNT (the generator and the server each need one per client)" >&2
   exit 1
 fi
 

@@ -327,13 +327,17 @@ impl Engine {
             ready.clear();
             ready.extend(ep.wait(Duration::from_millis(1)));
             for &tok in &ready {
-                let Some(&fd) = self.recv_fds.get(tok as usize) else { continue };
+                let Some(&fd) = self.recv_fds.get(tok as usize) else {
+                    continue;
+                };
                 loop {
                     let got = inb.recv(fd).unwrap_or_default();
                     let now = now_ns();
                     for i in 0..got {
                         let pkt = inb.packet(i);
-                        let (Some(ts), Some(sock)) = (w.check(pkt, tag), w.sock_of(pkt)) else { continue };
+                        let (Some(ts), Some(sock)) = (w.check(pkt, tag), w.sock_of(pkt)) else {
+                            continue;
+                        };
                         hist.record(now.saturating_sub(ts));
                         if let Some(f) = inflight.get_mut(sock) {
                             *f = f.saturating_sub(1);

@@ -418,7 +418,9 @@ impl SigStep {
     /// Server CPU time per delivered message, microseconds.
     fn cpu_us_per_message(&self) -> Option<f64> {
         let rate = self.rate();
-        self.cpu.filter(|_| rate > 0.0).map(|c| c / 100.0 * 1e6 / rate)
+        self.cpu
+            .filter(|_| rate > 0.0)
+            .map(|c| c / 100.0 * 1e6 / rate)
     }
 
     fn rate(&self) -> f64 {
@@ -621,7 +623,14 @@ async fn run(args: SignalArgs, pairs: usize) -> anyhow::Result<()> {
                 for (i, (ws, _me, partner)) in pair.into_iter().enumerate() {
                     shared.live.fetch_add(1, Ordering::AcqRel);
                     let idx = tasks.len() * 2 + i;
-                    tasks.spawn(client_task(idx, ws, partner, shared.clone(), rx.clone(), gap));
+                    tasks.spawn(client_task(
+                        idx,
+                        ws,
+                        partner,
+                        shared.clone(),
+                        rx.clone(),
+                        gap,
+                    ));
                 }
             })
         })
