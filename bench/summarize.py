@@ -22,6 +22,8 @@ def load(d, name):
 def fmt(v, digits=0, unit=""):
     if v is None:
         return "–"
+    if isinstance(v, str):
+        return v
     if isinstance(v, float) and digits == 0:
         return f"{v:,.0f}{unit}"
     return f"{v:,.{digits}f}{unit}"
@@ -84,6 +86,20 @@ def turn(d):
     row("server CPU at the best rate, % of one core", tuple(best_field(relay[n], "server_cpu_percent") for n in ("raw", "ours", "coturn")), 0, "", False)
     row("server CPU per relayed packet, µs", tuple(best_field(relay[n], "server_cpu_us_per_packet") for n in ("raw", "ours", "coturn")), 2)
     row("generator CPU at the best rate, % of one core", tuple(best_field(relay[n], "generator_cpu_percent") for n in ("raw", "ours", "coturn")), 0, "", False)
+    closed = {n: {c["window"]: c for c in ((load(d, f"{n}.closed") or {}).get("closed_loop") or [])} for n in ("raw", "ours", "coturn")}
+    windows = sorted({w for c in closed.values() for w in c})
+    for w in windows:
+        def cl(n, field=None):
+            c = closed[n].get(w)
+            if not c:
+                return None
+            return c.get("median_rate") if field is None else (c.get("median") or {}).get(field)
+        row(f"closed loop, {w} in flight per allocation: packets/s relayed (median)", tuple(cl(n) for n in ("raw", "ours", "coturn")))
+        out.append(f"| … each run | " + " | ".join(", ".join(fmt(x) for x in (closed[n].get(w) or {}).get("rates", [])) for n in ("raw", "ours", "coturn")) + " | | |")
+        row(f"closed loop, {w} in flight: server CPU per relayed packet, µs", tuple(cl(n, "server_cpu_us_per_packet") for n in ("raw", "ours", "coturn")), 2)
+        row(f"closed loop, {w} in flight: server CPU, % of one core", tuple(cl(n, "server_cpu_percent") for n in ("raw", "ours", "coturn")), 0, "", False)
+        row(f"closed loop, {w} in flight: latency p50 / p99, µs", tuple(
+            f"{cl(n, 'p50_us'):,.0f} / {cl(n, 'p99_us'):,.0f}" if cl(n, "p50_us") is not None else None for n in ("raw", "ours", "coturn")), 0, "", False)
     row("p50 latency at the best rate, µs", tuple(best_field(relay[n], "p50_us") for n in ("raw", "ours", "coturn")), 0, "", False)
     brate = {n: (b or {}).get("median_best_rate") for n, b in binding.items()}
     row("STUN Binding answered/s at < 0.1 % loss (median)", (None, brate["ours"], brate["coturn"]))
@@ -122,16 +138,25 @@ def signal(d):
     row("p50 latency at the best rate, ms", best_field(r["peercall"], "p50_ms"), best_field(r["peerjs"], "p50_ms"), 2, False)
     row("p99 latency at the best rate, ms", best_field(r["peercall"], "p99_ms"), best_field(r["peerjs"], "p99_ms"), 2, False)
     row("server CPU at the best rate, % of one core", best_field(r["peercall"], "server_cpu_percent"), best_field(r["peerjs"], "server_cpu_percent"), 0, False)
+    row("server CPU per message at the best rate, µs", best_field(r["peercall"], "server_cpu_us_per_message"), best_field(r["peerjs"], "server_cpu_us_per_message"), 2)
+    row("generator CPU at the best rate, % of one core", best_field(r["peercall"], "generator_cpu_percent"), best_field(r["peerjs"], "generator_cpu_percent"), 0, False)
     la, lb = r["peercall"].get("latency") or {}, r["peerjs"].get("latency") or {}
     lr = la.get("target_rate") or lb.get("target_rate")
+    row(f"delivered at {fmt(lr)} messages/s, %", la.get("delivered_percent"), lb.get("delivered_percent"), 2, False)
     row(f"p50 latency at {fmt(lr)} messages/s, ms", la.get("p50_ms"), lb.get("p50_ms"), 2)
     row(f"p99 latency at {fmt(lr)} messages/s, ms", la.get("p99_ms"), lb.get("p99_ms"), 2)
+    row(f"server CPU at {fmt(lr)} messages/s, % of one core", la.get("server_cpu_percent"), lb.get("server_cpu_percent"), 0)
+    row(f"server CPU per message at {fmt(lr)} messages/s, µs", la.get("server_cpu_us_per_message"), lb.get("server_cpu_us_per_message"), 2)
     c = {n: (x or {}) for n, x in conns.items()}
     row("connections requested", c["peercall"].get("clients"), c["peerjs"].get("clients"), 0, False)
     row("connections held (alive after the hold)", (c["peercall"].get("hold") or {}).get("live"), (c["peerjs"].get("hold") or {}).get("live"), 0, False)
     row("connect time for all, s", c["peercall"].get("connect_secs"), c["peerjs"].get("connect_secs"), 1)
     rss = {n: (c[n].get("hold") or {}).get("rss_held_kib") for n in c}
     row("server VmRSS holding them, MiB", (rss["peercall"] or 0) / 1024 if rss["peercall"] else None, (rss["peerjs"] or 0) / 1024 if rss["peerjs"] else None, 1)
+    idle = {n: c[n].get("rss_before_kib") for n in c}
+    row("server VmRSS idle (before connecting), MiB", idle["peercall"] / 1024 if idle["peercall"] else None, idle["peerjs"] / 1024 if idle["peerjs"] else None, 1)
+    above = {n: (rss[n] - idle[n]) / 1024 if rss[n] and idle[n] else None for n in c}
+    row("… above the idle process holding them, MiB", above["peercall"], above["peerjs"], 1)
     row("server memory per connection, bytes", (c["peercall"].get("hold") or {}).get("bytes_per_connection"), (c["peerjs"].get("hold") or {}).get("bytes_per_connection"))
     chk = {n: ((c[n].get("hold") or {}).get("check") or {}) for n in c}
     row("after holding: % of clients' messages delivered", chk["peercall"].get("delivered_percent"), chk["peerjs"].get("delivered_percent"), 2, False)

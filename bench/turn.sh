@@ -5,12 +5,14 @@
 #   - coturn (Debian's turnserver) with the same listening/relay settings and loopback peers allowed,
 # all driven by the same load generator (bench/loadgen) with the same allocation count and packet size.
 #
-# Reports: relayed packets/s at < 0.1 % loss (rate sweep, median of REPEAT sweeps), latency at a fixed
+# Reports: relayed packets/s at < 0.1 % loss (open loop: rate sweep, median of REPEAT sweeps), relayed packets/s
+# in a closed loop (each allocation keeps WINDOWS packets in flight, median of REPEAT runs), server CPU per
+# relayed packet next to each rate (from /proc/PID/stat), latency at a fixed
 # rate every server sustains, server CPU at its best rate, STUN Binding answers/s, and memory per allocation
 # with 10,000 allocations held. Everything runs on 127.0.0.1; every loop is bounded.
 #
 # Environment knobs (defaults in brackets): REPEAT [3] ALLOCS [64] SIZE [200] STEP [3] (seconds per sweep step)
-# LAT_RATE [10000] HOLD_COUNT [10000] HOLD_SECS [30] THREADS [2] (server threads) PIN [0] (1: server on CPU 1,
+# WINDOWS [1,4,16] (closed loop; empty: skip) LAT_RATE [10000] HOLD_COUNT [10000] HOLD_SECS [30] THREADS [2] (server threads) PIN [0] (1: server on CPU 1,
 # generator on CPU 0) ONLY [raw,ours,coturn] OUT [bench/results/turn-DATE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ REPEAT=${REPEAT:-3}
 ALLOCS=${ALLOCS:-64}
 SIZE=${SIZE:-200}
 STEP=${STEP:-3}
+WINDOWS=${WINDOWS-1,4,16}
 LAT_RATE=${LAT_RATE:-10000}
 HOLD_COUNT=${HOLD_COUNT:-10000}
 HOLD_SECS=${HOLD_SECS:-30}
@@ -30,8 +33,11 @@ OUT=${OUT:-bench/results/turn-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 
 cargo build --release -q -p peercall -p peercall-loadgen
-PEERCALL=target/release/peercall
-LG=target/release/peercall-loadgen
+TARGET=${CARGO_TARGET_DIR:-target}
+PEERCALL=$TARGET/release/peercall
+LG=$TARGET/release/peercall-loadgen
+WINDOW_ARGS=()
+for w in ${WINDOWS//,/ }; do WINDOW_ARGS+=(--window "$w"); done
 ulimit -n "$(ulimit -Hn)"
 
 SERVER_CPUS=()
@@ -90,7 +96,7 @@ run_lg() { # output-name args...
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
   echo "coturn: $(turnserver --version 2>/dev/null | head -1 || true)"
   echo "peercall: $(git rev-parse --short HEAD)"
-  echo "settings: REPEAT=$REPEAT ALLOCS=$ALLOCS SIZE=$SIZE STEP=$STEP LAT_RATE=$LAT_RATE HOLD_COUNT=$HOLD_COUNT THREADS=$THREADS PIN=$PIN"
+  echo "settings: REPEAT=$REPEAT ALLOCS=$ALLOCS SIZE=$SIZE STEP=$STEP WINDOWS=$WINDOWS LAT_RATE=$LAT_RATE HOLD_COUNT=$HOLD_COUNT THREADS=$THREADS PIN=$PIN"
 } | tee "$OUT/machine.txt"
 check_quiet | tee -a "$OUT/machine.txt"
 
@@ -106,8 +112,16 @@ for name in raw ours coturn; do
   start_server "$name" "$port"
   if [ "$name" = raw ]; then
     run_lg "$name.relay" turn-relay --mode forwarder --server "127.0.0.1:$port" --pid "$PID" "${SWEEP[@]}"
+    if [ ${#WINDOW_ARGS[@]} -gt 0 ]; then
+      run_lg "$name.closed" turn-relay --mode forwarder --server "127.0.0.1:$port" --pid "$PID" "${WINDOW_ARGS[@]}" \
+        --size "$SIZE" --allocations "$ALLOCS" --duration "$STEP" --repeat "$REPEAT"
+    fi
   else
     run_lg "$name.relay" turn-relay --mode turn --server "127.0.0.1:$port" --user u:p --pid "$PID" "${SWEEP[@]}"
+    if [ ${#WINDOW_ARGS[@]} -gt 0 ]; then
+      run_lg "$name.closed" turn-relay --mode turn --server "127.0.0.1:$port" --user u:p --pid "$PID" \
+        "${WINDOW_ARGS[@]}" --size "$SIZE" --allocations "$ALLOCS" --duration "$STEP" --repeat "$REPEAT"
+    fi
     run_lg "$name.binding" stun-binding --server "127.0.0.1:$port" --clients 64 --duration "$STEP" \
       --repeat "$REPEAT" --pid "$PID"
   fi

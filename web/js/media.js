@@ -153,8 +153,11 @@ export class LocalMedia extends EventTarget {
     this.hasMic = Boolean(this.audioTrack);
     if (wantVideo) this.hasCamera = Boolean(this.cameraTrack);
     if (!this.cameraTrack && wantVideo) this.camOn = false;
-    await this.#refreshDeviceFlags();
+    // The tracks go out at once (the call may be waiting for them); which devices exist is known a moment later.
     this.#emit();
+    const flags = [this.hasCamera, this.hasMic];
+    await this.#refreshDeviceFlags();
+    if (flags[0] !== this.hasCamera || flags[1] !== this.hasMic) this.#emit();
   }
 
   async #refreshDeviceFlags() {

@@ -10,6 +10,8 @@
 // Events: state (connection state changed), track (remote media changed), data (data channel message),
 //         channel (data channel open/closed), created (the RTCPeerConnection and its data channels exist), closed.
 
+import { mark } from './util.js';
+
 const DISCONNECTED_GRACE_MS = 3_000; // "disconnected" this long → ICE restart
 const CONNECT_WATCHDOG_MS = 15_000; // not connected this long after negotiating → ICE restart
 const RESTART_RETRY_MS = 10_000;
@@ -85,6 +87,11 @@ export class Peer extends EventTarget {
     // addTransceiver fires negotiationneeded → the offer goes out.
   }
 
+  /** Creates the connection as the answerer ahead of the first offer (which then only has to be applied). */
+  prepare() {
+    this.#createPc();
+  }
+
   #createPc() {
     if (this.pc) return;
     const pc = new RTCPeerConnection(this.host.rtcConfig());
@@ -102,6 +109,7 @@ export class Peer extends EventTarget {
         await pc.setLocalDescription();
         if (pc.localDescription?.type === 'offer') {
           this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
+          mark('offer', this.id);
           this.offerSentAt = performance.now();
           this.#armOfferTimer(++this.offers, 1);
           this.#armWatchdog();
@@ -131,6 +139,7 @@ export class Peer extends EventTarget {
     const state = this.pc.connectionState;
     clearTimeout(this.restartTimer);
     if (state === 'connected') {
+      mark('connected', this.id);
       this.restarts = 0;
       clearTimeout(this.watchdog);
       if (!this.stallTimer) this.stallTimer = setInterval(() => this.#checkStall(), STALL_CHECK_MS);
@@ -248,6 +257,7 @@ export class Peer extends EventTarget {
     if (this.closed) return;
     if (message.type === 'offer' || message.type === 'answer') {
       if (typeof message.sdp !== 'string') return;
+      mark(message.type, this.id); // received (the answerer marks the offer here, the offerer the answer)
       if (!this.pc) {
         if (message.type === 'answer') return; // an answer to an offer we never made
         this.#createPc();
@@ -277,6 +287,7 @@ export class Peer extends EventTarget {
         this.#adoptTransceivers();
         await pc.setLocalDescription();
         this.host.sendSignal({ type: 'answer', to: this.id, sdp: pc.localDescription.sdp });
+        mark('answer-sent', this.id);
         this.#armWatchdog();
         if (collision) await this.#reattachTracks();
       }

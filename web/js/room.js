@@ -8,7 +8,7 @@
 // chat.js; the connection panel stats-panel.js.
 
 import { explainFailure } from './diagnose.js';
-import { $, h, icon, setIcon, store, toast, copyText, keepFocus } from './util.js';
+import { $, h, icon, setIcon, store, toast, copyText, keepFocus, mark } from './util.js';
 import { cleanName, ROOM_RE, hueOf } from './names.js';
 import { Signaling, signalingUrl } from './signaling.js';
 import { Peer } from './peer.js';
@@ -34,6 +34,17 @@ const AUTO_JOIN = params.get('join') === '1';
 const STATS_EVERY_MS = 1000;
 
 const media = new LocalMedia();
+
+// The DTLS certificate of this page's connections, made now, while the page and the camera start: otherwise
+// each new RTCPeerConnection makes one while the offer or answer waits. One per page, as Chromium does itself
+// (the safety code covers it like any other). Without it (not ready yet, or unsupported) the browser makes one.
+let certificate = null;
+try {
+  RTCPeerConnection.generateCertificate?.({ name: 'ECDSA', namedCurve: 'P-256' })
+    .then((c) => { certificate = c; }, () => {});
+} catch {
+  /* no WebRTC: the page says so when it joins */
+}
 const state = {
   phase: 'init', // init | prejoin | call | ended
   name: '',
@@ -112,6 +123,7 @@ const meter = new LevelMeter((level) => renderMeter(level));
 // Startup
 
 function init() {
+  mark('page-ready');
   if (!ROOM_RE.test(ROOM)) {
     showEnded('This room link is not valid', 'Room names are 1 to 64 letters, digits, "-" or "_".', 'warn');
     return;
@@ -126,10 +138,16 @@ function init() {
   bindPrejoin();
   bindCall();
   if (AUTO_JOIN && state.name) {
+    // Nothing waits for the camera: signaling (and with its welcome the ICE servers, the offers and the whole
+    // connection set-up) starts now, beside getUserMedia. The tracks go onto the connections' senders when the
+    // camera is ready (onLocalTracks → replaceTrack: no renegotiation), so the first frame waits only for the
+    // slower of the two, never for both in a row.
     media.open().then(() => {
+      mark('camera');
       reportMediaErrors(true);
-      join();
+      fillDevicePickers(); // device labels are known now that access was granted
     });
+    join();
   } else {
     showPrejoin();
   }
@@ -182,6 +200,7 @@ async function showPrejoin(error = null) {
   if (!media.audioTrack && !media.cameraTrack) {
     $('#preview-off-text').textContent = 'Starting camera…';
     await media.open();
+    mark('camera');
     reportMediaErrors(false);
   }
   renderLocalMedia();
@@ -322,6 +341,7 @@ async function chooseMicrophone(deviceId) {
 
 /** Local tracks changed: update the preview or own tile, swap tracks on every connection, tell the others. */
 function onLocalTracks() {
+  if (media.cameraTrack) mark('camera');
   renderLocalMedia();
   if (state.phase !== 'call') return;
   for (const p of roster.links()) {
@@ -439,6 +459,7 @@ const host = {
     iceTransportPolicy: FORCE_RELAY ? 'relay' : 'all',
     bundlePolicy: 'max-bundle',
     rtcpMuxPolicy: 'require',
+    ...(certificate ? { certificates: [certificate] } : {}),
   }),
   localTrack: (kind) => (kind === 'audio' ? media.outgoingAudio : media.outgoingVideo),
   localStream: () => media.stream,
@@ -447,6 +468,7 @@ const host = {
 };
 
 function onWelcome(welcome) {
+  mark('welcome');
   // Before the roster opens connections: they are created with these servers.
   state.iceServers = Array.isArray(welcome.iceServers) ? welcome.iceServers : [];
   const { kind, listed } = roster.welcome(welcome);
@@ -464,6 +486,7 @@ function onWelcome(welcome) {
 function onSignal(message) {
   switch (message.type) {
     case 'peer-joined':
+      if (typeof message.peer?.id === 'string') mark('peer-joined', message.peer.id);
       if (roster.peerJoined(message.peer)) toast(`${cleanName(message.peer.name) || 'Someone'} joined`);
       return;
     case 'peer-left':
@@ -560,6 +583,7 @@ function openParticipant(entry, { offer }) {
   $('#stage').insertBefore(p.tile.el, state.localTile?.el ?? null);
   peer.addEventListener('track', () => {
     p.tile.setStream(peer.stream);
+    watchFirstFrame(p);
     renderPeer(p);
     routeAudio(p).then(() => playRemoteAudio(p));
   });
@@ -576,10 +600,21 @@ function openParticipant(entry, { offer }) {
   peer.addEventListener('data', (e) => onPeerData(p, e.detail.data, 'datachannel'));
   peer.addEventListener('created', () => wireFiles(p));
   if (offer) peer.startAsOfferer();
+  else peer.prepare(); // its offer is on its way: the connection exists when it arrives
   sendState(p);
   renderPeer(p);
   layout();
   renderPresence();
+}
+
+/** Marks (peercall:first-frame) when the first remote video frame is shown on `p`'s tile. */
+function watchFirstFrame(p) {
+  if (p.frameWatched || !p.peer.stream.getVideoTracks().length) return;
+  p.frameWatched = true;
+  const id = p.id;
+  const video = p.tile.video;
+  if (typeof video.requestVideoFrameCallback === 'function') video.requestVideoFrameCallback(() => mark('first-frame', id));
+  else video.addEventListener('loadeddata', () => mark('first-frame', id), { once: true });
 }
 
 /** The roster let someone go: close the connection, take the tile off the stage. */
@@ -1358,6 +1393,12 @@ if (store.get('testHook', false) === true) {
     }),
     sinkIds: () => roster.links().map((p) => p.tile.audio?.sinkId ?? null),
     iceServers: () => JSON.parse(JSON.stringify(state.iceServers)),
+    /** The call-setup marks (util.js mark): [{name, at, peer}], `at` in ms since the epoch (performance.timeOrigin
+     *  + startTime, so marks of two pages of one browser compare). */
+    marks: () => performance.getEntriesByType('mark').filter((m) => m.name.startsWith('peercall:')).map((m) => ({
+      name: m.name.slice('peercall:'.length), at: performance.timeOrigin + m.startTime, peer: m.detail?.peer ?? null,
+    })),
+    timeOrigin: performance.timeOrigin,
     /** Drops the signaling WebSocket as a network blip would (the client reconnects and resumes by itself). */
     dropSignaling: () => state.signaling?.ws?.close(),
     /** Restarts ICE with one peer now (what a failed or stalled connection triggers by itself). */

@@ -17,6 +17,8 @@
 //   error    message               a refused message (the connection is kept)
 //   fatal    {code, message}       the server refused us for good (room full, wrong password, ...)
 
+import { mark } from './util.js';
+
 export const PROTOCOL_VERSION = 1;
 
 /** Errors after which the server closes the connection: reconnecting would not help. */
@@ -166,6 +168,7 @@ export class Signaling extends EventTarget {
       if (this.ws === ws && !this.joined) ws.close(); // a stalled handshake counts as a failed attempt
     }, CONNECT_TIMEOUT_MS);
     ws.onopen = () => {
+      mark('ws-open');
       this.lastRx = performance.now();
       const join = { v: PROTOCOL_VERSION, type: 'join', room: this.options.room, name: this.options.name };
       if (this.options.password) join.password = this.options.password;

@@ -129,3 +129,20 @@ export function keepFocus(container, render) {
   render();
   if (key) container.querySelector(`[data-focus="${CSS.escape(key)}"]`)?.focus({ preventScroll: true });
 }
+
+/**
+ * A User Timing mark named `peercall:NAME` (detail: which peer, when it concerns one), for the call-setup
+ * benchmark (bench/call-setup.sh) and the browser's performance panel. Marks are cheap and stay in the page:
+ * nothing is sent anywhere. Each name is marked once per peer (the first time is the one that counts).
+ */
+const marked = new Set();
+export function mark(name, peer = null) {
+  const key = `${name} ${peer ?? ''}`;
+  if (marked.has(key) || typeof performance?.mark !== 'function') return;
+  marked.add(key);
+  try {
+    performance.mark(`peercall:${name}`, { detail: peer ? { peer } : null });
+  } catch {
+    /* marks are best effort */
+  }
+}

@@ -19,6 +19,10 @@ pub trait Workload: Sync {
     fn check(&self, pkt: &[u8], tag: u32) -> Option<u64>;
     /// Largest packet `fill` writes.
     fn max_len(&self) -> usize;
+    /// The sending socket a received packet came from, when the packet says (the closed loop needs it).
+    fn sock_of(&self, _pkt: &[u8]) -> Option<usize> {
+        None
+    }
 }
 
 /// Sockets and batching parameters.
@@ -49,6 +53,20 @@ pub struct Step {
 }
 
 impl Step {
+    fn empty(target_rate: f64) -> Step {
+        Step {
+            target_rate,
+            sent: 0,
+            received: 0,
+            send_secs: 0.0,
+            hist: Histogram::new(),
+            server_cpu_percent: None,
+            server_rss_kib: None,
+            generator_cpu_percent: None,
+            send_errors: 0,
+        }
+    }
+
     pub fn achieved_rate(&self) -> f64 {
         if self.send_secs > 0.0 {
             self.sent as f64 / self.send_secs
@@ -232,6 +250,128 @@ impl Engine {
             server_rss_kib: self.pid.and_then(|p| rss_kib(p).ok()),
             generator_cpu_percent,
             send_errors: send_errors.load(Ordering::Acquire),
+        }
+    }
+
+    /// Closed loop: every sending socket (allocation) keeps `window` packets in flight, and sends the next one
+    /// only when one of its packets arrives, as media under congestion control does; the rate is whatever the
+    /// path sustains. One thread sends and receives. A socket whose packets stop arriving for `LOST_AFTER` has
+    /// them counted as lost and sends a fresh window (so loss cannot stall the loop). Runs `duration`, then
+    /// waits up to `drain` for what is still in flight.
+    pub fn closed_loop(
+        &self,
+        w: &dyn Workload,
+        window: usize,
+        duration: Duration,
+        drain: Duration,
+        tag: u32,
+    ) -> Step {
+        const LOST_AFTER: u64 = 200_000_000;
+        let window = window.clamp(1, 1024);
+        let duration = duration.min(MAX_STEP);
+        let n = self.send_fds.len();
+        let slot = w.max_len().max(64);
+        let mut out = Batch::new(window.clamp(8, 64), slot);
+        let mut inb = Batch::new(64, slot.max(2048));
+        let mut hist = Histogram::new();
+        let mut seqs = vec![0u64; n];
+        let mut inflight = vec![0usize; n];
+        let mut owed = vec![window; n];
+        let mut progress = vec![0u64; n];
+        let (mut sent, mut errors) = (0u64, 0u64);
+        let Ok(mut ep) = Epoll::new(self.recv_fds.len().clamp(1, 1024)) else {
+            return Step::empty(window as f64);
+        };
+        for (i, &fd) in self.recv_fds.iter().enumerate() {
+            if ep.add(fd, i as u64).is_err() {
+                return Step::empty(window as f64);
+            }
+        }
+        let meter = CpuMeter::new(self.pid);
+        let own = CpuMeter::new(Some(std::process::id()));
+        let start = now_ns();
+        let end = start + duration.as_nanos() as u64;
+        let drain_end = end + drain.as_nanos() as u64;
+        progress.iter_mut().for_each(|p| *p = start);
+        let mut last_sweep = start;
+        let mut ready = Vec::with_capacity(1024);
+        loop {
+            let now = now_ns();
+            let sending = now < end;
+            if !sending && (now >= drain_end || inflight.iter().all(|&f| f == 0)) {
+                break;
+            }
+            if sending {
+                for i in 0..n {
+                    while owed[i] > 0 {
+                        let k = owed[i].min(out.capacity());
+                        for j in 0..k {
+                            let len = w.fill(i, seqs[i] + j as u64, now_ns(), tag, out.slot_mut(j));
+                            out.set(j, len, None);
+                        }
+                        match out.send(self.send_fds[i], 0, k) {
+                            Ok(0) | Err(_) => {
+                                errors += 1;
+                                break;
+                            }
+                            Ok(done) => {
+                                seqs[i] += done as u64;
+                                sent += done as u64;
+                                inflight[i] += done;
+                                owed[i] -= done;
+                            }
+                        }
+                    }
+                }
+            }
+            ready.clear();
+            ready.extend(ep.wait(Duration::from_millis(1)));
+            for &tok in &ready {
+                let Some(&fd) = self.recv_fds.get(tok as usize) else {
+                    continue;
+                };
+                loop {
+                    let got = inb.recv(fd).unwrap_or_default();
+                    let now = now_ns();
+                    for i in 0..got {
+                        let pkt = inb.packet(i);
+                        let (Some(ts), Some(sock)) = (w.check(pkt, tag), w.sock_of(pkt)) else {
+                            continue;
+                        };
+                        hist.record(now.saturating_sub(ts));
+                        if let Some(f) = inflight.get_mut(sock) {
+                            *f = f.saturating_sub(1);
+                            owed[sock] += 1;
+                            progress[sock] = now;
+                        }
+                    }
+                    if got < inb.capacity() {
+                        break;
+                    }
+                }
+            }
+            let now = now_ns();
+            if sending && now - last_sweep > 10_000_000 {
+                last_sweep = now;
+                for i in 0..n {
+                    if inflight[i] > 0 && now - progress[i] > LOST_AFTER {
+                        owed[i] += inflight[i];
+                        inflight[i] = 0;
+                        progress[i] = now;
+                    }
+                }
+            }
+        }
+        Step {
+            target_rate: window as f64,
+            sent,
+            received: hist.count(),
+            send_secs: duration.as_secs_f64(),
+            hist,
+            server_cpu_percent: meter.finish(),
+            server_rss_kib: self.pid.and_then(|p| rss_kib(p).ok()),
+            generator_cpu_percent: own.finish(),
+            send_errors: errors,
         }
     }
 
@@ -501,6 +641,11 @@ impl Workload for RelayWorkload {
 
     fn max_len(&self) -> usize {
         4 + self.size.max(MIN_PAYLOAD)
+    }
+
+    fn sock_of(&self, pkt: &[u8]) -> Option<usize> {
+        let sock = u32::from_be_bytes(pkt.get(16..20)?.try_into().ok()?);
+        usize::try_from(sock).ok()
     }
 }
 

@@ -117,6 +117,10 @@ pub struct RelayArgs {
     /// Allocations set up concurrently.
     #[arg(long, default_value_t = 64)]
     pub setup_concurrency: usize,
+    /// Closed loop instead of the rate sweep: each allocation keeps this many packets in flight and sends the
+    /// next when one arrives (`--duration` per run, `--repeat` runs); repeatable: one series per window.
+    #[arg(long)]
+    pub window: Vec<usize>,
     #[command(flatten)]
     pub sweep: SweepArgs,
 }
@@ -460,6 +464,39 @@ fn drive(
     Ok(print_and_collect(label, &sweeps, latency.as_ref()))
 }
 
+/// The closed-loop series: for each window, `repeat` runs; the median run (by delivered rate) is reported.
+fn closed(
+    engine: &Engine,
+    w: &dyn Workload,
+    windows: &[usize],
+    a: &SweepArgs,
+    label: &str,
+) -> serde_json::Value {
+    let duration = Duration::from_secs_f64(a.duration.clamp(0.2, 120.0));
+    let mut series = Vec::new();
+    for (wi, &window) in windows.iter().take(16).enumerate() {
+        let mut runs: Vec<Step> = (0..a.repeat.clamp(1, 20))
+            .map(|r| {
+                let tag = 0x4000_0000 | ((wi as u32) << 8) | r as u32;
+                let s = engine.closed_loop(w, window, duration, Duration::from_millis(500), tag);
+                eprintln!("{label} closed loop, window {window}: {}", s.line());
+                std::thread::sleep(Duration::from_millis(300));
+                s
+            })
+            .collect();
+        runs.sort_by(|x, y| x.received_rate().total_cmp(&y.received_rate()));
+        let mid = &runs[runs.len() / 2];
+        series.push(json!({
+            "window": window,
+            "median_rate": mid.received_rate(),
+            "median": mid.to_json(),
+            "rates": runs.iter().map(Step::received_rate).collect::<Vec<_>>(),
+            "runs": runs.iter().map(Step::to_json).collect::<Vec<_>>(),
+        }));
+    }
+    json!({ "closed_loop": series })
+}
+
 pub fn turn_relay(args: RelayArgs) -> anyhow::Result<()> {
     crate::sys::raise_nofile();
     if args.size < crate::engine::MIN_PAYLOAD || args.size > 1400 {
@@ -482,7 +519,11 @@ pub fn turn_relay(args: RelayArgs) -> anyhow::Result<()> {
         size: args.size,
     };
     let label = format!("{:?}", args.mode).to_lowercase();
-    let mut result = drive(&engine, &w, &args.sweep, &label)?;
+    let mut result = if args.window.is_empty() {
+        drive(&engine, &w, &args.sweep, &label)?
+    } else {
+        closed(&engine, &w, &args.window, &args.sweep, &label)
+    };
     result["mode"] = json!(label);
     result["allocations"] = json!(setup.clients.len());
     result["peers"] = json!(setup.peers.len());

@@ -22,8 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -43,6 +42,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Wake-up period of a connection task when keepalive is off entirely.
 const NO_KEEPALIVE_WAKE: Duration = Duration::from_secs(3600);
+/// Bytes tungstenite reads at once into a connection's read buffer (see `ws_handler`).
+const READ_BUFFER: usize = 512;
 /// Queued messages written per flush.
 const WRITE_BATCH: usize = 64;
 
@@ -78,13 +79,100 @@ pub(crate) struct SharedState {
 
 #[derive(Clone)]
 struct ConnHandle {
-    tx: mpsc::Sender<Outgoing>,
+    tx: Arc<Queue>,
     kill: CancellationToken,
 }
 
 enum Outgoing {
     Text(Utf8Bytes),
     Close(u16, &'static str),
+}
+
+/// Why [`Queue::try_send`] refused an item.
+enum Refused {
+    /// The connection's queue is full: it does not keep up.
+    Full,
+    /// Its task has ended (it disconnects itself).
+    Closed,
+}
+
+/// A connection's outgoing queue: bounded like a channel, but holding no buffer while empty. A tokio mpsc
+/// channel allocates a block of 32 slots and its cache-padded state (about 1.7 KiB) for every connection up
+/// front; idle signaling connections, nearly all of them, never need it. Items are pushed by the cores' output
+/// (under the state lock, never blocking) and popped by the connection's task.
+struct Queue {
+    items: Mutex<QueueItems>,
+    ready: Notify,
+}
+
+struct QueueItems {
+    items: std::collections::VecDeque<Outgoing>,
+    capacity: usize,
+    closed: bool,
+}
+
+/// A queue whose buffer grew past this many items gives the memory back once it is empty again.
+const QUEUE_KEEP: usize = 8;
+
+impl Queue {
+    fn new(capacity: usize) -> Arc<Queue> {
+        Arc::new(Queue {
+            items: Mutex::new(QueueItems {
+                items: std::collections::VecDeque::new(),
+                capacity: capacity.max(1),
+                closed: false,
+            }),
+            ready: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueItems> {
+        // A panic while holding this lock cannot leave the queue inconsistent (push and pop only).
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_send(&self, item: Outgoing) -> Result<(), Refused> {
+        {
+            let mut q = self.lock();
+            if q.closed {
+                return Err(Refused::Closed);
+            }
+            if q.items.len() >= q.capacity {
+                return Err(Refused::Full);
+            }
+            q.items.push_back(item);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn try_recv(&self) -> Option<Outgoing> {
+        let mut q = self.lock();
+        let item = q.items.pop_front();
+        if q.items.is_empty() && q.items.capacity() > QUEUE_KEEP {
+            q.items = std::collections::VecDeque::new();
+        }
+        item
+    }
+
+    /// The next item; waits while the queue is empty. Cancel-safe: an item is only taken when returned.
+    async fn recv(&self) -> Outgoing {
+        loop {
+            // Registered before looking, so a push between the look and the wait is not missed.
+            let notified = self.ready.notified();
+            if let Some(item) = self.try_recv() {
+                return item;
+            }
+            notified.await;
+        }
+    }
+
+    /// The task has ended: refuse new items and drop those queued.
+    fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        q.items = std::collections::VecDeque::new();
+    }
 }
 
 enum Delivery {
@@ -246,11 +334,11 @@ impl Inner {
             };
             match handle.tx.try_send(item) {
                 Ok(()) => sent += 1,
-                Err(TrySendError::Full(_)) => {
+                Err(Refused::Full) => {
                     handle.kill.cancel();
                     overflowed.push(conn);
                 }
-                Err(TrySendError::Closed(_)) => {} // its task has ended and disconnects itself
+                Err(Refused::Closed) => {} // its task has ended and disconnects itself
             }
         }
         self.metrics.sent(sent);
@@ -272,13 +360,7 @@ impl Inner {
     }
 
     /// One frame from a client.
-    fn on_frame(
-        &self,
-        conn: ConnId,
-        session: &mut Session,
-        tx: &mpsc::Sender<Outgoing>,
-        frame: Frame<'_>,
-    ) {
+    fn on_frame(&self, conn: ConnId, session: &mut Session, tx: &Queue, frame: Frame<'_>) {
         let now = Instant::now();
         let verdict = match frame {
             Frame::Text(bytes) => session.on_text(now, bytes, &self.metrics),
@@ -299,11 +381,11 @@ impl Inner {
         }
     }
 
-    fn reply(&self, conn: ConnId, tx: &mpsc::Sender<Outgoing>, msg: &ServerMessage) {
+    fn reply(&self, conn: ConnId, tx: &Queue, msg: &ServerMessage) {
         match tx.try_send(Outgoing::Text(msg.to_json().into())) {
             Ok(()) => self.metrics.sent(1),
-            Err(TrySendError::Full(_)) => self.drop_slow(conn),
-            Err(TrySendError::Closed(_)) => {}
+            Err(Refused::Full) => self.drop_slow(conn),
+            Err(Refused::Closed) => {}
         }
     }
 
@@ -434,7 +516,10 @@ async fn ws_handler(
     let hard = hard_frame_limit(inner.config.max_message_bytes);
     ws.max_message_size(hard)
         .max_frame_size(hard)
-        .read_buffer_size(4096)
+        // Read buffer: tungstenite allocates it whole for every connection and keeps it; an idle signaling
+        // connection reads a ping or a candidate (tens to hundreds of bytes) now and then. A larger message (an
+        // SDP offer of a few KiB) grows it for that message; reads under load rarely find more than this queued.
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| run_connection(inner, socket, client, host))
 }
@@ -456,7 +541,8 @@ async fn run_connection(
     host: Option<String>,
 ) {
     let cfg = &inner.config;
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(cfg.outgoing_queue.max(1));
+    let tx = Queue::new(cfg.outgoing_queue);
+    let rx = tx.clone();
     let kill = CancellationToken::new();
     let handle = ConnHandle {
         tx: tx.clone(),
@@ -491,18 +577,18 @@ async fn run_connection(
             () = inner.shutdown.cancelled() => break End::Shutdown,
             () = kill.cancelled() => break End::Killed,
             item = rx.recv() => match item {
-                Some(Outgoing::Text(text)) => {
+                Outgoing::Text(text) => {
                     let mut close = None;
                     let written = tokio::time::timeout(write_timeout, async {
                         sink.feed(Message::Text(text)).await?;
                         for _ in 0..WRITE_BATCH {
                             match rx.try_recv() {
-                                Ok(Outgoing::Text(t)) => sink.feed(Message::Text(t)).await?,
-                                Ok(Outgoing::Close(code, reason)) => {
+                                Some(Outgoing::Text(t)) => sink.feed(Message::Text(t)).await?,
+                                Some(Outgoing::Close(code, reason)) => {
                                     close = Some((code, reason));
                                     break;
                                 }
-                                Err(_) => break,
+                                None => break,
                             }
                         }
                         sink.flush().await
@@ -515,8 +601,7 @@ async fn run_connection(
                         break End::Core(code, reason);
                     }
                 }
-                Some(Outgoing::Close(code, reason)) => break End::Core(code, reason),
-                None => break End::Lost,
+                Outgoing::Close(code, reason) => break End::Core(code, reason),
             },
             frame = stream.next() => {
                 let Some(Ok(frame)) = frame else { break End::Lost };
@@ -566,6 +651,7 @@ async fn run_connection(
         End::Shutdown => close_socket(sink, stream, CLOSE_GOING_AWAY, "server shutting down").await,
         End::Lost | End::Killed => {}
     }
+    rx.close();
     inner.with_state(|st, now| {
         st.conns.remove(&conn);
         st.rooms.disconnect(now, conn);
