@@ -67,11 +67,13 @@ test('chat reaches the others; muting the microphone or camera shows on the othe
     for (const viewer of [bob, cyd]) {
       await waitFor(async () => (await tileOf(viewer, ada.id))?.mic === 'off', { timeout: 5000, what: `${viewer.name} to see Ada muted` });
     }
-    await sleep(500); // let in-flight audio drain
+    await sleep(1500); // let in-flight audio drain (the jitter buffer holds more on a busy machine)
     const e0 = await energy(bob);
     await sleep(1500);
     const e1 = await energy(bob);
-    assert.ok(e1 - e0 < 1e-6, `Bob hears silence from muted Ada (energy +${e1 - e0})`);
+    // A muted track adds nothing, or a trace of the last buffered packets on a busy machine (1.6e-6 seen in a
+    // full run); the fake microphone's beep adds orders of magnitude more.
+    assert.ok(e1 - e0 < 1e-4, `Bob hears silence from muted Ada (energy +${e1 - e0})`);
     await ada.page.click('#ctl-mic');
     for (const viewer of [bob, cyd]) {
       await waitFor(async () => (await tileOf(viewer, ada.id))?.mic === 'on', { timeout: 5000, what: `${viewer.name} to see Ada unmuted` });
