@@ -682,3 +682,65 @@ fn dual_allocation_relays_to_ipv4_and_ipv6_peers_over_real_sockets() {
         assert_eq!(c.data_indication(), (peer_addr, b"to the client".to_vec()));
     }
 }
+
+/// SIGUSR2 drains a TURN node (issue 13, a fleet behind DNS): an allocation relaying before the drain keeps
+/// relaying without loss to its end; a new one is refused with 508 Insufficient Capacity, which tells the client
+/// to try another server.
+#[test]
+fn sigusr2_drains_new_allocations_and_keeps_the_running_ones() {
+    let s = start(&["--user", "u:p", "--allow-loopback-peers"]);
+    let port = s.port.to_string();
+    let running = {
+        let port = port.clone();
+        // 60 messages 50 ms apart: about 3 s of relaying, the drain lands in the middle.
+        std::thread::spawn(move || {
+            uclient(&[
+                "-y",
+                "-m",
+                "1",
+                "-n",
+                "60",
+                "-z",
+                "50",
+                "-l",
+                "120",
+                "-u",
+                "u",
+                "-w",
+                "p",
+                "-p",
+                &port,
+                "127.0.0.1",
+            ])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1200));
+    let status = Command::new("kill")
+        .args(["-USR2", &s.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "SIGUSR2 sent");
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = uclient(&[
+        "-y",
+        "-m",
+        "1",
+        "-n",
+        "5",
+        "-l",
+        "120",
+        "-u",
+        "u",
+        "-w",
+        "p",
+        "-p",
+        &port,
+        "127.0.0.1",
+    ]);
+    assert!(
+        refused.contains("508"),
+        "a new allocation on a draining server is refused with 508:\n{refused}"
+    );
+    let out = running.join().expect("the running client");
+    assert_no_loss(&out, 60);
+}

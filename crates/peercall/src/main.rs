@@ -442,6 +442,8 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut usr2 =
+        signal(SignalKind::user_defined2()).context("cannot install the SIGUSR2 handler")?;
 
     let files = raise_open_file_limit();
     // `--domain`: the state directory is read (a cached certificate is served at once); the CA is contacted
@@ -476,6 +478,13 @@ async fn serve(mode: Mode, config: Resolved) -> anyhow::Result<()> {
                 http.reload_tls();
                 parts.reload_tls();
             }
+            _ = usr2.recv() => match &parts.turn {
+                Some(turn) => {
+                    turn.drain();
+                    tracing::warn!("SIGUSR2: TURN draining: new allocations are refused (508, clients try another server), existing ones keep relaying until they expire");
+                }
+                None => tracing::warn!("SIGUSR2: no TURN server in this process to drain"),
+            },
         }
     };
     tracing::info!(

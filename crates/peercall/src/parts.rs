@@ -45,6 +45,11 @@ pub struct TurnPart {
 }
 
 impl TurnPart {
+    /// No new allocations from now on; existing ones run until they expire (SIGUSR2).
+    pub fn drain(&self) {
+        self.handle.drain();
+    }
+
     pub fn addrs(&self) -> peercall_turn::Listening {
         self.handle.local_addrs()
     }

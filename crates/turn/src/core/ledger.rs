@@ -27,6 +27,9 @@ struct State {
     relays: HashSet<SocketAddr>,
     reservations: Vec<Reservation>,
     reservation_counter: u64,
+    /// Draining: no new allocations (508, so clients try another server); existing ones live on until they
+    /// expire or are refreshed away.
+    draining: bool,
 }
 
 /// A relay port held for a later Allocate (EVEN-PORT R=1). It counts against the quotas of whoever made it
@@ -111,6 +114,17 @@ impl Ledger {
         quotas: Quotas,
     ) -> Result<(), (QuotaKind, Refusal)> {
         admit_in(&mut self.lock(), owner, n, quotas)
+    }
+
+    /// Starts (or ends) draining: from now on every new allocation is refused with 508 Insufficient Capacity
+    /// (RFC 8656 §7.2: the client tries another server); allocations that exist keep working.
+    pub(crate) fn set_draining(&self, draining: bool) {
+        self.lock().draining = draining;
+    }
+
+    /// Whether new allocations are refused (see [`Ledger::set_draining`]).
+    pub(crate) fn is_draining(&self) -> bool {
+        self.lock().draining
     }
 
     /// Takes back `n` admissions that did not become holdings, or ones that ended.
@@ -221,6 +235,9 @@ fn admit_in(
     n: u32,
     quotas: Quotas,
 ) -> Result<(), (QuotaKind, Refusal)> {
+    if s.draining {
+        return Err((QuotaKind::Total, Refusal::InsufficientCapacity));
+    }
     let user = s.per_user.get(&owner.user).copied().unwrap_or(0);
     if user.saturating_add(n) > quotas.user {
         return Err((QuotaKind::User, Refusal::QuotaReached));
@@ -296,6 +313,29 @@ mod tests {
             client_key(mapped),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn draining_refuses_new_admissions_and_keeps_the_count_of_existing_ones() {
+        let ledger = Ledger::default();
+        let quotas = Quotas {
+            user: 10,
+            client: 10,
+            total: 100,
+        };
+        let owner = Owner::new("alice", "198.51.100.7".parse().unwrap());
+        ledger.admit(&owner, 1, quotas).unwrap();
+        ledger.set_draining(true);
+        assert!(ledger.is_draining());
+        assert_eq!(
+            ledger.admit(&owner, 1, quotas).unwrap_err().1,
+            Refusal::InsufficientCapacity
+        );
+        assert_eq!(ledger.allocations(), 1, "the existing allocation stays");
+        ledger.release(&owner, 1);
+        assert_eq!(ledger.allocations(), 0);
+        ledger.set_draining(false);
+        ledger.admit(&owner, 1, quotas).unwrap();
     }
 
     #[test]

@@ -130,6 +130,8 @@ struct Shared {
     /// Open TCP/TLS connections, capped per source and in total.
     streams: Arc<StreamGate>,
     stream_limits: StreamLimits,
+    /// The quota ledger every shard's core admits allocations against (also where draining is switched on).
+    ledger: Arc<Ledger>,
 }
 
 impl Shared {
@@ -296,6 +298,7 @@ impl TurnServer {
         let owners = RelayOwners::new(&relay_ips);
         let streams = Arc::new(StreamGate::new(metrics.clone()));
         let shared = Arc::new(Shared {
+            ledger,
             shards,
             owners,
             metrics,
@@ -407,6 +410,18 @@ impl TurnHandle {
 
     pub fn is_running(&self) -> bool {
         !self.shared.shutdown.is_cancelled()
+    }
+
+    /// Drains this TURN server: new allocations are refused with 508 Insufficient Capacity (clients move to
+    /// another server of the fleet); existing allocations, permissions and channels keep relaying and may be
+    /// refreshed until they expire. STUN Binding is still answered.
+    pub fn drain(&self) {
+        self.shared.ledger.set_draining(true);
+    }
+
+    /// Whether [`TurnHandle::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.shared.ledger.is_draining()
     }
 
     /// Serves a TLS connection accepted by another listener whose first bytes are STUN (TURN on peercall's
