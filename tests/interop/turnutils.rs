@@ -715,11 +715,9 @@ fn sigusr2_drains_new_allocations_and_keeps_the_running_ones() {
         })
     };
     std::thread::sleep(Duration::from_millis(1200));
-    let status = Command::new("kill")
-        .args(["-USR2", &s.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "SIGUSR2 sent");
+    // rustix, not a `kill` program: a bare CI machine may not have procps.
+    let pid = rustix::process::Pid::from_raw(s.child.id() as i32).expect("a child's pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::USR2).expect("SIGUSR2 sent");
     std::thread::sleep(Duration::from_millis(300));
     let refused = uclient(&[
         "-y",
