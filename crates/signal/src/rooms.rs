@@ -611,20 +611,11 @@ impl Rooms {
 
         let id = self.new_peer_id();
         let resume = self.new_resume_token();
+        let peers = self.peer_list(&join.room, &id);
         let room = self
             .rooms
             .get_mut(&join.room)
             .expect("room exists: found or created just above");
-        let peers: Vec<PeerInfo> = room
-            .members
-            .iter()
-            .filter_map(|m| {
-                self.peers.get(m).map(|p| PeerInfo {
-                    id: m.clone(),
-                    name: p.name.clone(),
-                })
-            })
-            .collect();
         room.members.push(id.clone());
         let others = room.members.clone();
         self.by_resume.insert(resume.clone(), id.clone());
@@ -664,6 +655,23 @@ impl Rooms {
             self.send_to_peer_if_attached(other, ServerMessage::PeerJoined { peer: info.clone() });
         }
         Ok(())
+    }
+
+    /// The members of `room` but `except`, as `welcome` lists them.
+    fn peer_list(&self, room: &str, except: &str) -> Vec<PeerInfo> {
+        let Some(room) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        room.members
+            .iter()
+            .filter(|m| *m != except)
+            .filter_map(|m| {
+                self.peers.get(m).map(|p| PeerInfo {
+                    id: m.clone(),
+                    name: p.name.clone(),
+                })
+            })
+            .collect()
     }
 
     fn resume(&mut self, now: Instant, conn: ConnId, peer_id: &str, join: Join) {
@@ -713,27 +721,13 @@ impl Rooms {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.peer = Some(peer_id.to_owned());
         }
-        let members = self
-            .rooms
-            .get(&room_name)
-            .map(|r| r.members.clone())
-            .unwrap_or_default();
-        let peers = members
-            .iter()
-            .filter(|m| *m != peer_id)
-            .filter_map(|m| {
-                self.peers.get(m).map(|p| PeerInfo {
-                    id: m.clone(),
-                    name: p.name.clone(),
-                })
-            })
-            .collect();
+        let peers = self.peer_list(&room_name, peer_id);
         let ice_servers = self.ice_for(now, conn, peer_id);
         self.send(
             conn,
             ServerMessage::Welcome {
                 id: peer_id.to_owned(),
-                room: room_name,
+                room: room_name.clone(),
                 peers,
                 ice_servers,
                 resume: new_token,
@@ -744,9 +738,9 @@ impl Rooms {
             self.send(conn, msg);
         }
         if let Some(info) = renamed {
-            for other in members.iter().filter(|m| *m != peer_id) {
+            for other in self.peer_list(&room_name, peer_id) {
                 self.send_to_peer_if_attached(
-                    other,
+                    &other.id,
                     ServerMessage::PeerUpdated { peer: info.clone() },
                 );
             }

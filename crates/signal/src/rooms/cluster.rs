@@ -250,21 +250,7 @@ impl Rooms {
         resume: String,
         resumed: bool,
     ) {
-        let members = self
-            .rooms
-            .get(room)
-            .map(|r| r.members.clone())
-            .unwrap_or_default();
-        let peers = members
-            .iter()
-            .filter(|m| *m != id)
-            .filter_map(|m| {
-                self.peers.get(m).map(|p| PeerInfo {
-                    id: m.clone(),
-                    name: p.name.clone(),
-                })
-            })
-            .collect();
+        let peers = self.peer_list(room, id);
         let ice_servers = self.ice_for(now, conn, id);
         self.send(
             conn,
