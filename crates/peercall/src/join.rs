@@ -327,8 +327,9 @@ fn send_out(
     }
     let server = t.destination;
     let tls_name = t.tls;
-    let tls = tls.clone();
     let conn = tcp_conns.entry(server).or_insert_with(|| {
+        // Only when the connection is opened: a frame on an open one costs no clone.
+        let tls = tls.clone();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
         let back = tcp_tx.clone();
         tokio::spawn(async move {

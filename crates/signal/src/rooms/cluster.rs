@@ -129,12 +129,7 @@ impl Rooms {
                 let _ = self.close_with_error(conn, code, message, Some("join"));
             }
             Admission::Unavailable if alive => {
-                let _ = self.close_with_error(
-                    conn,
-                    ErrorCode::Unavailable,
-                    "the cluster store (Redis) cannot be reached: try again in a moment",
-                    Some("join"),
-                );
+                self.refuse_unavailable(conn);
             }
             _ => {}
         }
@@ -184,16 +179,21 @@ impl Rooms {
                 let _ = self.join(now, conn, join);
             }
             Resumption::Unavailable if alive => {
-                let _ = self.close_with_error(
-                    conn,
-                    ErrorCode::Unavailable,
-                    "the cluster store (Redis) cannot be reached: try again in a moment",
-                    Some("join"),
-                );
+                self.refuse_unavailable(conn);
             }
             _ => {}
         }
         self.admitted_one(&room);
+    }
+
+    /// Closes a join or resume that the cluster store could not answer, with the `unavailable` error.
+    fn refuse_unavailable(&mut self, conn: ConnId) {
+        let _ = self.close_with_error(
+            conn,
+            ErrorCode::Unavailable,
+            "the cluster store (Redis) cannot be reached: try again in a moment",
+            Some("join"),
+        );
     }
 
     /// One join of `room` in flight is answered: the room may go if it has nothing left here.
