@@ -53,6 +53,7 @@ export class Peer extends EventTarget {
     this.chain = Promise.resolve();
     this.restartTimer = null;
     this.watchdog = null;
+    this.stuck = false; // the connect watchdog fired and the connection has not come up since
     this.restarts = 0;
     this.collisions = 0; // offers that crossed ours (glare), resolved by the polite/impolite rule
     this.pendingRestart = false;
@@ -141,6 +142,7 @@ export class Peer extends EventTarget {
     if (state === 'connected') {
       mark('connected', this.id);
       this.restarts = 0;
+      this.stuck = false;
       clearTimeout(this.watchdog);
       if (!this.stallTimer) this.stallTimer = setInterval(() => this.#checkStall(), STALL_CHECK_MS);
     } else if (state === 'disconnected') {
@@ -184,7 +186,12 @@ export class Peer extends EventTarget {
     clearTimeout(this.watchdog);
     this.watchdog = setTimeout(() => {
       const state = this.pc?.connectionState;
-      if (!this.closed && state !== 'connected' && state !== 'closed') this.restartIce('timeout');
+      if (this.closed || state === 'connected' || state === 'closed') return;
+      // Not up in time: a path that cannot work often never reaches "failed" (a side without candidates keeps
+      // the agent in "new"), so the room is told here too and can say why.
+      this.stuck = true;
+      this.restartIce('timeout');
+      this.dispatchEvent(new Event('state'));
     }, CONNECT_WATCHDOG_MS);
   }
 

@@ -32,6 +32,7 @@ const ROOM = decodeURIComponent(location.pathname.split('/')[2] ?? '');
 const FORCE_RELAY = params.get('relay') === '1';
 const AUTO_JOIN = params.get('join') === '1';
 const STATS_EVERY_MS = 1000;
+const DIAGNOSE_EVERY_MS = 5000; // a call that cannot connect: its candidates are read again this often
 
 const media = new LocalMedia();
 
@@ -701,7 +702,9 @@ function renderPeer(p) {
   if (s === 'connected') p.failure = null;
   // Every candidate pair failed: say why it is likely, instead of spinning (the ICE restart that follows
   // goes on; the words go once the call connects).
-  if (s === 'failed' && !p.diagnosing) diagnose(p);
+  // Reading the candidates re-renders the tile: at most once per DIAGNOSE_EVERY_MS, not in a loop.
+  const due = !p.diagnosedAt || performance.now() - p.diagnosedAt > DIAGNOSE_EVERY_MS;
+  if ((s === 'failed' || peer.stuck) && s !== 'connected' && !p.diagnosing && due) diagnose(p);
   tile.setState(
     s === 'connected' ? null
       : p.failure ? `Can't connect: ${p.failure} (still trying)`
@@ -714,6 +717,7 @@ function renderPeer(p) {
 /** Reads the candidates the browser gathered and explains the failure on the tile. */
 async function diagnose(p) {
   p.diagnosing = true;
+  p.diagnosedAt = performance.now();
   try {
     const report = await p.peer.pc?.getStats();
     const local = [];
