@@ -196,7 +196,7 @@ test('draining: SIGTERM closes with 4001 and the clients resume on another node,
   await ann.ws.next((m) => m.type === 'peer-joined', { what: 'Bob joined' });
   const stopped = n2.kill('SIGTERM');
   await waitFor(() => bob.ws.closed, { timeout: 5000, what: "Bob's socket to close" });
-  assert.equal(bob.ws.closeCode, 4001, 'draining close code');
+  assert.equal(bob.ws.closeCode, 4001, `draining close code; node 2 said:\n${n2.logs().slice(-3000)}`);
   await stopped;
   const back = await joinOn(n1, room, 'Bob', { resume: bob.resume });
   assert.equal(back.first.resumed, true);

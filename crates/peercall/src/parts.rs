@@ -167,6 +167,9 @@ impl Parts {
     }
 
     pub async fn join(self) {
+        if let Some(signal) = &self.signal {
+            signal.inner.closed().await;
+        }
         for task in self.tasks {
             let _ = task.await;
         }

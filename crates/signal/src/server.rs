@@ -24,6 +24,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, ServerMessage};
@@ -66,6 +67,8 @@ pub(crate) struct Inner {
     metrics: Arc<Metrics>,
     state: Mutex<SharedState>,
     shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait until each has sent its close frame.
+    connections: TaskTracker,
     timer_wake: Notify,
     timer_started: AtomicBool,
     /// The Redis link, when this node is part of a cluster.
@@ -200,6 +203,7 @@ impl SignalService {
                     conns: HashMap::new(),
                 }),
                 shutdown: CancellationToken::new(),
+                connections: TaskTracker::new(),
                 timer_wake: Notify::new(),
                 timer_started: AtomicBool::new(false),
                 cluster: OnceLock::new(),
@@ -256,6 +260,14 @@ impl SignalService {
             link.stop();
         }
         self.inner.shutdown.cancel();
+        self.inner.connections.close();
+    }
+
+    /// Resolves once [`shutdown`](Self::shutdown) was called and every connection has finished its close
+    /// handshake (each is bounded by its own close timeout): the process must not exit before the clients were
+    /// told where to go.
+    pub async fn closed(&self) {
+        self.inner.connections.wait().await;
     }
 
     pub fn stats(&self) -> SignalStats {
@@ -521,7 +533,10 @@ async fn ws_handler(
         // SDP offer of a few KiB) grows it for that message; reads under load rarely find more than this queued.
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| run_connection(inner, socket, client, host))
+        .on_upgrade(move |socket| {
+            let tracker = inner.connections.clone();
+            tracker.track_future(run_connection(inner, socket, client, host))
+        })
 }
 
 enum End {
