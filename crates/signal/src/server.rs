@@ -697,6 +697,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn metrics_show_the_drain() {
+        let service = SignalService::new(SignalConfig::default());
+        let text = |s: &SignalService| {
+            let mut out = String::new();
+            s.metrics_text(&mut out);
+            out
+        };
+        assert!(text(&service).contains("\npeercall_signal_draining 0\n"));
+        service.shutdown();
+        assert!(text(&service).contains("\npeercall_signal_draining 1\n"));
+    }
+
+    #[test]
     fn host_from_request() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "[::1]:8080".parse().expect("header"));
