@@ -120,8 +120,11 @@ function parseResp(buf, at) {
 /** A `peercall signal` node using `redisUrl`, on a free (or the given) loopback port. */
 export async function startNode(redisUrl, { port, extraArgs = [] } = {}) {
   port ??= await freePort();
+  // Generous per-address limits (every test client is on loopback) unless the test sets its own.
+  const limits = [['--max-connections-per-ip', '200'], ['--max-joins-per-min', '1000'], ['--max-new-rooms-per-min', '1000']]
+    .filter(([flag]) => !extraArgs.includes(flag)).flat();
   const args = ['signal', '--http', `127.0.0.1:${port}`, '--redis', redisUrl, '--trusted-proxy', '127.0.0.1/32',
-    '--max-connections-per-ip', '200', '--max-joins-per-min', '1000', '--max-new-rooms-per-min', '1000', ...extraArgs];
+    ...limits, ...extraArgs];
   const proc = run(BIN, args, 'peercall node');
   const node = { ...proc, port, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}/ws` };
   node.kill = proc.kill;

@@ -715,10 +715,16 @@ fn sigusr2_drains_new_allocations_and_keeps_the_running_ones() {
         })
     };
     std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(s.metric("peercall_turn_draining"), 0.0, "not draining yet");
     // rustix, not a `kill` program: a bare CI machine may not have procps.
     let pid = rustix::process::Pid::from_raw(s.child.id() as i32).expect("a child's pid");
     rustix::process::kill_process(pid, rustix::process::Signal::USR2).expect("SIGUSR2 sent");
     std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        s.metric("peercall_turn_draining"),
+        1.0,
+        "/metrics shows the drain"
+    );
     let refused = uclient(&[
         "-y",
         "-m",

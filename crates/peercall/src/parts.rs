@@ -60,6 +60,15 @@ impl TurnPart {
 
     pub fn metrics_text(&self, out: &mut String) {
         self.handle.metrics().encode_prometheus(out);
+        out.push_str(
+            "# HELP peercall_turn_draining 1 while this TURN server drains (SIGUSR2): new allocations are refused.\n\
+             # TYPE peercall_turn_draining gauge\n",
+        );
+        out.push_str(if self.handle.is_draining() {
+            "peercall_turn_draining 1\n"
+        } else {
+            "peercall_turn_draining 0\n"
+        });
     }
 
     pub fn reload_tls(&self) -> Result<(), String> {

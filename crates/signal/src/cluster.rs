@@ -7,6 +7,8 @@
 //! happens on other nodes with [`crate::rooms::Rooms::handle_cluster_event`]. The Redis driver
 //! ([`crate::redis`]) only moves these values to and from Redis.
 
+use std::net::IpAddr;
+
 use serde_json::value::RawValue;
 
 use crate::protocol::{ErrorCode, ForwardKind, PeerInfo};
@@ -42,7 +44,22 @@ pub enum ClusterRequest {
         password: Option<String>,
         capacity: usize,
         require_password: bool,
+        /// The joining client's address (IPv4, or the /64 of IPv6), for the cluster-wide join rates.
+        ip: Option<IpAddr>,
+        /// Joins per minute one address may make across the cluster (0: no limit).
+        joins_per_min: u32,
+        /// New rooms per minute one address may create across the cluster (0: no limit).
+        rooms_per_min: u32,
     },
+    /// Count a new connection from `ip` against the cluster-wide cap of `limit` connections per address;
+    /// answered with [`crate::rooms::Rooms::handle_connection_count`]. The core has checked its local count.
+    CountConnection {
+        conn: ConnId,
+        ip: IpAddr,
+        limit: u32,
+    },
+    /// A connection from `ip` that the store counted is gone.
+    UncountConnection { ip: IpAddr },
     /// Take over the member that holds this resume token (it may live on another node); answered with
     /// [`crate::rooms::Rooms::handle_resumption`].
     Resume {
@@ -95,7 +112,31 @@ pub enum Admission {
     },
     /// Refused (`room-full`, `wrong-password`).
     Refused(ErrorCode),
+    /// The address used up its joins (or new rooms) per minute across the cluster.
+    Throttled(Throttle),
     /// The store cannot be reached.
+    Unavailable,
+}
+
+/// Which cluster-wide join rate an address used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Throttle {
+    /// `--max-joins-per-min`.
+    Joins,
+    /// `--max-new-rooms-per-min`.
+    NewRooms,
+}
+
+/// The store's answer to [`ClusterRequest::CountConnection`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionCount {
+    /// Counted: the address is within its cap on all live nodes together.
+    Counted,
+    /// The address holds its cap of connections across the cluster already.
+    Refused,
+    /// The store cannot be reached: the node's own count is the limit for now (fail safe, not fail open).
     Unavailable,
 }
 

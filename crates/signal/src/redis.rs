@@ -18,7 +18,9 @@ use fred::types::scripts::Script;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::cluster::{Admission, ClusterRequest, Member, Resumption, RoomSnapshot, wire};
+use crate::cluster::{
+    Admission, ClusterRequest, ConnectionCount, Member, Resumption, RoomSnapshot, Throttle, wire,
+};
 use crate::protocol::ErrorCode;
 use crate::rooms::ConnId;
 use crate::server::Inner;
@@ -33,6 +35,12 @@ const QUEUE: usize = 8192;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 const NODE_PREFIX: &str = "pc:node:";
+/// The set of node ids seen by their heartbeat (pruned by the counting script when a node's key is gone).
+const NODES_KEY: &str = "pc:nodes";
+/// Per node: a hash of client address → connections it holds, with the node's TTL.
+const IPS_PREFIX: &str = "pc:ips:";
+/// Per address and minute: joins (`j`) and new rooms (`r`) across the cluster.
+const RATE_PREFIX: &str = "pc:rate:";
 const ROOM_PREFIX: &str = "pc:room:";
 const CHANNEL_PREFIX: &str = "pc:ch:";
 
@@ -67,6 +75,11 @@ pub struct RedisStats {
     received: AtomicU64,
     dropped: AtomicU64,
     sweeps_left: AtomicU64,
+    limit_fallbacks: AtomicU64,
+    /// A connection-cap count could not be kept in Redis: the node's hash is rewritten at the next heartbeat.
+    ips_dirty: AtomicBool,
+    /// Whether the fallback to per-node limits was logged during this outage.
+    fallback_logged: AtomicBool,
 }
 
 impl RedisStats {
@@ -126,6 +139,13 @@ impl RedisStats {
         );
         gauge(
             out,
+            "peercall_signal_redis_limit_fallbacks_total",
+            "Connections admitted against this node's own per-address cap because Redis could not count them.",
+            self.limit_fallbacks.load(Relaxed),
+            "counter",
+        );
+        gauge(
+            out,
             "peercall_signal_redis_swept_total",
             "Peers of dead nodes this node's sweeps announced as left.",
             self.sweeps_left.load(Relaxed),
@@ -145,6 +165,9 @@ enum Job {
     Request(ClusterRequest),
     /// Draining or shutting down: delete the liveness key so other nodes start the grace period at once.
     Stop,
+    /// Write this node's per-address connection counts whole. In the request queue, so it is ordered with the
+    /// counts and uncounts around it (its snapshot is taken when it runs).
+    RewriteCounts,
 }
 
 impl Link {
@@ -175,6 +198,10 @@ fn refuse(inner: &Inner, req: ClusterRequest) {
         ClusterRequest::Resume { conn, .. } => inner.with_state(|st, now| {
             st.rooms
                 .handle_resumption(now, conn, Resumption::Unavailable)
+        }),
+        ClusterRequest::CountConnection { conn, .. } => inner.with_state(|st, now| {
+            st.rooms
+                .handle_connection_count(now, conn, ConnectionCount::Unavailable)
         }),
         _ => {}
     }
@@ -210,16 +237,32 @@ for i = 1, #all, 2 do
     pw = all[i + 1]
   end
 end
+local salt = pw and string.match(pw, '^([^:]*):')
+if pw and ARGV[7] ~= salt then return {'salt', salt} end
+-- Cluster-wide join rates of the address (ARGV[11]): one counter per address and minute, on Redis's clock.
+local minute = ''
+if ARGV[11] ~= '' then
+  minute = tostring(math.floor(tonumber(redis.call('TIME')[1]) / 60))
+  if tonumber(ARGV[12]) > 0 then
+    local jk = ARGV[14] .. 'j:' .. ARGV[11] .. ':' .. minute
+    local c = redis.call('INCR', jk)
+    if c == 1 then redis.call('PEXPIRE', jk, 61000) end
+    if c > tonumber(ARGV[12]) then return {'join-rate'} end
+  end
+end
 if pw then
-  local salt = string.match(pw, '^([^:]*):')
-  if ARGV[7] ~= salt then return {'salt', salt} end
   if pw ~= ARGV[7] .. ':' .. ARGV[8] then return {'wrong-password'} end
 elseif n == 0 then
+  if ARGV[8] == '' and ARGV[9] == '1' then return {'password-required'} end
+  if minute ~= '' and tonumber(ARGV[13]) > 0 and tonumber(ARGV[5]) > 0 then
+    local rk = ARGV[14] .. 'r:' .. ARGV[11] .. ':' .. minute
+    local c = redis.call('INCR', rk)
+    if c == 1 then redis.call('PEXPIRE', rk, 61000) end
+    if c > tonumber(ARGV[13]) then return {'new-room-rate'} end
+  end
   if ARGV[8] ~= '' then
     pw = ARGV[7] .. ':' .. ARGV[8]
     redis.call('HSET', k, 'pw', pw)
-  elseif ARGV[9] == '1' then
-    return {'password-required'}
   end
 end
 if n >= tonumber(ARGV[5]) then return {'room-full'} end
@@ -232,6 +275,38 @@ redis.call('PUBLISH', ARGV[10], cjson.encode({t = 'join', n = ARGV[3], s = seq, 
 table.insert(members, ARGV[1])
 table.insert(members, m)
 return {'ok', tostring(seq), pw or '', unpack(members)}
+"#;
+
+/// Counts a connection from an address against the cap over all live nodes. KEYS[1]: this node's hash.
+/// ARGV: address, cap, node key prefix, nodes set, this node, TTL ms, hash prefix.
+const COUNT_CONN: &str = r#"
+local total = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+for _, n in ipairs(redis.call('SMEMBERS', ARGV[4])) do
+  if n ~= ARGV[5] then
+    if redis.call('EXISTS', ARGV[3] .. n) == 1 then
+      total = total + tonumber(redis.call('HGET', ARGV[7] .. n, ARGV[1]) or '0')
+    else
+      redis.call('SREM', ARGV[4], n)
+    end
+  end
+end
+if total >= tonumber(ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+"#;
+
+const UNCOUNT_CONN: &str = r#"
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
+/// Replaces this node's per-address counts. KEYS[1]: the hash. ARGV: TTL ms, then address, count pairs.
+const SET_COUNTS: &str = r#"
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV > 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
 "#;
 
 const RESUME: &str = r#"
@@ -360,6 +435,9 @@ struct Scripts {
     rename: Script,
     sweep: Script,
     restore: Script,
+    count_conn: Script,
+    uncount_conn: Script,
+    set_counts: Script,
 }
 
 impl Scripts {
@@ -372,6 +450,9 @@ impl Scripts {
             rename: Script::from_lua(RENAME),
             sweep: Script::from_lua(SWEEP),
             restore: Script::from_lua(RESTORE),
+            count_conn: Script::from_lua(COUNT_CONN),
+            uncount_conn: Script::from_lua(UNCOUNT_CONN),
+            set_counts: Script::from_lua(SET_COUNTS),
         }
     }
 }
@@ -451,7 +532,7 @@ pub(crate) fn start(inner: &Arc<Inner>, settings: &RedisSettings) -> Result<Link
     let weak = Arc::downgrade(inner);
     tokio::spawn(run_requests(driver.clone(), weak.clone(), rx));
     tokio::spawn(run_events(driver.clone(), weak.clone()));
-    tokio::spawn(run_heartbeat(driver, weak));
+    tokio::spawn(run_heartbeat(driver, weak, tx.clone()));
     tracing::info!(
         node = %node,
         "signaling cluster: node {node}, Redis at {}",
@@ -522,7 +603,9 @@ impl Driver {
         password: Option<&str>,
         capacity: usize,
         require_password: bool,
+        rates: (Option<std::net::IpAddr>, u32, u32),
     ) -> Admission {
+        let (ip, joins_per_min, rooms_per_min) = rates;
         let key = room_key(room);
         let ttl = room_ttl(self.grace).as_millis().to_string();
         let mut salt = hex_of(&rand::random::<[u8; 16]>());
@@ -540,6 +623,10 @@ impl Driver {
                 hash,
                 if require_password { "1" } else { "0" }.to_owned(),
                 channel(room),
+                ip.map_or_else(String::new, |ip| ip.to_string()),
+                joins_per_min.to_string(),
+                rooms_per_min.to_string(),
+                RATE_PREFIX.to_owned(),
             ];
             let reply: Result<Vec<String>, Error> = self
                 .scripts
@@ -573,6 +660,8 @@ impl Driver {
                     return Admission::Refused(ErrorCode::WrongPassword);
                 }
                 Some("room-full") => return Admission::Refused(ErrorCode::RoomFull),
+                Some("join-rate") => return Admission::Throttled(Throttle::Joins),
+                Some("new-room-rate") => return Admission::Throttled(Throttle::NewRooms),
                 _ => return Admission::Unavailable,
             }
         }
@@ -643,6 +732,9 @@ impl Driver {
                 password,
                 capacity,
                 require_password,
+                ip,
+                joins_per_min,
+                rooms_per_min,
             } => {
                 let answer = if now_connected {
                     self.admit(
@@ -653,6 +745,7 @@ impl Driver {
                         password.as_deref(),
                         capacity,
                         require_password,
+                        (ip, joins_per_min, rooms_per_min),
                     )
                     .await
                 } else {
@@ -674,6 +767,34 @@ impl Driver {
                 };
                 if let Some(inner) = inner.upgrade() {
                     inner.with_state(|st, now| st.rooms.handle_resumption(now, conn, answer));
+                }
+            }
+            ClusterRequest::CountConnection { conn, ip, limit } => {
+                let answer = if now_connected {
+                    self.count_connection(ip, limit).await
+                } else {
+                    ConnectionCount::Unavailable
+                };
+                if answer == ConnectionCount::Unavailable {
+                    self.limit_fallback();
+                }
+                if let Some(inner) = inner.upgrade() {
+                    inner.with_state(|st, now| st.rooms.handle_connection_count(now, conn, answer));
+                }
+            }
+            ClusterRequest::UncountConnection { ip } if !now_connected => {
+                let _ = ip;
+                self.stats.ips_dirty.store(true, Relaxed);
+            }
+            ClusterRequest::UncountConnection { ip } => {
+                let r: Result<Value, Error> = self
+                    .scripts
+                    .uncount_conn
+                    .evalsha_with_reload(&self.client, self.ips_key(), vec![ip.to_string()])
+                    .await;
+                if let Err(e) = r {
+                    self.failed("connection uncount", &e);
+                    self.stats.ips_dirty.store(true, Relaxed);
                 }
             }
             _ if !now_connected => {
@@ -711,6 +832,61 @@ impl Driver {
         }
     }
 
+    fn ips_key(&self) -> String {
+        format!("{IPS_PREFIX}{}", self.node)
+    }
+
+    async fn count_connection(&self, ip: std::net::IpAddr, limit: u32) -> ConnectionCount {
+        let args = vec![
+            ip.to_string(),
+            limit.to_string(),
+            NODE_PREFIX.to_owned(),
+            NODES_KEY.to_owned(),
+            self.node.clone(),
+            NODE_TTL.as_millis().to_string(),
+            IPS_PREFIX.to_owned(),
+        ];
+        let r: Result<i64, Error> = self
+            .scripts
+            .count_conn
+            .evalsha_with_reload(&self.client, self.ips_key(), args)
+            .await;
+        match r {
+            Ok(1) => ConnectionCount::Counted,
+            Ok(_) => ConnectionCount::Refused,
+            Err(e) => {
+                self.failed("connection count", &e);
+                ConnectionCount::Unavailable
+            }
+        }
+    }
+
+    /// A connection admitted on this node's own cap: counted, logged once per outage, rewritten later.
+    fn limit_fallback(&self) {
+        self.stats.limit_fallbacks.fetch_add(1, Relaxed);
+        self.stats.ips_dirty.store(true, Relaxed);
+        if !self.stats.fallback_logged.swap(true, Relaxed) {
+            tracing::warn!(
+                "signaling cluster: Redis cannot count connections: the per-address cap \
+                 (--max-connections-per-ip) holds per node until it is back"
+            );
+        }
+    }
+
+    /// Writes this node's per-address connection counts whole (the core's own figures are the truth).
+    async fn rewrite_counts(&self, counts: Vec<(std::net::IpAddr, u32)>) -> Result<(), Error> {
+        let mut args = vec![NODE_TTL.as_millis().to_string()];
+        for (ip, n) in counts {
+            args.extend([ip.to_string(), n.to_string()]);
+        }
+        let _: Value = self
+            .scripts
+            .set_counts
+            .evalsha_with_reload(&self.client, self.ips_key(), args)
+            .await?;
+        Ok(())
+    }
+
     fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.rooms
             .lock()
@@ -740,6 +916,8 @@ impl Driver {
             .client
             .set(key, "1", Some(Expiration::PX(px)), None, false)
             .await?;
+        let _: Value = self.client.sadd(NODES_KEY, self.node.as_str()).await?;
+        let _: Value = self.client.pexpire(self.ips_key(), px, None).await?;
         let rooms: Vec<String> = self.lock_rooms().iter().cloned().collect();
         let grace = self.grace.as_millis().to_string();
         let ttl = room_ttl(self.grace).as_millis().to_string();
@@ -777,9 +955,24 @@ async fn run_requests(driver: Arc<Driver>, inner: Weak<Inner>, mut rx: mpsc::Rec
     while let Some(job) = rx.recv().await {
         match job {
             Job::Request(req) => driver.handle(&inner, req).await,
+            Job::RewriteCounts => {
+                let Some(strong) = inner.upgrade() else { break };
+                let counts = strong.with_state(|st, _| st.rooms.cluster_ip_counts());
+                drop(strong);
+                if let Err(e) = driver.rewrite_counts(counts).await {
+                    driver.failed("connection counts", &e);
+                    driver.stats.ips_dirty.store(true, Relaxed);
+                } else {
+                    driver.stats.fallback_logged.store(false, Relaxed);
+                }
+            }
             Job::Stop => {
                 let key = format!("{NODE_PREFIX}{}", driver.node);
                 let _: Result<i64, Error> = driver.client.del(key).await;
+                // Its connections are about to close: they no longer count against anyone's cap.
+                let _: Result<i64, Error> = driver.client.del(driver.ips_key()).await;
+                let _: Result<i64, Error> =
+                    driver.client.srem(NODES_KEY, driver.node.as_str()).await;
                 tracing::info!("signaling cluster: node {} left the cluster", driver.node);
                 break;
             }
@@ -832,7 +1025,7 @@ async fn run_events(driver: Arc<Driver>, inner: Weak<Inner>) {
 
 /// Liveness key, room TTLs and the sweep, every [`HEARTBEAT`]; notices reconnections (and restores the rooms
 /// into a Redis that came back empty).
-async fn run_heartbeat(driver: Arc<Driver>, inner: Weak<Inner>) {
+async fn run_heartbeat(driver: Arc<Driver>, inner: Weak<Inner>, tx: mpsc::Sender<Job>) {
     let mut was_up = false;
     let mut down_since: Option<Instant> = None;
     let mut ticker = tokio::time::interval(HEARTBEAT);
@@ -856,6 +1049,13 @@ async fn run_heartbeat(driver: Arc<Driver>, inner: Weak<Inner>) {
                 .map(|i| i.with_state(|st, _| st.rooms.cluster_snapshot()))
                 .unwrap_or_default();
             driver.restore(snapshot).await;
+            driver.stats.ips_dirty.store(true, Relaxed);
+        }
+        if up
+            && driver.stats.ips_dirty.swap(false, Relaxed)
+            && tx.try_send(Job::RewriteCounts).is_err()
+        {
+            driver.stats.ips_dirty.store(true, Relaxed);
         }
         if !up && was_up {
             tracing::error!(

@@ -21,7 +21,9 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::cluster::{Admission, ClusterEvent, ClusterRequest, Member, Resumption, RoomSnapshot};
+use crate::cluster::{
+    Admission, ClusterEvent, ClusterRequest, ConnectionCount, Member, Resumption, RoomSnapshot,
+};
 use crate::metrics::JoinRefusal;
 use crate::metrics::Metrics;
 use crate::protocol::{ClientMessage, ErrorCode, Forward, Join, PeerInfo, ServerMessage};
@@ -65,6 +67,9 @@ pub mod close_code {
 
 /// Cluster events kept for a room whose first snapshot has not arrived yet; more are dropped.
 const MAX_EVENT_BUFFER: usize = 256;
+/// Messages a connection may send while the cluster store counts it against the per-address cap (a client sends
+/// its join at once; the answer takes one Redis round trip). Past this, messages are refused `rate-limited`.
+const MAX_HELD_MESSAGES: usize = 8;
 
 /// An effect for the driver to carry out.
 #[derive(Debug)]
@@ -105,6 +110,10 @@ struct Conn {
     ice_epoch: u64,
     /// A join held back by its room's guessing delay, checked when [`Timer::ParkedJoin`] fires.
     parked: Option<Join>,
+    /// Messages held while the cluster store counts this connection against the per-address cap.
+    held: Option<Vec<ClientMessage>>,
+    /// The cluster store counts this connection in its per-address total (to be given back when it goes).
+    ip_counted: bool,
 }
 
 #[derive(Debug)]
@@ -220,6 +229,9 @@ pub struct Rooms {
     node: Option<String>,
     /// Joins waiting for the cluster store, by connection (kept when the connection goes away meanwhile).
     pending: HashMap<ConnId, Pending>,
+    /// Connections the cluster store is counting against the per-address cap, with their address (kept when the
+    /// connection goes away meanwhile, so a late count is given back).
+    counting: HashMap<ConnId, IpAddr>,
 }
 
 impl Rooms {
@@ -248,6 +260,7 @@ impl Rooms {
             out: VecDeque::new(),
             node: None,
             pending: HashMap::new(),
+            counting: HashMap::new(),
         }
     }
 
@@ -329,6 +342,21 @@ impl Rooms {
             *count += 1;
         }
         self.metrics.connection_accepted();
+        // In a cluster the cap holds across nodes: the store counts the connection too (its messages wait).
+        let limit = self.config.max_connections_per_ip;
+        let held = match ip {
+            Some(ip) if self.node.is_some() && limit > 0 => {
+                self.counting.insert(id, ip);
+                self.out
+                    .push_back(Output::Cluster(ClusterRequest::CountConnection {
+                        conn: id,
+                        ip,
+                        limit,
+                    }));
+                Some(Vec::new())
+            }
+            _ => None,
+        };
         self.conns.insert(
             id,
             Conn {
@@ -337,6 +365,8 @@ impl Rooms {
                 peer: None,
                 ice_epoch: 0,
                 parked: None,
+                held,
+                ip_counted: false,
             },
         );
         id
@@ -397,9 +427,21 @@ impl Rooms {
         conn: ConnId,
         msg: ClientMessage,
     ) -> Result<(), ErrorCode> {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return Ok(()); // already closed: late frames are dropped
         };
+        if let Some(held) = &mut c.held {
+            if held.len() < MAX_HELD_MESSAGES {
+                held.push(msg);
+                return Ok(());
+            }
+            return self.fail(
+                conn,
+                ErrorCode::RateLimited,
+                "too many messages before the server accepted this connection",
+                Some(msg.type_name()),
+            );
+        }
         let peer_id = c.peer.clone();
         let parked = c.parked.is_some() || self.pending.contains_key(&conn);
         let ty = msg.type_name();
@@ -985,6 +1027,12 @@ impl Rooms {
                 self.per_ip.remove(&ip);
             }
         }
+        if c.ip_counted
+            && let Some(ip) = c.ip
+        {
+            self.out
+                .push_back(Output::Cluster(ClusterRequest::UncountConnection { ip }));
+        }
         Some(c)
     }
 
@@ -1134,5 +1182,7 @@ fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;

@@ -226,6 +226,12 @@ impl SignalService {
     pub fn metrics_text(&self, out: &mut String) {
         let stats = self.stats();
         self.inner.metrics.encode_prometheus(&stats, out);
+        let draining = u8::from(self.inner.shutdown.is_cancelled());
+        out.push_str(&format!(
+            "# HELP peercall_signal_draining 1 once this node drains (SIGTERM): new connections are refused, \
+             clients are closed (4001 in a cluster) to resume elsewhere.\n\
+             # TYPE peercall_signal_draining gauge\npeercall_signal_draining {draining}\n"
+        ));
         if let Some(link) = self.inner.cluster.get() {
             link.stats.encode_prometheus(&link.node, out);
         }
@@ -256,8 +262,16 @@ impl SignalService {
     /// code is 4001 (draining: reconnect to another node and resume) and the node leaves the cluster at once, so
     /// the other nodes keep its peers' places for the grace period.
     pub fn shutdown(&self) {
+        let connections = self.stats().connections;
         if let Some(link) = self.inner.cluster.get() {
+            tracing::warn!(
+                node = %link.node,
+                "signaling node {} draining: {connections} client(s) told to reconnect to another node (close 4001)",
+                link.node
+            );
             link.stop();
+        } else if connections > 0 {
+            tracing::info!("signaling shutting down: {connections} client(s) closed (1001)");
         }
         self.inner.shutdown.cancel();
         self.inner.connections.close();
@@ -696,6 +710,19 @@ async fn close_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_show_the_drain() {
+        let service = SignalService::new(SignalConfig::default());
+        let text = |s: &SignalService| {
+            let mut out = String::new();
+            s.metrics_text(&mut out);
+            out
+        };
+        assert!(text(&service).contains("\npeercall_signal_draining 0\n"));
+        service.shutdown();
+        assert!(text(&service).contains("\npeercall_signal_draining 1\n"));
+    }
 
     #[test]
     fn host_from_request() {

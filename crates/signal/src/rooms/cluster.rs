@@ -1,13 +1,16 @@
 //! The room core's cluster inputs and outputs (only with [`Rooms::enable_cluster`]): admissions and resumes
 //! decided by the store, events of other nodes applied in the room's order. Still sans-IO.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use super::{
-    Admission, ClusterEvent, ClusterRequest, ConnId, MAX_EVENT_BUFFER, Member, Output, Peer,
-    Pending, Resumption, Room, RoomSnapshot, Rooms, close_code,
+    Admission, ClusterEvent, ClusterRequest, ConnId, ConnectionCount, MAX_EVENT_BUFFER, Member,
+    Output, Peer, Pending, Resumption, Room, RoomSnapshot, Rooms, close_code,
 };
+use crate::cluster::Throttle;
+use crate::metrics::JoinRefusal;
 use crate::protocol::{ErrorCode, Join, PeerInfo, ServerMessage};
 
 impl Rooms {
@@ -51,6 +54,7 @@ impl Rooms {
         }
         let id = self.new_peer_id();
         let resume = self.new_resume_token();
+        let ip = self.conns.get(&conn).and_then(|c| c.ip);
         self.ensure_cluster_room(&join.room);
         self.pending.insert(
             conn,
@@ -71,8 +75,71 @@ impl Rooms {
             password: join.password,
             capacity: self.config.max_peers_per_room,
             require_password: self.config.require_room_password,
+            ip,
+            joins_per_min: self.config.max_joins_per_min,
+            rooms_per_min: self.config.max_new_rooms_per_min,
         }));
         Ok(())
+    }
+
+    /// The store's answer to a [`ClusterRequest::CountConnection`]: the connection is refused, or its held
+    /// messages are handled now. When the store cannot answer, the node's own cap (already checked) is the limit.
+    pub fn handle_connection_count(&mut self, now: Instant, conn: ConnId, count: ConnectionCount) {
+        let Some(ip) = self.counting.remove(&conn) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            if count == ConnectionCount::Counted {
+                // Gone while the store counted it: give the count back.
+                self.out
+                    .push_back(Output::Cluster(ClusterRequest::UncountConnection { ip }));
+            }
+            return;
+        };
+        let held = c.held.take().unwrap_or_default();
+        match count {
+            ConnectionCount::Refused => {
+                let limit = self.config.max_connections_per_ip;
+                self.forget_conn(conn);
+                self.emit_error(
+                    conn,
+                    ErrorCode::TooManyConnections,
+                    format!(
+                        "too many connections from your address (at most {limit} across this service's nodes)"
+                    ),
+                    None,
+                );
+                self.out.push_back(Output::Close {
+                    conn,
+                    code: close_code::POLICY,
+                    reason: ErrorCode::TooManyConnections.as_str(),
+                });
+                return;
+            }
+            ConnectionCount::Counted => c.ip_counted = true,
+            ConnectionCount::Unavailable => {}
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+        for msg in held {
+            let _ = self.handle_message(now, conn, msg);
+        }
+    }
+
+    /// This node's connections per address, for writing back into the store (after it lost its data, or after
+    /// counts could not be kept while it was unreachable). Every connection so listed counts as stored from now
+    /// on; those the store is still counting are left out.
+    pub fn cluster_ip_counts(&mut self) -> Vec<(IpAddr, u32)> {
+        let mut counts: HashMap<IpAddr, u32> = HashMap::new();
+        for c in self.conns.values_mut() {
+            if let Some(ip) = c.ip
+                && c.held.is_none()
+            {
+                c.ip_counted = true;
+                *counts.entry(ip).or_insert(0) += 1;
+            }
+        }
+        counts.into_iter().collect()
     }
 
     /// The store's answer to a [`ClusterRequest::Admit`].
@@ -127,6 +194,25 @@ impl Rooms {
                     _ => "the join was refused".to_owned(),
                 };
                 let _ = self.close_with_error(conn, code, message, Some("join"));
+            }
+            Admission::Throttled(why) if alive => {
+                let (why, message) = match why {
+                    Throttle::NewRooms => (
+                        JoinRefusal::NewRoomRate,
+                        format!(
+                            "too many new rooms from your address (at most {} a minute): try again shortly",
+                            self.config.max_new_rooms_per_min
+                        ),
+                    ),
+                    _ => (
+                        JoinRefusal::JoinRate,
+                        format!(
+                            "too many joins from your address (at most {} a minute): try again shortly",
+                            self.config.max_joins_per_min
+                        ),
+                    ),
+                };
+                let _ = self.refuse_join(conn, why, message);
             }
             Admission::Unavailable if alive => {
                 self.refuse_unavailable(conn);
