@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::format::Codec;
@@ -18,6 +19,7 @@ use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output as R
 
 use crate::PeerError;
 use crate::gather::{Gatherer, IceServer, LocalKind};
+use crate::ladder::{Choice, Ladder};
 use crate::media::Clip;
 
 /// "disconnected" this long → ICE restart (as the browser).
@@ -37,6 +39,8 @@ pub const MAX_CLAIMED_ID: usize = 128;
 pub const MAX_DATA_BYTES: usize = 16 * 1024;
 /// Longest chat text (UTF-16 code units in the browser; characters here).
 pub const MAX_CHAT: usize = 2000;
+/// Where the bandwidth estimate starts when several video encodings are given (as a browser starts, about).
+pub const INITIAL_ESTIMATE: u64 = 300_000;
 /// The label and stream id of the pre-negotiated data channel every peercall connection has.
 pub const CHANNEL_LABEL: &str = "peercall";
 
@@ -253,6 +257,15 @@ pub struct PeerStatus {
     pub keyframe_requests: u64,
     /// The `peercall` data channel (chat) is open.
     pub channel_open: bool,
+    /// The latest bandwidth estimate toward this peer (TWCC, or the peer's REMB), bits per second; only with
+    /// several video encodings, which is when the engine asks for one.
+    pub estimate_bps: Option<u64>,
+    /// Bitrate on the wire of the video encoding this peer gets, bits per second.
+    pub video_bps: Option<u64>,
+    /// Which encoding that is (0 = the lowest bitrate), of how many.
+    pub video_encoding: (usize, usize),
+    /// Switches between encodings made for this peer.
+    pub video_switches: u32,
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +301,8 @@ struct Link {
     last_rx: Option<Instant>,
     /// Its signaling session was lost (a server restart): up, but known by an id that no longer exists.
     orphan: bool,
+    /// Which video encoding this peer gets (created when video first goes out).
+    choice: Option<Choice>,
 }
 
 impl Link {
@@ -319,6 +334,7 @@ impl Link {
             last_pli: None,
             last_rx: None,
             orphan: false,
+            choice: None,
         }
     }
 
@@ -345,6 +361,10 @@ pub struct Engine {
     left: bool,
     /// Ids held back while orphans may claim them: id → (name, until, we offer when admitted).
     deferred: BTreeMap<String, (String, Instant, bool)>,
+    /// The video, at one bitrate or several (taken out of `config.clip`).
+    ladder: Ladder,
+    /// What the audio takes on the wire, bits per second (left out of the video's budget).
+    audio_bps: u64,
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -388,8 +408,20 @@ const FATAL_CODES: &[&str] = &[
 impl Engine {
     /// An engine that will join `config.room`: it sends the join as an [`Output::Signal`] once the caller
     /// reports the signaling socket open with [`Engine::signaling_connected`].
-    pub fn new(config: EngineConfig, _now: Instant) -> Engine {
+    pub fn new(mut config: EngineConfig, _now: Instant) -> Engine {
+        let mut videos = vec![std::mem::take(&mut config.clip.video)];
+        videos.append(&mut config.clip.video_alternatives);
+        let ladder = Ladder::new(videos);
+        let audio = &config.clip.audio;
+        let audio_bps = crate::ladder::wire_bitrate(
+            audio.iter().map(|p| p.data.len()),
+            Duration::from_micros(
+                audio.iter().map(|p| u64::from(p.samples)).sum::<u64>() * 1000 / 48,
+            ),
+        );
         Engine {
+            ladder,
+            audio_bps,
             gather: Gatherer::new(config.relay_only, config.turn_tcp),
             config,
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
@@ -746,13 +778,26 @@ impl Engine {
     }
 
     fn new_rtc(&self, now: Instant) -> Rtc {
-        Rtc::builder()
+        let builder = Rtc::builder()
             .set_crypto_provider(self.crypto.clone())
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
-            .set_stats_interval(Some(Duration::from_secs(1)))
-            .build(now)
+            .set_stats_interval(Some(Duration::from_secs(1)));
+        // Several encodings to choose from: ask str0m for an estimate (TWCC), probing up to the highest.
+        let several = self.ladder.len() > 1;
+        let builder = if several {
+            builder.enable_bwe(Some(Bitrate::bps(INITIAL_ESTIMATE)))
+        } else {
+            builder
+        };
+        let mut rtc = builder.build(now);
+        if several {
+            let top = self.ladder.bps(self.ladder.len() - 1);
+            rtc.bwe()
+                .set_desired_bitrate(Bitrate::bps((top + self.audio_bps) * 11 / 10));
+        }
+        rtc
     }
 
     fn add_local_candidates(gather: &Gatherer, rtc: &mut Rtc) {
@@ -1165,24 +1210,35 @@ impl Engine {
             return;
         }
         let clip = &self.config.clip;
+        let ladder = &self.ladder;
+        let audio_bps = self.audio_bps;
         let Some(rtc) = link.rtc.as_mut() else {
             return;
         };
-        if !clip.video.is_empty()
+        if !ladder.is_empty()
             && let Some(mid) = link
                 .mids
                 .iter()
                 .find(|(_, k)| *k == MediaKind::Video)
                 .map(|m| m.0)
         {
+            let choice = link.choice.get_or_insert_with(|| {
+                Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps))
+            });
             let cur = &mut link.video;
             let mut next = *cur.next_at.get_or_insert(now);
             if now.saturating_duration_since(next) > Duration::from_secs(1) {
                 next = now; // we were stalled: do not burst
             }
             while next <= now {
-                let index = cur.index % clip.video.len();
-                let Some(frame) = clip.video.get(index) else {
+                // A switch of encoding happens here, at a keyframe of the new one.
+                cur.index = choice.before_frame(ladder, now, cur.index);
+                let frames = ladder.frames(choice.current);
+                if frames.is_empty() {
+                    break;
+                }
+                let index = cur.index % frames.len();
+                let Some(frame) = frames.get(index) else {
                     break;
                 };
                 let pt = payload_type(rtc, mid, Codec::Vp8);
@@ -1193,10 +1249,13 @@ impl Engine {
                     }
                 }
                 cur.rtp += (frame.duration.as_micros() as u64 * 9) / 100;
-                cur.index = index + 1;
+                cur.index += 1;
                 next += frame.duration;
             }
             cur.next_at = Some(next);
+            link.status.video_bps = Some(ladder.bps(choice.current));
+            link.status.video_encoding = (choice.current, ladder.len());
+            link.status.video_switches = choice.switches;
         }
         if !clip.audio.is_empty()
             && let Some(mid) = link
@@ -1230,30 +1289,39 @@ impl Engine {
         }
     }
 
-    /// Keyframe asked for: restart the clip's current group of pictures (its keyframe) for that peer.
+    /// Keyframe asked for: restart the clip's current group of pictures (its keyframe) for that peer, in the
+    /// encoding it should get (a pending switch of encoding is made now).
     fn keyframe_requested(&mut self, id: &str) {
         let Some(link) = self.links.get_mut(id) else {
             return;
         };
         link.status.keyframe_requests += 1;
-        let frames = &self.config.clip.video;
-        if frames.is_empty() {
+        if self.ladder.is_empty() {
             return;
         }
-        let mut i = link.video.index % frames.len();
-        // The frame about to be sent is `i`; go back to the keyframe that starts its group.
-        loop {
-            if frames.get(i).is_some_and(|f| f.keyframe) {
-                break;
-            }
-            if i == 0 {
-                break;
-            }
-            i -= 1;
+        let audio_bps = self.audio_bps;
+        let ladder = &self.ladder;
+        let choice = link
+            .choice
+            .get_or_insert_with(|| Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps)));
+        link.video.index = choice.keyframe_requested(ladder, link.video.index);
+    }
+
+    /// A bandwidth estimate toward `id` (str0m's TWCC estimator, or the peer's REMB).
+    fn estimate(&mut self, now: Instant, id: &str, bps: u64) {
+        let Some(link) = self.links.get_mut(id) else {
+            return;
+        };
+        link.status.estimate_bps = Some(bps);
+        if self.ladder.len() < 2 {
+            return;
         }
-        // If the next frame is itself a keyframe, it goes out anyway; otherwise restart the group now.
-        let loops = link.video.index / frames.len();
-        link.video.index = loops * frames.len() + i;
+        let audio_bps = self.audio_bps;
+        let ladder = &self.ladder;
+        let choice = link
+            .choice
+            .get_or_insert_with(|| Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps)));
+        choice.on_estimate(ladder, now, bps, bps.saturating_sub(audio_bps));
     }
 
     fn send_data(&mut self, id: &str, data: Value, fallback_signaling: bool) {
@@ -1340,7 +1408,7 @@ impl Engine {
         json!({
             "t": "state",
             "audio": !self.config.clip.audio.is_empty(),
-            "video": !self.config.clip.video.is_empty(),
+            "video": !self.ladder.is_empty(),
             "screen": false,
         })
     }
@@ -1519,6 +1587,14 @@ impl Engine {
                 }
             }
             RtcEvent::KeyframeRequest(_) => self.keyframe_requested(id),
+            RtcEvent::EgressBitrateEstimate(kind) => {
+                let bps = match kind {
+                    BweKind::Twcc { estimate, .. } => estimate.as_u64(),
+                    BweKind::Remb { estimate, .. } => estimate.as_u64(),
+                    _ => return,
+                };
+                self.estimate(now, id, bps);
+            }
             RtcEvent::ChannelOpen(cid, _)
                 if Some(cid) == link.channel || link.channel.is_none() =>
             {

@@ -268,3 +268,102 @@ fn wrong_password_and_full_room_are_refused_with_one_line() {
         let _ = c.wait();
     }
 }
+
+/// A VP8 IVF of ffmpeg's test pattern (with noise) at `bitrate`, a keyframe every 15 frames (so encodings line up).
+fn encode(dir: &std::path::Path, name: &str, bitrate: &str) -> String {
+    let path = dir.join(name);
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=15:duration=4",
+            // Noise, so that the encoder needs the bitrate it is given (the bare pattern compresses to little).
+            "-vf",
+            "noise=alls=20:allf=t",
+            "-c:v",
+            "libvpx",
+            "-b:v",
+            bitrate,
+            "-g",
+            "15",
+            "-keyint_min",
+            "15",
+            "-auto-alt-ref",
+            "0",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg (apt install ffmpeg)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn several_video_files_are_one_video_at_several_bitrates_and_the_estimate_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let low = encode(dir.path(), "low.ivf", "100k");
+    let high = encode(dir.path(), "high.ivf", "700k");
+    let rec = dir.path().join("rec");
+    let (_server, base) = serve(&[]);
+    let url = format!("{base}/r/native-ladder");
+    let common = ["--json", "--stats-interval", "1", "--expect-peers", "1"];
+    let first = spawn_join(
+        &[
+            &[url.as_str(), "--name", "Ann", "--duration", "14"],
+            &["--video", high.as_str(), "--video", low.as_str()][..],
+            &common[..],
+        ]
+        .concat(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let second = spawn_join(
+        &[
+            &[url.as_str(), "--name", "Bob", "--duration", "12"],
+            &["--record", rec.to_str().unwrap()][..],
+            &common[..],
+        ]
+        .concat(),
+    );
+    let (code_b, lines_b, err_b) = finish(second, Duration::from_secs(40));
+    let (code_a, lines_a, err_a) = finish(first, Duration::from_secs(40));
+    assert_eq!(code_a, Some(0), "Ann: {lines_a:?} {err_a}");
+    assert_eq!(code_b, Some(0), "Bob: {lines_b:?} {err_b}");
+    let stats: Vec<&Value> = lines_a.iter().filter(|l| l["event"] == "stats").collect();
+    let s = stats.last().unwrap();
+    assert_eq!(s["video_encodings"], 2, "{s}");
+    // It starts on the one within the starting estimate (300 kbit/s, less the audio): the low one; on loopback
+    // the estimate climbs, and the high one follows.
+    assert!(
+        stats
+            .iter()
+            .any(|l| l["video_encoding"] == 0 && l["video_frames_tx"].as_u64() > Some(0)),
+        "{stats:?}"
+    );
+    assert_eq!(s["video_encoding"], 1, "{stats:?}");
+    assert!(
+        s["estimate_kbps"].as_f64().unwrap() > s["video_kbps"].as_f64().unwrap(),
+        "{s}"
+    );
+    // Bob's recording across the switch decodes.
+    let video = lines_b
+        .iter()
+        .find(|l| l["event"] == "recorded" && l["kind"] == "video")
+        .unwrap();
+    let written = video["frames"].as_u64().unwrap();
+    let path = video["path"].as_str().unwrap();
+    let decoded = ffprobe_frames(path).expect("ffprobe");
+    assert!(written > 100, "{video}");
+    assert!(
+        decoded.abs_diff(written) <= written / 10,
+        "ffprobe decodes {decoded} of {written} frames"
+    );
+}
