@@ -178,6 +178,16 @@ pub enum Event {
         /// No frame was lost between the previous one and this (false after a gap).
         contiguous: bool,
     },
+    /// A peer whose signaling session was lost (the server restarted) told us its new id over the data channel:
+    /// the same connection, now known by `id`. Not a leave and a join: the call goes on.
+    Rekeyed {
+        /// The id it had.
+        old: String,
+        /// The id it has now.
+        id: String,
+        /// Its display name.
+        name: String,
+    },
     /// The join was refused (room full, wrong password, …): the call is over.
     Fatal {
         /// The server's error code (protocol v1, e.g. "room-full").
@@ -303,6 +313,9 @@ struct Link {
     orphan: bool,
     /// Which video encoding this peer gets (created when video first goes out).
     choice: Option<Choice>,
+    /// An orphan whose connection is down, since when: it cannot be ICE-restarted (we cannot signal it), so
+    /// after [`ORPHAN_WAIT`] it goes; the person comes back under their new id.
+    orphan_down_since: Option<Instant>,
 }
 
 impl Link {
@@ -335,6 +348,7 @@ impl Link {
             last_rx: None,
             orphan: false,
             choice: None,
+            orphan_down_since: None,
         }
     }
 
@@ -558,6 +572,7 @@ impl Engine {
             min(l.disconnected_since.map(|d| d + DISCONNECTED_GRACE));
             min(l.watchdog);
             min(l.retry_at);
+            min(l.orphan_down_since.map(|t| t + ORPHAN_WAIT));
             if l.status.connected {
                 min(l.last_rx.map(|t| t + SILENCE));
                 min(l.video.next_at);
@@ -625,7 +640,7 @@ impl Engine {
                 if let (Some(from), Some(data)) = (str_field(&msg, "from"), msg.get("data")) {
                     let from = from.to_string();
                     let data = data.clone();
-                    self.on_app_data(&from, &data, false);
+                    self.on_app_data(now, &from, &data, false);
                 }
             }
             "ice-servers" => {
@@ -1167,6 +1182,15 @@ impl Engine {
             let Some(link) = self.links.get_mut(id) else {
                 continue;
             };
+            if link.orphan {
+                if link.status.connected {
+                    link.orphan_down_since = None;
+                } else if now >= *link.orphan_down_since.get_or_insert(now) + ORPHAN_WAIT {
+                    tracing::info!("{id} lost its session and its connection; dropped");
+                    self.remove_quiet(id);
+                    continue;
+                }
+            }
             let mut restart = None;
             if link.status.connected && link.last_rx.is_some_and(|t| now >= t + SILENCE) {
                 link.status.connected = false;
@@ -1344,13 +1368,20 @@ impl Engine {
     }
 
     /// The peer known as `old` says (over its DTLS-authenticated data channel) that its id is now `new`.
-    fn rekey(&mut self, old: &str, new: &str) {
+    fn rekey(&mut self, now: Instant, old: &str, new: &str) {
         self.deferred.remove(new);
         if let Some(other) = self.links.get(new) {
-            if other.status.connected {
-                tracing::warn!("{old} claimed the id of {new}, which is connected; ignored");
+            if !other.orphan && other.status.connected {
+                // A live connection already answers to that id. If the claimer is a stale copy (its session
+                // was lost), it goes; otherwise it claims someone else's id: ignored (as the browser's roster).
+                if self.links.get(old).is_some_and(|l| l.orphan) {
+                    self.remove_quiet(old);
+                } else {
+                    tracing::warn!("{old} claimed the id of {new}, which is connected; ignored");
+                }
                 return;
             }
+            // A fresh link made for the new id before we learned who it is: keep the established connection.
             self.remove_quiet(new);
         }
         let Some(mut link) = self.links.remove(old) else {
@@ -1358,11 +1389,23 @@ impl Engine {
         };
         link.status.id = new.to_string();
         link.orphan = false;
+        link.orphan_down_since = None;
+        let name = link.status.name.clone();
+        let restart = link.restart_wanted;
         self.links.insert(new.to_string(), link);
         tracing::info!("peer {old} is now {new}");
+        self.event(Event::Rekeyed {
+            old: old.to_string(),
+            id: new.to_string(),
+            name,
+        });
+        // A restart that wanted doing while we could not signal them can go now.
+        if let Some(reason) = restart {
+            self.restart_ice(now, new, reason);
+        }
     }
 
-    fn on_app_data(&mut self, from: &str, data: &Value, via_channel: bool) {
+    fn on_app_data(&mut self, now: Instant, from: &str, data: &Value, via_channel: bool) {
         let Some(t) = str_field(data, "t") else {
             return;
         };
@@ -1397,7 +1440,7 @@ impl Engine {
                     && new_id != from
                     && Some(new_id) != self.my_id.as_deref()
                 {
-                    self.rekey(from, new_id);
+                    self.rekey(now, from, new_id);
                 }
             }
             _ => {}
@@ -1616,7 +1659,7 @@ impl Engine {
                 }
                 if let Ok(v) = serde_json::from_slice::<Value>(&d.data) {
                     let from = id.to_string();
-                    self.on_app_data(&from, &v, true);
+                    self.on_app_data(now, &from, &v, true);
                 }
             }
             RtcEvent::PeerStats(s) => {

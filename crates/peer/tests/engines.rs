@@ -460,6 +460,33 @@ fn a_signaling_server_restart_keeps_the_call_and_rekeys_the_peers() {
     assert!(sa.connected && sb.connected);
     assert!(sa.video_frames_rx > before.0 + 50 && sb.video_frames_rx > before.1 + 50);
     assert_eq!(w.nodes[a].engine.id(), Some("q-a"));
+    // Each saw the other re-key, and nobody leave or join.
+    for (i, old, new) in [(a, "p-b", "q-b"), (b, "p-a", "q-a")] {
+        let rekeys: Vec<(&str, &str)> = w.nodes[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rekeyed { old, id, .. } => Some((old.as_str(), id.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rekeys, vec![(old, new)]);
+        let churn = w.nodes[i]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PeerLeft { .. }))
+            .count();
+        assert_eq!(
+            churn,
+            0,
+            "node {i}: {:?}",
+            w.nodes[i]
+                .events
+                .iter()
+                .filter(|e| !matches!(e, Event::Media { .. }))
+                .collect::<Vec<_>>()
+        );
+    }
     // And they can still negotiate: an ICE restart over the new ids works.
     let now = w.now;
     w.nodes[b].engine.restart_ice(now, "q-a", "test");
@@ -611,4 +638,40 @@ fn several_encodings_follow_the_bandwidth_estimate_switching_at_keyframes() {
         }
     }
     assert!(changes >= 2, "{changes} switches seen by the receiver");
+}
+
+#[test]
+fn an_orphan_whose_connection_dies_is_dropped() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(50));
+    let _b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(3));
+    assert!(w.status(a).connected);
+    // The server restarts; only Ann comes back, and the network between them fails: Bob cannot tell Ann his
+    // new id, and Ann cannot ICE-restart a peer she cannot signal.
+    let now = w.now;
+    for n in &mut w.nodes {
+        n.up = false;
+        n.engine.signaling_lost(now);
+    }
+    w.resume_token = "after".into();
+    w.nodes[a].id = Some("q-a".into());
+    w.nodes[a].up = true;
+    w.nodes[a].engine.signaling_connected(now);
+    w.settle();
+    w.run(Duration::from_secs(2));
+    assert_eq!(
+        w.nodes[a].engine.peers().len(),
+        1,
+        "an orphan that is up stays"
+    );
+    w.network = false;
+    // 5 s of silence make it disconnected, 2.5 s more and it goes.
+    w.run(Duration::from_secs(9));
+    assert!(
+        w.nodes[a].engine.peers().is_empty(),
+        "{:?}",
+        w.nodes[a].engine.peers()
+    );
 }

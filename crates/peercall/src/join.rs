@@ -622,6 +622,20 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
                         format!("lost the connection to {name} ({id}); reconnecting"),
                         json!({"event": "disconnected", "id": id, "name": name}),
                     ),
+                    Event::Rekeyed { old, id, name } => {
+                        // The same person on the same connection: carry what we know of them over.
+                        seen.remove(&old);
+                        if let Some(b) = last_bytes.remove(&old) {
+                            last_bytes.insert(id.clone(), b);
+                        }
+                        for s in said.iter_mut().filter(|s| **s == old) {
+                            *s = id.clone();
+                        }
+                        out.line(
+                            format!("{name} ({old}) is now {id} (the server gave them a new session; same connection)"),
+                            json!({"event": "rekeyed", "old": old, "id": id, "name": name}),
+                        );
+                    }
                     Event::IceRestart { id, reason } => out.line(
                         format!("ICE restart with {id} ({reason})"),
                         json!({"event": "ice-restart", "id": id, "reason": reason}),
