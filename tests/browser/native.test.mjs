@@ -1,6 +1,7 @@
 // The native peer (`peercall join`) in a call with Chromium, in both joining orders: Chromium decodes the native
 // peer's video (framesDecoded rising) and plays its audio; the native peer's recording of Chromium's fake camera
-// and microphone is decodable by ffprobe with about the frames the peer counted, and its chat arrives.
+// and microphone is decodable by ffprobe with about the frames the peer counted, and its chat arrives. Also: a
+// server restart mid-call, glare on ICE restarts, and several --video bitrates following Chromium's feedback.
 
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -270,6 +271,56 @@ test('perfect negotiation: Chromium and the native peer restart ICE at the same 
     assert.deepEqual(ada.errors, [], 'no page errors');
   } catch (e) {
     e.message += `\n${await describe(ada)}\nnative: ${JSON.stringify(native.lines.filter((l) => l.event !== 'stats').slice(-20))}\n${native.stderr}`;
+    throw e;
+  }
+});
+
+/** A VP8 IVF of ffmpeg's test pattern with noise (so the encoder needs its bitrate), a keyframe every 15 frames. */
+function encode(dir, name, bitrate) {
+  const file = path.join(dir, name);
+  const out = spawnSync('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=15:duration=4',
+    '-vf', 'noise=alls=20:allf=t', '-c:v', 'libvpx', '-b:v', bitrate, '-g', '15', '-keyint_min', '15', '-auto-alt-ref', '0', file], { encoding: 'utf8' });
+  assert.equal(out.status, 0, `ffmpeg: ${out.stderr}`);
+  return file;
+}
+
+test('several --video bitrates: Chromium\'s feedback moves the native peer up to the high one, still decoded', { timeout: 120_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'peercall-ladder-'));
+  cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
+  const low = encode(dir, 'low.ivf', '100k');
+  const high = encode(dir, 'high.ivf', '600k');
+  const server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('native-ladder');
+  const ada = await join(browser, server, room, 'Ada');
+  const native = startNative(`${server.url}/r/${room}`, ['--name', 'Native', '--duration', '40', '--expect-peers', '1', '--stats-interval', '1',
+    '--video', low, '--video', high]);
+  cleanup.add(() => native.child.kill('SIGKILL'));
+  try {
+    const joined = await waitFor(() => native.lines.find((l) => l.event === 'joined'), { what: 'the native peer to join' });
+    await waitConnected(ada, 'Native', { timeout: 25_000 });
+    await waitMediaFlowing(ada, joined.id, { timeout: 25_000 });
+    const stats = () => native.lines.filter((l) => l.event === 'stats');
+    assert.equal(stats().at(-1).video_encodings, 2);
+    const start = Date.now();
+    const up = await waitFor(() => stats().find((l) => l.video_encoding === 1), { timeout: 30_000, what: 'the switch to the high encoding' });
+    t.diagnostic(`switched up ${((Date.now() - start) / 1000).toFixed(1)} s after media flowed: estimate ${up.estimate_kbps} kbit/s for ${up.video_kbps} kbit/s of video`);
+    assert.ok(up.estimate_kbps > up.video_kbps, JSON.stringify(up));
+    assert.ok(stats().some((l) => l.video_encoding === 0 && l.video_frames_tx > 0), 'it started on the low one');
+    // Chromium decodes across the switch, at the higher bitrate.
+    const flow = await waitMediaFlowing(ada, joined.id);
+    const kbps = ((flow.after.videoIn.bytesReceived - flow.before.videoIn.bytesReceived) * 8) / 1.5 / 1000;
+    t.diagnostic(`Chromium decodes ${flow.frames} frames per 1.5 s after the switch, video in at ${kbps.toFixed(0)} kbit/s`);
+    assert.ok(kbps > 300, `Chromium receives the high encoding (~500 kbit/s; the low one is ~100): ${kbps} kbit/s`);
+    assert.equal(stats().at(-1).video_encoding, 1, 'it stays up on a loopback link');
+    native.child.kill('SIGINT');
+    assert.equal(await withTimeout(native.exited, 15_000, 'the native peer to leave'), 0, native.stderr);
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\nnative: ${JSON.stringify(native.lines.filter((l) => l.event === 'stats').slice(-5))}\n${native.stderr}`;
     throw e;
   }
 });
