@@ -367,3 +367,34 @@ fn several_video_files_are_one_video_at_several_bitrates_and_the_estimate_picks(
         "ffprobe decodes {decoded} of {written} frames"
     );
 }
+
+#[test]
+fn a_probe_nobody_answers_fails_and_a_bad_token_is_refused() {
+    let (_server, base) = serve(&[]);
+    // The monitoring probe in an empty room: exit 1, the JSON summary says why, the last line on stderr too.
+    let probe = spawn_join(&[
+        &format!("{base}/r/empty-room"),
+        "--json",
+        "--duration",
+        "3",
+        "--expect-peers",
+        "1",
+    ]);
+    let (code, lines, err) = finish(probe, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{lines:?} {err}");
+    let summary = lines.iter().find(|l| l["event"] == "summary").unwrap();
+    assert_eq!(summary["ok"], false, "{summary}");
+    assert_eq!(summary["media_both_ways"], 0, "{summary}");
+    assert!(
+        err.contains("expected 1 peer(s) with media both ways, got 0"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A server that wants join tokens: a made-up one is refused with one line.
+    let (_server, base) = serve(&["--join-token-secret", "s3cret-for-the-test"]);
+    let e = one_line_error(&[&format!("{base}/r/room?token=made.up"), "--duration", "5"]);
+    assert!(e.contains("token"), "{e}");
+    let e = one_line_error(&[&format!("{base}/r/room"), "--duration", "5"]);
+    assert!(e.contains("token"), "{e}");
+}
