@@ -398,3 +398,79 @@ fn a_probe_nobody_answers_fails_and_a_bad_token_is_refused() {
     let e = one_line_error(&[&format!("{base}/r/room"), "--duration", "5"]);
     assert!(e.contains("token"), "{e}");
 }
+
+#[test]
+fn two_native_peers_keep_their_call_across_a_signaling_server_restart() {
+    let (http, turn) = (free_port(), free_port());
+    let http_arg = format!("127.0.0.1:{http}");
+    let listen = format!("127.0.0.1:{turn}");
+    let args = [
+        "serve",
+        "--http",
+        http_arg.as_str(),
+        "--listen",
+        listen.as_str(),
+        "--relay-ip",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+    ];
+    let server = Server::start(&args, &[]);
+    let url = format!("http://{http_arg}/r/native-restart");
+    let common = ["--json", "--stats-interval", "1", "--expect-peers", "1"];
+    let first = spawn_join(
+        &[
+            &[url.as_str(), "--name", "Ann", "--duration", "16"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let second = spawn_join(
+        &[
+            &[url.as_str(), "--name", "Bob", "--duration", "15"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    // The server goes away (killed: no goodbye) and comes back on the same ports, knowing nobody.
+    drop(server);
+    std::thread::sleep(Duration::from_secs(2));
+    let _server = Server::start(&args, &[]);
+    let (code_b, lines_b, err_b) = finish(second, Duration::from_secs(40));
+    let (code_a, lines_a, err_a) = finish(first, Duration::from_secs(40));
+    assert_eq!(code_a, Some(0), "Ann: {lines_a:?} {err_a}");
+    assert_eq!(code_b, Some(0), "Bob: {lines_b:?} {err_b}");
+    for (who, lines) in [("Ann", &lines_a), ("Bob", &lines_b)] {
+        // Up to the last status line: Bob's `bye` at the end of his --duration makes Ann's last event a leave.
+        let last = lines.iter().rposition(|l| l["event"] == "stats").unwrap();
+        let events: Vec<&str> = lines[..last]
+            .iter()
+            .filter_map(|l| l["event"].as_str())
+            .filter(|e| *e != "stats")
+            .collect();
+        let lost = lines.iter().position(|l| l["event"] == "signaling-lost");
+        let lost = lost.unwrap_or_else(|| panic!("{who} noticed nothing: {events:?}"));
+        let joins = lines.iter().filter(|l| l["event"] == "joined").count();
+        assert_eq!(joins, 2, "{who} joined again: {events:?}");
+        assert!(
+            lines.iter().any(|l| l["event"] == "rekeyed"),
+            "{who}: {events:?}"
+        );
+        for gone in ["peer-left", "disconnected", "ice-restart"] {
+            assert!(!events.contains(&gone), "{who}: {gone} in {events:?}");
+        }
+        // Media both ways after the restart, on the one connection.
+        let at_loss = last_stats(&lines[..lost]);
+        let end = last_stats(lines);
+        let more = |k: &str| end[k].as_u64().unwrap() - at_loss[k].as_u64().unwrap();
+        assert!(
+            more("video_frames_rx") > 80 && more("video_frames_tx") > 80,
+            "{who}: {at_loss} → {end}"
+        );
+        assert_eq!(end["restarts"], 0, "{end}");
+        let summary = lines.iter().find(|l| l["event"] == "summary").unwrap();
+        assert_eq!(summary["peers"], 1, "one person, not two ids: {summary}");
+        assert_eq!(summary["ok"], true, "{summary}");
+    }
+}
