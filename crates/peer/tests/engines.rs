@@ -606,6 +606,10 @@ fn several_encodings_follow_the_bandwidth_estimate_switching_at_keyframes() {
         }
     }
     let s = w.status(a);
+    eprintln!(
+        "capped at 1.6 Mbit/s: {seen:?}\nuncapped, up to the top after {} s: {up:?}",
+        up.len()
+    );
     assert_eq!(s.video_encoding.0, 2, "{up:?}");
     assert!(s.video_switches >= 2);
     // Every change of encoding Bob sees (without a loss just before it) starts with a keyframe.
