@@ -1,6 +1,7 @@
 // The native peer (`peercall join`) in a call with Chromium, in both joining orders: Chromium decodes the native
 // peer's video (framesDecoded rising) and plays its audio; the native peer's recording of Chromium's fake camera
-// and microphone is decodable by ffprobe with about the frames the peer counted, and its chat arrives.
+// and microphone is decodable by ffprobe with about the frames the peer counted, and its chat arrives. Also: a
+// server restart mid-call, glare on ICE restarts, and several --video bitrates following Chromium's feedback.
 
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -173,11 +174,23 @@ test('the signaling server restarts mid-call: the native peer keeps its media fl
     }, { timeout: 15_000, what: 'Chromium to know the native peer by its new id, on the same connection' });
     t.diagnostic(`re-keyed ${Date.now() - back} ms after the server came back`);
     await waitMediaFlowing(ada, second.id);
+    // The native peer knows Ada by her new id, on the same connection: a re-key, no leave, no join.
+    // Ada's own reconnect may come later (its back-off): wait for her new session.
+    const adaNow = await waitFor(() => ada.page.evaluate((old) => (window.peercall.status() === 'connected' && window.peercall.id !== old
+      ? window.peercall.id : null), ada.id), { timeout: 20_000, what: 'Ada to rejoin with a new session' });
+    await waitFor(() => native.lines.some((l) => l.event === 'rekeyed' && l.old === ada.id && l.id === adaNow),
+      { timeout: 10_000, what: 'the native peer to re-key Ada' });
+    const churn = native.lines.filter((l) => ['peer-left', 'peer-joined', 'disconnected'].includes(l.event));
+    assert.deepEqual(churn, [], 'no leave, join or lost connection on the native side');
     const before = native.lines.filter((l) => l.event === 'stats').at(-1);
     await sleep(2500);
     const after = native.lines.filter((l) => l.event === 'stats').at(-1);
     assert.equal(after.name, 'Ada');
-    assert.ok(after.video_frames_rx > before.video_frames_rx + 10, `native still receives: ${JSON.stringify(before)} → ${JSON.stringify(after)}`);
+    assert.equal(after.id, adaNow);
+    assert.ok(after.connected && after.video_frames_rx > before.video_frames_rx + 10 && after.video_frames_tx > before.video_frames_tx + 10,
+      `native still receives and sends: ${JSON.stringify(before)} → ${JSON.stringify(after)}`);
+    assert.equal(after.restarts, 0, 'no ICE restart was needed');
+    t.diagnostic(`after the restart: native in ${after.in_kbps} kbit/s, out ${after.out_kbps} kbit/s`);
     native.child.kill('SIGINT');
     const code = await withTimeout(native.exited, 15_000, 'the native peer to leave on Ctrl-C');
     assert.equal(code, 0, `exit status after Ctrl-C; stderr: ${native.stderr}`);
@@ -187,6 +200,32 @@ test('the signaling server restarts mid-call: the native peer keeps its media fl
   }
 });
 
+/**
+ * Page init script: incoming signaling can be held (window.__signalHold.on = true) and released in order
+ * (window.__releaseSignal()), so a test can make two offers cross for certain instead of hoping they do.
+ */
+function holdableSignaling() {
+  const Native = window.WebSocket;
+  const hold = { on: false, queue: [] };
+  window.__signalHold = hold;
+  window.__releaseSignal = () => {
+    hold.on = false;
+    for (const deliver of hold.queue.splice(0)) deliver();
+  };
+  window.WebSocket = class extends Native {
+    set onmessage(fn) {
+      super.onmessage = fn && ((event) => {
+        if (hold.on) hold.queue.push(() => fn.call(this, event));
+        else fn.call(this, event);
+      });
+    }
+
+    get onmessage() {
+      return super.onmessage;
+    }
+  };
+}
+
 test('perfect negotiation: Chromium and the native peer restart ICE at the same time', { timeout: 120_000 }, async (t) => {
   const cleanup = new Cleanup();
   t.after(() => cleanup.run());
@@ -195,33 +234,94 @@ test('perfect negotiation: Chromium and the native peer restart ICE at the same 
   const browser = await launchBrowser();
   cleanup.add(() => browser.close());
   const room = uniqueRoom('native-glare');
-  const ada = await join(browser, server, room, 'Ada');
+  const ada = await join(browser, server, room, 'Ada', { init: holdableSignaling });
   const native = startNative(`${server.url}/r/${room}`, ['--name', 'Native', '--duration', '40', '--expect-peers', '1', '--stats-interval', '1']);
+  cleanup.add(() => native.child.kill('SIGKILL'));
+  const ufrag = () => ada.page.evaluate((id) => /a=ice-ufrag:(\S+)/.exec(window.peercall.pc(id)?.remoteDescription?.sdp ?? '')?.[1], joinedId);
+  let joinedId;
+  try {
+    const joined = await waitFor(() => native.lines.find((l) => l.event === 'joined'), { what: 'the native peer to join' });
+    joinedId = joined.id;
+    await waitConnected(ada, 'Native', { timeout: 25_000 });
+    await waitMediaFlowing(ada, joined.id, { timeout: 25_000 });
+    const ufragBefore = await ufrag();
+    // Both sides offer at once, for certain: Chromium holds what the server sends it while the native peer's
+    // restart offer goes out, then makes its own; the native peer gets Chromium's offer with its own pending, and
+    // Chromium gets the native one (released) with its own pending.
+    await ada.page.evaluate(() => { window.__signalHold.on = true; });
+    const restartsBefore = native.lines.filter((l) => l.event === 'ice-restart').length;
+    native.child.kill('SIGUSR1');
+    await waitFor(() => native.lines.filter((l) => l.event === 'ice-restart').length > restartsBefore, { what: 'the native restart offer' });
+    await ada.page.evaluate((id) => window.peercall.restartIce(id), joined.id);
+    await sleep(700);
+    await ada.page.evaluate(() => window.__releaseSignal());
+
+    const peer = await waitConnected(ada, 'Native', { timeout: 20_000 });
+    await waitMediaFlowing(ada, joined.id);
+    const before = native.lines.filter((l) => l.event === 'stats').at(-1);
+    await sleep(2500);
+    const after = native.lines.filter((l) => l.event === 'stats').at(-1);
+    t.diagnostic(`glare: Chromium (polite: ${peer.polite}) saw ${peer.collisions} collisions, the native peer ${after.collisions}`);
+    assert.ok(peer.collisions >= 1, `Chromium's restart crossed the native offer: ${JSON.stringify(peer)}`);
+    assert.ok(after.collisions >= 1, `the native peer saw the crossing: ${JSON.stringify(after)}`);
+    assert.notEqual(await ufrag(), ufragBefore, 'ICE restarted (new credentials)');
+    assert.ok(after.connected && after.video_frames_rx > before.video_frames_rx + 10 && after.video_frames_tx > before.video_frames_tx + 10,
+      `media both ways after the glare: ${JSON.stringify(before)} → ${JSON.stringify(after)}`);
+    native.child.kill('SIGINT');
+    assert.equal(await withTimeout(native.exited, 15_000, 'the native peer to leave'), 0, native.stderr);
+    assert.deepEqual(ada.errors, [], 'no page errors');
+  } catch (e) {
+    e.message += `\n${await describe(ada)}\nnative: ${JSON.stringify(native.lines.filter((l) => l.event !== 'stats').slice(-20))}\n${native.stderr}`;
+    throw e;
+  }
+});
+
+/** A VP8 IVF of ffmpeg's test pattern with noise (so the encoder needs its bitrate), a keyframe every 15 frames. */
+function encode(dir, name, bitrate) {
+  const file = path.join(dir, name);
+  const out = spawnSync('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc=size=320x240:rate=15:duration=4',
+    '-vf', 'noise=alls=20:allf=t', '-c:v', 'libvpx', '-b:v', bitrate, '-g', '15', '-keyint_min', '15', '-auto-alt-ref', '0', file], { encoding: 'utf8' });
+  assert.equal(out.status, 0, `ffmpeg: ${out.stderr}`);
+  return file;
+}
+
+test('several --video bitrates: Chromium\'s feedback moves the native peer up to the high one, still decoded', { timeout: 120_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'peercall-ladder-'));
+  cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
+  const low = encode(dir, 'low.ivf', '100k');
+  const high = encode(dir, 'high.ivf', '600k');
+  const server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const room = uniqueRoom('native-ladder');
+  const ada = await join(browser, server, room, 'Ada');
+  const native = startNative(`${server.url}/r/${room}`, ['--name', 'Native', '--duration', '40', '--expect-peers', '1', '--stats-interval', '1',
+    '--video', low, '--video', high]);
   cleanup.add(() => native.child.kill('SIGKILL'));
   try {
     const joined = await waitFor(() => native.lines.find((l) => l.event === 'joined'), { what: 'the native peer to join' });
     await waitConnected(ada, 'Native', { timeout: 25_000 });
     await waitMediaFlowing(ada, joined.id, { timeout: 25_000 });
-    for (let round = 0; round < 3; round++) {
-      // Both sides offer at once: the offers cross (glare); the polite side (lower id) yields.
-      native.child.kill('SIGUSR1');
-      await ada.page.evaluate((id) => window.peercall.restartIce(id), joined.id);
-      await sleep(1500);
-    }
-    const restarts = native.lines.filter((l) => l.event === 'ice-restart').length;
-    assert.ok(restarts >= 1, 'the native peer restarted ICE');
-    const peer = await waitConnected(ada, 'Native', { timeout: 20_000 });
-    t.diagnostic(`after 3 simultaneous restarts: Chromium saw ${peer.collisions ?? '?'} collisions, native made ${restarts} restarts`);
-    await waitMediaFlowing(ada, joined.id);
-    const before = native.lines.filter((l) => l.event === 'stats').at(-1);
-    await sleep(2500);
-    const after = native.lines.filter((l) => l.event === 'stats').at(-1);
-    assert.ok(after.connected && after.video_frames_rx > before.video_frames_rx + 10,
-      `native still receives: ${JSON.stringify(before)} → ${JSON.stringify(after)}`);
+    const stats = () => native.lines.filter((l) => l.event === 'stats');
+    assert.equal(stats().at(-1).video_encodings, 2);
+    const start = Date.now();
+    const up = await waitFor(() => stats().find((l) => l.video_encoding === 1), { timeout: 30_000, what: 'the switch to the high encoding' });
+    t.diagnostic(`switched up ${((Date.now() - start) / 1000).toFixed(1)} s after media flowed: estimate ${up.estimate_kbps} kbit/s for ${up.video_kbps} kbit/s of video`);
+    assert.ok(up.estimate_kbps > up.video_kbps, JSON.stringify(up));
+    assert.ok(stats().some((l) => l.video_encoding === 0 && l.video_frames_tx > 0), 'it started on the low one');
+    // Chromium decodes across the switch, at the higher bitrate.
+    const flow = await waitMediaFlowing(ada, joined.id);
+    const kbps = ((flow.after.videoIn.bytesReceived - flow.before.videoIn.bytesReceived) * 8) / 1.5 / 1000;
+    t.diagnostic(`Chromium decodes ${flow.frames} frames per 1.5 s after the switch, video in at ${kbps.toFixed(0)} kbit/s`);
+    assert.ok(kbps > 300, `Chromium receives the high encoding (~500 kbit/s; the low one is ~100): ${kbps} kbit/s`);
+    assert.equal(stats().at(-1).video_encoding, 1, 'it stays up on a loopback link');
     native.child.kill('SIGINT');
     assert.equal(await withTimeout(native.exited, 15_000, 'the native peer to leave'), 0, native.stderr);
   } catch (e) {
-    e.message += `\n${await describe(ada)}\nnative: ${JSON.stringify(native.lines.filter((l) => l.event !== 'stats').slice(-20))}\n${native.stderr}`;
+    e.message += `\n${await describe(ada)}\nnative: ${JSON.stringify(native.lines.filter((l) => l.event === 'stats').slice(-5))}\n${native.stderr}`;
     throw e;
   }
 });

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::format::Codec;
@@ -18,6 +19,7 @@ use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output as R
 
 use crate::PeerError;
 use crate::gather::{Gatherer, IceServer, LocalKind};
+use crate::ladder::{Choice, Ladder};
 use crate::media::Clip;
 
 /// "disconnected" this long → ICE restart (as the browser).
@@ -37,6 +39,8 @@ pub const MAX_CLAIMED_ID: usize = 128;
 pub const MAX_DATA_BYTES: usize = 16 * 1024;
 /// Longest chat text (UTF-16 code units in the browser; characters here).
 pub const MAX_CHAT: usize = 2000;
+/// Where the bandwidth estimate starts when several video encodings are given (as a browser starts, about).
+pub const INITIAL_ESTIMATE: u64 = 300_000;
 /// The label and stream id of the pre-negotiated data channel every peercall connection has.
 pub const CHANNEL_LABEL: &str = "peercall";
 
@@ -174,6 +178,16 @@ pub enum Event {
         /// No frame was lost between the previous one and this (false after a gap).
         contiguous: bool,
     },
+    /// A peer whose signaling session was lost (the server restarted) told us its new id over the data channel:
+    /// the same connection, now known by `id`. Not a leave and a join: the call goes on.
+    Rekeyed {
+        /// The id it had.
+        old: String,
+        /// The id it has now.
+        id: String,
+        /// Its display name.
+        name: String,
+    },
     /// The join was refused (room full, wrong password, …): the call is over.
     Fatal {
         /// The server's error code (protocol v1, e.g. "room-full").
@@ -253,6 +267,15 @@ pub struct PeerStatus {
     pub keyframe_requests: u64,
     /// The `peercall` data channel (chat) is open.
     pub channel_open: bool,
+    /// The latest bandwidth estimate toward this peer (TWCC, or the peer's REMB), bits per second; only with
+    /// several video encodings, which is when the engine asks for one.
+    pub estimate_bps: Option<u64>,
+    /// Bitrate on the wire of the video encoding this peer gets, bits per second.
+    pub video_bps: Option<u64>,
+    /// Which encoding that is (0 = the lowest bitrate), of how many.
+    pub video_encoding: (usize, usize),
+    /// Switches between encodings made for this peer.
+    pub video_switches: u32,
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +311,11 @@ struct Link {
     last_rx: Option<Instant>,
     /// Its signaling session was lost (a server restart): up, but known by an id that no longer exists.
     orphan: bool,
+    /// Which video encoding this peer gets (created when video first goes out).
+    choice: Option<Choice>,
+    /// An orphan whose connection is down, since when: it cannot be ICE-restarted (we cannot signal it), so
+    /// after [`ORPHAN_WAIT`] it goes; the person comes back under their new id.
+    orphan_down_since: Option<Instant>,
 }
 
 impl Link {
@@ -319,6 +347,8 @@ impl Link {
             last_pli: None,
             last_rx: None,
             orphan: false,
+            choice: None,
+            orphan_down_since: None,
         }
     }
 
@@ -345,6 +375,10 @@ pub struct Engine {
     left: bool,
     /// Ids held back while orphans may claim them: id → (name, until, we offer when admitted).
     deferred: BTreeMap<String, (String, Instant, bool)>,
+    /// The video, at one bitrate or several (taken out of `config.clip`).
+    ladder: Ladder,
+    /// What the audio takes on the wire, bits per second (left out of the video's budget).
+    audio_bps: u64,
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -388,8 +422,20 @@ const FATAL_CODES: &[&str] = &[
 impl Engine {
     /// An engine that will join `config.room`: it sends the join as an [`Output::Signal`] once the caller
     /// reports the signaling socket open with [`Engine::signaling_connected`].
-    pub fn new(config: EngineConfig, _now: Instant) -> Engine {
+    pub fn new(mut config: EngineConfig, _now: Instant) -> Engine {
+        let mut videos = vec![std::mem::take(&mut config.clip.video)];
+        videos.append(&mut config.clip.video_alternatives);
+        let ladder = Ladder::new(videos);
+        let audio = &config.clip.audio;
+        let audio_bps = crate::ladder::wire_bitrate(
+            audio.iter().map(|p| p.data.len()),
+            Duration::from_micros(
+                audio.iter().map(|p| u64::from(p.samples)).sum::<u64>() * 1000 / 48,
+            ),
+        );
         Engine {
+            ladder,
+            audio_bps,
             gather: Gatherer::new(config.relay_only, config.turn_tcp),
             config,
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
@@ -526,6 +572,7 @@ impl Engine {
             min(l.disconnected_since.map(|d| d + DISCONNECTED_GRACE));
             min(l.watchdog);
             min(l.retry_at);
+            min(l.orphan_down_since.map(|t| t + ORPHAN_WAIT));
             if l.status.connected {
                 min(l.last_rx.map(|t| t + SILENCE));
                 min(l.video.next_at);
@@ -593,7 +640,7 @@ impl Engine {
                 if let (Some(from), Some(data)) = (str_field(&msg, "from"), msg.get("data")) {
                     let from = from.to_string();
                     let data = data.clone();
-                    self.on_app_data(&from, &data, false);
+                    self.on_app_data(now, &from, &data, false);
                 }
             }
             "ice-servers" => {
@@ -746,13 +793,26 @@ impl Engine {
     }
 
     fn new_rtc(&self, now: Instant) -> Rtc {
-        Rtc::builder()
+        let builder = Rtc::builder()
             .set_crypto_provider(self.crypto.clone())
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
-            .set_stats_interval(Some(Duration::from_secs(1)))
-            .build(now)
+            .set_stats_interval(Some(Duration::from_secs(1)));
+        // Several encodings to choose from: ask str0m for an estimate (TWCC), probing up to the highest.
+        let several = self.ladder.len() > 1;
+        let builder = if several {
+            builder.enable_bwe(Some(Bitrate::bps(INITIAL_ESTIMATE)))
+        } else {
+            builder
+        };
+        let mut rtc = builder.build(now);
+        if several {
+            let top = self.ladder.bps(self.ladder.len() - 1);
+            rtc.bwe()
+                .set_desired_bitrate(Bitrate::bps((top + self.audio_bps) * 11 / 10));
+        }
+        rtc
     }
 
     fn add_local_candidates(gather: &Gatherer, rtc: &mut Rtc) {
@@ -1122,6 +1182,15 @@ impl Engine {
             let Some(link) = self.links.get_mut(id) else {
                 continue;
             };
+            if link.orphan {
+                if link.status.connected {
+                    link.orphan_down_since = None;
+                } else if now >= *link.orphan_down_since.get_or_insert(now) + ORPHAN_WAIT {
+                    tracing::info!("{id} lost its session and its connection; dropped");
+                    self.remove_quiet(id);
+                    continue;
+                }
+            }
             let mut restart = None;
             if link.status.connected && link.last_rx.is_some_and(|t| now >= t + SILENCE) {
                 link.status.connected = false;
@@ -1165,24 +1234,35 @@ impl Engine {
             return;
         }
         let clip = &self.config.clip;
+        let ladder = &self.ladder;
+        let audio_bps = self.audio_bps;
         let Some(rtc) = link.rtc.as_mut() else {
             return;
         };
-        if !clip.video.is_empty()
+        if !ladder.is_empty()
             && let Some(mid) = link
                 .mids
                 .iter()
                 .find(|(_, k)| *k == MediaKind::Video)
                 .map(|m| m.0)
         {
+            let choice = link.choice.get_or_insert_with(|| {
+                Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps))
+            });
             let cur = &mut link.video;
             let mut next = *cur.next_at.get_or_insert(now);
             if now.saturating_duration_since(next) > Duration::from_secs(1) {
                 next = now; // we were stalled: do not burst
             }
             while next <= now {
-                let index = cur.index % clip.video.len();
-                let Some(frame) = clip.video.get(index) else {
+                // A switch of encoding happens here, at a keyframe of the new one.
+                cur.index = choice.before_frame(ladder, now, cur.index);
+                let frames = ladder.frames(choice.current);
+                if frames.is_empty() {
+                    break;
+                }
+                let index = cur.index % frames.len();
+                let Some(frame) = frames.get(index) else {
                     break;
                 };
                 let pt = payload_type(rtc, mid, Codec::Vp8);
@@ -1193,10 +1273,13 @@ impl Engine {
                     }
                 }
                 cur.rtp += (frame.duration.as_micros() as u64 * 9) / 100;
-                cur.index = index + 1;
+                cur.index += 1;
                 next += frame.duration;
             }
             cur.next_at = Some(next);
+            link.status.video_bps = Some(ladder.bps(choice.current));
+            link.status.video_encoding = (choice.current, ladder.len());
+            link.status.video_switches = choice.switches;
         }
         if !clip.audio.is_empty()
             && let Some(mid) = link
@@ -1230,30 +1313,39 @@ impl Engine {
         }
     }
 
-    /// Keyframe asked for: restart the clip's current group of pictures (its keyframe) for that peer.
+    /// Keyframe asked for: restart the clip's current group of pictures (its keyframe) for that peer, in the
+    /// encoding it should get (a pending switch of encoding is made now).
     fn keyframe_requested(&mut self, id: &str) {
         let Some(link) = self.links.get_mut(id) else {
             return;
         };
         link.status.keyframe_requests += 1;
-        let frames = &self.config.clip.video;
-        if frames.is_empty() {
+        if self.ladder.is_empty() {
             return;
         }
-        let mut i = link.video.index % frames.len();
-        // The frame about to be sent is `i`; go back to the keyframe that starts its group.
-        loop {
-            if frames.get(i).is_some_and(|f| f.keyframe) {
-                break;
-            }
-            if i == 0 {
-                break;
-            }
-            i -= 1;
+        let audio_bps = self.audio_bps;
+        let ladder = &self.ladder;
+        let choice = link
+            .choice
+            .get_or_insert_with(|| Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps)));
+        link.video.index = choice.keyframe_requested(ladder, link.video.index);
+    }
+
+    /// A bandwidth estimate toward `id` (str0m's TWCC estimator, or the peer's REMB).
+    fn estimate(&mut self, now: Instant, id: &str, bps: u64) {
+        let Some(link) = self.links.get_mut(id) else {
+            return;
+        };
+        link.status.estimate_bps = Some(bps);
+        if self.ladder.len() < 2 {
+            return;
         }
-        // If the next frame is itself a keyframe, it goes out anyway; otherwise restart the group now.
-        let loops = link.video.index / frames.len();
-        link.video.index = loops * frames.len() + i;
+        let audio_bps = self.audio_bps;
+        let ladder = &self.ladder;
+        let choice = link
+            .choice
+            .get_or_insert_with(|| Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps)));
+        choice.on_estimate(ladder, now, bps, bps.saturating_sub(audio_bps));
     }
 
     fn send_data(&mut self, id: &str, data: Value, fallback_signaling: bool) {
@@ -1276,13 +1368,20 @@ impl Engine {
     }
 
     /// The peer known as `old` says (over its DTLS-authenticated data channel) that its id is now `new`.
-    fn rekey(&mut self, old: &str, new: &str) {
+    fn rekey(&mut self, now: Instant, old: &str, new: &str) {
         self.deferred.remove(new);
         if let Some(other) = self.links.get(new) {
-            if other.status.connected {
-                tracing::warn!("{old} claimed the id of {new}, which is connected; ignored");
+            if !other.orphan && other.status.connected {
+                // A live connection already answers to that id. If the claimer is a stale copy (its session
+                // was lost), it goes; otherwise it claims someone else's id: ignored (as the browser's roster).
+                if self.links.get(old).is_some_and(|l| l.orphan) {
+                    self.remove_quiet(old);
+                } else {
+                    tracing::warn!("{old} claimed the id of {new}, which is connected; ignored");
+                }
                 return;
             }
+            // A fresh link made for the new id before we learned who it is: keep the established connection.
             self.remove_quiet(new);
         }
         let Some(mut link) = self.links.remove(old) else {
@@ -1290,11 +1389,23 @@ impl Engine {
         };
         link.status.id = new.to_string();
         link.orphan = false;
+        link.orphan_down_since = None;
+        let name = link.status.name.clone();
+        let restart = link.restart_wanted;
         self.links.insert(new.to_string(), link);
         tracing::info!("peer {old} is now {new}");
+        self.event(Event::Rekeyed {
+            old: old.to_string(),
+            id: new.to_string(),
+            name,
+        });
+        // A restart that wanted doing while we could not signal them can go now.
+        if let Some(reason) = restart {
+            self.restart_ice(now, new, reason);
+        }
     }
 
-    fn on_app_data(&mut self, from: &str, data: &Value, via_channel: bool) {
+    fn on_app_data(&mut self, now: Instant, from: &str, data: &Value, via_channel: bool) {
         let Some(t) = str_field(data, "t") else {
             return;
         };
@@ -1329,7 +1440,7 @@ impl Engine {
                     && new_id != from
                     && Some(new_id) != self.my_id.as_deref()
                 {
-                    self.rekey(from, new_id);
+                    self.rekey(now, from, new_id);
                 }
             }
             _ => {}
@@ -1340,7 +1451,7 @@ impl Engine {
         json!({
             "t": "state",
             "audio": !self.config.clip.audio.is_empty(),
-            "video": !self.config.clip.video.is_empty(),
+            "video": !self.ladder.is_empty(),
             "screen": false,
         })
     }
@@ -1519,6 +1630,14 @@ impl Engine {
                 }
             }
             RtcEvent::KeyframeRequest(_) => self.keyframe_requested(id),
+            RtcEvent::EgressBitrateEstimate(kind) => {
+                let bps = match kind {
+                    BweKind::Twcc { estimate, .. } => estimate.as_u64(),
+                    BweKind::Remb { estimate, .. } => estimate.as_u64(),
+                    _ => return,
+                };
+                self.estimate(now, id, bps);
+            }
             RtcEvent::ChannelOpen(cid, _)
                 if Some(cid) == link.channel || link.channel.is_none() =>
             {
@@ -1540,7 +1659,7 @@ impl Engine {
                 }
                 if let Ok(v) = serde_json::from_slice::<Value>(&d.data) {
                     let from = id.to_string();
-                    self.on_app_data(&from, &v, true);
+                    self.on_app_data(now, &from, &v, true);
                 }
             }
             RtcEvent::PeerStats(s) => {

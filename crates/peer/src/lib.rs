@@ -8,6 +8,7 @@
 
 pub mod engine;
 pub mod gather;
+pub mod ladder;
 pub mod media;
 pub mod record;
 pub mod turn;

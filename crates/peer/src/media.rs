@@ -32,6 +32,9 @@ pub struct Clip {
     pub video: Vec<VideoFrame>,
     /// Opus packets in order.
     pub audio: Vec<AudioPacket>,
+    /// The same video at other bitrates (further `--video` files). With any, the engine estimates each peer's
+    /// bandwidth and sends the highest encoding that fits, switching at keyframes ([`crate::ladder`]).
+    pub video_alternatives: Vec<Vec<VideoFrame>>,
 }
 
 /// The embedded test clip (made by `crates/peer/media/make-clip.sh` from ffmpeg's test sources).
@@ -45,6 +48,7 @@ impl Clip {
         Ok(Clip {
             video: read_ivf(TEST_CLIP_IVF)?,
             audio: read_ogg_opus(TEST_CLIP_OGG)?,
+            video_alternatives: Vec::new(),
         })
     }
 }

@@ -30,6 +30,15 @@ struct World {
     datagrams: u64,
     /// The server's resume token; a restarted server knows none of the old ones.
     resume_token: String,
+    /// The clip the next node joining sends.
+    clip: Clip,
+    /// Bits per second node 0 may send: a bottleneck with a 250 ms queue (datagrams wait their turn; a full
+    /// queue drops them), so that both delay and loss tell the estimator.
+    cap: Option<u64>,
+    /// When the bottleneck is free again.
+    link_free: Option<Instant>,
+    /// Datagrams in the bottleneck's queue: (delivered at, to node, from, to address, bytes).
+    queue: Vec<(Instant, usize, SocketAddr, SocketAddr, Vec<u8>)>,
 }
 
 impl World {
@@ -42,6 +51,10 @@ impl World {
             network: true,
             datagrams: 0,
             resume_token: "r".into(),
+            clip: Clip::test_clip().unwrap(),
+            cap: None,
+            link_free: None,
+            queue: Vec::new(),
         }
     }
 
@@ -51,7 +64,7 @@ impl World {
             name: name.into(),
             password: None,
             token: None,
-            clip: Clip::test_clip().unwrap(),
+            clip: self.clip.clone(),
             relay_only: false,
             turn_tcp: false,
             record: true,
@@ -131,6 +144,20 @@ impl World {
                                 continue;
                             }
                             if let Some(j) = self.nodes.iter().position(|n| n.addr == t.destination)
+                                && i == 0
+                                && let Some(cap) = self.cap
+                            {
+                                let start = self.link_free.unwrap_or(self.now).max(self.now);
+                                if start > self.now + Duration::from_millis(250) {
+                                    continue; // the queue is full
+                                }
+                                let bits = (t.contents.len() as u64 + 28) * 8;
+                                let done = start + Duration::from_micros(bits * 1_000_000 / cap);
+                                self.link_free = Some(done);
+                                self.queue
+                                    .push((done, j, t.source, t.destination, t.contents));
+                            } else if let Some(j) =
+                                self.nodes.iter().position(|n| n.addr == t.destination)
                             {
                                 self.datagrams += 1;
                                 let now = self.now;
@@ -167,12 +194,24 @@ impl World {
         self.settle();
         while self.now < end {
             let mut next = (self.now + Duration::from_millis(10)).min(end);
+            for q in &self.queue {
+                next = next.min(q.0.max(self.now + Duration::from_millis(1)));
+            }
             for n in &self.nodes {
                 if let Some(t) = n.engine.poll_timeout() {
                     next = next.min(t.max(self.now + Duration::from_millis(1)));
                 }
             }
             self.now = next;
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
+                .into_iter()
+                .partition(|q| q.0 <= now);
+            self.queue = later;
+            for (_, j, src, dst, bytes) in due {
+                self.datagrams += 1;
+                self.nodes[j].engine.handle_datagram(now, src, dst, &bytes);
+            }
             for i in 0..self.nodes.len() {
                 let now = self.now;
                 self.nodes[i].engine.handle_timeout(now);
@@ -421,6 +460,33 @@ fn a_signaling_server_restart_keeps_the_call_and_rekeys_the_peers() {
     assert!(sa.connected && sb.connected);
     assert!(sa.video_frames_rx > before.0 + 50 && sb.video_frames_rx > before.1 + 50);
     assert_eq!(w.nodes[a].engine.id(), Some("q-a"));
+    // Each saw the other re-key, and nobody leave or join.
+    for (i, old, new) in [(a, "p-b", "q-b"), (b, "p-a", "q-a")] {
+        let rekeys: Vec<(&str, &str)> = w.nodes[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Rekeyed { old, id, .. } => Some((old.as_str(), id.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rekeys, vec![(old, new)]);
+        let churn = w.nodes[i]
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::PeerLeft { .. }))
+            .count();
+        assert_eq!(
+            churn,
+            0,
+            "node {i}: {:?}",
+            w.nodes[i]
+                .events
+                .iter()
+                .filter(|e| !matches!(e, Event::Media { .. }))
+                .collect::<Vec<_>>()
+        );
+    }
     // And they can still negotiate: an ICE restart over the new ids works.
     let now = w.now;
     w.nodes[b].engine.restart_ice(now, "q-a", "test");
@@ -480,4 +546,136 @@ fn a_dropped_signaling_connection_resumes_and_runs_the_restart_that_waited() {
     let (sa, sb) = (w.status(a), w.status(b));
     assert!(sa.connected && sb.connected && sa.id == "p-b" && sb.id == "p-a");
     assert!(sa.video_frames_rx > before + 20);
+}
+
+/// The test clip's video with `extra` bytes appended to every frame: a "higher bitrate" encoding with the same
+/// keyframes (nobody decodes it here; str0m only packetizes it).
+/// Each ends with a marker naming its encoding, so the receiver can tell which one a frame came from.
+fn padded(extra: usize, marker: &[u8; 4]) -> Vec<peercall_peer::media::VideoFrame> {
+    let mut v = Clip::test_clip().unwrap().video;
+    for f in &mut v {
+        f.data.extend(std::iter::repeat_n(0u8, extra));
+        f.data.extend_from_slice(marker);
+    }
+    v
+}
+
+#[test]
+fn several_encodings_follow_the_bandwidth_estimate_switching_at_keyframes() {
+    let mut w = World::new();
+    // Ann sends the clip at three bitrates (about 0.3, 1 and 2.5 Mbit/s with headers); the link from her carries
+    // 1.6 Mbit/s.
+    let mut clip = Clip::test_clip().unwrap();
+    clip.video_alternatives = vec![padded(5000, b"ENC1"), padded(20_000, b"ENC2")];
+    w.clip = clip;
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.clip = Clip::test_clip().unwrap();
+    w.run(Duration::from_millis(50));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.cap = Some(1_600_000);
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        w.run(Duration::from_secs(1));
+        let s = w.status(a);
+        seen.push((s.estimate_bps, s.video_encoding.0, s.video_bps));
+    }
+    let s = w.status(a);
+    assert_eq!(s.video_encoding.1, 3, "{s:?}");
+    assert!(s.estimate_bps.is_some(), "str0m gives estimates: {seen:?}");
+    // It went up from the start (300 kbit/s: the lowest) to the middle one, and the top one never stayed.
+    assert!(seen.iter().any(|(_, e, _)| *e == 1), "{seen:?}");
+    let last: Vec<usize> = seen.iter().rev().take(10).map(|(_, e, _)| *e).collect();
+    assert!(
+        last.iter().all(|e| *e == 1),
+        "settles on the one that fits: {seen:?}"
+    );
+    assert!(s.video_bps.unwrap() < 1_600_000);
+    // Bob still decodes a stream: frames keep arriving.
+    let before = w.status(b).video_frames_rx;
+    w.run(Duration::from_secs(2));
+    assert!(w.status(b).video_frames_rx > before + 20);
+    // The cap lifts: up to the top one.
+    w.cap = None;
+    let mut up = Vec::new();
+    for _ in 0..60 {
+        w.run(Duration::from_secs(1));
+        let s = w.status(a);
+        up.push((s.estimate_bps, s.video_encoding.0));
+        if s.video_encoding.0 == 2 {
+            break;
+        }
+    }
+    let s = w.status(a);
+    eprintln!(
+        "capped at 1.6 Mbit/s: {seen:?}\nuncapped, up to the top after {} s: {up:?}",
+        up.len()
+    );
+    assert_eq!(s.video_encoding.0, 2, "{up:?}");
+    assert!(s.video_switches >= 2);
+    // Every change of encoding Bob sees (without a loss just before it) starts with a keyframe.
+    let mut last = None;
+    let mut changes = 0;
+    for e in &w.nodes[b].events {
+        if let Event::Media {
+            kind: peercall_peer::Kind::Video,
+            data,
+            contiguous,
+            ..
+        } = e
+        {
+            let class = if data.ends_with(b"ENC2") {
+                2
+            } else if data.ends_with(b"ENC1") {
+                1
+            } else {
+                0
+            };
+            if last.is_some_and(|l| l != class) && *contiguous {
+                changes += 1;
+                assert_eq!(
+                    data[0] & 1,
+                    0,
+                    "a switch to encoding {class} began with a delta frame"
+                );
+            }
+            last = Some(class);
+        }
+    }
+    assert!(changes >= 2, "{changes} switches seen by the receiver");
+}
+
+#[test]
+fn an_orphan_whose_connection_dies_is_dropped() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(50));
+    let _b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(3));
+    assert!(w.status(a).connected);
+    // The server restarts; only Ann comes back, and the network between them fails: Bob cannot tell Ann his
+    // new id, and Ann cannot ICE-restart a peer she cannot signal.
+    let now = w.now;
+    for n in &mut w.nodes {
+        n.up = false;
+        n.engine.signaling_lost(now);
+    }
+    w.resume_token = "after".into();
+    w.nodes[a].id = Some("q-a".into());
+    w.nodes[a].up = true;
+    w.nodes[a].engine.signaling_connected(now);
+    w.settle();
+    w.run(Duration::from_secs(2));
+    assert_eq!(
+        w.nodes[a].engine.peers().len(),
+        1,
+        "an orphan that is up stays"
+    );
+    w.network = false;
+    // 5 s of silence make it disconnected, 2.5 s more and it goes.
+    w.run(Duration::from_secs(9));
+    assert!(
+        w.nodes[a].engine.peers().is_empty(),
+        "{:?}",
+        w.nodes[a].engine.peers()
+    );
 }

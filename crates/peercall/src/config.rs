@@ -503,8 +503,9 @@ settings! {
         name: Option<String> [value_name = "NAME"] = "peercall-bot";
         /// Room password, when the room has one
         password: Option<Secret> [value_name = "PASSWORD"];
-        /// VP8 IVF file to send, looped
-        video: Option<PathBuf> [value_name = "FILE.ivf"], default "the embedded test clip";
+        /// VP8 IVF file to send, looped; repeatable: encodings of one video at different bitrates, of which each
+        /// peer gets the highest its bandwidth estimate allows
+        video: Vec<PathBuf> [value_name = "FILE.ivf"], default "the embedded test clip";
         /// Ogg/Opus file to send, looped
         audio: Option<PathBuf> [value_name = "FILE.ogg"], default "the embedded test clip";
         /// Send no video
@@ -970,7 +971,7 @@ pub struct Resolved {
     pub relay_threads: u32,
     pub name: String,
     pub password: Option<Secret>,
-    pub video: Option<PathBuf>,
+    pub video: Vec<PathBuf>,
     pub audio: Option<PathBuf>,
     pub no_video: bool,
     pub no_audio: bool,

@@ -294,11 +294,20 @@ fn load_clip(config: &Resolved) -> anyhow::Result<Clip> {
     };
     let mut clip = Clip::default();
     if !config.no_video {
-        clip.video = match &config.video {
-            Some(p) => peercall_peer::media::read_ivf(&read(p)?)
-                .map_err(|e| anyhow!("--video {}: {e}", p.display()))?,
+        // Several files: one video at several bitrates; the engine picks per peer from its bandwidth estimate.
+        let mut videos = Vec::with_capacity(config.video.len());
+        for p in &config.video {
+            videos.push(
+                peercall_peer::media::read_ivf(&read(p)?)
+                    .map_err(|e| anyhow!("--video {}: {e}", p.display()))?,
+            );
+        }
+        let mut videos = videos.into_iter();
+        clip.video = match videos.next() {
+            Some(v) => v,
             None => Clip::test_clip()?.video,
         };
+        clip.video_alternatives = videos.collect();
     }
     if !config.no_audio {
         clip.audio = match &config.audio {
@@ -613,6 +622,20 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
                         format!("lost the connection to {name} ({id}); reconnecting"),
                         json!({"event": "disconnected", "id": id, "name": name}),
                     ),
+                    Event::Rekeyed { old, id, name } => {
+                        // The same person on the same connection: carry what we know of them over.
+                        seen.remove(&old);
+                        if let Some(b) = last_bytes.remove(&old) {
+                            last_bytes.insert(id.clone(), b);
+                        }
+                        for s in said.iter_mut().filter(|s| **s == old) {
+                            *s = id.clone();
+                        }
+                        out.line(
+                            format!("{name} ({old}) is now {id} (the server gave them a new session; same connection)"),
+                            json!({"event": "rekeyed", "old": old, "id": id, "name": name}),
+                        );
+                    }
                     Event::IceRestart { id, reason } => out.line(
                         format!("ICE restart with {id} ({reason})"),
                         json!({"event": "ice-restart", "id": id, "reason": reason}),
@@ -687,9 +710,22 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
                     (None, _) => "-".to_string(),
                 };
                 let rtt = p.rtt.map(|r| r.as_secs_f64() * 1000.0);
+                let kbps = |b: Option<u64>| b.map(|b| (b as f64 / 1000.0).round());
+                // With several --video encodings: which one this peer gets, and the estimate that chose it.
+                let ladder = match (p.video_encoding, p.video_bps) {
+                    ((i, n), Some(bps)) if n > 1 => format!(
+                        ", encoding {} of {n} ({:.0} kbit/s), estimate {}",
+                        i + 1,
+                        bps as f64 / 1000.0,
+                        kbps(p.estimate_bps)
+                            .map(|e| format!("{e} kbit/s"))
+                            .unwrap_or_else(|| "-".into())
+                    ),
+                    _ => String::new(),
+                };
                 out.line(
                     format!(
-                        "peer {} ({}): {} via {route}, rtt {}, in {in_kbps} kbit/s ({} video frames, {} audio packets), out {out_kbps} kbit/s ({} video frames)",
+                        "peer {} ({}): {} via {route}, rtt {}, in {in_kbps} kbit/s ({} video frames, {} audio packets), out {out_kbps} kbit/s ({} video frames{ladder})",
                         p.name,
                         p.id,
                         if p.connected { "connected" } else { "not connected" },
@@ -702,7 +738,10 @@ pub async fn run(link: &str, config: &Resolved) -> anyhow::Result<()> {
                         "route": p.route.map(|r| r.as_str()), "relay_transport": p.relay_transport, "rtt_ms": rtt, "in_kbps": in_kbps,
                         "out_kbps": out_kbps, "video_frames_rx": p.video_frames_rx,
                         "audio_packets_rx": p.audio_packets_rx, "video_frames_tx": p.video_frames_tx,
-                        "audio_packets_tx": p.audio_packets_tx, "restarts": p.restarts}),
+                        "audio_packets_tx": p.audio_packets_tx, "restarts": p.restarts,
+                        "collisions": p.collisions, "estimate_kbps": kbps(p.estimate_bps),
+                        "video_kbps": kbps(p.video_bps), "video_encoding": p.video_encoding.0,
+                        "video_encodings": p.video_encoding.1, "video_switches": p.video_switches}),
                 );
             }
             if let Some(r) = recorder.as_mut() {

@@ -70,6 +70,11 @@ fn join_shows_its_own_flags_and_refuses_a_link_that_is_not_one() {
         assert!(help.contains(flag), "join --help lacks {flag}: {help}");
     }
     assert!(!help.contains("--room-capacity"), "{help}");
+    let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("repeatable: encodings of one video at different bitrates"),
+        "--video says it takes several bitrates: {help}"
+    );
     let out = run(&["join"], &[]);
     assert_eq!(
         out.status.code(),

@@ -268,3 +268,209 @@ fn wrong_password_and_full_room_are_refused_with_one_line() {
         let _ = c.wait();
     }
 }
+
+/// A VP8 IVF of ffmpeg's test pattern (with noise) at `bitrate`, a keyframe every 15 frames (so encodings line up).
+fn encode(dir: &std::path::Path, name: &str, bitrate: &str) -> String {
+    let path = dir.join(name);
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=15:duration=4",
+            // Noise, so that the encoder needs the bitrate it is given (the bare pattern compresses to little).
+            "-vf",
+            "noise=alls=20:allf=t",
+            "-c:v",
+            "libvpx",
+            "-b:v",
+            bitrate,
+            "-g",
+            "15",
+            "-keyint_min",
+            "15",
+            "-auto-alt-ref",
+            "0",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg (apt install ffmpeg)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn several_video_files_are_one_video_at_several_bitrates_and_the_estimate_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let low = encode(dir.path(), "low.ivf", "100k");
+    let high = encode(dir.path(), "high.ivf", "700k");
+    let rec = dir.path().join("rec");
+    let (_server, base) = serve(&[]);
+    let url = format!("{base}/r/native-ladder");
+    let common = ["--json", "--stats-interval", "1", "--expect-peers", "1"];
+    let first = spawn_join(
+        &[
+            &[url.as_str(), "--name", "Ann", "--duration", "14"],
+            &["--video", high.as_str(), "--video", low.as_str()][..],
+            &common[..],
+        ]
+        .concat(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let second = spawn_join(
+        &[
+            &[url.as_str(), "--name", "Bob", "--duration", "12"],
+            &["--record", rec.to_str().unwrap()][..],
+            &common[..],
+        ]
+        .concat(),
+    );
+    let (code_b, lines_b, err_b) = finish(second, Duration::from_secs(40));
+    let (code_a, lines_a, err_a) = finish(first, Duration::from_secs(40));
+    assert_eq!(code_a, Some(0), "Ann: {lines_a:?} {err_a}");
+    assert_eq!(code_b, Some(0), "Bob: {lines_b:?} {err_b}");
+    let stats: Vec<&Value> = lines_a.iter().filter(|l| l["event"] == "stats").collect();
+    let s = stats.last().unwrap();
+    assert_eq!(s["video_encodings"], 2, "{s}");
+    // It starts on the one within the starting estimate (300 kbit/s, less the audio): the low one; on loopback
+    // the estimate climbs, and the high one follows.
+    assert!(
+        stats
+            .iter()
+            .any(|l| l["video_encoding"] == 0 && l["video_frames_tx"].as_u64() > Some(0)),
+        "{stats:?}"
+    );
+    assert_eq!(s["video_encoding"], 1, "{stats:?}");
+    assert!(
+        s["estimate_kbps"].as_f64().unwrap() > s["video_kbps"].as_f64().unwrap(),
+        "{s}"
+    );
+    // Bob's recording across the switch decodes.
+    let video = lines_b
+        .iter()
+        .find(|l| l["event"] == "recorded" && l["kind"] == "video")
+        .unwrap();
+    let written = video["frames"].as_u64().unwrap();
+    let path = video["path"].as_str().unwrap();
+    let decoded = ffprobe_frames(path).expect("ffprobe");
+    assert!(written > 100, "{video}");
+    assert!(
+        decoded.abs_diff(written) <= written / 10,
+        "ffprobe decodes {decoded} of {written} frames"
+    );
+}
+
+#[test]
+fn a_probe_nobody_answers_fails_and_a_bad_token_is_refused() {
+    let (_server, base) = serve(&[]);
+    // The monitoring probe in an empty room: exit 1, the JSON summary says why, the last line on stderr too.
+    let probe = spawn_join(&[
+        &format!("{base}/r/empty-room"),
+        "--json",
+        "--duration",
+        "3",
+        "--expect-peers",
+        "1",
+    ]);
+    let (code, lines, err) = finish(probe, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{lines:?} {err}");
+    let summary = lines.iter().find(|l| l["event"] == "summary").unwrap();
+    assert_eq!(summary["ok"], false, "{summary}");
+    assert_eq!(summary["media_both_ways"], 0, "{summary}");
+    assert!(
+        err.contains("expected 1 peer(s) with media both ways, got 0"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A server that wants join tokens: a made-up one is refused with one line.
+    let (_server, base) = serve(&["--join-token-secret", "s3cret-for-the-test"]);
+    let e = one_line_error(&[&format!("{base}/r/room?token=made.up"), "--duration", "5"]);
+    assert!(e.contains("token"), "{e}");
+    let e = one_line_error(&[&format!("{base}/r/room"), "--duration", "5"]);
+    assert!(e.contains("token"), "{e}");
+}
+
+#[test]
+fn two_native_peers_keep_their_call_across_a_signaling_server_restart() {
+    let (http, turn) = (free_port(), free_port());
+    let http_arg = format!("127.0.0.1:{http}");
+    let listen = format!("127.0.0.1:{turn}");
+    let args = [
+        "serve",
+        "--http",
+        http_arg.as_str(),
+        "--listen",
+        listen.as_str(),
+        "--relay-ip",
+        "127.0.0.1",
+        "--allow-loopback-peers",
+    ];
+    let server = Server::start(&args, &[]);
+    let url = format!("http://{http_arg}/r/native-restart");
+    let common = ["--json", "--stats-interval", "1", "--expect-peers", "1"];
+    let first = spawn_join(
+        &[
+            &[url.as_str(), "--name", "Ann", "--duration", "16"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let second = spawn_join(
+        &[
+            &[url.as_str(), "--name", "Bob", "--duration", "15"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    // The server goes away (killed: no goodbye) and comes back on the same ports, knowing nobody.
+    drop(server);
+    std::thread::sleep(Duration::from_secs(2));
+    let _server = Server::start(&args, &[]);
+    let (code_b, lines_b, err_b) = finish(second, Duration::from_secs(40));
+    let (code_a, lines_a, err_a) = finish(first, Duration::from_secs(40));
+    assert_eq!(code_a, Some(0), "Ann: {lines_a:?} {err_a}");
+    assert_eq!(code_b, Some(0), "Bob: {lines_b:?} {err_b}");
+    for (who, lines) in [("Ann", &lines_a), ("Bob", &lines_b)] {
+        // Up to the last status line: Bob's `bye` at the end of his --duration makes Ann's last event a leave.
+        let last = lines.iter().rposition(|l| l["event"] == "stats").unwrap();
+        let events: Vec<&str> = lines[..last]
+            .iter()
+            .filter_map(|l| l["event"].as_str())
+            .filter(|e| *e != "stats")
+            .collect();
+        let lost = lines.iter().position(|l| l["event"] == "signaling-lost");
+        let lost = lost.unwrap_or_else(|| panic!("{who} noticed nothing: {events:?}"));
+        let joins = lines.iter().filter(|l| l["event"] == "joined").count();
+        assert_eq!(joins, 2, "{who} joined again: {events:?}");
+        assert!(
+            lines.iter().any(|l| l["event"] == "rekeyed"),
+            "{who}: {events:?}"
+        );
+        for gone in ["peer-left", "disconnected", "ice-restart"] {
+            assert!(!events.contains(&gone), "{who}: {gone} in {events:?}");
+        }
+        // Media both ways after the restart, on the one connection.
+        let at_loss = last_stats(&lines[..lost]);
+        let end = last_stats(lines);
+        let more = |k: &str| end[k].as_u64().unwrap() - at_loss[k].as_u64().unwrap();
+        assert!(
+            more("video_frames_rx") > 80 && more("video_frames_tx") > 80,
+            "{who}: {at_loss} → {end}"
+        );
+        assert_eq!(end["restarts"], 0, "{end}");
+        let summary = lines.iter().find(|l| l["event"] == "summary").unwrap();
+        assert_eq!(summary["peers"], 1, "one person, not two ids: {summary}");
+        assert_eq!(summary["ok"], true, "{summary}");
+    }
+}
