@@ -455,11 +455,6 @@ impl Engine {
         self.my_id.as_deref()
     }
 
-    /// Whether we are in the room (welcomed on the current signaling connection).
-    pub fn joined(&self) -> bool {
-        self.joined
-    }
-
     /// Randomness from the caller (the core reads no entropy itself) for STUN and TURN transaction ids: without
     /// it they follow a fixed sequence, fine for deterministic tests, guessable on a network. Call it before
     /// [`Engine::add_socket`].

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use peercall_stun::{
     ChannelData, Class, Data, ErrorCode, Lifetime, Message, MessageWriter, Method, Nonce,
-    PacketKind, Realm, RequestedTransport, TransactionId, Username, XorMappedAddress,
-    XorPeerAddress, XorRelayedAddress, classify, long_term_key_md5, write_channel_data,
+    PacketKind, Realm, RequestedTransport, TransactionId, Username, XorPeerAddress,
+    XorRelayedAddress, classify, long_term_key_md5, write_channel_data,
 };
 
 use crate::engine::Transmit;
@@ -69,7 +69,6 @@ pub struct TurnClient {
     realm: Option<String>,
     nonce: Option<String>,
     state: TurnState,
-    mapped: Option<SocketAddr>,
     refresh_at: Option<Instant>,
     permissions: HashMap<IpAddr, Option<Instant>>,
     channels: HashMap<SocketAddr, (u16, Option<Instant>)>,
@@ -119,7 +118,6 @@ impl TurnClient {
             realm: None,
             nonce: None,
             state: TurnState::Allocating,
-            mapped: None,
             refresh_at: None,
             permissions: HashMap::new(),
             channels: HashMap::new(),
@@ -154,7 +152,8 @@ impl TurnClient {
     }
 
     /// Where the allocation stands now.
-    pub fn state(&self) -> TurnState {
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> TurnState {
         self.state
     }
 
@@ -164,11 +163,6 @@ impl TurnClient {
             TurnState::Allocated { relay } => Some(relay),
             _ => None,
         }
-    }
-
-    /// Our address as the server saw it (XOR-MAPPED-ADDRESS of the Allocate answer).
-    pub fn mapped(&self) -> Option<SocketAddr> {
-        self.mapped
     }
 
     /// New credentials (an `ice-servers` refresh): used from the next request on.
@@ -367,9 +361,6 @@ impl TurnClient {
                     self.fail("the TURN server's Allocate answer has no relayed address");
                     return;
                 };
-                if let Some(Ok(XorMappedAddress(m))) = msg.decode::<XorMappedAddress>() {
-                    self.mapped = Some(m);
-                }
                 let lifetime = match msg.decode::<Lifetime>() {
                     Some(Ok(Lifetime(l))) => l,
                     _ => LIFETIME,

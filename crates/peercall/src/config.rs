@@ -182,9 +182,15 @@ impl Defaults {
     }
 }
 
-/// The `--help` line of a setting: its doc comment, joined, plus its declared default.
+/// The `--help` line of a setting: its doc comment, joined, plus its declared default. Backticks are dropped:
+/// the doc comment is also rustdoc text, where `scheme://host[:port]` needs them not to read as a link.
 fn help_text(doc: &[&str], default: DeclaredDefault) -> String {
-    let mut text = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+    let mut text = doc
+        .iter()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('`', "");
     match default {
         DeclaredDefault::Value(v) => text.push_str(&format!(" [default: {v}]")),
         DeclaredDefault::Note(n) => text.push_str(&format!(" [default: {n}]")),
@@ -263,7 +269,7 @@ macro_rules! settings {
         pub mod defaults {
             use super::*;
             $($($(
-                #[doc = concat!("The declared default of `", stringify!($field), "`: ", $default, ".")]
+                #[doc = concat!("The declared default of `", stringify!($field), "`: `", $default, "`.")]
                 pub fn $field() -> $inner {
                     parse_default(stringify!($field), $default)
                 }
@@ -403,7 +409,7 @@ settings! {
         ping_interval: Option<u64> [value_name = "SECONDS"] = "15";
         /// Seconds without an answer before a connection is closed
         ping_timeout: Option<u64> [value_name = "SECONDS"] = "30";
-        /// Web origin (scheme://host[:port]) allowed to open /ws besides peercall's own pages and --public-host,
+        /// Web origin (`scheme://host[:port]`) allowed to open /ws besides peercall's own pages and --public-host,
         /// or * for any; repeatable
         allowed_origin: Vec<AllowedOrigin> [value_name = "ORIGIN"];
         /// Joins per minute from one client address (IPv6: per /64); resuming a session is free; 0 = unlimited
@@ -2263,6 +2269,10 @@ mod tests {
                 .map(|h| h.to_string())
                 .unwrap_or_default();
             assert!(!help.is_empty(), "--{key} has no help text");
+            assert!(
+                !help.contains('`'),
+                "--{key}: rustdoc backticks in --help: {help:?}"
+            );
             let declared = DEFAULTS.get(field);
             match declared {
                 DeclaredDefault::Value(v) | DeclaredDefault::Note(v) => assert!(

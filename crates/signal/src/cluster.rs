@@ -30,19 +30,34 @@ pub struct Member {
 #[non_exhaustive]
 pub enum ClusterRequest {
     /// Start receiving the room's events (sent before the first [`ClusterRequest::Admit`] for it).
-    Subscribe { room: String },
+    Subscribe {
+        /// Room name.
+        room: String,
+    },
     /// Stop receiving the room's events (no local member left).
-    Unsubscribe { room: String },
+    Unsubscribe {
+        /// Room name.
+        room: String,
+    },
     /// Admit a new member atomically against the room's capacity and password; answered with
     /// [`crate::rooms::Rooms::handle_admission`].
     Admit {
+        /// The joining connection; the answer is handed back with it.
         conn: ConnId,
+        /// Room name.
         room: String,
+        /// Peer id this node chose for the newcomer (random, so unique cluster-wide).
         id: String,
+        /// Display name.
         name: String,
+        /// The newcomer's first resume token, stored so that any node can resume it.
         resume: String,
+        /// The password the join gave, in clear; the store compares it with (or, creating the room, stores)
+        /// a salted hash.
         password: Option<String>,
+        /// Most members the room may hold, grace-period members included (`max_peers_per_room`).
         capacity: usize,
+        /// Refuse to create the room without a password (`require_room_password`).
         require_password: bool,
         /// The joining client's address (IPv4, or the /64 of IPv6), for the cluster-wide join rates.
         ip: Option<IpAddr>,
@@ -63,37 +78,58 @@ pub enum ClusterRequest {
     /// Take over the member that holds this resume token (it may live on another node); answered with
     /// [`crate::rooms::Rooms::handle_resumption`].
     Resume {
+        /// The resuming connection; the answer is handed back with it.
         conn: ConnId,
+        /// Room name.
         room: String,
+        /// The resume token the client sent.
         token: String,
+        /// The token that replaces it (sent in the `welcome`), so the old one cannot be used twice.
         new_token: String,
+        /// Display name the resuming `join` carries; when it differs from the stored one the core renames
+        /// the member after the answer.
         name: String,
     },
     /// A local member resumed here: its token changed.
     Retoken {
+        /// Room name.
         room: String,
+        /// Peer id of the member.
         id: String,
+        /// The resume token it had.
         old: String,
+        /// The token its `welcome` carried.
         new: String,
     },
     /// A local member left for good.
     Leave {
+        /// Room name.
         room: String,
+        /// Peer id of the member.
         id: String,
+        /// Its current resume token, dropped with it so no node can resume it.
         token: String,
     },
     /// A local member renamed itself.
     Rename {
+        /// Room name.
         room: String,
+        /// Peer id of the member.
         id: String,
+        /// The new display name.
         name: String,
     },
     /// Relay a message from a local member to a member on another node.
     Forward {
+        /// Room name (the message goes out on the room's channel).
         room: String,
+        /// Peer id of the receiver.
         to: String,
+        /// Peer id of the sender, stamped by this node.
         from: String,
+        /// Which message.
         kind: ForwardKind,
+        /// The payload as the sender wrote it.
         payload: Box<RawValue>,
     },
 }
@@ -106,8 +142,11 @@ pub enum Admission {
     /// at that moment, `password` the stored (salted) password hash, kept to restore the room after a store
     /// restart.
     Admitted {
+        /// The room's event number after the join: events up to it are part of `members`.
         seq: u64,
+        /// Every member after the join, the newcomer included.
         members: Vec<Member>,
+        /// The stored salted password hash, `None` for a room without a password.
         password: Option<String>,
     },
     /// Refused (`room-full`, `wrong-password`).
@@ -146,10 +185,15 @@ pub enum ConnectionCount {
 pub enum Resumption {
     /// The member is now held here.
     Resumed {
+        /// The member's peer id (unchanged by the resume).
         id: String,
+        /// Its display name as stored.
         name: String,
+        /// The room's event number after the move: events up to it are part of `members`.
         seq: u64,
+        /// Every member of the room, the resumed one included.
         members: Vec<Member>,
+        /// The stored salted password hash, `None` for a room without a password.
         password: Option<String>,
     },
     /// The token names no member of the room: join afresh.
@@ -164,21 +208,45 @@ pub enum Resumption {
 pub enum ClusterEvent {
     /// A member was admitted (event `seq` of the room) on `node`.
     Joined {
+        /// The room's event number.
         seq: u64,
+        /// Node that holds the newcomer.
         node: String,
+        /// The newcomer.
         peer: PeerInfo,
     },
     /// A member left (or its node died and it did not resume in time).
-    Left { seq: u64, id: String },
+    Left {
+        /// The room's event number.
+        seq: u64,
+        /// Peer id of the member that left.
+        id: String,
+    },
     /// A member resumed on `node`.
-    Moved { seq: u64, node: String, id: String },
+    Moved {
+        /// The room's event number.
+        seq: u64,
+        /// Node that holds the member now.
+        node: String,
+        /// Peer id of the member.
+        id: String,
+    },
     /// A member renamed itself.
-    Renamed { node: String, peer: PeerInfo },
+    Renamed {
+        /// Node that holds the member (renames carry no event number: only the name changes).
+        node: String,
+        /// The member with its new name.
+        peer: PeerInfo,
+    },
     /// A message for a member of this room.
     Forward {
+        /// Peer id of the receiver; nodes that do not hold it ignore the event.
         to: String,
+        /// Peer id of the sender, stamped by the sender's node.
         from: String,
+        /// Which message.
         kind: ForwardKind,
+        /// The payload as the sender wrote it.
         payload: Box<RawValue>,
     },
 }
@@ -219,9 +287,10 @@ pub mod wire {
         /// Display name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub name: Option<String>,
-        /// Forward: target and sender.
+        /// Forward: peer id of the receiver.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub to: Option<String>,
+        /// Forward: peer id of the sender.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub from: Option<String>,
         /// Forward: `offer`, `answer`, `candidate` or `message`.

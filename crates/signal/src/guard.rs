@@ -17,6 +17,7 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OriginError {
+    /// Not `scheme://host[:port]` (a path, query or user info, no host, or not a URI at all) and not `*`.
     #[error(
         "expected an origin such as https://app.example.com or http://localhost:3000 (scheme, host, optional port; no path), or *"
     )]
@@ -87,7 +88,9 @@ impl fmt::Display for Origin {
 /// One `--allowed-origin` entry: an origin, or `*` for any.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AllowedOrigin {
+    /// `*`: every origin may open `/ws` (cross-site pages included; for deployments that embed the client).
     Any,
+    /// Pages of exactly this origin (scheme, host and port) may open `/ws`.
     Origin(Origin),
 }
 

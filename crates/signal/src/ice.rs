@@ -15,8 +15,11 @@ use crate::protocol::IceServer;
 /// A TURN username and password, valid until `expires_unix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnCredential {
+    /// `"{expires_unix}:{peer_id}"`: the TURN server reads the expiry from it, so no state is shared.
     pub username: String,
+    /// base64(HMAC-SHA1(secret, username)): the TURN password.
     pub credential: String,
+    /// Expiry, in seconds since the Unix epoch.
     pub expires_unix: u64,
 }
 

@@ -11,6 +11,7 @@
 //! None of the cores read a clock, touch a socket or sleep: every entry point takes the current `Instant`.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::time::Duration;
 

@@ -25,7 +25,7 @@ pub struct Metrics {
 
 /// Why a `join` was refused before it was looked at (`peercall_signal_joins_refused_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinRefusal {
+pub(crate) enum JoinRefusal {
     /// The address used up its joins per minute (`--max-joins-per-min`).
     JoinRate,
     /// The address used up its new rooms per minute (`--max-new-rooms-per-min`).
@@ -35,13 +35,15 @@ pub enum JoinRefusal {
 }
 
 impl JoinRefusal {
-    pub const ALL: [JoinRefusal; 3] = [
+    /// Every reason, in the order of the counter array.
+    pub(crate) const ALL: [JoinRefusal; 3] = [
         JoinRefusal::JoinRate,
         JoinRefusal::NewRoomRate,
         JoinRefusal::Backoff,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    /// The `reason` label value.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             JoinRefusal::JoinRate => "join-rate",
             JoinRefusal::NewRoomRate => "new-room-rate",
@@ -52,85 +54,91 @@ impl JoinRefusal {
 
 impl Metrics {
     /// A valid client message of type `CLIENT_TYPES[index]` was received.
-    pub fn message(&self, type_index: usize) {
+    pub(crate) fn message(&self, type_index: usize) {
         if let Some(c) = self.messages.get(type_index) {
             c.fetch_add(1, Relaxed);
         }
     }
 
     /// An `error` with this code was sent.
-    pub fn error(&self, code: ErrorCode) {
+    pub(crate) fn error(&self, code: ErrorCode) {
         if let Some(c) = self.errors.get(code.index()) {
             c.fetch_add(1, Relaxed);
         }
     }
 
-    pub fn forwarded(&self) {
+    /// A message was passed on to a peer: sent, queued for a peer inside its grace period, or handed to the
+    /// peer's node in a cluster.
+    pub(crate) fn forwarded(&self) {
         self.forwarded.fetch_add(1, Relaxed);
     }
 
-    pub fn connection_accepted(&self) {
+    /// A WebSocket upgrade on `/ws` was accepted.
+    pub(crate) fn connection_accepted(&self) {
         self.connections_accepted.fetch_add(1, Relaxed);
     }
 
-    pub fn slow_consumer(&self) {
+    /// A connection was dropped because its outgoing queue was full (it stopped reading).
+    pub(crate) fn slow_consumer(&self) {
         self.slow_consumers.fetch_add(1, Relaxed);
     }
 
-    pub fn ping_timeout(&self) {
+    /// A connection was dropped for sending nothing (not even a pong) within the ping timeout.
+    pub(crate) fn ping_timeout(&self) {
         self.ping_timeouts.fetch_add(1, Relaxed);
     }
 
-    pub fn resumed(&self) {
+    /// A `join` got a session back within its grace period.
+    pub(crate) fn resumed(&self) {
         self.resumes.fetch_add(1, Relaxed);
     }
 
-    pub fn sent(&self, n: u64) {
+    /// `n` server messages were queued on connections' outgoing queues.
+    pub(crate) fn sent(&self, n: u64) {
         self.sent.fetch_add(n, Relaxed);
     }
 
     /// A `/ws` request from a foreign `Origin` was refused with 403.
-    pub fn origin_refused(&self) {
+    pub(crate) fn origin_refused(&self) {
         self.origin_refused.fetch_add(1, Relaxed);
     }
 
     /// A `join` was refused by a per-address throttle.
-    pub fn join_refused(&self, why: JoinRefusal) {
+    pub(crate) fn join_refused(&self, why: JoinRefusal) {
         self.joins_refused[why as usize].fetch_add(1, Relaxed);
     }
 
     /// A `join` was held back by a room's guessing delay.
-    pub fn join_delayed(&self) {
+    pub(crate) fn join_delayed(&self) {
         self.joins_delayed.fetch_add(1, Relaxed);
     }
 
     /// A `join` failed (wrong password, bad token) and counts towards back-off.
-    pub fn join_failed(&self) {
+    pub(crate) fn join_failed(&self) {
         self.join_failures.fetch_add(1, Relaxed);
     }
 
-    /// `/ws` requests refused for their origin; for tests.
-    pub fn origin_refusals(&self) -> u64 {
-        self.origin_refused.load(Relaxed)
-    }
-
     /// Joins refused for one reason; for tests.
-    pub fn joins_refused_of(&self, why: JoinRefusal) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn joins_refused_of(&self, why: JoinRefusal) -> u64 {
         self.joins_refused[why as usize].load(Relaxed)
     }
 
     /// Joins delayed by a room's guessing delay; for tests.
-    pub fn joins_delayed(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn joins_delayed(&self) -> u64 {
         self.joins_delayed.load(Relaxed)
     }
 
     /// Failed joins counted towards back-off; for tests.
-    pub fn join_failures(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn join_failures(&self) -> u64 {
         self.join_failures.load(Relaxed)
     }
 
     /// Messages received of one type (by wire name); for tests.
-    pub fn messages_of(&self, type_name: &str) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn messages_of(&self, type_name: &str) -> u64 {
         CLIENT_TYPES
             .iter()
             .position(|t| *t == type_name)
@@ -138,7 +146,8 @@ impl Metrics {
     }
 
     /// Errors sent with one code; for tests.
-    pub fn errors_of(&self, code: ErrorCode) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn errors_of(&self, code: ErrorCode) -> u64 {
         self.errors[code.index()].load(Relaxed)
     }
 

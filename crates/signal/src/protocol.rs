@@ -30,23 +30,46 @@ pub const MAX_PEER_ID_BYTES: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum ErrorCode {
+    /// `bad-json`: the frame is not a JSON object, or it is a binary frame. The connection is kept.
     BadJson,
+    /// `unknown-type`: `type` is missing or names no client message. Kept.
     UnknownType,
+    /// `bad-field`: a field is missing, of the wrong type or out of range (`message` names it). Kept.
     BadField,
+    /// `too-large`: the frame is over the size limit ([`crate::SignalConfig::max_message_bytes`]). Kept; a frame
+    /// over twice the limit drops the connection without a frame.
     TooLarge,
+    /// `rate-limited`: more messages per second than [`crate::SignalConfig::max_messages_per_sec`]. Kept.
     RateLimited,
+    /// `not-joined`: a message that needs a room (anything but `join` and `ping`) before `join`. Kept.
     NotJoined,
+    /// `already-joined`: a second `join` on one connection. Kept.
     AlreadyJoined,
+    /// `unknown-peer`: `to` names no peer of the sender's room. Kept.
     UnknownPeer,
+    /// `unsupported-version`: `join.v` is not [`VERSION`]. Kept.
     UnsupportedVersion,
+    /// `room-full`: the room holds [`crate::SignalConfig::max_peers_per_room`] peers (grace-period peers
+    /// count). Closes the connection.
     RoomFull,
+    /// `wrong-password`: the room has a password and the join's does not match. Closes.
     WrongPassword,
+    /// `bad-token`: token auth is on and the join token is missing, forged, expired or for another room.
+    /// Closes.
     BadToken,
+    /// `too-many-rooms`: creating the room would pass [`crate::SignalConfig::max_rooms`]. Closes.
     TooManyRooms,
+    /// `too-many-connections`: the client address holds [`crate::SignalConfig::max_connections_per_ip`]
+    /// connections already. Closes.
     TooManyConnections,
+    /// `too-many-joins`: the address joined or created rooms too often in the last minute, or is backing off
+    /// after failed joins (`message` says how many seconds to wait). Closes.
     TooManyJoins,
+    /// `abuse`: [`crate::SignalConfig::max_consecutive_errors`] errors in a row; the server gives up on the
+    /// connection. Closes.
     Abuse,
-    /// The cluster store (Redis) cannot be reached: joins that need it are refused for now.
+    /// `unavailable`: the cluster store (Redis) cannot be reached, so a join that needs it cannot be admitted
+    /// now; clients retry with back-off. Closes.
     Unavailable,
 }
 
@@ -95,21 +118,6 @@ impl ErrorCode {
         }
     }
 
-    /// Whether the server closes the connection after sending this error.
-    pub fn closes_connection(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::RoomFull
-                | ErrorCode::WrongPassword
-                | ErrorCode::BadToken
-                | ErrorCode::TooManyRooms
-                | ErrorCode::TooManyConnections
-                | ErrorCode::TooManyJoins
-                | ErrorCode::Abuse
-                | ErrorCode::Unavailable
-        )
-    }
-
     /// Position in [`ErrorCode::ALL`] (for counters).
     pub fn index(self) -> usize {
         self as usize
@@ -126,13 +134,16 @@ impl fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ProtocolError {
+    /// What kind of refusal (`error.code`).
     pub code: ErrorCode,
+    /// Human-readable detail for the client (`error.message`): which field, which limit.
     pub message: Cow<'static, str>,
     /// The `type` of the refused message, when it was recognised.
     pub ref_type: Option<&'static str>,
 }
 
 impl ProtocolError {
+    /// A refusal with `code`; `ref_type` is the `type` of the refused message when it was recognised.
     pub fn new(
         code: ErrorCode,
         message: impl Into<Cow<'static, str>>,
@@ -158,9 +169,14 @@ impl ProtocolError {
 /// The four message kinds relayed from one peer to another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ForwardKind {
+    /// `offer`: an SDP offer (also an ICE restart), payload field `sdp`.
     Offer,
+    /// `answer`: an SDP answer, payload field `sdp`.
     Answer,
+    /// `candidate`: one ICE candidate (`RTCIceCandidateInit`) or `null` for end-of-candidates, field
+    /// `candidate`.
     Candidate,
+    /// `message`: a small application message (any JSON value), field `data`.
     Message,
 }
 
@@ -188,19 +204,24 @@ impl ForwardKind {
 /// `join`. `v` has been checked by the parser.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Join {
+    /// Room name: 1 to [`MAX_ROOM_CHARS`] characters of `[A-Za-z0-9_-]` ([`valid_room`]).
     pub room: String,
     /// Trimmed display name.
     pub name: String,
     /// Room password; `None` when absent or empty.
     pub password: Option<String>,
+    /// Signed join token ([`crate::token`]); checked only when token auth is on.
     pub token: Option<String>,
+    /// The resume token of an earlier `welcome`: asks for the same peer id back within the grace period.
     pub resume: Option<String>,
 }
 
 /// `offer`, `answer`, `candidate` or `message`: a payload for one peer of the room.
 #[derive(Debug, Clone)]
 pub struct Forward {
+    /// Which of the four messages; fixes the payload's field name.
     pub kind: ForwardKind,
+    /// Peer id of the receiver (a peer of the sender's room).
     pub to: String,
     /// The payload as raw JSON text (a string for `sdp`, an object or `null` for `candidate`, anything for
     /// `data`).
@@ -211,10 +232,18 @@ pub struct Forward {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ClientMessage {
+    /// `join`: enter a room; must be the first message (only `ping` may come before it).
     Join(Join),
+    /// `offer`, `answer`, `candidate` or `message` for one peer of the room.
     Forward(Forward),
-    Rename { name: String },
+    /// `rename`: a new display name; the others get `peer-updated`. Refused when a join token fixed the name.
+    Rename {
+        /// The new name, trimmed, 1 to [`MAX_NAME_CHARS`] characters.
+        name: String,
+    },
+    /// `ping`: application-level keepalive, answered with `pong`.
     Ping,
+    /// `leave`: leave the room now, skipping the resume grace period; the server closes the socket.
     Leave,
 }
 
@@ -299,16 +328,21 @@ impl Serialize for ClientMessage {
 /// `{id, name}` of a peer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerInfo {
+    /// Opaque peer id chosen by the server, unique within the room (cluster-wide with `--redis`).
     pub id: String,
+    /// Display name.
     pub name: String,
 }
 
 /// One entry of `RTCConfiguration.iceServers`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IceServer {
+    /// `stun:`, `turn:` or `turns:` URLs sharing the credential below.
     pub urls: Vec<String>,
+    /// TURN REST username, `EXPIRY:PEERID` (expiry in Unix seconds); `None` for STUN.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub username: Option<String>,
+    /// TURN REST password: base64 of HMAC-SHA1(secret, username); `None` for STUN.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub credential: Option<String>,
 }
@@ -320,36 +354,59 @@ pub const POLITE_RULE: &str = "lower-id";
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ServerMessage {
+    /// `welcome`: the join succeeded (serialized with `polite`, always [`POLITE_RULE`]).
     Welcome {
+        /// The joiner's peer id.
         id: String,
+        /// The room joined.
         room: String,
+        /// The other peers of the room (on resume: the current list, replacing the client's).
         peers: Vec<PeerInfo>,
+        /// `iceServers`: STUN/TURN URLs with fresh TURN credentials; empty without a TURN server.
         ice_servers: Vec<IceServer>,
+        /// Secret resume token, new with every `welcome`: the client keeps the latest.
         resume: String,
+        /// Whether this `join` got an earlier session back (same id, nobody saw it leave).
         resumed: bool,
     },
+    /// `peer-joined`: someone entered the room.
     PeerJoined {
+        /// The newcomer.
         peer: PeerInfo,
     },
+    /// `peer-left`: someone left, or stayed away longer than the resume grace period.
     PeerLeft {
+        /// The id of the peer that left.
         id: String,
     },
+    /// `peer-updated`: someone renamed.
     PeerUpdated {
+        /// The peer with its new name.
         peer: PeerInfo,
     },
     /// `offer` / `answer` / `candidate` / `message`, stamped with the sender's id.
     Forward {
+        /// Which message; fixes the payload's field name.
         kind: ForwardKind,
+        /// The sender's peer id, stamped by the server (whatever the client wrote).
         from: String,
+        /// The payload as the sender wrote it, raw JSON text.
         payload: Box<RawValue>,
     },
+    /// `ice-servers`: fresh TURN credentials, sent at 80 % of the old ones' lifetime.
     IceServers {
+        /// Same shape as `welcome`'s.
         ice_servers: Vec<IceServer>,
     },
+    /// `pong`: the answer to `ping`.
     Pong,
+    /// `error`: something the client sent was refused.
     Error {
+        /// Which refusal; tells the client whether the connection stays open.
         code: ErrorCode,
+        /// `message`: human-readable detail (which field, which limit, how long to wait).
         message: Cow<'static, str>,
+        /// `ref`: the `type` of the refused message, when it was recognised.
         ref_type: Option<&'static str>,
     },
 }

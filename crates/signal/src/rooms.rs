@@ -75,11 +75,19 @@ const MAX_HELD_MESSAGES: usize = 8;
 #[derive(Debug)]
 pub enum Output {
     /// Send this message on this connection.
-    Send { conn: ConnId, msg: ServerMessage },
+    Send {
+        /// The receiving connection.
+        conn: ConnId,
+        /// What to send.
+        msg: ServerMessage,
+    },
     /// Close this connection (after sending what was queued before). The core has already forgotten it.
     Close {
+        /// The connection to close.
         conn: ConnId,
+        /// WebSocket close code, one of [`close_code`].
         code: u16,
+        /// Close reason (the error code after a closing error).
         reason: &'static str,
     },
     /// Ask the cluster store (only with [`Rooms::enable_cluster`]).
@@ -291,10 +299,7 @@ impl Rooms {
         }
     }
 
-    pub fn config(&self) -> &SignalConfig {
-        &self.config
-    }
-
+    /// Connections, rooms and peers (grace-period peers included) held right now.
     pub fn stats(&self) -> SignalStats {
         SignalStats {
             connections: self.conns.len(),

@@ -184,6 +184,8 @@ enum Delivery {
 }
 
 impl SignalService {
+    /// A service with no connections and no rooms. Starts no task: the timer task starts with the first
+    /// connection, the Redis link with [`enable_redis`](Self::enable_redis).
     pub fn new(config: SignalConfig) -> Self {
         let metrics = Arc::new(Metrics::default());
         let seed: [u8; 32] = rand::random();
@@ -284,13 +286,9 @@ impl SignalService {
         self.inner.connections.wait().await;
     }
 
+    /// Connections, rooms and peers right now (for `/healthz`).
     pub fn stats(&self) -> SignalStats {
         self.inner.lock().rooms.stats()
-    }
-
-    /// The counters (for tests and embedding).
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
     }
 }
 

@@ -83,6 +83,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A fresh gate: a full token bucket (burst twice the per-second rate) and no errors counted.
     pub fn new(config: &SignalConfig, now: Instant) -> Self {
         let rate = config.max_messages_per_sec;
         Self {

@@ -29,12 +29,17 @@ pub struct JoinClaims {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
+    /// Not two base64url parts joined by `.`, or the payload is not a [`JoinClaims`] JSON object with a valid
+    /// room name and display name.
     #[error("the join token is malformed")]
     Malformed,
+    /// The HMAC-SHA256 does not match: forged, or minted with another secret.
     #[error("the join token signature does not match")]
     BadSignature,
+    /// `exp` is now or in the past.
     #[error("the join token has expired")]
     Expired,
+    /// The token opens another room than the one joined.
     #[error("the join token is for another room")]
     WrongRoom,
 }

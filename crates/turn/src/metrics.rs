@@ -12,19 +12,19 @@ use crate::driver::StreamRefusal;
 
 /// A counter or gauge.
 #[derive(Default, Debug)]
-pub struct Value(AtomicI64);
+pub(crate) struct Value(AtomicI64);
 
 impl Value {
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.0.fetch_add(1, Relaxed);
     }
-    pub fn add(&self, n: i64) {
+    pub(crate) fn add(&self, n: i64) {
         self.0.fetch_add(n, Relaxed);
     }
-    pub fn sub(&self, n: i64) {
+    pub(crate) fn sub(&self, n: i64) {
         self.0.fetch_sub(n, Relaxed);
     }
-    pub fn get(&self) -> i64 {
+    pub(crate) fn get(&self) -> i64 {
         self.0.load(Relaxed)
     }
 }
@@ -40,7 +40,7 @@ const METHODS: [Method; 5] = [
 /// How a TCP/TLS client connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum StreamClose {
+pub(crate) enum StreamClose {
     /// The client closed it (or the network did).
     Closed,
     /// No complete STUN message within the first-message deadline.
@@ -73,11 +73,16 @@ impl StreamClose {
     }
 }
 
+/// The server's counters and gauges. Each shard (and the TCP/TLS side) bumps its own; [`TurnMetrics::sum`]
+/// adds them up for `/metrics`.
 #[derive(Default, Debug)]
 pub struct TurnMetrics {
-    pub allocations: Value,
-    pub permissions: Value,
-    pub channels: Value,
+    /// Live allocations.
+    pub(crate) allocations: Value,
+    /// Live permissions, over every allocation.
+    pub(crate) permissions: Value,
+    /// Live channel bindings, over every allocation.
+    pub(crate) channels: Value,
     packets_to_peer: AtomicU64,
     bytes_to_peer: AtomicU64,
     packets_to_client: AtomicU64,
@@ -85,43 +90,49 @@ pub struct TurnMetrics {
     auth_failures: [AtomicU64; 5],
     /// [method][ok?]
     requests: [[AtomicU64; 2]; 6],
-    pub malformed: Value,
-    pub rate_limited: Value,
-    pub policy_denied: Value,
-    pub no_permission: Value,
+    /// Client packets that are neither STUN nor ChannelData, or do not parse.
+    pub(crate) malformed: Value,
+    /// Unauthenticated requests dropped by the per-source rate limit.
+    pub(crate) rate_limited: Value,
+    /// CreatePermission / ChannelBind peers refused by the peer address policy (403).
+    pub(crate) policy_denied: Value,
+    /// Peer datagrams dropped for lack of a permission.
+    pub(crate) no_permission: Value,
     /// Allocations refused by a quota, by [`QuotaKind`].
     quota_refused: [AtomicU64; 3],
     /// CreatePermission / ChannelBind refused by the per-allocation caps.
-    pub limit_refused: Value,
+    pub(crate) limit_refused: Value,
     /// Open TCP/TLS client connections.
-    pub stream_connections: Value,
+    pub(crate) stream_connections: Value,
     /// Connections refused at accept: [per address, total].
     stream_refused: [AtomicU64; 2],
     /// Connections the server closed or lost, by [`StreamClose`].
     stream_closed: [AtomicU64; 5],
     /// Failed accept() calls (each followed by a back-off pause).
-    pub accept_failed: Value,
+    pub(crate) accept_failed: Value,
     /// Packets between two allocations of this server handed from one core to the other without a socket.
-    pub relayed_in_process: Value,
+    pub(crate) relayed_in_process: Value,
 }
 
 impl TurnMetrics {
-    pub fn to_peer(&self, bytes: usize) {
+    /// One packet of `bytes` application data relayed from a client to a peer.
+    pub(crate) fn to_peer(&self, bytes: usize) {
         self.packets_to_peer.fetch_add(1, Relaxed);
         self.bytes_to_peer.fetch_add(bytes as u64, Relaxed);
     }
 
-    pub fn to_client(&self, bytes: usize) {
+    /// One packet of `bytes` application data relayed from a peer to a client.
+    pub(crate) fn to_client(&self, bytes: usize) {
         self.packets_to_client.fetch_add(1, Relaxed);
         self.bytes_to_client.fetch_add(bytes as u64, Relaxed);
     }
 
-    pub fn auth_failed(&self, f: AuthFailure) {
+    pub(crate) fn auth_failed(&self, f: AuthFailure) {
         let i = AuthFailure::ALL.iter().position(|x| *x == f).unwrap_or(0);
         self.auth_failures[i].fetch_add(1, Relaxed);
     }
 
-    pub fn quota_refused(&self, kind: QuotaKind) {
+    pub(crate) fn quota_refused(&self, kind: QuotaKind) {
         let i = QuotaKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         self.quota_refused[i].fetch_add(1, Relaxed);
     }
@@ -131,26 +142,12 @@ impl TurnMetrics {
         self.stream_refused[i].fetch_add(1, Relaxed);
     }
 
-    pub fn stream_closed(&self, why: StreamClose) {
+    pub(crate) fn stream_closed(&self, why: StreamClose) {
         let i = StreamClose::ALL.iter().position(|w| *w == why).unwrap_or(0);
         self.stream_closed[i].fetch_add(1, Relaxed);
     }
 
-    /// Connections closed for `why` so far.
-    pub fn streams_closed(&self, why: StreamClose) -> u64 {
-        let i = StreamClose::ALL.iter().position(|w| *w == why).unwrap_or(0);
-        self.stream_closed[i].load(Relaxed)
-    }
-
-    /// Connections refused at accept so far: (per address, total).
-    pub fn streams_refused(&self) -> (u64, u64) {
-        (
-            self.stream_refused[0].load(Relaxed),
-            self.stream_refused[1].load(Relaxed),
-        )
-    }
-
-    pub fn request(&self, method: Method, ok: bool) {
+    pub(crate) fn request(&self, method: Method, ok: bool) {
         let i = METHODS
             .iter()
             .position(|m| *m == method)
@@ -199,7 +196,9 @@ impl TurnMetrics {
         total
     }
 
-    pub fn packets_relayed(&self) -> (u64, u64) {
+    /// Packets relayed so far: (client to peer, peer to client).
+    #[cfg(test)]
+    pub(crate) fn packets_relayed(&self) -> (u64, u64) {
         (
             self.packets_to_peer.load(Relaxed),
             self.packets_to_client.load(Relaxed),

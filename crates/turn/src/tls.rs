@@ -10,7 +10,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// Which of the two files an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsFile {
+    /// The certificate chain file.
     Certificate,
+    /// The private key file.
     Key,
 }
 
@@ -27,25 +29,43 @@ impl std::fmt::Display for TlsFile {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
+    /// The file could not be read (missing, no permission).
     #[error("cannot read the {file} file {}: {source}", path.display())]
     Read {
+        /// Which file.
         file: TlsFile,
+        /// Its path, as given.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The file is not valid PEM (a DER file, a truncated or corrupted block).
     #[error("{} is not a PEM {file}: {message}", path.display())]
     NotPem {
+        /// Which file.
         file: TlsFile,
+        /// Its path, as given.
         path: PathBuf,
+        /// What the PEM parser said.
         message: String,
     },
+    /// The file is PEM but holds no block of the kind expected (a key file given as the certificate, say).
     #[error("{} holds no PEM {file} (expected -----BEGIN {}-----)", path.display(),
         if *file == TlsFile::Certificate { "CERTIFICATE" } else { "PRIVATE KEY" })]
-    Empty { file: TlsFile, path: PathBuf },
+    Empty {
+        /// Which file.
+        file: TlsFile,
+        /// Its path, as given.
+        path: PathBuf,
+    },
+    /// rustls refused the pair: the key is not the certificate's, or of a kind it does not support.
     #[error("the certificate {} and the key {} do not match or are unsupported: {source}", cert.display(), key.display())]
     Rejected {
+        /// The certificate file.
         cert: PathBuf,
+        /// The key file.
         key: PathBuf,
+        /// What rustls said.
         source: rustls::Error,
     },
 }

@@ -18,6 +18,7 @@
 //! carry a strict Content-Security-Policy (same-origin scripts, styles and WebSocket only).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use axum::Router;
 use axum::body::{Body, Bytes};

@@ -13,14 +13,20 @@ pub const NONCE_LIFETIME_SECS: u64 = 600;
 /// Why a request's credentials were refused (a metric label, never sent to the client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
+    /// No MESSAGE-INTEGRITY: usually a client's first try, answered 401 with a nonce.
     MissingIntegrity,
+    /// The nonce expired or was issued to another address: answered 438 with a fresh one.
     StaleNonce,
+    /// No static user and no valid REST username of that name.
     UnknownUser,
+    /// A REST username whose expiry has passed.
     Expired,
+    /// MESSAGE-INTEGRITY does not verify with any key of the username: a wrong password (or secret).
     BadIntegrity,
 }
 
 impl AuthFailure {
+    /// The `reason` label of `peercall_turn_auth_failures_total`.
     pub fn label(self) -> &'static str {
         match self {
             AuthFailure::MissingIntegrity => "missing_integrity",
@@ -31,6 +37,7 @@ impl AuthFailure {
         }
     }
 
+    /// Every reason, in counter order.
     pub const ALL: [AuthFailure; 5] = [
         AuthFailure::MissingIntegrity,
         AuthFailure::StaleNonce,

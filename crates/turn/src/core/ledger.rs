@@ -14,6 +14,8 @@ use sha2::Sha256;
 
 use super::Refusal;
 
+/// The counts and sets the cores of one server share (see the module documentation), behind one mutex taken
+/// only on the control path. A test core gets its own; a server's shards share one through an `Arc`.
 #[derive(Default)]
 pub struct Ledger {
     state: Mutex<State>,
@@ -82,14 +84,19 @@ pub(super) struct Quotas {
 /// Which quota refused an admission, for the metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuotaKind {
+    /// Allocations of one username (`user_quota`).
     User,
+    /// Allocations of one client address, IPv6 by /64 (`client_quota`).
     Client,
+    /// Allocations of the whole server (`total_quota`).
     Total,
 }
 
 impl QuotaKind {
+    /// Every quota, in counter order.
     pub const ALL: [QuotaKind; 3] = [QuotaKind::User, QuotaKind::Client, QuotaKind::Total];
 
+    /// The `quota` label of `peercall_turn_quota_refused_total`.
     pub fn label(self) -> &'static str {
         match self {
             QuotaKind::User => "user",
@@ -123,6 +130,7 @@ impl Ledger {
     }
 
     /// Whether new allocations are refused (see [`Ledger::set_draining`]).
+    #[cfg(test)]
     pub(crate) fn is_draining(&self) -> bool {
         self.lock().draining
     }
@@ -151,7 +159,8 @@ impl Ledger {
     }
 
     /// Users holding at least one allocation or reservation.
-    pub fn users(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn users(&self) -> usize {
         self.lock().per_user.len()
     }
 

@@ -4,7 +4,7 @@
 //! small [`Action`]s telling the driver where to send them. Relay sockets come from an injected
 //! [`RelayPorts`], so tests run the whole state machine without a socket.
 
-pub mod auth;
+pub(crate) mod auth;
 mod ledger;
 pub mod policy;
 mod refusal;
@@ -28,30 +28,41 @@ use ledger::{Owner, Quotas};
 use policy::PeerPolicy;
 pub use refusal::Refusal;
 
+/// How long a permission lasts after CreatePermission (or ChannelBind) last refreshed it: 5 minutes, fixed by
+/// RFC 8656 §9.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// How long a channel binding lasts after ChannelBind last refreshed it: 10 minutes, fixed by RFC 8656 §12.
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 const UDP: u8 = 17;
 
 /// The time, injected: a monotonic instant for lifetimes and wall-clock seconds for REST credentials/nonces.
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
+    /// Monotonic time: allocation, permission and channel expiries are measured on it.
     pub instant: Instant,
+    /// Seconds since the Unix epoch: the expiry in REST usernames and the nonce timestamps are compared with it.
     pub unix: u64,
 }
 
 /// Transport between client and server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
+    /// Plain UDP: one datagram, one STUN message or ChannelData.
     Udp,
+    /// TCP: STUN messages and ChannelData back to back on one stream, ChannelData padded to 4 bytes.
     Tcp,
+    /// TLS over TCP (TURNS), framed as TCP.
     Tls,
 }
 
 /// Identifies a client's connection (RFC 8656 "5-tuple").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
+    /// The client's address as the server sees it (its server-reflexive address).
     pub client: SocketAddr,
+    /// The server's listening address the client reached.
     pub server: SocketAddr,
+    /// UDP, TCP or TLS.
     pub transport: Transport,
 }
 
@@ -85,8 +96,11 @@ pub enum Action {
     /// Send `packet[payload]` (the application data inside the client's ChannelData or Send indication)
     /// from relay socket `relay` to `peer`.
     ToPeer {
+        /// The relayed transport address (the socket to send from).
         relay: SocketAddr,
+        /// The peer to send to.
         peer: SocketAddr,
+        /// Where the application data sits in the client's packet.
         payload: Range<usize>,
     },
 }
@@ -94,15 +108,21 @@ pub enum Action {
 /// What the driver must do with a datagram a peer sent to a relay address.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PeerAction {
+    /// Nothing to send: no allocation holds the relay, the peer has no permission, or the packet does not fit
+    /// the buffers.
     Drop,
     /// `buf[..n]` (ChannelData framed in place) goes to the client.
     ChannelData {
+        /// The client owning the relay.
         to: FiveTuple,
+        /// Length of the framed ChannelData, padding included on TCP/TLS.
         n: usize,
     },
     /// `out[..n]` (a Data indication) goes to the client.
     DataIndication {
+        /// The client owning the relay.
         to: FiveTuple,
+        /// Length of the Data indication.
         n: usize,
     },
 }
@@ -110,23 +130,34 @@ pub enum PeerAction {
 /// Server-wide settings of the core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
+    /// Long-term credential realm ([`crate::TurnConfig::realm`]).
     pub realm: String,
+    /// Static long-term users, `(name, password)`.
     pub users: Vec<(String, String)>,
+    /// TURN REST shared secrets; any of them opens.
     pub auth_secrets: Vec<String>,
+    /// Which peer addresses may be relayed to.
     pub policy: PeerPolicy,
+    /// Allocations one username may hold at once (across every core sharing the ledger).
     pub user_quota: u32,
     /// Allocations (and EVEN-PORT reservations) per client address, IPv6 by /64: under `serve` every join
     /// mints a new username, so only this bounds what one client can hold.
     pub client_quota: u32,
+    /// Allocations the server may hold at once (across every core sharing the ledger).
     pub total_quota: u32,
     /// Permissions (peer IP addresses) per allocation; past it CreatePermission answers 508.
     pub max_permissions: u32,
     /// Channel bindings per allocation; past it ChannelBind answers 508.
     pub max_channels: u32,
+    /// Lifetime of an allocation whose request asks for none.
     pub default_lifetime: Duration,
+    /// Longest lifetime granted; longer requests are cut to it.
     pub max_lifetime: Duration,
+    /// Unauthenticated requests answered per second per source address (burst twice that); 0: no limit.
     pub unauth_rate_per_sec: u32,
+    /// SOFTWARE attribute of answers; `None`: none.
     pub software: Option<String>,
+    /// Key of the nonces' MAC. Cores of one server share it, so a nonce one shard issued verifies on another.
     pub nonce_key: [u8; 32],
 }
 
@@ -308,6 +339,7 @@ impl Core {
         &self.ledger
     }
 
+    /// Allocations this core holds (not the server's total: see [`Ledger::allocations`]).
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
     }
@@ -318,7 +350,8 @@ impl Core {
     }
 
     /// Whether `relay` belongs to a live allocation of this core.
-    pub fn is_relay(&self, relay: SocketAddr) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_relay(&self, relay: SocketAddr) -> bool {
         self.by_relay.contains_key(&relay)
     }
 

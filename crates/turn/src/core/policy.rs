@@ -89,6 +89,9 @@ pub struct PeerPolicy {
 }
 
 impl PeerPolicy {
+    /// Refuses the special-purpose ranges (private, loopback, link-local, ...) except those in `allow` (and
+    /// loopback when `allow_loopback`), and `deny` whatever `allow` says. This server's own addresses come
+    /// with [`with_own_addresses`](Self::with_own_addresses).
     pub fn new(allow: &[IpNet], deny: &[IpNet], allow_loopback: bool) -> PeerPolicy {
         let mut allow_all = allow.to_vec();
         if allow_loopback {

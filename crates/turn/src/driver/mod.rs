@@ -61,9 +61,13 @@ const RELAY_TOKEN_BASE: u64 = 1 << 32;
 /// Where the server listens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listening {
+    /// Bound UDP STUN/TURN addresses, one per `listen` address (with the chosen port when 0 was asked).
     pub udp: Vec<SocketAddr>,
+    /// TCP addresses: the same IP and port as each UDP one.
     pub tcp: Vec<SocketAddr>,
+    /// TURNS addresses; empty without a certificate.
     pub tls: Vec<SocketAddr>,
+    /// Addresses relay sockets are bound on (`relay_ip`, or derived from the listening addresses).
     pub relay_ips: Vec<IpAddr>,
     /// Shard threads serving UDP.
     pub threads: usize,
@@ -320,15 +324,7 @@ impl TurnServer {
         })
     }
 
-    pub fn local_addrs(&self) -> Listening {
-        self.listening.clone()
-    }
-
-    /// The server's metrics: the shards' counters and the TCP/TLS side's, added up now.
-    pub fn metrics(&self) -> TurnMetrics {
-        self.shared.metrics()
-    }
-
+    /// A handle for the running server, to take before [`run`](Self::run) consumes this one.
     pub fn handle(&self) -> TurnHandle {
         TurnHandle {
             shared: self.shared.clone(),
@@ -399,6 +395,7 @@ impl TurnServer {
 }
 
 impl TurnHandle {
+    /// Where the server listens: the bound addresses (real ports when port 0 was asked) and relay addresses.
     pub fn local_addrs(&self) -> Listening {
         self.listening.clone()
     }
@@ -408,6 +405,8 @@ impl TurnHandle {
         self.shared.metrics()
     }
 
+    /// Whether the server still serves: `false` once the shutdown token passed to
+    /// [`TurnServer::run`] was cancelled.
     pub fn is_running(&self) -> bool {
         !self.shared.shutdown.is_cancelled()
     }
@@ -417,11 +416,6 @@ impl TurnHandle {
     /// refreshed until they expire. STUN Binding is still answered.
     pub fn drain(&self) {
         self.shared.ledger.set_draining(true);
-    }
-
-    /// Whether [`TurnHandle::drain`] was called.
-    pub fn is_draining(&self) -> bool {
-        self.shared.ledger.is_draining()
     }
 
     /// Serves a TLS connection accepted by another listener whose first bytes are STUN (TURN on peercall's
