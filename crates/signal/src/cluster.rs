@@ -69,12 +69,18 @@ pub enum ClusterRequest {
     /// Count a new connection from `ip` against the cluster-wide cap of `limit` connections per address;
     /// answered with [`crate::rooms::Rooms::handle_connection_count`]. The core has checked its local count.
     CountConnection {
+        /// The new connection; its messages wait for the answer.
         conn: ConnId,
+        /// The client's address (IPv4, or the /64 of IPv6), as the local count keys it.
         ip: IpAddr,
+        /// Most connections one address may hold across every live node (`max_connections_per_ip`).
         limit: u32,
     },
     /// A connection from `ip` that the store counted is gone.
-    UncountConnection { ip: IpAddr },
+    UncountConnection {
+        /// The address whose count drops by one.
+        ip: IpAddr,
+    },
     /// Take over the member that holds this resume token (it may live on another node); answered with
     /// [`crate::rooms::Rooms::handle_resumption`].
     Resume {

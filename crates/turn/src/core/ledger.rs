@@ -130,7 +130,6 @@ impl Ledger {
     }
 
     /// Whether new allocations are refused (see [`Ledger::set_draining`]).
-    #[cfg(test)]
     pub(crate) fn is_draining(&self) -> bool {
         self.lock().draining
     }

@@ -418,6 +418,11 @@ impl TurnHandle {
         self.shared.ledger.set_draining(true);
     }
 
+    /// Whether [`TurnHandle::drain`] was called (the `peercall_turn_draining` gauge).
+    pub fn is_draining(&self) -> bool {
+        self.shared.ledger.is_draining()
+    }
+
     /// Serves a TLS connection accepted by another listener whose first bytes are STUN (TURN on peercall's
     /// HTTPS port): `stream` is the decrypted stream, with any bytes already read put back in front; `client`
     /// and `server` are its TCP addresses; `accepted` is when the TCP connection was accepted. It is treated
