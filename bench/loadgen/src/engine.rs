@@ -766,9 +766,10 @@ mod tests {
         assert_eq!(step.received, step.sent);
         assert!(step.p50_us().expect("samples") < 50_000.0);
         let cfg = SweepConfig {
-            start_rate: 2000.0,
+            // Low rates: the sweep's logic is under test, not this machine's speed (a loaded CI core must pass).
+            start_rate: 500.0,
             min_rate: 100.0,
-            max_rate: 8000.0,
+            max_rate: 2000.0,
             factor: 2.0,
             precision: 0.1,
             max_loss: 0.1,
@@ -778,11 +779,11 @@ mod tests {
             max_steps: 5,
         };
         let sweep = e.sweep(&w, &cfg, 100, false);
-        assert_eq!(sweep.best.expect("some rate works").target_rate, 8000.0);
+        assert_eq!(sweep.best.expect("some rate works").target_rate, 2000.0);
         assert_eq!(
             sweep.steps.len(),
             3,
-            "2000, 4000, 8000 then stop at the maximum"
+            "500, 1000, 2000 then stop at the maximum"
         );
     }
 }
