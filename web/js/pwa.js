@@ -36,9 +36,14 @@ async function check(screen) {
   timer = setTimeout(() => check(screen), RETRY_MS);
 }
 
-// After `load`: the worker's first install fetches the whole shell, which should not compete with the page's own
-// files and the call it is starting.
+// After `load`, and on a room page a few seconds later still: the worker's first install fetches the whole shell
+// (some 30 files), which should compete neither with the page's own files nor with the call it is starting
+// (bench/call-setup.sh: the install ran beside the offer and answer).
+const REGISTER_DELAY_MS = document.body?.classList.contains('room-page') ? 4000 : 0;
 function registerWorker() {
+  setTimeout(register, REGISTER_DELAY_MS);
+}
+function register() {
   navigator.serviceWorker.register('/sw.js', { scope: '/' }).catch((error) => {
     console.warn('peercall: the app could not be made available offline:', error);
   });

@@ -11,6 +11,7 @@ import { explainFailure } from './diagnose.js';
 import { $, h, icon, setIcon, store, toast, copyText, keepFocus, mark } from './util.js';
 import { cleanName, ROOM_RE, hueOf } from './names.js';
 import { Signaling, signalingUrl } from './signaling.js';
+import { takeEarly } from './boot.js';
 import { Peer } from './peer.js';
 import { LocalMedia, LevelMeter, describeMediaError } from './media.js';
 import { Tile } from './tile.js';
@@ -410,23 +411,15 @@ function renderMeter(level) {
 function join() {
   state.phase = 'call';
   state.startedAt = Date.now();
-  show('call');
-  if (!state.localTile) {
-    state.localTile = new Tile({ id: 'local', name: state.name, local: true });
-    $('#stage').append(state.localTile.el);
-  }
-  state.localTile.setName(state.name);
-  $('#set-name').value = state.name;
-  renderLocalMedia();
-  fillDevicePickers();
-  layout();
-  renderPresence();
+  // Signaling first: the socket's handshake runs while the call screen below is built and laid out (the first
+  // layout of the page is the longest task the page has: a fresh renderer shapes its first text then).
   const signaling = new Signaling({
     url: signalingUrl(),
     room: ROOM,
     name: state.name,
     password: state.password,
     token: params.get('token') ?? undefined, // HMAC join token, for deployments that embed peercall
+    early: takeEarly(), // the socket boot.js opened (and joined with) while this page loaded
   });
   state.signaling = signaling;
   signaling.addEventListener('state', (e) => {
@@ -443,6 +436,17 @@ function join() {
   signaling.addEventListener('error', (e) => console.warn('peercall: signaling refused a message', e.detail));
   signaling.addEventListener('fatal', (e) => onFatal(e.detail));
   signaling.start();
+  show('call');
+  if (!state.localTile) {
+    state.localTile = new Tile({ id: 'local', name: state.name, local: true });
+    $('#stage').append(state.localTile.el);
+  }
+  state.localTile.setName(state.name);
+  $('#set-name').value = state.name;
+  renderLocalMedia();
+  fillDevicePickers();
+  layout();
+  renderPresence();
   clearInterval(state.clockTimer);
   state.clockTimer = setInterval(renderClock, 1000);
   clearInterval(state.statsTimer);
@@ -973,10 +977,19 @@ function renderPresence() {
 // ---------------------------------------------------------------------------------------------------------------
 // Layout (layout.js): one remote → it fills the stage, you float in a corner; otherwise a grid of equal tiles.
 
+let layoutFrame = 0;
+
+/** Lays the stage out in the next frame, once for any number of calls before it: layoutStage reads the stage's
+ *  size, and reading it here would force a synchronous style and layout in the middle of whatever called (a join
+ *  would wait for it before its messages are handled). */
 function layout() {
-  const stage = document.getElementById('stage');
-  if (!stage || state.phase !== 'call') return;
-  layoutStage(stage, roster.links().map((p) => p.tile), state.localTile);
+  if (layoutFrame) return;
+  layoutFrame = requestAnimationFrame(() => {
+    layoutFrame = 0;
+    const stage = document.getElementById('stage');
+    if (!stage || state.phase !== 'call') return;
+    layoutStage(stage, roster.links().map((p) => p.tile), state.localTile);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------

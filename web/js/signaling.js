@@ -44,11 +44,54 @@ export function signalingUrl(loc = location) {
   return `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/ws`;
 }
 
+/** The `join` message of `options` (and of `resume`, the token of the session to resume, if any). */
+function joinMessage(options, resume) {
+  const join = { v: PROTOCOL_VERSION, type: 'join', room: options.room, name: options.name };
+  if (options.password) join.password = options.password;
+  if (options.token) join.token = options.token;
+  if (resume) join.resume = resume;
+  return join;
+}
+
+/** Messages an early socket keeps for its Signaling; more than this and it is given up (Signaling connects anew). */
+const EARLY_MESSAGES = 64;
+
+/**
+ * Opens the signaling socket and sends the join as soon as it opens, before the page that uses it has loaded
+ * (web/js/boot.js, the room page's first module): the handshake and the welcome then run beside the rest of the
+ * page instead of after it. What arrives is kept until `new Signaling({...options, early})` adopts the socket; a
+ * Signaling whose options differ (another name, a password) closes it and connects on its own.
+ * @param {{url: string, room: string, name: string, password?: string, token?: string}} options
+ */
+export function earlySignaling(options) {
+  const early = { options: { ...options }, ws: null, joined: false, messages: [], spoiled: false };
+  try {
+    early.ws = new WebSocket(options.url);
+  } catch {
+    return null;
+  }
+  early.ws.onopen = () => {
+    mark('ws-open');
+    early.ws.send(JSON.stringify(joinMessage(options, null)));
+    early.joined = true;
+  };
+  early.ws.onmessage = (event) => {
+    if (early.messages.length >= EARLY_MESSAGES) early.spoiled = true;
+    else early.messages.push(event.data);
+  };
+  return early;
+}
+
 export class Signaling extends EventTarget {
-  /** @param {{url: string, room: string, name: string, password?: string, token?: string}} options */
-  constructor(options) {
+  /**
+   * @param {{url: string, room: string, name: string, password?: string, token?: string, early?: object}} options
+   *   early: a socket opened by earlySignaling, used for the first connection when it was opened for the same room,
+   *   name, password and token and is still usable
+   */
+  constructor({ early = null, ...options }) {
     super();
     this.options = { ...options };
+    this.early = early;
     this.state = 'idle';
     this.id = null;
     this.resumeToken = null;
@@ -154,13 +197,16 @@ export class Signaling extends EventTarget {
     clearTimeout(this.retryTimer);
     this.joined = false;
     this.#setState(this.attempt === 0 && !this.id ? 'connecting' : 'reconnecting', { retryIn: 0 });
-    let ws;
-    try {
-      ws = new WebSocket(this.options.url);
-    } catch (e) {
-      this.dispatchEvent(new CustomEvent('fatal', { detail: { code: 'bad-url', message: String(e) } }));
-      this.#stop('closed');
-      return;
+    const early = this.#adoptEarly();
+    let ws = early?.ws;
+    if (!ws) {
+      try {
+        ws = new WebSocket(this.options.url);
+      } catch (e) {
+        this.dispatchEvent(new CustomEvent('fatal', { detail: { code: 'bad-url', message: String(e) } }));
+        this.#stop('closed');
+        return;
+      }
     }
     this.ws = ws;
     clearTimeout(this.connectTimer);
@@ -170,11 +216,7 @@ export class Signaling extends EventTarget {
     ws.onopen = () => {
       mark('ws-open');
       this.lastRx = performance.now();
-      const join = { v: PROTOCOL_VERSION, type: 'join', room: this.options.room, name: this.options.name };
-      if (this.options.password) join.password = this.options.password;
-      if (this.options.token) join.token = this.options.token;
-      if (this.resumeToken) join.resume = this.resumeToken;
-      ws.send(JSON.stringify(join));
+      ws.send(JSON.stringify(joinMessage(this.options, this.resumeToken)));
     };
     ws.onmessage = (event) => {
       if (this.ws !== ws) return;
@@ -203,6 +245,34 @@ export class Signaling extends EventTarget {
     ws.onerror = () => {
       /* onclose follows and schedules the reconnect */
     };
+    if (early?.joined) {
+      // Open and joined already: what it received goes through the handlers above, after start() returns.
+      this.lastRx = performance.now();
+      const pending = early.messages;
+      queueMicrotask(() => {
+        for (const data of pending) if (this.ws === ws) ws.onmessage({ data });
+      });
+    }
+  }
+
+  /** The early socket (earlySignaling), once, if it fits this connection; otherwise it is closed. */
+  #adoptEarly() {
+    const early = this.early;
+    this.early = null;
+    if (!early?.ws) return null;
+    const o = early.options;
+    const same = o.url === this.options.url && o.room === this.options.room && o.name === this.options.name
+      && (o.password ?? '') === (this.options.password ?? '') && (o.token ?? '') === (this.options.token ?? '');
+    const usable = early.ws.readyState === WebSocket.OPEN || early.ws.readyState === WebSocket.CONNECTING;
+    early.ws.onopen = null;
+    early.ws.onmessage = null;
+    if (same && usable && !early.spoiled && !this.resumeToken) return early;
+    try {
+      early.ws.close();
+    } catch {
+      /* closing anyway */
+    }
+    return null;
   }
 
   #receive(ws, message) {

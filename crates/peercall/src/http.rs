@@ -401,7 +401,11 @@ pub fn serve(mode: Mode, bound: Bound, parts: &Parts, config: &Resolved) -> Http
 
     let (task, self_signed, reload) = match bound.tls {
         None => {
-            let server = axum_server::from_tcp(bound.listener).handle(handle.clone());
+            // TCP_NODELAY, as the TLS path sets it (shared_port): signaling is small writes (a candidate after
+            // an offer), and Nagle holds each one back until the one before is acknowledged.
+            let server = axum_server::from_tcp(bound.listener)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new())
+                .handle(handle.clone());
             let task = tokio::spawn(async move {
                 if let Err(e) = server.serve(make_service).await {
                     tracing::error!("HTTP server stopped: {e}");

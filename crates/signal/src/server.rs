@@ -82,8 +82,8 @@ pub(crate) struct SharedState {
 
 #[derive(Clone)]
 struct ConnHandle {
+    /// Its outgoing queue, which also carries the order to disconnect ([`Queue::kill`]).
     tx: Arc<Queue>,
-    kill: CancellationToken,
 }
 
 enum Outgoing {
@@ -112,10 +112,9 @@ struct QueueItems {
     items: std::collections::VecDeque<Outgoing>,
     capacity: usize,
     closed: bool,
+    /// The connection is to be dropped (too slow): its task ends at its next look at the queue.
+    killed: bool,
 }
-
-/// A queue whose buffer grew past this many items gives the memory back once it is empty again.
-const QUEUE_KEEP: usize = 8;
 
 impl Queue {
     fn new(capacity: usize) -> Arc<Queue> {
@@ -124,6 +123,7 @@ impl Queue {
                 items: std::collections::VecDeque::new(),
                 capacity: capacity.max(1),
                 closed: false,
+                killed: false,
             }),
             ready: Notify::new(),
         })
@@ -137,7 +137,7 @@ impl Queue {
     fn try_send(&self, item: Outgoing) -> Result<(), Refused> {
         {
             let mut q = self.lock();
-            if q.closed {
+            if q.closed || q.killed {
                 return Err(Refused::Closed);
             }
             if q.items.len() >= q.capacity {
@@ -152,22 +152,39 @@ impl Queue {
     fn try_recv(&self) -> Option<Outgoing> {
         let mut q = self.lock();
         let item = q.items.pop_front();
-        if q.items.is_empty() && q.items.capacity() > QUEUE_KEEP {
+        // An emptied queue gives its buffer back: idle connections (nearly all of them) hold none, and a burst
+        // costs one allocation.
+        if q.items.is_empty() && q.items.capacity() > 0 {
             q.items = std::collections::VecDeque::new();
         }
         item
     }
 
-    /// The next item; waits while the queue is empty. Cancel-safe: an item is only taken when returned.
-    async fn recv(&self) -> Outgoing {
+    /// The next item, or `None` once the connection is killed; waits while the queue is empty. Cancel-safe: an
+    /// item is only taken when returned.
+    async fn recv(&self) -> Option<Outgoing> {
         loop {
             // Registered before looking, so a push between the look and the wait is not missed.
             let notified = self.ready.notified();
+            if self.lock().killed {
+                return None;
+            }
             if let Some(item) = self.try_recv() {
-                return item;
+                return Some(item);
             }
             notified.await;
         }
+    }
+
+    /// Disconnects the connection: what is queued is dropped, nothing more is accepted, and its task ends when
+    /// it next waits for the queue. Part of the queue rather than a token of its own: one waker per connection.
+    fn kill(&self) {
+        {
+            let mut q = self.lock();
+            q.killed = true;
+            q.items = std::collections::VecDeque::new();
+        }
+        self.ready.notify_one();
     }
 
     /// The task has ended: refuse new items and drop those queued.
@@ -359,7 +376,7 @@ impl Inner {
             match handle.tx.try_send(item) {
                 Ok(()) => sent += 1,
                 Err(Refused::Full) => {
-                    handle.kill.cancel();
+                    handle.tx.kill();
                     overflowed.push(conn);
                 }
                 Err(Refused::Closed) => {} // its task has ended and disconnects itself
@@ -375,7 +392,7 @@ impl Inner {
     fn drop_slow(&self, conn: ConnId) {
         self.with_state(|st, now| {
             if let Some(h) = st.conns.remove(&conn) {
-                h.kill.cancel();
+                h.tx.kill();
                 self.metrics.slow_consumer();
                 tracing::debug!(conn = conn.0, "signaling client too slow: disconnected");
             }
@@ -570,11 +587,7 @@ async fn run_connection(
     let cfg = &inner.config;
     let tx = Queue::new(cfg.outgoing_queue);
     let rx = tx.clone();
-    let kill = CancellationToken::new();
-    let handle = ConnHandle {
-        tx: tx.clone(),
-        kill: kill.clone(),
-    };
+    let handle = ConnHandle { tx: tx.clone() };
     let info = ConnInfo { ip: client, host };
     let conn = inner.with_state(move |st, now| {
         let id = st.rooms.open(now, info);
@@ -602,11 +615,13 @@ async fn run_connection(
         tokio::select! {
             biased;
             () = inner.shutdown.cancelled() => break End::Shutdown,
-            () = kill.cancelled() => break End::Killed,
             item = rx.recv() => match item {
-                Outgoing::Text(text) => {
+                None => break End::Killed,
+                Some(Outgoing::Text(text)) => {
                     let mut close = None;
-                    let written = tokio::time::timeout(write_timeout, async {
+                    // Boxed, like the ping and the close below: each future awaited inline in this loop would
+                    // be part of every connection's task, idle or not (issue 14: memory per connection).
+                    let written = Box::pin(tokio::time::timeout(write_timeout, async {
                         sink.feed(Message::Text(text)).await?;
                         for _ in 0..WRITE_BATCH {
                             match rx.try_recv() {
@@ -619,7 +634,7 @@ async fn run_connection(
                             }
                         }
                         sink.flush().await
-                    })
+                    }))
                     .await;
                     if !matches!(written, Ok(Ok(()))) {
                         break End::Lost;
@@ -628,7 +643,7 @@ async fn run_connection(
                         break End::Core(code, reason);
                     }
                 }
-                Outgoing::Close(code, reason) => break End::Core(code, reason),
+                Some(Outgoing::Close(code, reason)) => break End::Core(code, reason),
             },
             frame = stream.next() => {
                 let Some(Ok(frame)) = frame else { break End::Lost };
@@ -639,7 +654,7 @@ async fn run_connection(
                     Message::Ping(_) | Message::Pong(_) => {}
                     Message::Close(_) => {
                         // tungstenite has queued the close reply; flush it.
-                        let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+                        let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, sink.close())).await;
                         break End::Lost;
                     }
                 }
@@ -654,7 +669,7 @@ async fn run_connection(
                 if let (Some(at), Some(interval)) = (next_ping, ping_interval)
                     && now >= at
                 {
-                    let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
+                    let sent = Box::pin(tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new())))).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         break End::Lost;
                     }
@@ -664,19 +679,16 @@ async fn run_connection(
         }
     };
 
-    match end {
-        End::Core(code, reason) => close_socket(sink, stream, code, reason).await,
+    let close = match end {
+        End::Core(code, reason) => Some((code, reason)),
         End::Shutdown if inner.cluster.get().is_some() => {
-            close_socket(
-                sink,
-                stream,
-                close_code::DRAINING,
-                "draining: reconnect to another node",
-            )
-            .await
+            Some((close_code::DRAINING, "draining: reconnect to another node"))
         }
-        End::Shutdown => close_socket(sink, stream, CLOSE_GOING_AWAY, "server shutting down").await,
-        End::Lost | End::Killed => {}
+        End::Shutdown => Some((CLOSE_GOING_AWAY, "server shutting down")),
+        End::Lost | End::Killed => None,
+    };
+    if let Some((code, reason)) = close {
+        Box::pin(close_socket(sink, stream, code, reason)).await;
     }
     rx.close();
     inner.with_state(|st, now| {
