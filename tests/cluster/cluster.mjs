@@ -192,3 +192,27 @@ export async function startHaproxy(nodes) {
   }, { timeout: 10_000, interval: 100, what: 'haproxy to serve' });
   return lb;
 }
+
+/**
+ * A `redis-server --sentinel` monitoring the master on `masterPort` as service `name` (quorum 1), its config in a
+ * temp dir (Sentinel rewrites it): {port, url (a redis-sentinel:// URL for --redis), kill}.
+ */
+export async function startSentinel(masterPort, { name = 'm' } = {}) {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'peercall-sentinel-'));
+  const conf = path.join(dir, 'sentinel.conf');
+  writeFileSync(conf, [`port ${port}`, 'bind 127.0.0.1', 'protected-mode no', `dir ${dir}`,
+    `sentinel monitor ${name} 127.0.0.1 ${masterPort} 1`, `sentinel down-after-milliseconds ${name} 5000`, ''].join('\n'));
+  const proc = run(tool('redis-server'), [conf, '--sentinel'], 'redis sentinel');
+  const sentinel = { ...proc, port, url: `redis-sentinel://127.0.0.1:${port}/?sentinelServiceName=${name}` };
+  sentinel.kill = async (signal) => {
+    await proc.kill(signal);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  await waitFor(async () => {
+    if (proc.exited) throw new Error(`redis sentinel exited:\n${proc.logs()}`);
+    const addr = await redisCommand(port, ['SENTINEL', 'get-master-addr-by-name', name]).catch(() => null);
+    return Array.isArray(addr) && addr[1] === String(masterPort);
+  }, { timeout: 10_000, interval: 100, what: 'the sentinel to know its master' });
+  return sentinel;
+}

@@ -133,3 +133,56 @@ async function nodeId(node) {
   const h = await fetch(`${node.url}/healthz`).then((r) => r.json());
   return h.parts.signaling.redis.node;
 }
+
+/** Joins `room` with `password` from `localAddress`: {first, ms} (the welcome or error, and how long it took). */
+async function guessFrom(localAddress, node, room, password, open) {
+  const ws = await RawWebSocket.connect(node.wsUrl, { localAddress });
+  open.push(ws);
+  const started = Date.now();
+  ws.send({ v: 1, type: 'join', room, name: 'g', password });
+  const first = await ws.next((m) => m.type === 'welcome' || m.type === 'error', { timeout: 8000, what: 'the answer to a join' });
+  return { first, ms: Date.now() - started };
+}
+
+test('password guessing spread over two nodes meets the back-off and the room delay at one node\'s thresholds', { timeout: 60_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const redis = await startRedis();
+  cleanup.add(() => redis.kill());
+  const args = ['--failed-joins-before-backoff', '3', '--room-failed-joins-before-delay', '4'];
+  const n1 = await startNode(redis.url, { extraArgs: args });
+  cleanup.add(() => n1.kill());
+  const n2 = await startNode(redis.url, { extraArgs: args });
+  cleanup.add(() => n2.kill());
+  const open = [];
+  cleanup.add(() => open.forEach((ws) => ws.close()));
+
+  // Address back-off: 3 failures allowed, the 4th starts a back-off; alternated over the nodes (2 per node,
+  // which each node alone would allow), the 5th is refused at once on the other node.
+  const aroom = uniqueRoom('guess-ip');
+  assert.equal((await guessFrom('127.0.0.30', n1, aroom, 'right', open)).first.type, 'welcome');
+  for (const [i, node] of [n1, n2, n1, n2].entries()) {
+    const g = await guessFrom('127.0.0.31', node, aroom, `wrong${i}`, open);
+    assert.equal(g.first.code, 'wrong-password', `guess ${i + 1} is checked`);
+  }
+  const fifth = await guessFrom('127.0.0.31', n1, aroom, 'right', open);
+  assert.equal(fifth.first.code, 'too-many-joins', 'after the 4th failure the address backs off on the other node too');
+  assert.match(fifth.first.message, /too many failed joins from your address: try again in 1 s/);
+  assert.equal((await guessFrom('127.0.0.32', n2, aroom, 'right', open)).first.type, 'welcome', 'another address is not affected');
+  assert.ok(Number(await redisCommand(redis.port, ['GET', 'pc:rate:fi:127.0.0.31'])) >= 4, 'Redis holds the count of the address');
+
+  // Room delay: after 4 failed joins to a room (from 4 addresses, so no back-off, alternating nodes), every
+  // join to it waits about a second before it is checked, on both nodes, the right password too.
+  const rroom = uniqueRoom('guess-room');
+  assert.equal((await guessFrom('127.0.0.40', n1, rroom, 'right', open)).first.type, 'welcome');
+  for (const [i, node] of [n2, n1, n2, n1].entries()) {
+    const g = await guessFrom(`127.0.0.${41 + i}`, node, rroom, 'wrong', open);
+    assert.equal(g.first.code, 'wrong-password');
+    assert.ok(g.ms < 900, `failure ${i + 1} of 4 is answered without delay (${g.ms} ms)`);
+  }
+  for (const node of [n2, n1]) {
+    const late = await guessFrom('127.0.0.50', node, rroom, 'right', open);
+    assert.equal(late.first.type, 'welcome', 'the right password is still admitted');
+    assert.ok(late.ms >= 950, `the join waited the room's guessing delay (${late.ms} ms)`);
+  }
+});

@@ -706,25 +706,34 @@ impl Serialize for UserPass {
     }
 }
 
-/// `--redis URL`: `redis://` or `rediss://` (also `redis-cluster://`, `redis-sentinel://` and their TLS forms).
-/// Its password is never printed.
+/// `--redis URL`: `redis://` or `rediss://`, or `redis-sentinel://` / `rediss-sentinel://` for a master found
+/// through Sentinel. Redis Cluster (`redis-cluster://`) is refused: see [`RedisUrl::from_str`]. Its password is
+/// never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl(pub String);
 
 impl FromStr for RedisUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const SCHEMES: [&str; 6] = [
+        const SCHEMES: [&str; 4] = [
             "redis://",
             "rediss://",
-            "redis-cluster://",
-            "rediss-cluster://",
             "redis-sentinel://",
             "rediss-sentinel://",
         ];
+        if s.starts_with("redis-cluster://") || s.starts_with("rediss-cluster://") {
+            // The admission and sweep scripts read keys of several hash slots (the room, the rate counters,
+            // other nodes' keys), which a Redis Cluster refuses.
+            return Err("Redis Cluster is not supported: the scripts read keys of several slots, which a \
+                        cluster refuses; use one Redis server (redis://host:port), with a replica and Sentinel \
+                        for failover (redis-sentinel://host:26379/?sentinelServiceName=NAME)"
+                .to_owned());
+        }
         if !SCHEMES.iter().any(|p| s.starts_with(p)) || s.len() > 2048 {
             return Err(
-                "expected redis://[user:password@]host[:port][/db] or rediss://...".to_owned(),
+                "expected redis://[user:password@]host[:port][/db], rediss://... or \
+                        redis-sentinel://host[:port]/?sentinelServiceName=NAME"
+                    .to_owned(),
             );
         }
         Ok(RedisUrl(s.to_owned()))
@@ -1507,6 +1516,24 @@ pub fn load(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redis_urls_refuse_a_cluster_and_say_what_to_use() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "rediss://u:p@h/1",
+            "redis-sentinel://127.0.0.1:26379/?sentinelServiceName=m",
+        ] {
+            assert!(ok.parse::<RedisUrl>().is_ok(), "{ok}");
+        }
+        for cluster in ["redis-cluster://127.0.0.1:7000", "rediss-cluster://h:7000"] {
+            let e = cluster.parse::<RedisUrl>().expect_err(cluster);
+            assert!(e.contains("Redis Cluster is not supported"), "{e}");
+            assert!(e.contains("several slots"), "says why: {e}");
+            assert!(e.contains("redis-sentinel://"), "says what to use: {e}");
+        }
+        assert!("http://h".parse::<RedisUrl>().is_err());
+    }
+
     use super::*;
     use clap::Parser;
 

@@ -8,6 +8,7 @@
 //! ([`crate::redis`]) only moves these values to and from Redis.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 
@@ -65,6 +66,8 @@ pub enum ClusterRequest {
         joins_per_min: u32,
         /// New rooms per minute one address may create across the cluster (0: no limit).
         rooms_per_min: u32,
+        /// How the store counts wrong passwords cluster-wide (per address and per room).
+        failures: Box<FailureLimits>,
     },
     /// Count a new connection from `ip` against the cluster-wide cap of `limit` connections per address;
     /// answered with [`crate::rooms::Rooms::handle_connection_count`]. The core has checked its local count.
@@ -157,10 +160,46 @@ pub enum Admission {
     },
     /// Refused (`room-full`, `wrong-password`).
     Refused(ErrorCode),
+    /// A wrong password, counted by the store: `failures` of the address and `room_failures` of the room across
+    /// the cluster (each forgotten after its memory without a new one); `backoff`: the address's joins are now
+    /// refused this long on every node.
+    WrongPassword {
+        /// The address's failed joins across the cluster, this one included.
+        failures: u32,
+        /// The room's failed joins across the cluster, this one included.
+        room_failures: u32,
+        /// The back-off the address starts now, if it is past its allowance.
+        backoff: Option<Duration>,
+    },
+    /// The address is backing off after failed joins (on whichever node): refused, this much is left.
+    Backoff(Duration),
+    /// The room has had too many failed joins across the cluster: the join waits
+    /// [`crate::rooms::ROOM_GUESS_DELAY`] and is asked again with [`FailureLimits::delayed`] set.
+    Delay,
     /// The address used up its joins (or new rooms) per minute across the cluster.
     Throttled(Throttle),
     /// The store cannot be reached.
     Unavailable,
+}
+
+/// The failed-join limits of one node, applied by the store to the cluster-wide counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailureLimits {
+    /// Failed joins an address may make before it backs off (0: never).
+    pub backoff_after: u32,
+    /// The first back-off; it doubles with every further failure.
+    pub first_backoff: Duration,
+    /// Longest back-off.
+    pub max_backoff: Duration,
+    /// An address's failures are forgotten this long after its last one.
+    pub memory: Duration,
+    /// Failed joins a room may see before every join to it waits (0: never).
+    pub room_delay_after: u32,
+    /// A room's failures are forgotten this long after its last one.
+    pub room_memory: Duration,
+    /// The join has already waited its room's guessing delay: check it now.
+    pub delayed: bool,
 }
 
 /// Which cluster-wide join rate an address used up.

@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::cluster::{
-    Admission, ClusterRequest, ConnectionCount, Member, Resumption, RoomSnapshot, Throttle, wire,
+    Admission, ClusterRequest, ConnectionCount, FailureLimits, Member, Resumption, RoomSnapshot,
+    Throttle, wire,
 };
 use crate::protocol::ErrorCode;
 use crate::rooms::ConnId;
@@ -239,6 +240,17 @@ for i = 1, #all, 2 do
 end
 local salt = pw and string.match(pw, '^([^:]*):')
 if pw and ARGV[7] ~= salt then return {'salt', salt} end
+-- Failed joins across the cluster (ARGV[15..21]), checked like one node's: an address backing off is refused
+-- first, then a room past its threshold delays the join once (ARGV[21]: it has waited).
+local ip = ARGV[11]
+if ip ~= '' then
+  local left = redis.call('PTTL', ARGV[14] .. 'fb:' .. ip)
+  if left > 0 then return {'backoff', tostring(left)} end
+end
+local rf = ARGV[14] .. 'fr:' .. k
+if pw and ARGV[21] ~= '1' and tonumber(ARGV[19]) > 0 then
+  if tonumber(redis.call('GET', rf) or '0') >= tonumber(ARGV[19]) then return {'delay'} end
+end
 -- Cluster-wide join rates of the address (ARGV[11]): one counter per address and minute, on Redis's clock.
 local minute = ''
 if ARGV[11] ~= '' then
@@ -251,7 +263,22 @@ if ARGV[11] ~= '' then
   end
 end
 if pw then
-  if pw ~= ARGV[7] .. ':' .. ARGV[8] then return {'wrong-password'} end
+  if pw ~= ARGV[7] .. ':' .. ARGV[8] then
+    local rc = redis.call('INCR', rf)
+    redis.call('PEXPIRE', rf, ARGV[20])
+    local fc, back = 0, 0
+    if ip ~= '' then
+      local fk = ARGV[14] .. 'fi:' .. ip
+      fc = redis.call('INCR', fk)
+      redis.call('PEXPIRE', fk, ARGV[18])
+      local allow = tonumber(ARGV[15])
+      if allow > 0 and fc > allow then
+        back = math.floor(math.min(tonumber(ARGV[16]) * 2 ^ math.min(fc - allow - 1, 31), tonumber(ARGV[17])))
+        redis.call('SET', ARGV[14] .. 'fb:' .. ip, '1', 'PX', string.format('%d', back))
+      end
+    end
+    return {'wrong-password', tostring(fc), tostring(rc), string.format('%d', back)}
+  end
 elseif n == 0 then
   if ARGV[8] == '' and ARGV[9] == '1' then return {'password-required'} end
   if minute ~= '' and tonumber(ARGV[13]) > 0 and tonumber(ARGV[5]) > 0 then
@@ -604,6 +631,7 @@ impl Driver {
         capacity: usize,
         require_password: bool,
         rates: (Option<std::net::IpAddr>, u32, u32),
+        failures: FailureLimits,
     ) -> Admission {
         let (ip, joins_per_min, rooms_per_min) = rates;
         let key = room_key(room);
@@ -627,6 +655,13 @@ impl Driver {
                 joins_per_min.to_string(),
                 rooms_per_min.to_string(),
                 RATE_PREFIX.to_owned(),
+                failures.backoff_after.to_string(),
+                failures.first_backoff.as_millis().to_string(),
+                failures.max_backoff.as_millis().to_string(),
+                failures.memory.as_millis().max(1).to_string(),
+                failures.room_delay_after.to_string(),
+                failures.room_memory.as_millis().max(1).to_string(),
+                if failures.delayed { "1" } else { "0" }.to_owned(),
             ];
             let reply: Result<Vec<String>, Error> = self
                 .scripts
@@ -651,11 +686,22 @@ impl Driver {
                     };
                 }
                 Some("salt") if reply.len() == 2 => {
-                    if password.is_none() {
-                        return Admission::Refused(ErrorCode::WrongPassword);
-                    }
+                    // Without a password too: asked again with the room's salt, it counts as a wrong one.
                     salt = reply[1].clone();
                 }
+                Some("wrong-password") if reply.len() == 4 => {
+                    let backoff: u64 = reply[3].parse().unwrap_or(0);
+                    return Admission::WrongPassword {
+                        failures: reply[1].parse().unwrap_or(0),
+                        room_failures: reply[2].parse().unwrap_or(0),
+                        backoff: (backoff > 0).then(|| Duration::from_millis(backoff)),
+                    };
+                }
+                Some("backoff") if reply.len() == 2 => {
+                    let left: u64 = reply[1].parse().unwrap_or(1);
+                    return Admission::Backoff(Duration::from_millis(left.max(1)));
+                }
+                Some("delay") => return Admission::Delay,
                 Some("wrong-password") | Some("password-required") => {
                     return Admission::Refused(ErrorCode::WrongPassword);
                 }
@@ -735,6 +781,7 @@ impl Driver {
                 ip,
                 joins_per_min,
                 rooms_per_min,
+                failures,
             } => {
                 let answer = if now_connected {
                     self.admit(
@@ -746,6 +793,7 @@ impl Driver {
                         capacity,
                         require_password,
                         (ip, joins_per_min, rooms_per_min),
+                        *failures,
                     )
                     .await
                 } else {

@@ -103,6 +103,8 @@ enum Pending {
         resume: String,
         name: String,
         name_pinned: bool,
+        /// The join as asked, parked again if the store delays it.
+        join: Join,
     },
     Resume {
         join: Join,
@@ -118,6 +120,8 @@ struct Conn {
     ice_epoch: u64,
     /// A join held back by its room's guessing delay, checked when [`Timer::ParkedJoin`] fires.
     parked: Option<Join>,
+    /// The join has waited its room's guessing delay (a cluster store must not delay it again).
+    waited: bool,
     /// Messages held while the cluster store counts this connection against the per-address cap.
     held: Option<Vec<ClientMessage>>,
     /// The cluster store counts this connection in its per-address total (to be given back when it goes).
@@ -370,6 +374,7 @@ impl Rooms {
                 peer: None,
                 ice_epoch: 0,
                 parked: None,
+                waited: false,
                 held,
                 ip_counted: false,
             },
@@ -547,6 +552,7 @@ impl Rooms {
         {
             // Checked in ROOM_GUESS_DELAY, whatever the password: see `ROOM_GUESS_DELAY`.
             c.parked = Some(join);
+            c.waited = true;
             self.metrics.join_delayed();
             self.push_timer(now + ROOM_GUESS_DELAY, Timer::ParkedJoin { conn });
             return Ok(());

@@ -5,11 +5,13 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::limits::ceil_secs;
 use super::{
-    Admission, ClusterEvent, ClusterRequest, ConnId, ConnectionCount, MAX_EVENT_BUFFER, Member,
-    Output, Peer, Pending, Resumption, Room, RoomSnapshot, Rooms, close_code,
+    Admission, ClusterEvent, ClusterRequest, ConnId, ConnectionCount, FAILURE_MEMORY,
+    FIRST_BACKOFF, MAX_EVENT_BUFFER, Member, Output, Peer, Pending, ROOM_GUESS_DELAY, Resumption,
+    Room, RoomSnapshot, Rooms, Timer, close_code,
 };
-use crate::cluster::Throttle;
+use crate::cluster::{FailureLimits, Throttle};
 use crate::metrics::JoinRefusal;
 use crate::protocol::{ErrorCode, Join, PeerInfo, ServerMessage};
 
@@ -64,8 +66,18 @@ impl Rooms {
                 resume: resume.clone(),
                 name: name.clone(),
                 name_pinned,
+                join: join.clone(),
             },
         );
+        let failures = Box::new(FailureLimits {
+            backoff_after: self.config.failed_joins_before_backoff,
+            first_backoff: FIRST_BACKOFF,
+            max_backoff: self.config.max_join_backoff.max(FIRST_BACKOFF),
+            memory: FAILURE_MEMORY.max(self.config.max_join_backoff.saturating_mul(2)),
+            room_delay_after: self.config.room_failed_joins_before_delay,
+            room_memory: FAILURE_MEMORY,
+            delayed: self.conns.get(&conn).is_some_and(|c| c.waited),
+        });
         self.out.push_back(Output::Cluster(ClusterRequest::Admit {
             conn,
             room: join.room,
@@ -78,6 +90,7 @@ impl Rooms {
             ip,
             joins_per_min: self.config.max_joins_per_min,
             rooms_per_min: self.config.max_new_rooms_per_min,
+            failures,
         }));
         Ok(())
     }
@@ -150,6 +163,7 @@ impl Rooms {
             resume,
             name,
             name_pinned,
+            join,
         }) = self.pending.remove(&conn)
         else {
             return;
@@ -194,6 +208,60 @@ impl Rooms {
                     _ => "the join was refused".to_owned(),
                 };
                 let _ = self.close_with_error(conn, code, message, Some("join"));
+            }
+            Admission::WrongPassword {
+                failures,
+                room_failures,
+                backoff,
+            } if alive => {
+                self.metrics.join_failed();
+                let ip = self.conns.get(&conn).and_then(|c| c.ip);
+                let ip = ip.map_or_else(|| "?".to_owned(), |ip| ip.to_string());
+                match backoff {
+                    Some(d) => tracing::warn!(
+                        client = %ip,
+                        failures,
+                        "signaling: {failures} failed joins (wrong password) from {ip} across the cluster: its \
+                         joins are refused for {} s",
+                        ceil_secs(d)
+                    ),
+                    None => tracing::debug!(
+                        client = %ip,
+                        failures,
+                        "signaling: failed join (wrong password)"
+                    ),
+                }
+                let threshold = self.config.room_failed_joins_before_delay;
+                if threshold > 0 && room_failures == threshold {
+                    tracing::warn!(
+                        room = room.as_str(),
+                        "signaling: {threshold} failed password joins to room {room:?} across the cluster: every \
+                         join to it now waits {} s before it is checked",
+                        ROOM_GUESS_DELAY.as_secs()
+                    );
+                }
+                let _ = self.close_with_error(
+                    conn,
+                    ErrorCode::WrongPassword,
+                    "wrong password for this room",
+                    Some("join"),
+                );
+            }
+            Admission::Backoff(left) if alive => {
+                let message = format!(
+                    "too many failed joins from your address: try again in {} s",
+                    ceil_secs(left)
+                );
+                let _ = self.refuse_join(conn, JoinRefusal::Backoff, message);
+            }
+            Admission::Delay if alive => {
+                // Held like a local delayed join; the place this node reserved for it is asked for again.
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.parked = Some(join);
+                    c.waited = true;
+                }
+                self.metrics.join_delayed();
+                self.push_timer(now + ROOM_GUESS_DELAY, Timer::ParkedJoin { conn });
             }
             Admission::Throttled(why) if alive => {
                 let (why, message) = match why {

@@ -694,3 +694,82 @@ fn without_a_cluster_nothing_is_asked_of_a_store() {
         assert!(!matches!(o, Output::Cluster(_)), "{o:?}");
     }
 }
+
+#[test]
+fn the_store_counts_failed_joins_delays_and_backs_off_across_nodes() {
+    let mut n = Node::new(SignalConfig::default());
+    // The store's failure limits are this node's.
+    let a = n.counted("10.0.0.7");
+    n.send(
+        a,
+        json!({"type":"join","v":1,"room":"r","name":"A","password":"x"}),
+    );
+    let out = n.out();
+    let failures = out
+        .iter()
+        .find_map(|o| match o {
+            O::Ask(ClusterRequest::Admit { failures, .. }) => Some(**failures),
+            _ => None,
+        })
+        .expect("an Admit request");
+    let d = SignalConfig::default();
+    assert_eq!(failures.backoff_after, d.failed_joins_before_backoff);
+    assert_eq!(failures.room_delay_after, d.room_failed_joins_before_delay);
+    assert!(!failures.delayed, "a fresh join has not waited");
+
+    // A wrong password counted by the store: refused like one node's.
+    n.rooms.handle_admission(
+        n.now,
+        a,
+        Admission::WrongPassword {
+            failures: 6,
+            room_failures: 3,
+            backoff: Some(Duration::from_secs(1)),
+        },
+    );
+    assert_eq!(error_of(&n.out(), a).as_deref(), Some("wrong-password"));
+
+    // An address backing off on another node is refused here with the time left.
+    let b = n.counted("10.0.0.7");
+    n.ask_join(b, "r", "B");
+    n.rooms
+        .handle_admission(n.now, b, Admission::Backoff(Duration::from_millis(2500)));
+    let out = n.out();
+    assert_eq!(error_of(&out, b).as_deref(), Some("too-many-joins"));
+    let message = sent(&out, b, "error")[0]["message"]
+        .as_str()
+        .map(str::to_owned);
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("try again in 3 s")),
+        "{message:?}"
+    );
+
+    // A room guessed at across the cluster: the join waits, then is asked again as delayed, and nothing is
+    // answered to the client meanwhile.
+    let c = n.counted("10.0.0.8");
+    n.ask_join(c, "r", "C");
+    n.rooms.handle_admission(n.now, c, Admission::Delay);
+    let out = n.out();
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, O::Send(x, _) | O::Close(x, _) if *x == c)),
+        "{out:?}"
+    );
+    n.rooms.handle_timeout(n.now + Duration::from_millis(500));
+    assert!(
+        !n.out()
+            .iter()
+            .any(|o| matches!(o, O::Ask(ClusterRequest::Admit { .. }))),
+        "not before the delay"
+    );
+    n.rooms
+        .handle_timeout(n.now + super::ROOM_GUESS_DELAY + Duration::from_millis(1));
+    let out = n.out();
+    let again = out.iter().find_map(|o| match o {
+        O::Ask(ClusterRequest::Admit { failures, .. }) => Some(failures.delayed),
+        _ => None,
+    });
+    assert_eq!(again, Some(true), "{out:?}");
+}
