@@ -144,11 +144,14 @@ export async function freePort() {
  * @returns {Promise<{url: string, wsUrl: string, httpPort: number, turnPort: number, logs: () => string,
  *                    kill: () => Promise<void>, stop: () => Promise<void>, exited: boolean}>}
  */
-export async function startServer({ httpPort, turnPort, extraArgs = [], tls = false } = {}) {
+export async function startServer({ httpPort, turnPort, extraArgs = [], tls = false, mode = 'serve' } = {}) {
   if (!existsSync(BIN)) throw new Error(`peercall binary not found at ${BIN}: run \`cargo build -p peercall\` or set PEERCALL_BIN`);
   httpPort ??= await freePort();
   turnPort ??= await freePort();
-  const args = ['serve', '--http', `127.0.0.1:${httpPort}`, '--listen', `127.0.0.1:${turnPort}`, '--relay-ip', '127.0.0.1', ...extraArgs];
+  // mode 'signal': web client and signaling only (no TURN of its own: give --turn-secret and --turn-server).
+  const args = mode === 'signal'
+    ? ['signal', '--http', `127.0.0.1:${httpPort}`, ...extraArgs]
+    : ['serve', '--http', `127.0.0.1:${httpPort}`, '--listen', `127.0.0.1:${turnPort}`, '--relay-ip', '127.0.0.1', ...extraArgs];
   const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
   children.add(child);
   let output = '';
