@@ -1288,9 +1288,9 @@ async function updateSafety(p) {
   const remote = p.stats?.remoteCertificate;
   const input = `${local?.fingerprint}|${remote?.fingerprint}`;
   if (!local || !remote || input === p.safetyInput) return;
-  p.safetyInput = input;
   const result = await safetyCode(local, remote);
-  if (!result) return;
+  if (!result) return; // fingerprints not readable yet: try again at the next stats tick
+  p.safetyInput = input;
   if (safety.update(p, result.code) === 'changed') {
     const { changedWhileVerified } = safety.status(p);
     toast(changedWhileVerified

@@ -18,7 +18,11 @@ export function summarize(report, previous = null) {
   };
 
   // Transport and the candidate pair in use.
-  const transport = all.find((s) => s.type === 'transport' && s.selectedCandidatePairId) ?? all.find((s) => s.type === 'transport');
+  // The DTLS session in use first (connected, both certificates known): a report can also hold a transport that
+  // has a selected pair but no DTLS session yet, whose missing certificates would leave the safety code blank.
+  const transports = all.filter((s) => s.type === 'transport');
+  const transport = transports.find((s) => s.dtlsState === 'connected' && s.remoteCertificateId && s.localCertificateId)
+    ?? transports.find((s) => s.selectedCandidatePairId) ?? transports[0];
   let pair = transport?.selectedCandidatePairId ? byId.get(transport.selectedCandidatePairId) : null;
   pair ??= all.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') ?? null;
   const candidate = (s) =>
