@@ -1241,9 +1241,7 @@ impl Engine {
                 .find(|(_, k)| *k == MediaKind::Video)
                 .map(|m| m.0)
         {
-            let choice = link.choice.get_or_insert_with(|| {
-                Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps))
-            });
+            let choice = choice_of(&mut link.choice, ladder, audio_bps);
             let cur = &mut link.video;
             let mut next = *cur.next_at.get_or_insert(now);
             if now.saturating_duration_since(next) > Duration::from_secs(1) {
@@ -1320,9 +1318,7 @@ impl Engine {
         }
         let audio_bps = self.audio_bps;
         let ladder = &self.ladder;
-        let choice = link
-            .choice
-            .get_or_insert_with(|| Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps)));
+        let choice = choice_of(&mut link.choice, ladder, audio_bps);
         link.video.index = choice.keyframe_requested(ladder, link.video.index);
     }
 
@@ -1337,9 +1333,7 @@ impl Engine {
         }
         let audio_bps = self.audio_bps;
         let ladder = &self.ladder;
-        let choice = link
-            .choice
-            .get_or_insert_with(|| Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps)));
+        let choice = choice_of(&mut link.choice, ladder, audio_bps);
         choice.on_estimate(ladder, now, bps, bps.saturating_sub(audio_bps));
     }
 
@@ -1695,4 +1689,14 @@ impl Engine {
             _ => {}
         }
     }
+}
+
+/// A link's encoding choice, made on first use from the initial estimate less the audio (`choice` is the link's
+/// field, taken alone so the caller may hold its other fields).
+fn choice_of<'a>(
+    choice: &'a mut Option<Choice>,
+    ladder: &Ladder,
+    audio_bps: u64,
+) -> &'a mut Choice {
+    choice.get_or_insert_with(|| Choice::new(ladder, INITIAL_ESTIMATE.saturating_sub(audio_bps)))
 }
