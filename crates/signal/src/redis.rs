@@ -1330,7 +1330,7 @@ async fn run_heartbeat(driver: Arc<Driver>, inner: Weak<Inner>, tx: mpsc::Sender
             break;
         }
         beats += 1;
-        if beats % refresh_every == 0 {
+        if beats.is_multiple_of(refresh_every) {
             // Renews the TTL of this node's address counts (and drops any it no longer holds).
             driver.stats.ips_dirty.store(true, Relaxed);
         }
