@@ -13,6 +13,9 @@
 # Environment knobs (defaults in brackets): REPEAT [3] CLIENTS [200] PAYLOAD [200] STEP [3] (seconds per sweep
 # step) START_RATE [5000] MAX_RATE [1000000] LAT_RATE [20000] HOLD_COUNT [10000] HOLD_SECS [20] THREADS [2]
 # (generator threads) ONLY [peercall,peerjs] OUT [bench/results/signal-DATE]
+# MODE [all]: all = rate sweep, then one memory run; rate = the sweep only; memory = REPEAT memory runs only (each a
+# fresh server), summarized as the run with the median bytes per connection. The one command for the memory figure:
+#   ONLY=peercall MODE=memory bash bench/signal.sh     (add peerjs to ONLY for the side-by-side)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -28,6 +31,8 @@ HOLD_COUNT=${HOLD_COUNT:-10000}
 HOLD_SECS=${HOLD_SECS:-20}
 THREADS=${THREADS:-2}
 ONLY=${ONLY:-peercall,peerjs}
+MODE=${MODE:-all}
+case $MODE in all | rate | memory) ;; *) echo "MODE must be all, rate or memory, not $MODE" >&2; exit 1 ;; esac
 OUT=${OUT:-bench/results/signal-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 
@@ -80,28 +85,38 @@ run_lg() { # output-name args...
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
   echo "node: $(node --version), peer: $(node -p "require('./bench/peerjs/node_modules/peer/package.json').version")"
   echo "peercall: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates bench/loadgen || echo ' (modified)')"
-  echo "settings: REPEAT=$REPEAT CLIENTS=$CLIENTS PAYLOAD=$PAYLOAD STEP=$STEP START_RATE=$START_RATE LAT_RATE=$LAT_RATE HOLD_COUNT=$HOLD_COUNT HOLD_SECS=$HOLD_SECS THREADS=$THREADS"
+  echo "settings: MODE=$MODE REPEAT=$REPEAT CLIENTS=$CLIENTS PAYLOAD=$PAYLOAD STEP=$STEP START_RATE=$START_RATE LAT_RATE=$LAT_RATE HOLD_COUNT=$HOLD_COUNT HOLD_SECS=$HOLD_SECS THREADS=$THREADS"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/machine.txt"
 check_quiet | tee -a "$OUT/machine.txt"
 
 for name in peercall peerjs; do
   case ",$ONLY," in *",$name,"*) ;; *) continue ;; esac
-  port=$(free_port)
-  echo "=== $name on 127.0.0.1:$port ===" >&2
-  start_server "$name" "$port"
-  run_lg "$name.rate" signal --protocol "$name" --server "127.0.0.1:$port" --clients "$CLIENTS" \
-    --payload "$PAYLOAD" --duration "$STEP" --start-rate "$START_RATE" --max-rate "$MAX_RATE" \
-    --latency-rate "$LAT_RATE" --repeat "$REPEAT" --threads "$THREADS" --pid "$PID"
-  stop_pid "$PID"
-  PID=""
+  echo "=== $name ===" >&2
+  if [ "$MODE" != memory ]; then
+    port=$(free_port)
+    start_server "$name" "$port"
+    run_lg "$name.rate" signal --protocol "$name" --server "127.0.0.1:$port" --clients "$CLIENTS" \
+      --payload "$PAYLOAD" --duration "$STEP" --start-rate "$START_RATE" --max-rate "$MAX_RATE" \
+      --latency-rate "$LAT_RATE" --repeat "$REPEAT" --threads "$THREADS" --pid "$PID"
+    stop_pid "$PID"
+    PID=""
+  fi
+  [ "$MODE" != rate ] || continue
   # Memory: a fresh server, HOLD_COUNT idle connections (joined, in rooms of two), held, then one message each.
-  port=$(free_port)
-  start_server "$name" "$port"
-  run_lg "$name.conns" signal --protocol "$name" --server "127.0.0.1:$port" --clients "$HOLD_COUNT" \
-    --payload "$PAYLOAD" --hold "$HOLD_SECS" --start-rate 0 --threads "$THREADS" --pid "$PID"
-  stop_pid "$PID"
-  PID=""
+  # MODE=memory repeats it REPEAT times (name.conns, name.conns.2, ...) so the summary can take a median.
+  runs=1
+  [ "$MODE" != memory ] || runs=$REPEAT
+  for i in $(seq 1 "$runs"); do
+    suffix=""
+    [ "$i" = 1 ] || suffix=".$i"
+    port=$(free_port)
+    start_server "$name" "$port"
+    run_lg "$name.conns$suffix" signal --protocol "$name" --server "127.0.0.1:$port" --clients "$HOLD_COUNT" \
+      --payload "$PAYLOAD" --hold "$HOLD_SECS" --start-rate 0 --threads "$THREADS" --pid "$PID"
+    stop_pid "$PID"
+    PID=""
+  done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
 

@@ -117,6 +117,27 @@ def turn(d):
     return "\n".join(out)
 
 
+def conns_runs(d, n):
+    """Every memory run of one server (MODE=memory writes n.conns, n.conns.2, ...)."""
+    runs = [load(d, f"{n}.conns")]
+    i = 2
+    while os.path.exists(os.path.join(d, f"{n}.conns.{i}.json")):
+        runs.append(load(d, f"{n}.conns.{i}"))
+        i += 1
+    return [r for r in runs if r]
+
+
+def per_conn(r):
+    return (r.get("hold") or {}).get("bytes_per_connection")
+
+
+def median_conns(d, n):
+    """The memory run with the median bytes per connection (the lower middle one for an even count), so every
+    figure in the table comes from one run."""
+    runs = sorted((r for r in conns_runs(d, n) if per_conn(r) is not None), key=per_conn)
+    return runs[(len(runs) - 1) // 2] if runs else None
+
+
 def signal(d):
     out = []
     mt = os.path.join(d, "machine.txt")
@@ -124,7 +145,7 @@ def signal(d):
         out.append(open(mt).read().strip())
         out.append("")
     rate = {n: load(d, f"{n}.rate") for n in ("peercall", "peerjs")}
-    conns = {n: load(d, f"{n}.conns") for n in ("peercall", "peerjs")}
+    conns = {n: median_conns(d, n) for n in ("peercall", "peerjs")}
     out.append("| measurement | peercall | PeerJS | peercall / PeerJS |")
     out.append("| --- | ---: | ---: | ---: |")
 
@@ -158,6 +179,8 @@ def signal(d):
     above = {n: (rss[n] - idle[n]) / 1024 if rss[n] and idle[n] else None for n in c}
     row("… above the idle process holding them, MiB", above["peercall"], above["peerjs"], 1)
     row("server memory per connection, bytes", (c["peercall"].get("hold") or {}).get("bytes_per_connection"), (c["peerjs"].get("hold") or {}).get("bytes_per_connection"))
+    each = {n: ", ".join(fmt(per_conn(r)) for r in conns_runs(d, n) if per_conn(r) is not None) for n in c}
+    out.append(f"| … each memory run, bytes | {each['peercall']} | {each['peerjs']} | |")
     chk = {n: ((c[n].get("hold") or {}).get("check") or {}) for n in c}
     row("after holding: % of clients' messages delivered", chk["peercall"].get("delivered_percent"), chk["peerjs"].get("delivered_percent"), 2, False)
     return "\n".join(out)

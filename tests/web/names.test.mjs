@@ -2,7 +2,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cleanName, initials, hueOf, parseRoomInput, randomRoomName, ROOM_RE } from '../../web/js/names.js';
+import { cleanName, initials, hueOf, parseRoomInput, parseRoomUrl, randomRoomName, ROOM_RE } from '../../web/js/names.js';
 
 test('cleanName: control characters (C0, DEL, C1) are removed, whitespace around is trimmed', () => {
   assert.equal(cleanName('  Ada  '), 'Ada');
@@ -78,4 +78,27 @@ test('randomRoomName: adjective-animal and four digit groups, a valid room name'
     assert.match(name, /^[a-z]+-[a-z]+(-[0-9]{4}){4}$/);
     assert.ok(ROOM_RE.test(name));
   }
+});
+
+test('parseRoomUrl: the room page address as boot.js and room.js both read it', () => {
+  assert.deepEqual(parseRoomUrl('/r/team-a', '?name=%20Ada%20&join=1&relay=1&token=T1&uplink=2000', 'Old'), {
+    room: 'team-a', valid: true, name: 'Ada', autoJoin: true, relay: true, token: 'T1', uplink: '2000',
+  });
+  const plain = parseRoomUrl('/r/team-a', '', '');
+  assert.deepEqual(plain, { room: 'team-a', valid: true, name: '', autoJoin: false, relay: false, token: undefined, uplink: null });
+  assert.equal(parseRoomUrl('/r/team-a', '?name=', ' Grace\n').name, 'Grace', 'no name in the link: the stored one');
+  assert.equal(parseRoomUrl('/r/team-a', '?name=%00%01', 'Grace').name, 'Grace', 'a name of control characters is none');
+  assert.equal(parseRoomUrl('/r/team-a', '?join=true', 'Grace').autoJoin, false, 'only join=1 joins at once');
+  assert.equal(parseRoomUrl('/r/team-a', '?relay=yes').relay, false);
+  assert.equal(parseRoomUrl('/r/te%61m', '').room, 'team', 'the path is decoded');
+});
+
+test('parseRoomUrl: an address that is not a room is not valid, and never throws', () => {
+  for (const path of ['/r/', '/r', '/', '', '/r/a%20b', '/r/..', `/r/${'x'.repeat(65)}`, '/r/%E0%A4%A', '/r/%']) {
+    const { room, valid } = parseRoomUrl(path, '?name=Ada&join=1');
+    assert.equal(valid, false, path);
+    assert.equal(typeof room, 'string', path);
+  }
+  assert.equal(parseRoomUrl('/r/%', '').room, '', 'undecodable: no room');
+  assert.equal(parseRoomUrl('/r/ok/extra', '').room, 'ok', 'the segment after /r/');
 });

@@ -1,24 +1,22 @@
-// The room page's first module (loaded with `async`, ahead of room.js and its ~20 modules): when the page will
-// join at once (join=1 and a name), the signaling socket opens and the join goes out now, so the welcome (and with
-// it the offers) is there when the rest of the page has loaded and laid itself out, instead of starting after that.
-// room.js hands `early` to its Signaling, which adopts the socket (signaling.js, earlySignaling).
+// The room page's first module (loaded with `async`, ahead of room.js and its modules): when the page will join
+// at once (join=1 and a name), the signaling socket opens and the join goes out now, so the welcome (and with it
+// the offers) is there when the rest of the page has loaded and laid itself out, instead of starting after that.
+// room.js hands `early` to its Signaling, which adopts the socket (signaling.js, earlySignaling). Both read the
+// address with names.js parseRoomUrl, so they agree on whether, where and as whom the page joins.
 
-import { cleanName, ROOM_RE } from './names.js';
+import { parseRoomUrl } from './names.js';
 import { store } from './util.js';
 import { earlySignaling, signalingUrl } from './signaling.js';
 
 function start() {
-  const params = new URLSearchParams(location.search);
-  let room = '';
-  try {
-    room = decodeURIComponent(location.pathname.split('/')[2] ?? '');
-  } catch {
-    return null;
-  }
-  const name = cleanName(params.get('name') ?? '') || cleanName(store.get('name', ''));
-  if (params.get('join') !== '1' || !name || !ROOM_RE.test(room)) return null;
-  return earlySignaling({ url: signalingUrl(), room, name, token: params.get('token') ?? undefined });
+  const { room, valid, name, autoJoin, token } = parseRoomUrl(location.pathname, location.search, store.get('name', ''));
+  if (!autoJoin || !name || !valid) return null;
+  return earlySignaling({ url: signalingUrl(), room, name, token });
 }
+
+// The test hook (tests only: room.js installs it where the testHook flag is set) starts loading now, beside
+// room.js's module graph, so room.js finds it loaded instead of waiting for one more fetch before it starts.
+if (store.get('testHook', false) === true) import('./test-hook.js').catch(() => {});
 
 /** The early signaling socket, or null; taken once. */
 let early = start();

@@ -16,6 +16,31 @@ export function cleanName(raw) {
   return Array.from(String(raw ?? '').replace(/[\u0000-\u001f\u007f-\u009f]/g, '').trim()).slice(0, 64).join('');
 }
 
+/**
+ * What the room page's address (/r/<room>?name=NAME&join=1&relay=1&token=T&uplink=KBPS) asks for. boot.js (the
+ * early join) and room.js read it through this one function, so they never disagree about whether the page joins
+ * at once, as whom, or where. `storedName`: the name this browser used last (when the link carries none).
+ * `room` is '' when the path does not decode (e.g. a stray "%"); `valid` says whether it is a room name at all.
+ */
+export function parseRoomUrl(pathname, search, storedName = '') {
+  const params = new URLSearchParams(search);
+  let room = '';
+  try {
+    room = decodeURIComponent(String(pathname ?? '').split('/')[2] ?? '');
+  } catch {
+    room = '';
+  }
+  return {
+    room,
+    valid: ROOM_RE.test(room),
+    name: cleanName(params.get('name') ?? '') || cleanName(storedName),
+    autoJoin: params.get('join') === '1',
+    relay: params.get('relay') === '1',
+    token: params.get('token') ?? undefined,
+    uplink: params.get('uplink'),
+  };
+}
+
 /** Extracts a room name from what a user typed: a bare name or a pasted invite link. */
 export function parseRoomInput(raw) {
   const text = String(raw ?? '').trim();
