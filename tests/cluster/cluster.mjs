@@ -2,7 +2,7 @@
 // in front (round-robin, health checks on /healthz, a cookie to pin a browser to a node). Every process is started
 // on free loopback ports and stopped at the end (and at exit as a last resort).
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -29,7 +29,12 @@ function tool(name) {
 
 /** Spawns a long-running process, keeping the tail of its output; `kill(signal)` waits for the exit. */
 function run(cmd, args, what) {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
+  return runIn(undefined, cmd, args, what);
+}
+
+/** `run` in working directory `cwd`. */
+function runIn(cwd, cmd, args, what) {
+  const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
   children.add(child);
   let output = '';
   const keep = (chunk) => {
@@ -57,11 +62,11 @@ function run(cmd, args, what) {
   return proc;
 }
 
-/** A throw-away redis-server on a free port, no persistence (a restart starts empty). */
-export async function startRedis({ port } = {}) {
+/** A throw-away redis-server on a free port, no persistence (a restart starts empty); `extraArgs` e.g. --replicaof. */
+export async function startRedis({ port, extraArgs = [] } = {}) {
   port ??= await freePort();
   const proc = run(tool('redis-server'), ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-    '--protected-mode', 'no', '--loglevel', 'warning'], 'redis-server');
+    '--protected-mode', 'no', '--loglevel', 'warning', ...extraArgs], 'redis-server');
   const redis = { ...proc, port, url: `redis://127.0.0.1:${port}` };
   await waitFor(async () => {
     if (proc.exited) throw new Error(`redis-server exited:\n${proc.logs()}`);
@@ -197,12 +202,13 @@ export async function startHaproxy(nodes) {
  * A `redis-server --sentinel` monitoring the master on `masterPort` as service `name` (quorum 1), its config in a
  * temp dir (Sentinel rewrites it): {port, url (a redis-sentinel:// URL for --redis), kill}.
  */
-export async function startSentinel(masterPort, { name = 'm' } = {}) {
+export async function startSentinel(masterPort, { name = 'm', downAfterMs = 5000, failoverTimeoutMs = 180_000 } = {}) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(os.tmpdir(), 'peercall-sentinel-'));
   const conf = path.join(dir, 'sentinel.conf');
   writeFileSync(conf, [`port ${port}`, 'bind 127.0.0.1', 'protected-mode no', `dir ${dir}`,
-    `sentinel monitor ${name} 127.0.0.1 ${masterPort} 1`, `sentinel down-after-milliseconds ${name} 5000`, ''].join('\n'));
+    `sentinel monitor ${name} 127.0.0.1 ${masterPort} 1`, `sentinel down-after-milliseconds ${name} ${downAfterMs}`,
+    `sentinel failover-timeout ${name} ${failoverTimeoutMs}`, ''].join('\n'));
   const proc = run(tool('redis-server'), [conf, '--sentinel'], 'redis sentinel');
   const sentinel = { ...proc, port, url: `redis-sentinel://127.0.0.1:${port}/?sentinelServiceName=${name}` };
   sentinel.kill = async (signal) => {
@@ -215,4 +221,68 @@ export async function startSentinel(masterPort, { name = 'm' } = {}) {
     return Array.isArray(addr) && addr[1] === String(masterPort);
   }, { timeout: 10_000, interval: 100, what: 'the sentinel to know its master' });
   return sentinel;
+}
+
+/** Whether nothing listens on loopback TCP `port`. */
+async function tcpPortFree(port) {
+  const net = await import('node:net');
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A Redis Cluster of `masters` redis-servers in cluster mode (no replicas, no persistence) on loopback, their
+ * nodes-P.conf in a temp dir, slots assigned by `redis-cli --cluster create`; resolves once every node says
+ * cluster_state:ok. Returns {ports, url (a redis-cluster:// URL naming every node), owner(key) (the port serving
+ * the key's slot), kill}. `kill` stops every server and removes the temp dir; it is safe to call twice.
+ */
+export async function startRedisCluster({ masters = 3 } = {}) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'peercall-rcluster-'));
+  const procs = [];
+  const ports = [];
+  const kill = async () => {
+    await Promise.all(procs.map((p) => p.kill('SIGKILL').catch(() => {})));
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    while (ports.length < masters) {
+      // Each node also listens on its cluster bus, port + 10000.
+      const port = await freePort();
+      if (!ports.includes(port) && (await tcpPortFree(port + 10_000))) ports.push(port);
+    }
+    for (const port of ports) {
+      const proc = runIn(dir, tool('redis-server'), ['--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes',
+        '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000', '--save', '', '--appendonly', 'no',
+        '--protected-mode', 'no', '--loglevel', 'warning', '--dir', dir], 'redis-server (cluster)');
+      procs.push(proc);
+    }
+    for (const [i, port] of ports.entries()) {
+      await waitFor(async () => {
+        if (procs[i].exited) throw new Error(`redis-server ${port} exited:\n${procs[i].logs()}`);
+        return redisCommand(port, ['PING']).then((r) => r === 'PONG').catch(() => false);
+      }, { timeout: 10_000, interval: 100, what: `cluster node ${port} to answer PING` });
+    }
+    await withTimeout(new Promise((resolve, reject) => {
+      execFile(tool('redis-cli'), ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'],
+        { timeout: 20_000 }, (err, stdout, stderr) => (err ? reject(new Error(`redis-cli --cluster create: ${err.message}\n${stdout}${stderr}`)) : resolve()));
+    }), 25_000, 'redis-cli --cluster create');
+    await waitFor(async () => {
+      const infos = await Promise.all(ports.map((p) => redisCommand(p, ['CLUSTER', 'INFO']).catch(() => '')));
+      return infos.every((info) => String(info).includes('cluster_state:ok'));
+    }, { timeout: 15_000, interval: 200, what: 'cluster_state:ok on every node' });
+  } catch (e) {
+    await kill();
+    throw e;
+  }
+  const url = `redis-cluster://127.0.0.1:${ports[0]}?${ports.slice(1).map((p) => `node=127.0.0.1:${p}`).join('&')}`;
+  const owner = async (key) => {
+    const slot = await redisCommand(ports[0], ['CLUSTER', 'KEYSLOT', key]);
+    const shards = await redisCommand(ports[0], ['CLUSTER', 'SLOTS']);
+    const shard = shards.find(([from, to]) => slot >= from && slot <= to);
+    return Number(shard[2][1]);
+  };
+  return { ports, url, owner, kill, procs };
 }

@@ -104,11 +104,11 @@ test('per-address limits hold across two nodes; a dead node stops counting; Redi
   assert.equal(third.first.code, 'too-many-joins', 'a 3rd new room in a minute is refused across nodes');
   assert.match(third.first.message, /new rooms/);
 
-  // Redis holds the counts per node (a hash per node, address -> connections).
-  const counted = await redisCommand(redis.port, ['HGET', `pc:ips:${await nodeId(n1)}`, '127.0.0.2']);
+  // Redis holds the counts per address (a hash per address, node -> connections).
+  const counted = await redisCommand(redis.port, ['HGET', 'pc:ips:{127.0.0.2}', await nodeId(n1)]);
   assert.equal(Number(counted), 1, "node 1's one connection from 127.0.0.2 is counted in Redis");
 
-  // A node killed: once its liveness key expires (6 s), its connections no longer count on the other node.
+  // A node killed: once its liveness lapses (6 s), its connections no longer count on the other node.
   await n1.kill('SIGKILL');
   assert.equal((await connectFrom('127.0.0.2', n2)).first.code, 'too-many-connections', 'the cap is full right after the kill');
   await waitFor(() => admittedOn('127.0.0.2', n2, open), { timeout: 12_000, interval: 500, what: "the dead node's connections to stop counting" });
@@ -169,7 +169,7 @@ test('password guessing spread over two nodes meets the back-off and the room de
   assert.equal(fifth.first.code, 'too-many-joins', 'after the 4th failure the address backs off on the other node too');
   assert.match(fifth.first.message, /too many failed joins from your address: try again in 1 s/);
   assert.equal((await guessFrom('127.0.0.32', n2, aroom, 'right', open)).first.type, 'welcome', 'another address is not affected');
-  assert.ok(Number(await redisCommand(redis.port, ['GET', 'pc:rate:fi:127.0.0.31'])) >= 4, 'Redis holds the count of the address');
+  assert.ok(Number(await redisCommand(redis.port, ['GET', 'pc:rate:fi:{127.0.0.31}'])) >= 4, 'Redis holds the count of the address');
 
   // Room delay: after 4 failed joins to a room (from 4 addresses, so no back-off, alternating nodes), every
   // join to it waits about a second before it is checked, on both nodes, the right password too.

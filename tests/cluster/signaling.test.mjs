@@ -113,7 +113,7 @@ test('capacity and password hold under concurrent joins over both nodes', { time
   for (const c of [...racers, good, bad]) c.ws.close();
 
   // Redis holds a salted hash, never the password.
-  const dump = JSON.stringify(await redisCommand(redis.port, ['HGETALL', `pc:room:${room}`]).catch(() => []));
+  const dump = JSON.stringify(await redisCommand(redis.port, ['HGETALL', `pc:room:{${room}}`]).catch(() => []));
   for (let i = 0; i < 6; i++) assert.ok(!dump.includes(`secret-${i}`), 'no password in Redis');
 });
 

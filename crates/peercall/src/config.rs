@@ -423,8 +423,10 @@ settings! {
         max_join_backoff: Option<u64> [value_name = "SECONDS"] = "600";
         /// Failed password joins after which every join to that room waits 1 s before it is checked; 0 = never
         room_failed_joins_before_delay: Option<u32> [value_name = "N"] = "10";
-        /// Redis shared by every signaling node of a cluster (redis://, rediss://): rooms span the nodes; without
-        /// it this node serves its rooms alone
+        /// Redis shared by every signaling node of a cluster (redis://, rediss://; a Redis Cluster:
+        /// redis-cluster://HOST:PORT?node=HOST:PORT; through Sentinel:
+        /// redis-sentinel://HOST:PORT/?sentinelServiceName=NAME): rooms span the nodes; without it this node serves
+        /// its rooms alone
         redis: Option<RedisUrl> [value_name = "URL"];
     }
 
@@ -706,33 +708,29 @@ impl Serialize for UserPass {
     }
 }
 
-/// `--redis URL`: `redis://` or `rediss://`, or `redis-sentinel://` / `rediss-sentinel://` for a master found
-/// through Sentinel. Redis Cluster (`redis-cluster://`) is refused: see [`RedisUrl::from_str`]. Its password is
-/// never printed.
+/// `--redis URL`: `redis://` or `rediss://`, `redis-cluster://` / `rediss-cluster://` for a Redis Cluster (more
+/// seed nodes with `?node=HOST:PORT&node=...`), or `redis-sentinel://` / `rediss-sentinel://` for a master found
+/// through Sentinel. Its password is never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl(pub String);
 
 impl FromStr for RedisUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const SCHEMES: [&str; 4] = [
+        // The schemes of the client crate (fred), Redis's spelling only.
+        const SCHEMES: [&str; 6] = [
             "redis://",
             "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
             "redis-sentinel://",
             "rediss-sentinel://",
         ];
-        if s.starts_with("redis-cluster://") || s.starts_with("rediss-cluster://") {
-            // The admission and sweep scripts read keys of several hash slots (the room, the rate counters,
-            // other nodes' keys), which a Redis Cluster refuses.
-            return Err("Redis Cluster is not supported: the scripts read keys of several slots, which a \
-                        cluster refuses; use one Redis server (redis://host:port), with a replica and Sentinel \
-                        for failover (redis-sentinel://host:26379/?sentinelServiceName=NAME)"
-                .to_owned());
-        }
         if !SCHEMES.iter().any(|p| s.starts_with(p)) || s.len() > 2048 {
             return Err(
-                "expected redis://[user:password@]host[:port][/db], rediss://... or \
-                        redis-sentinel://host[:port]/?sentinelServiceName=NAME"
+                "expected redis://[user:password@]host[:port][/db], rediss://..., \
+                 redis-cluster://host:port[?node=host:port...] or \
+                 redis-sentinel://host[:port]/?sentinelServiceName=NAME"
                     .to_owned(),
             );
         }
@@ -1517,21 +1515,24 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn redis_urls_refuse_a_cluster_and_say_what_to_use() {
+    fn redis_urls_take_a_server_a_cluster_or_a_sentinel() {
         for ok in [
             "redis://127.0.0.1:6379",
             "rediss://u:p@h/1",
+            "redis-cluster://127.0.0.1:7000",
+            "rediss-cluster://u:p@h:7000?node=h2:7001&node=h3:7002",
             "redis-sentinel://127.0.0.1:26379/?sentinelServiceName=m",
         ] {
             assert!(ok.parse::<RedisUrl>().is_ok(), "{ok}");
         }
-        for cluster in ["redis-cluster://127.0.0.1:7000", "rediss-cluster://h:7000"] {
-            let e = cluster.parse::<RedisUrl>().expect_err(cluster);
-            assert!(e.contains("Redis Cluster is not supported"), "{e}");
-            assert!(e.contains("several slots"), "says why: {e}");
-            assert!(e.contains("redis-sentinel://"), "says what to use: {e}");
-        }
-        assert!("http://h".parse::<RedisUrl>().is_err());
+        let e = "http://h".parse::<RedisUrl>().expect_err("http");
+        assert!(e.contains("redis-cluster://"), "lists the schemes: {e}");
+        assert_eq!(
+            "redis-cluster://u:secret@h:7000"
+                .parse::<RedisUrl>()
+                .map(|u| u.redacted()),
+            Ok("redis-cluster://<redacted>@h:7000".to_owned())
+        );
     }
 
     use super::*;

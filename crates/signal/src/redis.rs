@@ -35,15 +35,24 @@ const QUEUE: usize = 8192;
 /// Time a command may take before it counts as failed (Redis unreachable).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-const NODE_PREFIX: &str = "pc:node:";
-/// The set of node ids seen by their heartbeat (pruned by the counting script when a node's key is gone).
+/// Hash of node id → the time (ms on Redis's clock) its liveness lapses; renewed by every heartbeat, set to "now"
+/// on SIGTERM. Read whole by each heartbeat, which answers which nodes are alive and which are dead.
 const NODES_KEY: &str = "pc:nodes";
-/// Per node: a hash of client address → connections it holds, with the node's TTL.
+/// Per address (hash tag `{ADDR}`): a hash of node id → connections that node holds from the address.
 const IPS_PREFIX: &str = "pc:ips:";
-/// Per address and minute: joins (`j`) and new rooms (`r`) across the cluster.
+/// Per address and minute: joins (`j`) and new rooms (`r`); failed joins (`fi`) and the back-off (`fb`) per address;
+/// failed joins per room (`fr`). Each key hash-tagged by its address or room.
 const RATE_PREFIX: &str = "pc:rate:";
 const ROOM_PREFIX: &str = "pc:room:";
 const CHANNEL_PREFIX: &str = "pc:ch:";
+/// Lifetime of an address's count hash; every node holding connections from it rewrites its field every
+/// [`ADDR_REFRESH`], so the hash of an address nobody holds any more (a count lost in an outage) goes by itself.
+const ADDR_TTL: Duration = Duration::from_secs(30 * 60);
+/// How often a node writes its per-address counts whole (and so renews their TTL).
+const ADDR_REFRESH: Duration = Duration::from_secs(10 * 60);
+/// A dead node stays listed as dead this long: its fields in address hashes are pruned by the first count that
+/// sees them, or expire with their hash, well within it.
+const DEAD_FORGET: Duration = Duration::from_secs(45 * 60);
 
 /// Errors of the Redis link.
 #[derive(Debug, thiserror::Error)]
@@ -208,12 +217,37 @@ fn refuse(inner: &Inner, req: ClusterRequest) {
     }
 }
 
+// Every key and channel of a room carries the hash tag `{ROOM}`, every key of an address `{ADDR}`: in a Redis
+// Cluster the keys one script touches are then in one slot (room names are `[A-Za-z0-9_-]`, addresses have no
+// braces, so the tag is the whole name). On one server the braces are only part of the name.
 fn room_key(room: &str) -> String {
-    format!("{ROOM_PREFIX}{room}")
+    format!("{ROOM_PREFIX}{{{room}}}")
 }
 
 fn channel(room: &str) -> String {
-    format!("{CHANNEL_PREFIX}{room}")
+    format!("{CHANNEL_PREFIX}{{{room}}}")
+}
+
+/// The room of a channel name (`pc:ch:{ROOM}`).
+fn room_of_channel(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix(CHANNEL_PREFIX)?
+        .strip_prefix('{')?
+        .strip_suffix('}')
+}
+
+/// Key of the room's failed-join counter (same slot as the room).
+fn room_failures_key(room: &str) -> String {
+    format!("{RATE_PREFIX}fr:{{{room}}}")
+}
+
+/// The hash tag of an address (`{ADDR}`), which every per-address key carries.
+fn addr_tag(ip: std::net::IpAddr) -> String {
+    format!("{{{ip}}}")
+}
+
+fn ips_key(ip: std::net::IpAddr) -> String {
+    format!("{IPS_PREFIX}{{{ip}}}")
 }
 
 /// A room key outlives its members' node keys, so a dead node's peers are swept (and announced) before it can
@@ -222,6 +256,10 @@ fn room_ttl(grace: Duration) -> Duration {
     (NODE_TTL * 3 + grace * 2).max(Duration::from_secs(60))
 }
 
+/// The room's part of an admission (one slot: the room's hash and its failure counter). KEYS[1]: the room.
+/// ARGV: 1 id, 2 name, 3 node, 4 resume token, 5 capacity, 6 room TTL ms, 7 salt, 8 password hash, 9 require a
+/// password, 10 channel, 11 the room's failure key, 12 failures before the room delays joins, 13 their memory ms,
+/// 14 the join has waited its delay, 15 creating the room needs the address's new-room grant first.
 const ADMIT: &str = r#"
 local k = KEYS[1]
 local all = redis.call('HGETALL', k)
@@ -240,53 +278,21 @@ for i = 1, #all, 2 do
 end
 local salt = pw and string.match(pw, '^([^:]*):')
 if pw and ARGV[7] ~= salt then return {'salt', salt} end
--- Failed joins across the cluster (ARGV[15..21]), checked like one node's: an address backing off is refused
--- first, then a room past its threshold delays the join once (ARGV[21]: it has waited).
-local ip = ARGV[11]
-if ip ~= '' then
-  local left = redis.call('PTTL', ARGV[14] .. 'fb:' .. ip)
-  if left > 0 then return {'backoff', tostring(left)} end
-end
-local rf = ARGV[14] .. 'fr:' .. k
-if pw and ARGV[21] ~= '1' and tonumber(ARGV[19]) > 0 then
-  if tonumber(redis.call('GET', rf) or '0') >= tonumber(ARGV[19]) then return {'delay'} end
-end
--- Cluster-wide join rates of the address (ARGV[11]): one counter per address and minute, on Redis's clock.
-local minute = ''
-if ARGV[11] ~= '' then
-  minute = tostring(math.floor(tonumber(redis.call('TIME')[1]) / 60))
-  if tonumber(ARGV[12]) > 0 then
-    local jk = ARGV[14] .. 'j:' .. ARGV[11] .. ':' .. minute
-    local c = redis.call('INCR', jk)
-    if c == 1 then redis.call('PEXPIRE', jk, 61000) end
-    if c > tonumber(ARGV[12]) then return {'join-rate'} end
-  end
+-- A room past its threshold of failed joins (across the cluster) delays a join once (ARGV[14]: it has waited).
+local rf = ARGV[11]
+if pw and ARGV[14] ~= '1' and tonumber(ARGV[12]) > 0 then
+  if tonumber(redis.call('GET', rf) or '0') >= tonumber(ARGV[12]) then return {'delay'} end
 end
 if pw then
   if pw ~= ARGV[7] .. ':' .. ARGV[8] then
     local rc = redis.call('INCR', rf)
-    redis.call('PEXPIRE', rf, ARGV[20])
-    local fc, back = 0, 0
-    if ip ~= '' then
-      local fk = ARGV[14] .. 'fi:' .. ip
-      fc = redis.call('INCR', fk)
-      redis.call('PEXPIRE', fk, ARGV[18])
-      local allow = tonumber(ARGV[15])
-      if allow > 0 and fc > allow then
-        back = math.floor(math.min(tonumber(ARGV[16]) * 2 ^ math.min(fc - allow - 1, 31), tonumber(ARGV[17])))
-        redis.call('SET', ARGV[14] .. 'fb:' .. ip, '1', 'PX', string.format('%d', back))
-      end
-    end
-    return {'wrong-password', tostring(fc), tostring(rc), string.format('%d', back)}
+    redis.call('PEXPIRE', rf, ARGV[13])
+    return {'wrong-password', tostring(rc)}
   end
 elseif n == 0 then
   if ARGV[8] == '' and ARGV[9] == '1' then return {'password-required'} end
-  if minute ~= '' and tonumber(ARGV[13]) > 0 and tonumber(ARGV[5]) > 0 then
-    local rk = ARGV[14] .. 'r:' .. ARGV[11] .. ':' .. minute
-    local c = redis.call('INCR', rk)
-    if c == 1 then redis.call('PEXPIRE', rk, 61000) end
-    if c > tonumber(ARGV[13]) then return {'new-room-rate'} end
-  end
+  -- The address's new-room rate is counted in its own slot: ask for it, then come back with the grant.
+  if ARGV[15] == '1' and tonumber(ARGV[5]) > 0 then return {'new-room'} end
   if ARGV[8] ~= '' then
     pw = ARGV[7] .. ':' .. ARGV[8]
     redis.call('HSET', k, 'pw', pw)
@@ -304,36 +310,101 @@ table.insert(members, m)
 return {'ok', tostring(seq), pw or '', unpack(members)}
 "#;
 
-/// Counts a connection from an address against the cap over all live nodes. KEYS[1]: this node's hash.
-/// ARGV: address, cap, node key prefix, nodes set, this node, TTL ms, hash prefix.
+/// The address's part of an admission (one slot: the address's keys). KEYS[1]: its back-off key
+/// (`pc:rate:fb:{ADDR}`). ARGV: 1 mode, 2 key prefix, 3 the address's tag, then by mode:
+/// - `check` (before the room): refused while backing off, then one join counted against ARGV[4] joins a minute;
+/// - `room` (the join creates its room): one new room counted against ARGV[4] new rooms a minute;
+/// - `fail` (a wrong password): one failure counted; past ARGV[4] allowed failures the back-off starts at ARGV[5]
+///   ms, doubling, at most ARGV[7] ms; failures are forgotten ARGV[6] ms after the last.
+const ADDRESS: &str = r#"
+local p, a, mode = ARGV[2], ARGV[3], ARGV[1]
+if mode == 'fail' then
+  local fk = p .. 'fi:' .. a
+  local fc = redis.call('INCR', fk)
+  redis.call('PEXPIRE', fk, ARGV[6])
+  local allow = tonumber(ARGV[4])
+  local back = 0
+  if allow > 0 and fc > allow then
+    back = math.floor(math.min(tonumber(ARGV[5]) * 2 ^ math.min(fc - allow - 1, 31), tonumber(ARGV[7])))
+    if back > 0 then redis.call('SET', KEYS[1], '1', 'PX', string.format('%d', back)) end
+  end
+  return {tostring(fc), string.format('%d', back)}
+end
+if mode == 'check' then
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then return {'backoff', tostring(left)} end
+end
+local limit = tonumber(ARGV[4])
+if limit > 0 then
+  local minute = tostring(math.floor(tonumber(redis.call('TIME')[1]) / 60))
+  local rk = p .. (mode == 'check' and 'j:' or 'r:') .. a .. ':' .. minute
+  local c = redis.call('INCR', rk)
+  if c == 1 then redis.call('PEXPIRE', rk, 61000) end
+  if c > limit then return {'over'} end
+end
+return {'ok'}
+"#;
+
+/// Counts a connection from an address against the cap over the nodes holding connections from it, except the
+/// dead ones (whose fields are dropped). KEYS[1]: the address's hash. ARGV: this node, cap, TTL ms, dead nodes
+/// (comma-separated).
 const COUNT_CONN: &str = r#"
-local total = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-for _, n in ipairs(redis.call('SMEMBERS', ARGV[4])) do
-  if n ~= ARGV[5] then
-    if redis.call('EXISTS', ARGV[3] .. n) == 1 then
-      total = total + tonumber(redis.call('HGET', ARGV[7] .. n, ARGV[1]) or '0')
-    else
-      redis.call('SREM', ARGV[4], n)
-    end
+local dead = {}
+for d in string.gmatch(ARGV[4], '[^,]+') do dead[d] = true end
+local all = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #all, 2 do
+  if dead[all[i]] then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    total = total + (tonumber(all[i + 1]) or 0)
   end
 end
 if total >= tonumber(ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
+/// KEYS[1]: the address's hash. ARGV: this node.
 const UNCOUNT_CONN: &str = r#"
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 1
 "#;
 
-/// Replaces this node's per-address counts. KEYS[1]: the hash. ARGV: TTL ms, then address, count pairs.
-const SET_COUNTS: &str = r#"
-redis.call('DEL', KEYS[1])
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if #ARGV > 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+/// Sets this node's count of one address (0 drops it), dropping dead nodes' fields. KEYS[1]: the address's hash.
+/// ARGV: this node, count, TTL ms, dead nodes (comma-separated).
+const SET_COUNT: &str = r#"
+for d in string.gmatch(ARGV[4], '[^,]+') do redis.call('HDEL', KEYS[1], d) end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
 return 1
+"#;
+
+/// The heartbeat: this node is alive for TTL ms more (with TTL 0, dead from now: SIGTERM); answers the nodes
+/// alive and the nodes dead (comma-separated), on Redis's clock, and forgets nodes dead for longer than FORGET ms.
+/// KEYS[1]: the nodes hash. ARGV: this node, TTL ms, FORGET ms.
+const BEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + tonumber(ARGV[2])))
+local alive, dead = {}, {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local lapse = tonumber(all[i + 1]) or 0
+  if lapse > now then
+    table.insert(alive, all[i])
+  elseif now - lapse > tonumber(ARGV[3]) then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    table.insert(dead, all[i])
+  end
+end
+return {table.concat(alive, ','), table.concat(dead, ',')}
 "#;
 
 const RESUME: &str = r#"
@@ -403,7 +474,8 @@ return 1
 "#;
 
 /// Members whose node's liveness key is gone get a grace mark; past the grace period they are removed and
-/// announced as left. ARGV: grace ms, channel, node key prefix, room TTL ms.
+/// announced as left. ARGV: grace ms, channel, the nodes alive (comma-separated, from this node's heartbeat just
+/// before), room TTL ms.
 const SWEEP: &str = r#"
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 0 then return 0 end
@@ -413,13 +485,15 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local all = redis.call('HGETALL', k)
 local map = {}
 for i = 1, #all, 2 do map[all[i]] = all[i + 1] end
+local alive = {}
+for a in string.gmatch(ARGV[3], '[^,]+') do alive[a] = true end
 local gone = 0
 for f, v in pairs(map) do
   if string.sub(f, 1, 2) == 'm:' then
     local id = string.sub(f, 3)
     local node = cjson.decode(v).node
     local g = map['g:' .. id]
-    if redis.call('EXISTS', ARGV[3] .. node) == 0 then
+    if not alive[node] then
       if not g then
         redis.call('HSET', k, 'g:' .. id, now)
       elseif now - tonumber(g) >= tonumber(ARGV[1]) then
@@ -456,6 +530,8 @@ return 1
 
 struct Scripts {
     admit: Script,
+    address: Script,
+    beat: Script,
     resume: Script,
     leave: Script,
     retoken: Script,
@@ -464,22 +540,32 @@ struct Scripts {
     restore: Script,
     count_conn: Script,
     uncount_conn: Script,
-    set_counts: Script,
+    set_count: Script,
 }
 
 impl Scripts {
-    fn new() -> Self {
+    /// With `sharded`, the scripts publish room events with `SPUBLISH` (the channel is in the room's slot).
+    fn new(sharded: bool) -> Self {
+        let publishing = |lua: &str| {
+            if sharded {
+                Script::from_lua(lua.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
+            } else {
+                Script::from_lua(lua)
+            }
+        };
         Scripts {
-            admit: Script::from_lua(ADMIT),
-            resume: Script::from_lua(RESUME),
-            leave: Script::from_lua(LEAVE),
+            admit: publishing(ADMIT),
+            address: Script::from_lua(ADDRESS),
+            beat: Script::from_lua(BEAT),
+            resume: publishing(RESUME),
+            leave: publishing(LEAVE),
             retoken: Script::from_lua(RETOKEN),
-            rename: Script::from_lua(RENAME),
-            sweep: Script::from_lua(SWEEP),
+            rename: publishing(RENAME),
+            sweep: publishing(SWEEP),
             restore: Script::from_lua(RESTORE),
             count_conn: Script::from_lua(COUNT_CONN),
             uncount_conn: Script::from_lua(UNCOUNT_CONN),
-            set_counts: Script::from_lua(SET_COUNTS),
+            set_count: Script::from_lua(SET_COUNT),
         }
     }
 }
@@ -495,6 +581,14 @@ struct Driver {
     grace: Duration,
     /// Set on every reconnection of the command client: the rooms are written back at the next heartbeat.
     restore_needed: AtomicBool,
+    /// Connected to a Redis Cluster: room channels are shard channels (`SSUBSCRIBE`/`SPUBLISH`).
+    sharded: bool,
+    /// The nodes dead at the last heartbeat (comma-separated): their connections no longer count.
+    dead: Mutex<String>,
+    /// Addresses whose count this node may have set since its last rewrite (each rewrite clears the rest).
+    touched: Mutex<HashSet<std::net::IpAddr>>,
+    /// Left the cluster (draining): no more heartbeats, which would make it alive again.
+    stopped: AtomicBool,
 }
 
 /// Sets up the two Redis clients and the driver tasks. Fails only for a bad URL; an unreachable Redis is retried
@@ -502,10 +596,12 @@ struct Driver {
 pub(crate) fn start(inner: &Arc<Inner>, settings: &RedisSettings) -> Result<Link, RedisError> {
     let config = Config::from_url(&settings.url).map_err(|e| {
         RedisError::Url(format!(
-            "--redis {}: {e} (expected redis://[user:password@]host:port[/db] or rediss://...)",
+            "--redis {}: {e} (expected redis://[user:password@]host:port[/db], rediss://..., \
+             redis-cluster://host:port[?node=host:port...] or redis-sentinel://host:port/?sentinelServiceName=NAME)",
             redact(&settings.url)
         ))
     })?;
+    let sharded = config.server.is_clustered();
     let policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
     let build = || {
         Builder::from_config(config.clone())
@@ -537,11 +633,15 @@ pub(crate) fn start(inner: &Arc<Inner>, settings: &RedisSettings) -> Result<Link
         node: node.clone(),
         client,
         subscriber,
-        scripts: Scripts::new(),
+        scripts: Scripts::new(sharded),
         stats: stats.clone(),
         rooms: Arc::new(Mutex::new(HashSet::new())),
         grace: settings.resume_grace,
         restore_needed: AtomicBool::new(false),
+        sharded,
+        dead: Mutex::new(String::new()),
+        touched: Mutex::new(HashSet::new()),
+        stopped: AtomicBool::new(false),
     });
     {
         let d = driver.clone();
@@ -555,7 +655,37 @@ pub(crate) fn start(inner: &Arc<Inner>, settings: &RedisSettings) -> Result<Link
     // The connection tasks run (and reconnect) for the life of the process: their handles are not awaited.
     drop(driver.client.connect());
     drop(driver.subscriber.connect());
-    drop(driver.subscriber.manage_subscriptions());
+    if sharded {
+        // fred's own re-subscription sends a plain SUBSCRIBE first, which fails with no plain channel: the
+        // driver re-subscribes its rooms' shard channels itself, one per slot.
+        let d = driver.clone();
+        let mut reconnects = driver.subscriber.reconnect_rx();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                let mut rooms: Vec<String> = d.lock_rooms().iter().cloned().collect();
+                // A cluster that is still settling may refuse some: tried again for a few seconds.
+                for _ in 0..10 {
+                    let mut failed = Vec::new();
+                    for room in rooms {
+                        if !d.lock_rooms().contains(&room) {
+                            continue;
+                        }
+                        if let Err(e) = d.subscriber.ssubscribe(channel(&room)).await {
+                            d.failed("resubscribe", &e);
+                            failed.push(room);
+                        }
+                    }
+                    if failed.is_empty() {
+                        break;
+                    }
+                    rooms = failed;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        });
+    } else {
+        drop(driver.subscriber.manage_subscriptions());
+    }
     let weak = Arc::downgrade(inner);
     tokio::spawn(run_requests(driver.clone(), weak.clone(), rx));
     tokio::spawn(run_events(driver.clone(), weak.clone()));
@@ -634,11 +764,32 @@ impl Driver {
         failures: FailureLimits,
     ) -> Admission {
         let (ip, joins_per_min, rooms_per_min) = rates;
+        // The address's back-off and join rate first (its own slot); a join that has waited its room's delay was
+        // counted the first time.
+        if let Some(ip) = ip {
+            let limit = if failures.delayed { 0 } else { joins_per_min };
+            match self.address(ip, "check", &[limit.to_string()]).await {
+                Ok(r) => match r.first().map(String::as_str) {
+                    Some("ok") => {}
+                    Some("backoff") => {
+                        let left: u64 = r.get(1).and_then(|l| l.parse().ok()).unwrap_or(1);
+                        return Admission::Backoff(Duration::from_millis(left.max(1)));
+                    }
+                    Some("over") => return Admission::Throttled(Throttle::Joins),
+                    _ => return Admission::Unavailable,
+                },
+                Err(e) => {
+                    self.failed("admission", &e);
+                    return Admission::Unavailable;
+                }
+            }
+        }
         let key = room_key(room);
         let ttl = room_ttl(self.grace).as_millis().to_string();
         let mut salt = hex_of(&rand::random::<[u8; 16]>());
-        // At most twice: the second time with the salt of a room that has a password.
-        for _ in 0..2 {
+        let mut needs_grant = ip.is_some() && rooms_per_min > 0;
+        // At most three times: again with the salt of a room that has a password, again with the new-room grant.
+        for _ in 0..3 {
             let hash = password.map_or_else(String::new, |p| hash_password(&salt, p));
             let args: Vec<String> = vec![
                 id.to_owned(),
@@ -651,17 +802,11 @@ impl Driver {
                 hash,
                 if require_password { "1" } else { "0" }.to_owned(),
                 channel(room),
-                ip.map_or_else(String::new, |ip| ip.to_string()),
-                joins_per_min.to_string(),
-                rooms_per_min.to_string(),
-                RATE_PREFIX.to_owned(),
-                failures.backoff_after.to_string(),
-                failures.first_backoff.as_millis().to_string(),
-                failures.max_backoff.as_millis().to_string(),
-                failures.memory.as_millis().max(1).to_string(),
+                room_failures_key(room),
                 failures.room_delay_after.to_string(),
                 failures.room_memory.as_millis().max(1).to_string(),
                 if failures.delayed { "1" } else { "0" }.to_owned(),
+                if needs_grant { "1" } else { "0" }.to_owned(),
             ];
             let reply: Result<Vec<String>, Error> = self
                 .scripts
@@ -689,29 +834,80 @@ impl Driver {
                     // Without a password too: asked again with the room's salt, it counts as a wrong one.
                     salt = reply[1].clone();
                 }
-                Some("wrong-password") if reply.len() == 4 => {
-                    let backoff: u64 = reply[3].parse().unwrap_or(0);
+                Some("new-room") => {
+                    // The room is created by this join: one new room of the address (its slot), then again. Should
+                    // another node create it meanwhile, the grant was spent for nothing (counted, never exceeded).
+                    let Some(ip) = ip else {
+                        return Admission::Unavailable;
+                    };
+                    match self.address(ip, "room", &[rooms_per_min.to_string()]).await {
+                        Ok(r) if r.first().map(String::as_str) == Some("ok") => needs_grant = false,
+                        Ok(r) if r.first().map(String::as_str) == Some("over") => {
+                            return Admission::Throttled(Throttle::NewRooms);
+                        }
+                        Ok(_) => return Admission::Unavailable,
+                        Err(e) => {
+                            self.failed("admission", &e);
+                            return Admission::Unavailable;
+                        }
+                    }
+                }
+                Some("wrong-password") if reply.len() == 2 => {
+                    let room_failures = reply[1].parse().unwrap_or(0);
+                    let (failures, backoff) = match ip {
+                        Some(ip) => self.count_failure(ip, &failures).await,
+                        None => (0, 0),
+                    };
                     return Admission::WrongPassword {
-                        failures: reply[1].parse().unwrap_or(0),
-                        room_failures: reply[2].parse().unwrap_or(0),
+                        failures,
+                        room_failures,
                         backoff: (backoff > 0).then(|| Duration::from_millis(backoff)),
                     };
-                }
-                Some("backoff") if reply.len() == 2 => {
-                    let left: u64 = reply[1].parse().unwrap_or(1);
-                    return Admission::Backoff(Duration::from_millis(left.max(1)));
                 }
                 Some("delay") => return Admission::Delay,
                 Some("wrong-password") | Some("password-required") => {
                     return Admission::Refused(ErrorCode::WrongPassword);
                 }
                 Some("room-full") => return Admission::Refused(ErrorCode::RoomFull),
-                Some("join-rate") => return Admission::Throttled(Throttle::Joins),
-                Some("new-room-rate") => return Admission::Throttled(Throttle::NewRooms),
                 _ => return Admission::Unavailable,
             }
         }
         Admission::Refused(ErrorCode::WrongPassword)
+    }
+
+    /// Runs the address script (the keys of `ip`'s slot) in `mode` with its mode's arguments.
+    async fn address(
+        &self,
+        ip: std::net::IpAddr,
+        mode: &str,
+        extra: &[String],
+    ) -> Result<Vec<String>, Error> {
+        let tag = addr_tag(ip);
+        let mut args = vec![mode.to_owned(), RATE_PREFIX.to_owned(), tag.clone()];
+        args.extend_from_slice(extra);
+        self.scripts
+            .address
+            .evalsha_with_reload(&self.client, format!("{RATE_PREFIX}fb:{tag}"), args)
+            .await
+    }
+
+    /// Counts a wrong password of `ip` cluster-wide: its failures so far and the back-off (ms) it starts, if any.
+    /// When Redis fails here the password was wrong all the same: the failure is answered, uncounted.
+    async fn count_failure(&self, ip: std::net::IpAddr, f: &FailureLimits) -> (u32, u64) {
+        let extra = [
+            f.backoff_after.to_string(),
+            f.first_backoff.as_millis().to_string(),
+            f.memory.as_millis().max(1).to_string(),
+            f.max_backoff.as_millis().to_string(),
+        ];
+        match self.address(ip, "fail", &extra).await {
+            Ok(r) if r.len() == 2 => (r[0].parse().unwrap_or(0), r[1].parse().unwrap_or(0)),
+            Ok(_) => (0, 0),
+            Err(e) => {
+                self.failed("failure count", &e);
+                (0, 0)
+            }
+        }
     }
 
     async fn resume(&self, room: &str, token: &str, new_token: &str) -> Resumption {
@@ -759,13 +955,23 @@ impl Driver {
         match req {
             ClusterRequest::Subscribe { room } => {
                 self.lock_rooms().insert(room.clone());
-                if let Err(e) = self.subscriber.subscribe(channel(&room)).await {
+                let r = if self.sharded {
+                    self.subscriber.ssubscribe(channel(&room)).await
+                } else {
+                    self.subscriber.subscribe(channel(&room)).await
+                };
+                if let Err(e) = r {
                     self.failed("subscribe", &e);
                 }
             }
             ClusterRequest::Unsubscribe { room } => {
                 self.lock_rooms().remove(&room);
-                if let Err(e) = self.subscriber.unsubscribe(channel(&room)).await {
+                let r = if self.sharded {
+                    self.subscriber.sunsubscribe(channel(&room)).await
+                } else {
+                    self.subscriber.unsubscribe(channel(&room)).await
+                };
+                if let Err(e) = r {
                     self.failed("unsubscribe", &e);
                 }
             }
@@ -838,7 +1044,7 @@ impl Driver {
                 let r: Result<Value, Error> = self
                     .scripts
                     .uncount_conn
-                    .evalsha_with_reload(&self.client, self.ips_key(), vec![ip.to_string()])
+                    .evalsha_with_reload(&self.client, ips_key(ip), vec![self.node.clone()])
                     .await;
                 if let Err(e) = r {
                     self.failed("connection uncount", &e);
@@ -869,7 +1075,11 @@ impl Driver {
                 payload,
             } => {
                 let text = wire::forward(&self.node, &to, &from, kind, &payload);
-                let r: Result<i64, Error> = self.client.publish(channel(&room), text).await;
+                let r: Result<i64, Error> = if self.sharded {
+                    self.client.spublish(channel(&room), text).await
+                } else {
+                    self.client.publish(channel(&room), text).await
+                };
                 match r {
                     Ok(_) => {
                         self.stats.published.fetch_add(1, Relaxed);
@@ -880,27 +1090,36 @@ impl Driver {
         }
     }
 
-    fn ips_key(&self) -> String {
-        format!("{IPS_PREFIX}{}", self.node)
+    fn dead_nodes(&self) -> String {
+        self.dead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn lock_touched(&self) -> std::sync::MutexGuard<'_, HashSet<std::net::IpAddr>> {
+        self.touched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn count_connection(&self, ip: std::net::IpAddr, limit: u32) -> ConnectionCount {
         let args = vec![
-            ip.to_string(),
-            limit.to_string(),
-            NODE_PREFIX.to_owned(),
-            NODES_KEY.to_owned(),
             self.node.clone(),
-            NODE_TTL.as_millis().to_string(),
-            IPS_PREFIX.to_owned(),
+            limit.to_string(),
+            ADDR_TTL.as_millis().to_string(),
+            self.dead_nodes(),
         ];
         let r: Result<i64, Error> = self
             .scripts
             .count_conn
-            .evalsha_with_reload(&self.client, self.ips_key(), args)
+            .evalsha_with_reload(&self.client, ips_key(ip), args)
             .await;
         match r {
-            Ok(1) => ConnectionCount::Counted,
+            Ok(1) => {
+                self.lock_touched().insert(ip);
+                ConnectionCount::Counted
+            }
             Ok(_) => ConnectionCount::Refused,
             Err(e) => {
                 self.failed("connection count", &e);
@@ -921,17 +1140,33 @@ impl Driver {
         }
     }
 
-    /// Writes this node's per-address connection counts whole (the core's own figures are the truth).
+    /// Writes this node's per-address connection counts whole (the core's own figures are the truth): one
+    /// script per address (each address is its own slot), and a zero for every address it no longer holds.
     async fn rewrite_counts(&self, counts: Vec<(std::net::IpAddr, u32)>) -> Result<(), Error> {
-        let mut args = vec![NODE_TTL.as_millis().to_string()];
-        for (ip, n) in counts {
-            args.extend([ip.to_string(), n.to_string()]);
+        let ttl = ADDR_TTL.as_millis().to_string();
+        let dead = self.dead_nodes();
+        let now: HashSet<std::net::IpAddr> = counts.iter().map(|(ip, _)| *ip).collect();
+        let gone: Vec<std::net::IpAddr> = self
+            .lock_touched()
+            .iter()
+            .filter(|ip| !now.contains(ip))
+            .copied()
+            .collect();
+        let all = counts.into_iter().chain(gone.into_iter().map(|ip| (ip, 0)));
+        for (ip, n) in all {
+            let args = vec![self.node.clone(), n.to_string(), ttl.clone(), dead.clone()];
+            let _: Value = self
+                .scripts
+                .set_count
+                .evalsha_with_reload(&self.client, ips_key(ip), args)
+                .await?;
+            let mut touched = self.lock_touched();
+            if n > 0 {
+                touched.insert(ip);
+            } else {
+                touched.remove(&ip);
+            }
         }
-        let _: Value = self
-            .scripts
-            .set_counts
-            .evalsha_with_reload(&self.client, self.ips_key(), args)
-            .await?;
         Ok(())
     }
 
@@ -958,24 +1193,27 @@ impl Driver {
     }
 
     async fn beat(&self) -> Result<(), Error> {
-        let key = format!("{NODE_PREFIX}{}", self.node);
-        let px = NODE_TTL.as_millis() as i64;
-        let _: Value = self
-            .client
-            .set(key, "1", Some(Expiration::PX(px)), None, false)
+        let args = vec![
+            self.node.clone(),
+            NODE_TTL.as_millis().to_string(),
+            DEAD_FORGET.as_millis().to_string(),
+        ];
+        let lists: Vec<String> = self
+            .scripts
+            .beat
+            .evalsha_with_reload(&self.client, NODES_KEY, args)
             .await?;
-        let _: Value = self.client.sadd(NODES_KEY, self.node.as_str()).await?;
-        let _: Value = self.client.pexpire(self.ips_key(), px, None).await?;
+        let alive = lists.first().cloned().unwrap_or_default();
+        *self
+            .dead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            lists.get(1).cloned().unwrap_or_default();
         let rooms: Vec<String> = self.lock_rooms().iter().cloned().collect();
         let grace = self.grace.as_millis().to_string();
         let ttl = room_ttl(self.grace).as_millis().to_string();
         for room in rooms {
-            let args = vec![
-                grace.clone(),
-                channel(&room),
-                NODE_PREFIX.to_owned(),
-                ttl.clone(),
-            ];
+            let args = vec![grace.clone(), channel(&room), alive.clone(), ttl.clone()];
             let gone: i64 = self
                 .scripts
                 .sweep
@@ -1015,12 +1253,19 @@ async fn run_requests(driver: Arc<Driver>, inner: Weak<Inner>, mut rx: mpsc::Rec
                 }
             }
             Job::Stop => {
-                let key = format!("{NODE_PREFIX}{}", driver.node);
-                let _: Result<i64, Error> = driver.client.del(key).await;
-                // Its connections are about to close: they no longer count against anyone's cap.
-                let _: Result<i64, Error> = driver.client.del(driver.ips_key()).await;
-                let _: Result<i64, Error> =
-                    driver.client.srem(NODES_KEY, driver.node.as_str()).await;
+                driver.stopped.store(true, Relaxed);
+                // Dead from now: the other nodes start the grace period of its peers and stop counting its
+                // connections (they are about to close) at their next heartbeat.
+                let args = vec![
+                    driver.node.clone(),
+                    "0".to_owned(),
+                    DEAD_FORGET.as_millis().to_string(),
+                ];
+                let _: Result<Value, Error> = driver
+                    .scripts
+                    .beat
+                    .evalsha_with_reload(&driver.client, NODES_KEY, args)
+                    .await;
                 tracing::info!("signaling cluster: node {} left the cluster", driver.node);
                 break;
             }
@@ -1053,7 +1298,7 @@ async fn run_events(driver: Arc<Driver>, inner: Weak<Inner>) {
         let events: Vec<_> = batch
             .into_iter()
             .filter_map(|m| {
-                let room = m.channel.strip_prefix(CHANNEL_PREFIX)?.to_owned();
+                let room = room_of_channel(&m.channel)?.to_owned();
                 let text = m.value.as_str()?;
                 let event = wire::parse(&text);
                 if event.is_none() {
@@ -1077,10 +1322,17 @@ async fn run_heartbeat(driver: Arc<Driver>, inner: Weak<Inner>, tx: mpsc::Sender
     let mut was_up = false;
     let mut down_since: Option<Instant> = None;
     let mut ticker = tokio::time::interval(HEARTBEAT);
+    let refresh_every = (ADDR_REFRESH.as_millis() / HEARTBEAT.as_millis()).max(1) as u64;
+    let mut beats: u64 = 0;
     loop {
         ticker.tick().await;
-        if inner.strong_count() == 0 {
+        if inner.strong_count() == 0 || driver.stopped.load(Relaxed) {
             break;
+        }
+        beats += 1;
+        if beats.is_multiple_of(refresh_every) {
+            // Renews the TTL of this node's address counts (and drops any it no longer holds).
+            driver.stats.ips_dirty.store(true, Relaxed);
         }
         let up = driver.connected();
         let reconnected = driver.restore_needed.swap(false, Relaxed);
@@ -1149,5 +1401,68 @@ mod tests {
         ]);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].node, "n1");
+    }
+
+    /// The slot of a key in a Redis Cluster: CRC16 (XMODEM) of its hash tag (or of the whole key) mod 16384.
+    fn slot(key: &str) -> u16 {
+        let tag = match (
+            key.find('{'),
+            key.find('{').and_then(|s| key[s + 1..].find('}')),
+        ) {
+            (Some(s), Some(len)) if len > 0 => &key[s + 1..s + 1 + len],
+            _ => key,
+        };
+        let mut crc: u16 = 0;
+        for b in tag.bytes() {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
+    #[test]
+    fn the_keys_of_one_script_share_a_slot() {
+        // Known slots (CLUSTER KEYSLOT): "foo" is 12182, "123456789" is 12739.
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("x{123456789}y"), 12739);
+        for room in ["a", "room-1", "Z_9-x"] {
+            let s = slot(&room_key(room));
+            assert_eq!(slot(&channel(room)), s, "the channel is in the room's slot");
+            assert_eq!(
+                slot(&room_failures_key(room)),
+                s,
+                "the failure count is in the room's slot"
+            );
+            assert_eq!(room_of_channel(&channel(room)), Some(room));
+        }
+        assert_ne!(
+            slot(&room_key("a")),
+            slot(&room_key("b")),
+            "rooms spread over slots"
+        );
+        for ip in ["127.0.0.2", "2001:db8::"] {
+            let ip: std::net::IpAddr = ip.parse().expect("address");
+            let tag = addr_tag(ip);
+            let s = slot(&ips_key(ip));
+            for key in [
+                format!("{RATE_PREFIX}fb:{tag}"),
+                format!("{RATE_PREFIX}fi:{tag}"),
+                format!("{RATE_PREFIX}j:{tag}:29000000"),
+                format!("{RATE_PREFIX}r:{tag}:29000000"),
+            ] {
+                assert_eq!(slot(&key), s, "{key} is in the address's slot");
+            }
+        }
+        assert_eq!(
+            room_of_channel("pc:ch:a"),
+            None,
+            "an untagged channel is not ours"
+        );
     }
 }
