@@ -1266,3 +1266,296 @@ fn refusals_carry_their_rfc_code_and_phrase_on_the_wire() {
         "signed"
     );
 }
+
+impl Harness {
+    /// An authenticated Allocate with `attrs`, stopped where the driver must bind: what the core asks for.
+    fn allocate_asks(&mut self, attrs: &[A<'_>]) -> RelayRequest {
+        let nonce = self.nonce();
+        let key = long_term_key_md5("u", REALM, "p");
+        let mut all = attrs.to_vec();
+        all.extend([A::Username("u"), A::Realm(REALM), A::Nonce(&nonce)]);
+        let req = request(Method::ALLOCATE, &all, Some(&key));
+        match self
+            .core
+            .handle_client(self.now, self.client, &req, &mut self.out, &self.ledger)
+        {
+            Action::Bind(request) => request,
+            other => panic!("expected Bind, got {other:?}"),
+        }
+    }
+
+    /// The answer to the waiting Allocate, given what the driver bound.
+    fn bound(&mut self, bound: Bound) -> Option<Resp> {
+        match self
+            .core
+            .handle_bound(self.now, bound, &mut self.out, &self.ledger)
+        {
+            Action::Reply(n) => Some(resp(&self.out[..n])),
+            _ => None,
+        }
+    }
+}
+
+/// The parts of a response a test looks at (as `Harness::send` reads them).
+fn resp(reply: &[u8]) -> Resp {
+    let msg = Message::parse(reply).expect("server writes valid STUN");
+    Resp {
+        class: msg.class(),
+        code: match msg.decode_any(attr::ERROR_CODE) {
+            Some(Ok(A::ErrorCode { code, .. })) => Some(code),
+            _ => None,
+        },
+        nonce: None,
+        relayed: match msg.decode_any(attr::XOR_RELAYED_ADDRESS) {
+            Some(Ok(A::XorRelayedAddress(a))) => Some(a),
+            _ => None,
+        },
+        relayed_all: Vec::new(),
+        address_error: None,
+        lifetime: None,
+    }
+}
+
+#[test]
+fn an_allocate_asks_the_driver_for_exactly_the_sockets_it_needs() {
+    let mut h = dual_harness();
+    let ask = |v4, v6, even, reserve_next| RelayRequest::Fresh {
+        v4,
+        v6,
+        even,
+        reserve_next,
+    };
+    let cases: [(&[A<'_>], RelayRequest); 4] = [
+        (&[], ask(true, false, false, false)),
+        (
+            &[A::RequestedAddressFamily(Family::V6)],
+            ask(false, true, false, false),
+        ),
+        (&[DUAL, A::EvenPort(false)], ask(true, true, true, false)),
+        (&[A::EvenPort(true)], ask(true, false, true, true)),
+    ];
+    for (i, (extra, expected)) in cases.into_iter().enumerate() {
+        h.client.client.set_port(40000 + i as u16);
+        let mut attrs = vec![A::RequestedTransport(17)];
+        attrs.extend_from_slice(extra);
+        assert_eq!(h.allocate_asks(&attrs), expected, "{extra:?}");
+        let bound = h.ports.satisfy(expected);
+        let r = h.bound(bound).expect("answered");
+        assert_eq!(r.class, Class::Success, "{extra:?}: {r:?}");
+    }
+    assert_eq!(
+        h.released(),
+        Vec::<SocketAddr>::new(),
+        "everything bound is used"
+    );
+    assert_eq!(h.core.allocation_count(), 4);
+}
+
+#[test]
+fn sockets_bound_but_not_taken_are_handed_back_to_the_driver() {
+    let mut h = harness(true, 10);
+    let request = h.allocate_asks(&[A::RequestedTransport(17)]);
+    assert!(matches!(
+        request,
+        RelayRequest::Fresh {
+            v4: true,
+            v6: false,
+            reserve_next: false,
+            ..
+        }
+    ));
+    // A driver that bound more than asked (an IPv6 address, a reserved port): the allocation keeps its
+    // IPv4 address, the rest must be closed.
+    let v4: SocketAddr = "127.0.0.1:50002".parse().expect("addr");
+    let v6: SocketAddr = "[::1]:50002".parse().expect("addr");
+    let next: SocketAddr = "127.0.0.1:50003".parse().expect("addr");
+    let r = h
+        .bound(Bound {
+            relays: [Some(v4), Some(v6)],
+            reserved: Some(next),
+        })
+        .expect("answered");
+    assert_eq!((r.class, r.relayed), (Class::Success, Some(v4)), "{r:?}");
+    let mut released = h.released();
+    released.sort();
+    assert_eq!(released, vec![next, v6]);
+    assert!(h.ledger.is_relay(v4) && !h.ledger.is_relay(v6));
+    assert_eq!(h.ledger.reservations(), 0);
+    // Sockets reported when no Allocate waits are handed back at once.
+    assert_eq!(
+        h.core.handle_bound(
+            h.now,
+            Bound {
+                relays: [Some(next), None],
+                reserved: None
+            },
+            &mut h.out,
+            &h.ledger
+        ),
+        Action::Drop
+    );
+    assert_eq!(h.released(), vec![next]);
+}
+
+#[test]
+fn an_allocate_without_sockets_is_refused_and_gives_its_admission_back() {
+    let mut h = harness(true, 10);
+    // No port free: 508, nothing counted.
+    h.allocate_asks(&[A::RequestedTransport(17), A::EvenPort(true)]);
+    let r = h.bound(Bound::default()).expect("answered");
+    assert_eq!(r.code, Some(508), "{r:?}");
+    assert_eq!((h.ledger.allocations(), h.core.allocation_count()), (0, 0));
+    // The port after an EVEN-PORT R=1 allocation is taken: the allocation without a reservation.
+    let relay: SocketAddr = "127.0.0.1:50010".parse().expect("addr");
+    h.allocate_asks(&[A::RequestedTransport(17), A::EvenPort(true)]);
+    let reply = match h.core.handle_bound(
+        h.now,
+        Bound {
+            relays: [Some(relay), None],
+            reserved: None,
+        },
+        &mut h.out,
+        &h.ledger,
+    ) {
+        Action::Reply(n) => h.out[..n].to_vec(),
+        other => panic!("expected a reply, got {other:?}"),
+    };
+    let msg = Message::parse(&reply).expect("valid");
+    assert_eq!(msg.class(), Class::Success);
+    assert_eq!(msg.decode_any(attr::RESERVATION_TOKEN), None);
+    assert_eq!((h.ledger.allocations(), h.ledger.reservations()), (1, 0));
+    // An Allocate whose sockets are never reported (the driver went on with the next packet) does not keep
+    // its admission.
+    h.client.client.set_port(40001);
+    h.allocate_asks(&[A::RequestedTransport(17)]);
+    assert_eq!(h.ledger.allocations(), 2);
+    h.send(&request(Method::BINDING, &[], None))
+        .expect("Binding answered");
+    assert_eq!(h.ledger.allocations(), 1);
+}
+
+#[test]
+fn a_reservation_whose_socket_is_gone_is_refused_and_frees_its_place() {
+    let mut h = harness(false, 10);
+    let reply = h.even_port_allocate("u", "p");
+    let msg = Message::parse(&reply).expect("valid");
+    let Some(Ok(A::ReservationToken(token))) = msg.decode_any(attr::RESERVATION_TOKEN) else {
+        panic!("no token")
+    };
+    assert_eq!(
+        h.ledger.allocations(),
+        2,
+        "the allocation and its reservation"
+    );
+    h.client.client.set_port(40001);
+    let RelayRequest::Reserved(addr) =
+        h.allocate_asks(&[A::RequestedTransport(17), A::ReservationToken(token)])
+    else {
+        panic!("expected the reserved socket to be asked for")
+    };
+    let Some(Ok(A::XorRelayedAddress(first))) = msg.decode_any(attr::XOR_RELAYED_ADDRESS) else {
+        panic!("no relay")
+    };
+    assert_eq!(addr.port(), first.port() + 1);
+    let r = h.bound(Bound::default()).expect("answered");
+    assert_eq!(r.code, Some(508), "{r:?}");
+    assert_eq!((h.ledger.allocations(), h.ledger.reservations()), (1, 0));
+}
+
+#[test]
+fn relays_are_advertised_through_their_external_mapping() {
+    let relay: SocketAddr = "10.0.0.5:50000".parse().expect("addr");
+    let v6: SocketAddr = "[2001:db8::5]:50000".parse().expect("addr");
+    let public_only: Vec<ExternalIp> = vec!["203.0.113.7".parse().expect("ip")];
+    assert_eq!(
+        advertise(&public_only, relay),
+        "203.0.113.7:50000".parse().expect("addr")
+    );
+    assert_eq!(
+        advertise(&public_only, v6),
+        v6,
+        "an IPv4 mapping says nothing of IPv6"
+    );
+    let pair: Vec<ExternalIp> = vec!["203.0.113.7/10.0.0.9".parse().expect("ip")];
+    assert_eq!(
+        advertise(&pair, relay),
+        relay,
+        "mapped only from its private half"
+    );
+    assert_eq!(advertise(&[], relay), relay);
+    // On the wire: XOR-RELAYED-ADDRESS names the public address, the relay itself serves the private one.
+    let mut h = reconfigured(harness(true, 10), |c| {
+        c.external_ip = vec!["203.0.113.7".parse().expect("ip")]
+    });
+    let advertised = h.allocate();
+    assert_eq!(
+        advertised.ip(),
+        "203.0.113.7".parse::<IpAddr>().expect("ip")
+    );
+    let served = h.core.relay_of(&h.client).expect("an allocation");
+    assert_eq!(
+        served,
+        SocketAddr::new(V4_RELAY_IP.parse().expect("ip"), advertised.port())
+    );
+}
+
+#[test]
+fn peer_data_is_framed_where_it_lies_without_moving_the_payload() {
+    let mut h = harness(true, 10);
+    let relay = h.allocate();
+    let channel_peer: SocketAddr = "127.0.0.1:9999".parse().expect("addr");
+    let other_peer: SocketAddr = "127.0.0.2:9999".parse().expect("addr");
+    let r = h.authed(
+        Method::CHANNEL_BIND,
+        &[A::ChannelNumber(0x4001), A::XorPeerAddress(channel_peer)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(other_peer)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    // As the driver reads a datagram: the payload at PEER_HEADROOM, PEER_TAILROOM behind it.
+    let payload = PEER_HEADROOM..PEER_HEADROOM + 5;
+    let fresh = || {
+        let mut buf = vec![0xEEu8; PEER_HEADROOM + 5 + PEER_TAILROOM];
+        buf[PEER_HEADROOM..PEER_HEADROOM + 5].copy_from_slice(b"hello");
+        buf
+    };
+    let mut buf = fresh();
+    let PeerAction::ChannelData { frame, .. } =
+        h.core
+            .handle_peer(h.now, relay, channel_peer, &mut buf, payload.clone())
+    else {
+        panic!("expected ChannelData")
+    };
+    assert_eq!(frame, PEER_HEADROOM - 4..PEER_HEADROOM + 5);
+    assert_eq!(&buf[frame], b"\x40\x01\x00\x05hello");
+    let mut buf = fresh();
+    let PeerAction::DataIndication { frame, .. } =
+        h.core
+            .handle_peer(h.now, relay, other_peer, &mut buf, payload.clone())
+    else {
+        panic!("expected a Data indication")
+    };
+    let header = peercall_stun::data_indication_payload_offset(Family::V4);
+    assert_eq!(
+        frame,
+        PEER_HEADROOM - header..PEER_HEADROOM + 8,
+        "padded to 4"
+    );
+    assert_eq!(&buf[payload.clone()], b"hello", "the payload did not move");
+    let msg = Message::parse(&buf[frame]).expect("valid");
+    assert_eq!(msg.decode_any(attr::DATA), Some(Ok(A::Data(b"hello"))));
+    // A buffer that cannot hold the frame drops the datagram instead of writing past it.
+    let mut short = b"hello".to_vec();
+    assert_eq!(
+        h.core
+            .handle_peer(h.now, relay, other_peer, &mut short, 0..5),
+        PeerAction::Drop
+    );
+}
