@@ -261,4 +261,141 @@ mod tests {
         assert_eq!(owners.owner(a), None, "released");
         assert_eq!(owners.owner(b), Some(3));
     }
+
+    /// A window of loopback ports around one the kernel just handed out: most of them are free.
+    fn window(span: u16) -> (u16, u16) {
+        let probe = StdUdpSocket::bind("127.0.0.1:0").expect("bind a probe");
+        let port = probe.local_addr().expect("probe address").port();
+        let min = port.saturating_sub(span / 2).max(1024);
+        (min, min.saturating_add(span))
+    }
+
+    fn loopback_host(ports: (u16, u16)) -> RelayHost {
+        RelayHost::new(vec!["127.0.0.1".parse().unwrap()], ports)
+    }
+
+    fn fresh(v4: bool, v6: bool, even: bool, reserve_next: bool) -> RelayRequest {
+        RelayRequest::Fresh {
+            v4,
+            v6,
+            even,
+            reserve_next,
+        }
+    }
+
+    /// An EVEN-PORT R=1 bind whose next port was free too (other programs share loopback ports: a few
+    /// tries).
+    fn even_pair(host: &RelayHost, started: &mut Started) -> Bound {
+        for _ in 0..20 {
+            let mut attempt = Vec::new();
+            let bound = host.satisfy(fresh(true, false, true, true), &mut attempt);
+            if bound.reserved.is_some() {
+                started.extend(attempt);
+                return bound;
+            }
+        }
+        panic!("no two free neighbouring ports in the window")
+    }
+
+    #[test]
+    fn satisfy_binds_in_the_range_holds_the_next_port_and_hands_a_reservation_over_once() {
+        let (min, max) = window(200);
+        let host = loopback_host((min, max));
+        let mut started = Vec::new();
+        // EVEN-PORT R=1: an even port of the range, and the one after it held for the reservation.
+        let bound = even_pair(&host, &mut started);
+        let relay = bound.relays[0].expect("a free port in the window");
+        assert!(
+            (min..=max).contains(&relay.port()) && relay.port().is_multiple_of(2),
+            "{relay}"
+        );
+        assert_eq!(bound.relays[1], None, "no IPv6 relay IP, no IPv6 address");
+        let next = bound.reserved.expect("the next port is free");
+        assert_eq!(next, SocketAddr::new(relay.ip(), relay.port() + 1));
+        assert_eq!(started.len(), 1, "the reserved socket is not served yet");
+        assert_eq!(started[0].1.local_addr().unwrap(), relay, "a real socket");
+        assert!(host.reserved().contains_key(&next));
+        // The Allocate that claims it (on any shard) gets the held socket, once.
+        let mut claimed = Vec::new();
+        let bound = host.satisfy(RelayRequest::Reserved(next), &mut claimed);
+        assert_eq!(bound.relays, [Some(next), None]);
+        assert_eq!(claimed[0].1.local_addr().unwrap(), next);
+        assert!(host.reserved().is_empty());
+        let again = host.satisfy(RelayRequest::Reserved(next), &mut claimed);
+        assert_eq!(again, Bound::default(), "a reservation is handed over once");
+        assert_eq!(claimed.len(), 1);
+    }
+
+    #[test]
+    fn satisfy_reports_no_address_when_every_port_of_the_range_is_taken() {
+        // A range of one port, held by someone else.
+        let holder = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = holder.local_addr().unwrap().port();
+        let host = loopback_host((port, port));
+        let mut started = Vec::new();
+        assert_eq!(
+            host.satisfy(fresh(true, false, false, false), &mut started),
+            Bound::default()
+        );
+        assert!(started.is_empty());
+        drop(holder);
+        let bound = host.satisfy(fresh(true, false, false, false), &mut started);
+        assert_eq!(bound.relays[0].map(|a| a.port()), Some(port), "free again");
+    }
+
+    #[test]
+    fn settle_serves_started_sockets_on_the_shard_and_closes_released_ones() {
+        let host = loopback_host(window(200));
+        let epoll = Epoll::new().expect("epoll");
+        let mut relays = RelaySockets::default();
+        let mut started = Vec::new();
+        let bound = even_pair(&host, &mut started);
+        let (relay, reserved) = (bound.relays[0].unwrap(), bound.reserved.unwrap());
+        settle(&host, 3, &epoll, &mut relays, started, []);
+        assert_eq!(
+            host.owners.owner(relay),
+            Some(3),
+            "owned by the shard that settled"
+        );
+        assert_eq!(
+            host.owners.owner(reserved),
+            None,
+            "a reservation is no one's yet"
+        );
+        assert_eq!(relays.by_token(RELAY_TOKEN_BASE), Some(relay));
+        // The socket is watched under its token: a peer's datagram wakes the shard for it.
+        let peer = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.send_to(b"ping", relay).unwrap();
+        let mut events = peercall_udp::epoll_events(4);
+        let woken: Vec<u64> = epoll
+            .wait(&mut events, std::time::Duration::from_secs(2))
+            .collect();
+        assert_eq!(woken, vec![RELAY_TOKEN_BASE]);
+        let mut buf = [0u8; 8];
+        let (n, from) = relays.get(relay).unwrap().recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"ping"[..], peer.local_addr().unwrap())
+        );
+        // Released: the allocation's socket and the unclaimed reservation's are closed, their ports free.
+        settle(
+            &host,
+            3,
+            &epoll,
+            &mut relays,
+            Vec::new(),
+            [Output::Release(relay), Output::Release(reserved)],
+        );
+        assert_eq!(host.owners.owner(relay), None);
+        assert!(relays.get(relay).is_none() && relays.by_token(RELAY_TOKEN_BASE).is_none());
+        assert!(host.reserved().is_empty());
+        for addr in [relay, reserved] {
+            assert!(bind_relay(addr).is_some(), "{addr} closed");
+        }
+        // Tokens are not reused: a late event of a closed socket cannot reach a new one.
+        let mut started = Vec::new();
+        let next = host.satisfy(fresh(true, false, false, false), &mut started);
+        settle(&host, 3, &epoll, &mut relays, started, []);
+        assert_eq!(relays.by_token(RELAY_TOKEN_BASE + 1), next.relays[0]);
+    }
 }
