@@ -356,6 +356,68 @@ fn uclient_to_turnutils_peer() {
     assert_no_loss(&out, 80);
 }
 
+/// Send and Data indications instead of channels (`-s`): the server frames each Data indication around the
+/// payload in the buffer the datagram landed in. Client to client (inside the process, where the payload sits
+/// in the sender's Send indication), over UDP and TCP, and to a peer on its own socket.
+#[test]
+fn uclient_with_send_and_data_indications() {
+    let s = start(&["--user", "u:p", "--allow-loopback-peers"]);
+    let port = s.port.to_string();
+    for transport in [None, Some("-t")] {
+        let mut args: Vec<&str> = transport.into_iter().collect();
+        args.extend([
+            "-s",
+            "-y",
+            "-m",
+            "2",
+            "-n",
+            "40",
+            "-l",
+            "120",
+            "-u",
+            "u",
+            "-w",
+            "p",
+            "-p",
+            &port,
+            "127.0.0.1",
+        ]);
+        let out = uclient(&args);
+        assert_no_loss(&out, 80);
+    }
+    let peer_port = free_port();
+    let mut peer = Command::new("turnutils_peer")
+        .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start turnutils_peer (install coturn)");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = uclient(&[
+        "-s",
+        "-m",
+        "2",
+        "-n",
+        "40",
+        "-l",
+        "150",
+        "-u",
+        "u",
+        "-w",
+        "p",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port.to_string(),
+        "-p",
+        &port,
+        "127.0.0.1",
+    ]);
+    let _ = peer.kill();
+    let _ = peer.wait();
+    assert_no_loss(&out, 80);
+}
+
 #[test]
 fn stunclient_gets_the_mapped_address() {
     let s = start(&["--user", "u:p"]);

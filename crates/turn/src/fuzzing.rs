@@ -12,19 +12,25 @@ use peercall_stun::{
 };
 
 use crate::core::policy::PeerPolicy;
-use crate::core::{Action, Core, CoreConfig, FiveTuple, Now, PeerAction, RelayPorts, Transport};
+use crate::core::{
+    Action, Bound, Core, CoreConfig, FiveTuple, Ledger, Now, Output, PEER_HEADROOM, PEER_TAILROOM,
+    PeerAction, RelayRequest, Transport,
+};
 use crate::driver::Framer;
 use crate::metrics::TurnMetrics;
 
 const REALM: &str = "fuzz";
 const ALLOWED: [u8; 3] = [198, 51, 100];
 
-/// Relay ports handed out from one IPv4 and one IPv6 address, like a server with both relay IPs.
+/// Relay ports handed out from one IPv4 and one IPv6 address, like a server with both relay IPs: the
+/// driver's part of an Allocate, without sockets.
 struct Ports {
     next: u16,
+    /// Addresses bound and not yet released: what the driver would hold open.
+    held: Vec<SocketAddr>,
 }
 
-impl RelayPorts for Ports {
+impl Ports {
     fn bind(&mut self, family: Family, even: bool) -> Option<SocketAddr> {
         self.next = self
             .next
@@ -36,9 +42,35 @@ impl RelayPorts for Ports {
         Some(SocketAddr::new(ip, self.next))
     }
 
-    fn bind_at(&mut self, addr: SocketAddr) -> bool {
-        self.next = self.next.max(addr.port());
-        true
+    fn satisfy(&mut self, request: RelayRequest) -> Bound {
+        let mut bound = Bound::default();
+        match request {
+            RelayRequest::Fresh {
+                v4,
+                v6,
+                even,
+                reserve_next,
+            } => {
+                if v4 {
+                    bound.relays[0] = self.bind(Family::V4, even);
+                }
+                if v6 {
+                    bound.relays[1] = self.bind(Family::V6, even);
+                }
+                if reserve_next
+                    && let Some(r) = bound.relays[0].or(bound.relays[1])
+                    && let Some(port) = r.port().checked_add(1)
+                {
+                    self.next = self.next.max(port);
+                    bound.reserved = Some(SocketAddr::new(r.ip(), port));
+                }
+                self.held.extend(bound.relays.iter().flatten());
+                self.held.extend(bound.reserved);
+            }
+            // A reserved socket is held already.
+            RelayRequest::Reserved(addr) => bound.relays[usize::from(addr.is_ipv6())] = Some(addr),
+        }
+        bound
     }
 }
 
@@ -66,6 +98,7 @@ impl Script<'_> {
 
 struct Fuzz {
     core: Core,
+    ledger: Ledger,
     metrics: Arc<TurnMetrics>,
     ports: Ports,
     now: Now,
@@ -99,6 +132,7 @@ impl Fuzz {
             unauth_rate_per_sec: 0,
             software: Some("fuzz".into()),
             nonce_key: [9; 32],
+            external_ip: Vec::new(),
         });
         let metrics = Arc::new(TurnMetrics::default());
         let client = |last: u8, port: u16, transport| FiveTuple {
@@ -108,8 +142,12 @@ impl Fuzz {
         };
         Fuzz {
             core: Core::new(config.clone(), metrics.clone()),
+            ledger: Ledger::default(),
             metrics,
-            ports: Ports { next: 49152 },
+            ports: Ports {
+                next: 49152,
+                held: Vec::new(),
+            },
             now: Now {
                 instant: Instant::now(),
                 unix: 1_700_000_000,
@@ -127,13 +165,30 @@ impl Fuzz {
         }
     }
 
+    /// Takes what the core released, checking that only held addresses are released, each once.
+    fn drain_outputs(&mut self) {
+        while let Some(Output::Release(addr)) = self.core.poll_output() {
+            let at = self.ports.held.iter().position(|a| *a == addr);
+            let at = at.unwrap_or_else(|| panic!("released {addr}, which is not held"));
+            self.ports.held.swap_remove(at);
+        }
+    }
+
     /// Feeds a client packet and checks what comes back.
     fn client(&mut self, from: FiveTuple, packet: &[u8]) -> Option<Vec<u8>> {
-        let action =
+        let mut action =
             self.core
-                .handle_client(self.now, from, packet, &mut self.out, &mut self.ports);
+                .handle_client(self.now, from, packet, &mut self.out, &self.ledger);
+        if let Action::Bind(request) = action {
+            let bound = self.ports.satisfy(request);
+            action = self
+                .core
+                .handle_bound(self.now, bound, &mut self.out, &self.ledger);
+        }
+        self.drain_outputs();
         match action {
             Action::Drop => None,
+            Action::Bind(_) => panic!("handle_bound asks for nothing more"),
             Action::Reply(n) => {
                 let reply = self.out.get(..n).expect("a reply fits its buffer").to_vec();
                 let msg = Message::parse(&reply).expect("every reply is valid STUN");
@@ -217,8 +272,8 @@ impl Fuzz {
         );
         assert!(self.metrics.permissions.get() >= 0, "permission gauge");
         assert!(self.metrics.channels.get() >= 0, "channel gauge");
-        let held = self.core.ledger().allocations() as usize;
-        let reserved = self.core.ledger().reservations();
+        let held = self.ledger.allocations() as usize;
+        let reserved = self.ledger.reservations();
         assert_eq!(held, allocations + reserved, "quota ledger");
         assert!(held <= self.config.total_quota as usize, "total quota");
         assert!(
@@ -267,26 +322,27 @@ pub fn fuzz_core(data: &[u8]) {
                     continue;
                 };
                 let payload = s.bytes(200).to_vec();
-                let mut buf = vec![0u8; 4 + payload.len() + 8];
-                buf[4..4 + payload.len()].copy_from_slice(&payload);
-                let mut out = vec![0u8; 512];
+                // As the driver reads a peer datagram: room for any header in front, padding behind.
+                let at = PEER_HEADROOM..PEER_HEADROOM + payload.len();
+                let mut buf = vec![0u8; at.end + PEER_TAILROOM];
+                buf[at.clone()].copy_from_slice(&payload);
                 let peer = Fuzz::peer_address(b, port);
-                match f
-                    .core
-                    .handle_peer(f.now, relay, peer, &mut buf, payload.len(), &mut out)
-                {
+                match f.core.handle_peer(f.now, relay, peer, &mut buf, at.clone()) {
                     PeerAction::Drop => {}
-                    PeerAction::ChannelData { n, .. } => {
-                        assert!(n <= buf.len());
-                        assert_eq!(
-                            &buf[4..4 + payload.len()],
-                            &payload[..],
-                            "payload framed in place"
-                        );
+                    PeerAction::ChannelData { frame, .. } => {
+                        assert!(frame.end <= buf.len());
+                        assert_eq!(frame.start + 4, at.start, "framed where the payload lies");
+                        assert_eq!(&buf[at], &payload[..], "payload framed in place");
                     }
-                    PeerAction::DataIndication { n, .. } => {
-                        let msg = Message::parse(&out[..n]).expect("a valid Data indication");
+                    PeerAction::DataIndication { frame, .. } => {
+                        assert!(frame.end <= buf.len());
+                        assert_eq!(&buf[at], &payload[..], "payload framed in place");
+                        let msg = Message::parse(&buf[frame]).expect("a valid Data indication");
                         assert_eq!(msg.method(), Method::DATA);
+                        assert_eq!(
+                            msg.decode_any(attr::DATA),
+                            Some(Ok(Attribute::Data(&payload)))
+                        );
                     }
                 }
             }
@@ -294,7 +350,8 @@ pub fn fuzz_core(data: &[u8]) {
                 let secs = u64::from(s.byte().unwrap_or(1));
                 f.now.instant += Duration::from_secs(secs * 5);
                 f.now.unix += secs * 5;
-                f.core.handle_timeout(f.now.instant);
+                f.core.handle_timeout(f.now.instant, &f.ledger);
+                f.drain_outputs();
             }
             3 => {
                 let flags = s.byte().unwrap_or(0);
@@ -376,7 +433,10 @@ pub fn fuzz_core(data: &[u8]) {
                 frame.extend_from_slice(&data);
                 f.client(who, &frame);
             }
-            9 => f.core.connection_closed(who),
+            9 => {
+                f.core.connection_closed(who, &f.ledger);
+                f.drain_outputs();
+            }
             _ => {
                 // Mutate a valid request after signing, so the MAC check and the attribute walk meet bytes
                 // that are almost right.
@@ -401,13 +461,19 @@ pub fn fuzz_core(data: &[u8]) {
     }
     // Everything ends: after the longest lifetime, nothing is held.
     f.now.instant += Duration::from_secs(3601);
-    f.core.handle_timeout(f.now.instant);
+    f.core.handle_timeout(f.now.instant, &f.ledger);
+    f.drain_outputs();
     f.check_invariants();
     assert_eq!(f.core.allocation_count(), 0);
     assert_eq!(
-        f.core.ledger().allocations(),
+        f.ledger.allocations(),
         0,
         "nothing held after every lifetime"
+    );
+    assert_eq!(
+        f.ports.held,
+        Vec::<SocketAddr>::new(),
+        "every relay socket released after every lifetime"
     );
 }
 

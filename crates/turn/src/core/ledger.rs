@@ -15,7 +15,8 @@ use sha2::Sha256;
 use super::Refusal;
 
 /// The counts and sets the cores of one server share (see the module documentation), behind one mutex taken
-/// only on the control path. A test core gets its own; a server's shards share one through an `Arc`.
+/// only on the control path. It is not part of any core: the driver holds one per server and passes it to
+/// every core call that may touch it, so a test holds its own (or one for several cores) and looks into it.
 #[derive(Default)]
 pub struct Ledger {
     state: Mutex<State>,
@@ -221,8 +222,8 @@ impl Ledger {
         Ok(Some(s.reservations.swap_remove(at).addr))
     }
 
-    /// Drops expired reservations, releasing their admissions and pushing their addresses to `released`.
-    pub(super) fn expire_reservations(&self, now: Instant, released: &mut Vec<SocketAddr>) {
+    /// Drops expired reservations, releasing their admissions and handing their addresses to `released`.
+    pub(super) fn expire_reservations(&self, now: Instant, mut released: impl FnMut(SocketAddr)) {
         let mut s = self.lock();
         let mut i = 0;
         while i < s.reservations.len() {
@@ -232,7 +233,7 @@ impl Ledger {
             }
             let r = s.reservations.swap_remove(i);
             release_in(&mut s, &r.owner, 1);
-            released.push(r.addr);
+            released(r.addr);
         }
     }
 }
@@ -388,7 +389,7 @@ mod tests {
         ledger.admit(&other, 1, quotas).unwrap();
         ledger.reserve(addr, t0, other.clone(), &key);
         let mut released = Vec::new();
-        ledger.expire_reservations(t0, &mut released);
+        ledger.expire_reservations(t0, |a| released.push(a));
         assert_eq!(released, vec![addr]);
         assert_eq!(ledger.allocations(), 3);
         ledger.release(&owner, 2);

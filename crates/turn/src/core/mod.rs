@@ -1,16 +1,21 @@
 //! The sans-IO TURN server: allocations, permissions, channels, auth and policy.
 //!
-//! Inputs are bytes, addresses and an injected [`Now`]; outputs are bytes written into caller buffers and
-//! small [`Action`]s telling the driver where to send them. Relay sockets come from an injected
-//! [`RelayPorts`], so tests run the whole state machine without a socket.
+//! One shape, as in str0m and quinn-proto: inputs are `handle_*` calls ([`Core::handle_client`],
+//! [`Core::handle_bound`], [`Core::handle_peer`], [`Core::handle_timeout`], [`Core::connection_closed`]) with
+//! bytes, addresses and an injected [`Now`]; each returns what to do with that input at once (an [`Action`] or
+//! [`PeerAction`], bytes written into caller buffers), and whatever else the driver must do comes out of
+//! [`Core::poll_output`] ([`Output`]), with [`Core::poll_timeout`] saying when to call back. The core opens no
+//! socket: an Allocate it admits asks for relay sockets ([`Action::Bind`]) and is answered once the driver
+//! reports what it bound ([`Core::handle_bound`]). The [`Ledger`] the cores of one server share is passed in
+//! by the driver on every call that may touch it, so a test holds its own and looks into it.
 
 pub(crate) mod auth;
 mod ledger;
 pub mod policy;
 mod refusal;
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
@@ -18,9 +23,11 @@ use std::time::{Duration, Instant};
 
 use peercall_stun::{
     Attribute, CHANNEL_RANGE, ChannelData, Class, Family, Message, MessageWriter, Method,
-    PacketKind, TransactionId, attr, classify, frame_channel_data_in_place, write_data_indication,
+    PacketKind, TransactionId, attr, classify, data_indication_payload_offset,
+    frame_channel_data_in_place, write_data_indication_in_place,
 };
 
+use crate::ExternalIp;
 use crate::metrics::TurnMetrics;
 use auth::{AuthFailure, Credentials};
 pub use ledger::{Ledger, QuotaKind, client_key};
@@ -66,23 +73,52 @@ pub struct FiveTuple {
     pub transport: Transport,
 }
 
-/// Creates relay sockets for the core (the driver binds real sockets; tests hand out fake addresses).
-pub trait RelayPorts {
-    /// A new relayed transport address of this family (with an even port when `even`), or `None` when none
-    /// is free.
-    fn bind(&mut self, family: Family, even: bool) -> Option<SocketAddr>;
-    /// Binds exactly `addr` (the odd port an EVEN-PORT R=1 request reserves); false when it is taken.
-    fn bind_at(&mut self, addr: SocketAddr) -> bool;
-    /// Starts serving `addr`, held since an earlier [`RelayPorts::bind_at`] (perhaps by another core), for
-    /// the Allocate that claimed its reservation; false when it is gone.
-    fn claim(&mut self, addr: SocketAddr) -> bool {
-        let _ = addr;
-        true
-    }
-    /// The address to advertise for a relay address (1:1 NAT mapping, `--external-ip`).
-    fn advertised(&self, relay: SocketAddr) -> SocketAddr {
-        relay
-    }
+/// Room a driver leaves in front of a peer's payload in the buffer it hands to [`Core::handle_peer`], so the
+/// core frames ChannelData or a Data indication around the payload where it lies: the longest header, a Data
+/// indication to an IPv6 peer (STUN header, XOR-PEER-ADDRESS, DATA attribute header).
+pub const PEER_HEADROOM: usize = data_indication_payload_offset(Family::V6);
+/// Room a driver leaves after a peer's payload: the padding to 4 bytes of ChannelData over TCP/TLS and of the
+/// DATA attribute.
+pub const PEER_TAILROOM: usize = 3;
+
+/// Relay sockets an admitted Allocate needs before it can be answered ([`Action::Bind`]). The driver binds
+/// them and reports what it got with [`Core::handle_bound`]; the core never opens a socket itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayRequest {
+    /// Fresh relayed addresses on the server's relay IPs.
+    Fresh {
+        /// One IPv4 address.
+        v4: bool,
+        /// One IPv6 address (both families: a dual allocation, RFC 8656 §7.2 step 9).
+        v6: bool,
+        /// Even ports only (EVEN-PORT).
+        even: bool,
+        /// Also hold the port after the (single) relayed address for a later Allocate with
+        /// RESERVATION-TOKEN (EVEN-PORT R=1), reported in [`Bound::reserved`].
+        reserve_next: bool,
+    },
+    /// The socket held since an earlier EVEN-PORT R=1 (perhaps bound by another shard), claimed by this
+    /// Allocate's RESERVATION-TOKEN: serve it now, or report it gone.
+    Reserved(SocketAddr),
+}
+
+/// What the driver bound for a [`RelayRequest`], the input of [`Core::handle_bound`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// The relayed addresses bound, `[IPv4, IPv6]`: `None` for a family not asked for or without a free port
+    /// (for [`RelayRequest::Reserved`], the reserved address when its socket was still held).
+    pub relays: [Option<SocketAddr>; 2],
+    /// For [`RelayRequest::Fresh`] with `reserve_next`: the port after the relayed address, bound and held for
+    /// the Allocate that will claim it; `None` when it could not be bound.
+    pub reserved: Option<SocketAddr>,
+}
+
+/// What the core asks of the driver besides the answer to one input, drained with [`Core::poll_output`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Nothing holds this relayed address any more (its allocation ended, its reservation expired unclaimed,
+    /// or it was bound for an Allocate that did not take it): close its socket.
+    Release(SocketAddr),
 }
 
 /// What the driver must do after feeding the core a client packet.
@@ -103,6 +139,10 @@ pub enum Action {
         /// Where the application data sits in the client's packet.
         payload: Range<usize>,
     },
+    /// The Allocate in the packet passed authentication and the quotas and waits for relay sockets: bind what
+    /// the request asks for and call [`Core::handle_bound`], which writes the answer. Until then the core
+    /// holds the admission; the next [`Core::handle_client`] gives it back if the driver never reports.
+    Bind(RelayRequest),
 }
 
 /// What the driver must do with a datagram a peer sent to a relay address.
@@ -111,19 +151,19 @@ pub enum PeerAction {
     /// Nothing to send: no allocation holds the relay, the peer has no permission, or the packet does not fit
     /// the buffers.
     Drop,
-    /// `buf[..n]` (ChannelData framed in place) goes to the client.
+    /// `buf[frame]`, ChannelData framed around the payload in place, goes to the client.
     ChannelData {
         /// The client owning the relay.
         to: FiveTuple,
-        /// Length of the framed ChannelData, padding included on TCP/TLS.
-        n: usize,
+        /// Where the framed ChannelData lies in the buffer, padding included on TCP/TLS.
+        frame: Range<usize>,
     },
-    /// `out[..n]` (a Data indication) goes to the client.
+    /// `buf[frame]`, a Data indication written around the payload in place, goes to the client.
     DataIndication {
         /// The client owning the relay.
         to: FiveTuple,
-        /// Length of the Data indication.
-        n: usize,
+        /// Where the Data indication lies in the buffer.
+        frame: Range<usize>,
     },
 }
 
@@ -159,6 +199,8 @@ pub struct CoreConfig {
     pub software: Option<String>,
     /// Key of the nonces' MAC. Cores of one server share it, so a nonce one shard issued verifies on another.
     pub nonce_key: [u8; 32],
+    /// `--external-ip` mappings: the address advertised in XOR-RELAYED-ADDRESS for a relay (1:1 NAT).
+    pub external_ip: Vec<ExternalIp>,
 }
 
 /// Relayed addresses by family, `[IPv4, IPv6]`: one, or both for a dual allocation (RFC 8656 §7.2 step 9).
@@ -269,9 +311,11 @@ pub struct Core {
     credentials: Credentials,
     allocations: HashMap<FiveTuple, Allocation>,
     by_relay: HashMap<SocketAddr, FiveTuple>,
-    ledger: Arc<Ledger>,
     rate: RateTable,
-    released: Vec<SocketAddr>,
+    /// What [`Core::poll_output`] hands out next. Filled on the control path only (allocations ending).
+    outputs: VecDeque<Output>,
+    /// The admitted Allocate waiting for [`Core::handle_bound`].
+    pending: Option<Pending>,
     metrics: Arc<TurnMetrics>,
     scratch_keys: Vec<[u8; 16]>,
     indications: u64,
@@ -281,6 +325,36 @@ pub struct Core {
 
 /// How long a reserved port waits for its Allocate.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// An admitted Allocate waiting for its relay sockets (see [`Action::Bind`]).
+struct Pending {
+    from: FiveTuple,
+    owner: Owner,
+    key: [u8; 16],
+    request: RelayRequest,
+    /// Ledger admissions held for it: given back if nothing is bound.
+    admitted: u32,
+    lifetime: Duration,
+    reply: Asked,
+}
+
+/// What an answer to a request repeats of it.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    method: Method,
+    tid: TransactionId,
+    fingerprint: bool,
+}
+
+impl Asked {
+    fn of(msg: &Message<'_>) -> Asked {
+        Asked {
+            method: msg.method(),
+            tid: *msg.transaction_id(),
+            fingerprint: msg.has_fingerprint(),
+        }
+    }
+}
 
 /// What becomes of a request that does not succeed.
 #[derive(Debug, Clone, Copy)]
@@ -301,18 +375,9 @@ impl From<Refusal> for Rejection {
 }
 
 impl Core {
-    /// A core that shares nothing with others.
+    /// A core counting into `metrics`. The cores of one server (one per thread) share quotas, relay addresses
+    /// and reservations through the [`Ledger`] their driver passes to each call.
     pub fn new(config: Arc<CoreConfig>, metrics: Arc<TurnMetrics>) -> Core {
-        Core::with_ledger(config, metrics, Arc::new(Ledger::default()))
-    }
-
-    /// One of several cores of a server (one per thread), sharing quotas, relay addresses and reservations
-    /// through `ledger`.
-    pub fn with_ledger(
-        config: Arc<CoreConfig>,
-        metrics: Arc<TurnMetrics>,
-        ledger: Arc<Ledger>,
-    ) -> Core {
         let credentials = Credentials::new(
             &config.realm,
             &config.users,
@@ -325,8 +390,8 @@ impl Core {
             credentials,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
-            ledger,
-            released: Vec::new(),
+            outputs: VecDeque::new(),
+            pending: None,
             metrics,
             scratch_keys: Vec::with_capacity(4),
             indications: 0,
@@ -334,19 +399,15 @@ impl Core {
         }
     }
 
-    /// What this core shares with the other cores of its server.
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
-    }
-
     /// Allocations this core holds (not the server's total: see [`Ledger::allocations`]).
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
     }
 
-    /// Relay addresses whose allocation ended; the driver closes their sockets.
-    pub fn take_released(&mut self) -> Vec<SocketAddr> {
-        std::mem::take(&mut self.released)
+    /// The next thing the driver must do that no single input's answer said (see [`Output`]); `None` when
+    /// there is nothing more. Drain it after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
     }
 
     /// Whether `relay` belongs to a live allocation of this core.
@@ -360,19 +421,22 @@ impl Core {
         self.allocations.get(from).and_then(Allocation::primary)
     }
 
-    /// A packet from a client. `out` receives any reply (at least 1500 bytes).
+    /// A packet from a client. `out` receives any reply (at least 1500 bytes); `ledger` is the one the cores
+    /// of this server share.
     pub fn handle_client(
         &mut self,
         now: Now,
         from: FiveTuple,
         packet: &[u8],
         out: &mut [u8],
-        ports: &mut dyn RelayPorts,
+        ledger: &Ledger,
     ) -> Action {
+        // An Allocate whose sockets were never reported gives its admission back now.
+        self.drop_pending(ledger);
         match classify(packet) {
-            PacketKind::ChannelData => self.client_channel_data(now, from, packet),
+            PacketKind::ChannelData => self.client_channel_data(now, from, packet, ledger),
             PacketKind::Stun => match Message::parse(packet) {
-                Ok(msg) => self.client_stun(now, from, msg, out, ports),
+                Ok(msg) => self.client_stun(now, from, msg, out, ledger),
                 Err(_) => {
                     self.metrics.malformed.inc();
                     Action::Drop
@@ -385,7 +449,13 @@ impl Core {
         }
     }
 
-    fn client_channel_data(&mut self, now: Now, from: FiveTuple, packet: &[u8]) -> Action {
+    fn client_channel_data(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        packet: &[u8],
+        ledger: &Ledger,
+    ) -> Action {
         let Ok(cd) = ChannelData::parse(packet) else {
             self.metrics.malformed.inc();
             return Action::Drop;
@@ -403,7 +473,7 @@ impl Core {
             return Action::Drop;
         };
         let peer = ch.peer;
-        let Some(relay) = self.route(alloc, peer, now.instant) else {
+        let Some(relay) = self.route(alloc, peer, now.instant, ledger) else {
             return Action::Drop;
         };
         self.metrics.to_peer(cd.data.len());
@@ -418,16 +488,20 @@ impl Core {
     /// for the peer's address, a relayed address that can reach it, and the relay policy (checked again on
     /// every packet, as the allow list may have changed since the permission was made). The one check of
     /// ChannelData and Send indications.
-    fn route(&self, alloc: &Allocation, peer: SocketAddr, now: Instant) -> Option<SocketAddr> {
+    fn route(
+        &self,
+        alloc: &Allocation,
+        peer: SocketAddr,
+        now: Instant,
+        ledger: &Ledger,
+    ) -> Option<SocketAddr> {
         let relay = alloc.relay_toward(peer.ip())?;
-        (alloc.permitted(peer.ip(), now) && self.policy_allows(peer)).then_some(relay)
+        (alloc.permitted(peer.ip(), now) && self.policy_allows(peer, ledger)).then_some(relay)
     }
 
     /// The relay policy for `peer`, with this server's live relayed addresses always allowed.
-    fn policy_allows(&self, peer: SocketAddr) -> bool {
-        self.config
-            .policy
-            .check(peer, || self.ledger.is_relay(peer))
+    fn policy_allows(&self, peer: SocketAddr, ledger: &Ledger) -> bool {
+        self.config.policy.check(peer, || ledger.is_relay(peer))
     }
 
     /// Brings the next wake-up forward to `at` if it is sooner.
@@ -447,7 +521,7 @@ impl Core {
         from: FiveTuple,
         msg: Message<'_>,
         out: &mut [u8],
-        ports: &mut dyn RelayPorts,
+        ledger: &Ledger,
     ) -> Action {
         let method = msg.method();
         match msg.class() {
@@ -456,21 +530,44 @@ impl Core {
                 self.binding(from, msg, out)
             }
             Class::Request => {
-                let result = self.authenticated_request(now, from, msg, out, ports);
-                self.metrics.request(method, result.is_ok());
+                let result = self.authenticated_request(now, from, msg, out, ledger);
                 match result {
-                    Ok(n) => Action::Reply(n),
-                    Err(Rejection::Drop) => Action::Drop,
-                    Err(Rejection::Answer { refusal, key }) => {
-                        match self.error(now, from, msg, out, refusal, key.as_ref()) {
-                            0 => Action::Drop,
-                            n => Action::Reply(n),
-                        }
+                    // Counted when it is answered, in handle_bound.
+                    Ok(bind @ Action::Bind(_)) => bind,
+                    Ok(action) => {
+                        self.metrics.request(method, true);
+                        action
+                    }
+                    Err(rejection) => {
+                        self.metrics.request(method, false);
+                        self.rejected(now, from, msg, out, rejection)
                     }
                 }
             }
-            Class::Indication if method == Method::SEND => self.send_indication(now, from, msg),
+            Class::Indication if method == Method::SEND => {
+                self.send_indication(now, from, msg, ledger)
+            }
             _ => Action::Drop,
+        }
+    }
+
+    /// The answer to a request that did not succeed: none, or its error response.
+    fn rejected(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'_>,
+        out: &mut [u8],
+        rejection: Rejection,
+    ) -> Action {
+        match rejection {
+            Rejection::Drop => Action::Drop,
+            Rejection::Answer { refusal, key } => {
+                match self.error(now, from, msg, out, refusal, key.as_ref()) {
+                    0 => Action::Drop,
+                    n => Action::Reply(n),
+                }
+            }
         }
     }
 
@@ -488,16 +585,17 @@ impl Core {
         Action::Reply(w.finish())
     }
 
-    /// Authenticates and runs a request; `Ok(n)` is a success written to `out`, `Err` an error to answer with
-    /// (its key, when the request was authenticated, so the error carries MESSAGE-INTEGRITY).
+    /// Authenticates and runs a request; `Ok` is a success written to `out` or an admitted Allocate waiting
+    /// for its sockets, `Err` an error to answer with (its key, when the request was authenticated, so the
+    /// error carries MESSAGE-INTEGRITY).
     fn authenticated_request(
         &mut self,
         now: Now,
         from: FiveTuple,
         msg: Message<'_>,
         out: &mut [u8],
-        ports: &mut dyn RelayPorts,
-    ) -> Result<usize, Rejection> {
+        ledger: &Ledger,
+    ) -> Result<Action, Rejection> {
         // A request is unauthenticated until its MESSAGE-INTEGRITY has been verified: one that carries none is
         // counted against the source's unauthenticated rate at once; one that carries some is counted when it
         // fails (any answer before a verified key is an unauthenticated answer), so random or empty
@@ -528,19 +626,22 @@ impl Core {
             key: Some(key),
         };
         let n = match msg.method() {
-            Method::ALLOCATE => self
-                .allocate(now, from, msg, out, key, ports)
+            Method::ALLOCATE => {
+                let request = self.allocate(now, from, msg, key, ledger).map_err(refuse)?;
+                return Ok(Action::Bind(request));
+            }
+            Method::REFRESH => self
+                .refresh(now, from, msg, out, key, ledger)
                 .map_err(refuse)?,
-            Method::REFRESH => self.refresh(now, from, msg, out, key).map_err(refuse)?,
             Method::CREATE_PERMISSION => self
-                .create_permission(now, from, msg, out, key)
+                .create_permission(now, from, msg, out, key, ledger)
                 .map_err(refuse)?,
             Method::CHANNEL_BIND => self
-                .channel_bind(now, from, msg, out, key)
+                .channel_bind(now, from, msg, out, key, ledger)
                 .map_err(refuse)?,
             _ => return Err(refuse(Refusal::BadRequest)),
         };
-        Ok(n)
+        Ok(Action::Reply(n))
     }
 
     fn authenticate(
@@ -595,15 +696,16 @@ impl Core {
         Ok(key)
     }
 
+    /// Checks an Allocate and admits it against the quotas; what it then needs is relay sockets, which the
+    /// driver binds before [`Core::handle_bound`] answers it.
     fn allocate(
         &mut self,
         now: Now,
         from: FiveTuple,
         msg: Message<'_>,
-        out: &mut [u8],
         key: [u8; 16],
-        ports: &mut dyn RelayPorts,
-    ) -> Result<usize, Refusal> {
+        ledger: &Ledger,
+    ) -> Result<RelayRequest, Refusal> {
         if self.allocations.contains_key(&from) {
             return Err(Refusal::AllocationMismatch);
         }
@@ -657,46 +759,151 @@ impl Core {
         // An Allocate that claims a reservation takes over the reservation's admission instead.
         let owner = Owner::new(username, from.client.ip());
         let reserve = even_port == Some(true);
-        let admitted = if token.is_some() {
-            0
-        } else {
-            1 + u32::from(reserve)
-        };
-        if admitted > 0
-            && let Err((kind, refusal)) = self.ledger.admit(&owner, admitted, self.quotas())
-        {
-            self.metrics.quota_refused(kind);
-            return Err(refusal);
-        }
-        let (relays, missing) =
-            match self.relays_for(now, token, family, dual, even_port.is_some(), &owner, ports) {
-                Ok(found) => found,
-                Err(refusal) => {
-                    self.ledger.release(&owner, admitted);
+        let (request, admitted) = match token {
+            Some(token) => match ledger.claim(token, now.instant, &owner, self.quotas()) {
+                Ok(Some(addr)) => (RelayRequest::Reserved(addr), 1),
+                Ok(None) => return Err(Refusal::InsufficientCapacity),
+                Err((kind, refusal)) => {
+                    self.metrics.quota_refused(kind);
                     return Err(refusal);
                 }
-            };
-        // EVEN-PORT with R=1: hold the next port for a later Allocate with RESERVATION-TOKEN (RFC 8656 §7.2).
-        // Never a dual allocation (refused above), so the primary is the only relayed address.
+            },
+            None => {
+                let admitted = 1 + u32::from(reserve);
+                if let Err((kind, refusal)) = ledger.admit(&owner, admitted, self.quotas()) {
+                    self.metrics.quota_refused(kind);
+                    return Err(refusal);
+                }
+                let request = RelayRequest::Fresh {
+                    v4: dual || family == Family::V4,
+                    v6: dual || family == Family::V6,
+                    even: even_port.is_some(),
+                    reserve_next: reserve,
+                };
+                (request, admitted)
+            }
+        };
+        self.pending = Some(Pending {
+            from,
+            owner,
+            key,
+            request,
+            admitted,
+            lifetime: self.lifetime(&msg),
+            reply: Asked::of(&msg),
+        });
+        Ok(request)
+    }
+
+    /// The relay sockets the driver bound for the Allocate of the last [`Action::Bind`]: the allocation is
+    /// made and answered (its success, or 508/440 when no address could be bound) into `out`.
+    pub fn handle_bound(
+        &mut self,
+        now: Now,
+        bound: Bound,
+        out: &mut [u8],
+        ledger: &Ledger,
+    ) -> Action {
+        let Some(pending) = self.pending.take() else {
+            // No Allocate waits for these sockets: nothing will hold them.
+            self.release_unused(&bound, [None; 2], None);
+            return Action::Drop;
+        };
+        let (from, key, asked) = (pending.from, pending.key, pending.reply);
+        let result = self.admit_allocation(now, pending, bound, out, ledger);
+        self.metrics.request(Method::ALLOCATE, result.is_ok());
+        let refusal = match result {
+            Ok(n) => return Action::Reply(n),
+            Err(refusal) => refusal,
+        };
+        match self.error_reply(now, from, asked, &[], out, refusal, Some(&key)) {
+            0 => Action::Drop,
+            n => Action::Reply(n),
+        }
+    }
+
+    /// Makes the allocation of `pending` on the relayed addresses in `bound` and writes its success.
+    fn admit_allocation(
+        &mut self,
+        now: Now,
+        pending: Pending,
+        bound: Bound,
+        out: &mut [u8],
+        ledger: &Ledger,
+    ) -> Result<usize, Refusal> {
+        let Pending {
+            from,
+            owner,
+            key,
+            request,
+            admitted,
+            lifetime,
+            reply,
+        } = pending;
+        let (relays, missing, reserve) = match request {
+            RelayRequest::Fresh {
+                v4,
+                v6,
+                reserve_next,
+                ..
+            } => {
+                let relays = [
+                    bound.relays[0].filter(|_| v4),
+                    bound.relays[1].filter(|_| v6),
+                ];
+                let missing = match (v4 && v6, relays) {
+                    // RFC 8656 §7.2 step 9: one family alone is still a success, naming the missing one;
+                    // neither is 508.
+                    (_, [None, None]) => {
+                        let refusal = match (v4, v6) {
+                            (false, true) => unbound(Family::V6),
+                            (true, false) => unbound(Family::V4),
+                            _ => Refusal::InsufficientCapacity,
+                        };
+                        self.release_unused(&bound, relays, None);
+                        ledger.release(&owner, admitted);
+                        return Err(refusal);
+                    }
+                    (true, [Some(_), None]) => Some((Family::V6, unbound(Family::V6))),
+                    (true, [None, Some(_)]) => Some((Family::V4, unbound(Family::V4))),
+                    _ => None,
+                };
+                (relays, missing, reserve_next)
+            }
+            RelayRequest::Reserved(addr) => {
+                let mut relays = [None; 2];
+                relays[slot(addr.ip())] = bound.relays[slot(addr.ip())].filter(|a| *a == addr);
+                if relays == [None, None] {
+                    // The reserved socket is gone: the admission it passed to us goes with it.
+                    self.release_unused(&bound, relays, None);
+                    ledger.release(&owner, admitted);
+                    return Err(Refusal::InsufficientCapacity);
+                }
+                (relays, None, false)
+            }
+        };
+        // EVEN-PORT with R=1: the next port is held for a later Allocate with RESERVATION-TOKEN (RFC 8656
+        // §7.2). Never a dual allocation (refused before), so the primary is the only relayed address.
+        let next = relays[0]
+            .or(relays[1])
+            .and_then(|r| Some(SocketAddr::new(r.ip(), r.port().checked_add(1)?)));
+        let reserved = bound.reserved.filter(|r| reserve && Some(*r) == next);
+        self.release_unused(&bound, relays, reserved);
         let mut reserved_token = None;
-        if reserve && let Some(relay) = relays[0].or(relays[1]) {
-            let next = SocketAddr::new(relay.ip(), relay.port().wrapping_add(1));
-            if next.port() != 0 && ports.bind_at(next) {
-                reserved_token = Some(self.ledger.reserve(
-                    next,
-                    now.instant + RESERVATION_LIFETIME,
-                    owner.clone(),
-                    &self.config.nonce_key,
-                ));
+        if reserve {
+            match reserved {
+                Some(addr) => {
+                    reserved_token = Some(ledger.reserve(
+                        addr,
+                        now.instant + RESERVATION_LIFETIME,
+                        owner.clone(),
+                        &self.config.nonce_key,
+                    ));
+                    self.schedule(now.instant + RESERVATION_LIFETIME);
+                }
+                None => ledger.release(&owner, 1),
             }
         }
-        if reserve && reserved_token.is_none() {
-            self.ledger.release(&owner, 1);
-        }
-        if reserved_token.is_some() {
-            self.schedule(now.instant + RESERVATION_LIFETIME);
-        }
-        let lifetime = self.lifetime(&msg);
         self.schedule(now.instant + lifetime);
         self.allocations.insert(
             from,
@@ -712,14 +919,13 @@ impl Core {
         );
         for relay in relays.iter().flatten() {
             self.by_relay.insert(*relay, from);
-            self.ledger.add_relay(*relay);
+            ledger.add_relay(*relay);
         }
         self.metrics.allocations.inc();
-        let tid = msg.transaction_id();
-        let mut w = writer(out, Class::Success, Method::ALLOCATE, tid)?;
+        let mut w = writer(out, Class::Success, Method::ALLOCATE, &reply.tid)?;
         // IPv4 first: `relays` is ordered by family.
         let ok = relays.iter().flatten().all(|relay| {
-            w.add(&Attribute::XorRelayedAddress(ports.advertised(*relay)))
+            w.add(&Attribute::XorRelayedAddress(self.advertised(*relay)))
                 .is_ok()
         }) && w.add(&Attribute::XorMappedAddress(from.client)).is_ok()
             && w.add(&Attribute::Lifetime(lifetime.as_secs() as u32))
@@ -733,63 +939,36 @@ impl Core {
                 })
                 .is_ok()
             });
-        finish(w, ok, &key, msg.has_fingerprint())
+        finish(w, ok, &key, reply.fingerprint)
     }
 
-    /// The relayed addresses of a new allocation by family (`[IPv4, IPv6]`) and, when a dual allocation got
-    /// only one family, the other family and why (its ADDRESS-ERROR-CODE).
-    #[allow(clippy::too_many_arguments)]
-    fn relays_for(
-        &mut self,
-        now: Now,
-        token: Option<[u8; 8]>,
-        family: Family,
-        dual: bool,
-        even: bool,
-        owner: &Owner,
-        ports: &mut dyn RelayPorts,
-    ) -> Result<(Relays, Option<(Family, Refusal)>), Refusal> {
-        if !dual {
-            let relay = self.relay_for(now, token, family, even, owner, ports)?;
-            let mut relays = [None; 2];
-            relays[slot(relay.ip())] = Some(relay);
-            return Ok((relays, None));
-        }
-        // RFC 8656 §7.2 step 9: one family alone is still a success, naming the missing one; neither is 508.
-        match (ports.bind(Family::V4, even), ports.bind(Family::V6, even)) {
-            (None, None) => Err(Refusal::InsufficientCapacity),
-            (Some(v4), None) => Ok(([Some(v4), None], Some((Family::V6, unbound(Family::V6))))),
-            (None, Some(v6)) => Ok(([None, Some(v6)], Some((Family::V4, unbound(Family::V4))))),
-            (v4, v6) => Ok(([v4, v6], None)),
+    /// Hands back to the driver every address in `bound` that is neither in `kept` nor `kept_reserved`.
+    fn release_unused(&mut self, bound: &Bound, kept: Relays, kept_reserved: Option<SocketAddr>) {
+        let unused = bound
+            .relays
+            .iter()
+            .flatten()
+            .filter(|a| !kept.contains(&Some(**a)))
+            .chain(bound.reserved.iter().filter(|a| kept_reserved != Some(**a)));
+        for addr in unused {
+            self.outputs.push_back(Output::Release(*addr));
         }
     }
 
-    /// The relayed address of a new single-family allocation: a claimed reservation or a fresh port.
-    fn relay_for(
-        &mut self,
-        now: Now,
-        token: Option<[u8; 8]>,
-        family: Family,
-        even: bool,
-        owner: &Owner,
-        ports: &mut dyn RelayPorts,
-    ) -> Result<SocketAddr, Refusal> {
-        let Some(token) = token else {
-            return ports.bind(family, even).ok_or_else(|| unbound(family));
-        };
-        match self.ledger.claim(token, now.instant, owner, self.quotas()) {
-            Ok(Some(addr)) if ports.claim(addr) => Ok(addr),
-            Ok(Some(_)) => {
-                // The reserved socket is gone: the admission it passed to us goes with it.
-                self.ledger.release(owner, 1);
-                Err(Refusal::InsufficientCapacity)
-            }
-            Ok(None) => Err(Refusal::InsufficientCapacity),
-            Err((kind, refusal)) => {
-                self.metrics.quota_refused(kind);
-                Err(refusal)
+    /// Gives back what an Allocate waiting for [`Core::handle_bound`] holds, when no answer came.
+    fn drop_pending(&mut self, ledger: &Ledger) {
+        if let Some(p) = self.pending.take() {
+            ledger.release(&p.owner, p.admitted);
+            // A claimed reservation's socket is no longer in the ledger: nothing else would close it.
+            if let RelayRequest::Reserved(addr) = p.request {
+                self.outputs.push_back(Output::Release(addr));
             }
         }
+    }
+
+    /// The address clients are told for `relay`: its `--external-ip` mapping (1:1 NAT), if one applies.
+    fn advertised(&self, relay: SocketAddr) -> SocketAddr {
+        advertise(&self.config.external_ip, relay)
     }
 
     fn quotas(&self) -> Quotas {
@@ -815,6 +994,7 @@ impl Core {
         msg: Message<'_>,
         out: &mut [u8],
         key: [u8; 16],
+        ledger: &Ledger,
     ) -> Result<usize, Refusal> {
         if !self.allocations.contains_key(&from) {
             return Err(Refusal::AllocationMismatch);
@@ -824,7 +1004,7 @@ impl Core {
             Some(Ok(Attribute::Lifetime(0)))
         );
         let lifetime = if requested_zero {
-            self.remove(from);
+            self.remove(from, ledger);
             Duration::ZERO
         } else {
             let lifetime = self.lifetime(&msg);
@@ -842,7 +1022,12 @@ impl Core {
     }
 
     /// Checks one XOR-PEER-ADDRESS for CreatePermission/ChannelBind: family and policy.
-    fn check_peer(&self, from: FiveTuple, peer: SocketAddr) -> Result<(), Refusal> {
+    fn check_peer(
+        &self,
+        from: FiveTuple,
+        peer: SocketAddr,
+        ledger: &Ledger,
+    ) -> Result<(), Refusal> {
         let alloc = self
             .allocations
             .get(&from)
@@ -850,7 +1035,7 @@ impl Core {
         if alloc.relay_toward(peer.ip()).is_none() {
             return Err(Refusal::PeerAddressFamilyMismatch);
         }
-        if !self.policy_allows(peer) {
+        if !self.policy_allows(peer, ledger) {
             self.metrics.policy_denied.inc();
             return Err(Refusal::Forbidden);
         }
@@ -864,6 +1049,7 @@ impl Core {
         msg: Message<'_>,
         out: &mut [u8],
         key: [u8; 16],
+        ledger: &Ledger,
     ) -> Result<usize, Refusal> {
         if !self.allocations.contains_key(&from) {
             return Err(Refusal::AllocationMismatch);
@@ -877,7 +1063,7 @@ impl Core {
             else {
                 return Err(Refusal::BadRequest);
             };
-            self.check_peer(from, peer)?;
+            self.check_peer(from, peer, ledger)?;
             if count == peers.len() {
                 return Err(Refusal::BadRequest);
             }
@@ -926,6 +1112,7 @@ impl Core {
         msg: Message<'_>,
         out: &mut [u8],
         key: [u8; 16],
+        ledger: &Ledger,
     ) -> Result<usize, Refusal> {
         if !self.allocations.contains_key(&from) {
             return Err(Refusal::AllocationMismatch);
@@ -940,7 +1127,7 @@ impl Core {
             Some(Ok(Attribute::XorPeerAddress(p))) => p,
             _ => return Err(Refusal::MissingPeerAddress),
         };
-        self.check_peer(from, peer)?;
+        self.check_peer(from, peer, ledger)?;
         let alloc = self
             .allocations
             .get_mut(&from)
@@ -1001,7 +1188,13 @@ impl Core {
         finish(w, true, &key, msg.has_fingerprint())
     }
 
-    fn send_indication(&mut self, now: Now, from: FiveTuple, msg: Message<'_>) -> Action {
+    fn send_indication(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        msg: Message<'_>,
+        ledger: &Ledger,
+    ) -> Action {
         let Some(alloc) = self.allocations.get(&from) else {
             return Action::Drop;
         };
@@ -1011,7 +1204,7 @@ impl Core {
         ) else {
             return Action::Drop;
         };
-        let Some(relay) = self.route(alloc, peer, now.instant) else {
+        let Some(relay) = self.route(alloc, peer, now.instant, ledger) else {
             return Action::Drop;
         };
         self.metrics.to_peer(data.value.len());
@@ -1023,16 +1216,17 @@ impl Core {
         }
     }
 
-    /// A datagram from `peer` to relay address `relay`. The payload sits at `buf[4..4 + len]` so a
-    /// ChannelData header can be written in front of it without a copy; `out` is for Data indications.
+    /// A datagram from `peer` to relay address `relay`, whose payload is `buf[payload]`. The core frames it
+    /// for the client in place, around the payload: with [`PEER_HEADROOM`] bytes in front of it and
+    /// [`PEER_TAILROOM`] after it nothing is moved or copied (with less, the payload is moved within `buf` to
+    /// make room, and dropped when `buf` is too short for that).
     pub fn handle_peer(
         &mut self,
         now: Now,
         relay: SocketAddr,
         peer: SocketAddr,
         buf: &mut [u8],
-        len: usize,
-        out: &mut [u8],
+        payload: Range<usize>,
     ) -> PeerAction {
         let Some(five) = self.by_relay.get(&relay).copied() else {
             return PeerAction::Drop;
@@ -1045,28 +1239,42 @@ impl Core {
             self.metrics.no_permission.inc();
             return PeerAction::Drop;
         }
+        if payload.end > buf.len() || payload.start > payload.end {
+            return PeerAction::Drop;
+        }
+        let len = payload.len();
         self.metrics.to_client(len);
         if let Some(number) = alloc.channel_to(peer, now.instant) {
             // Over streams ChannelData is padded to 4 bytes (RFC 8656 §12.5).
             let pad = five.transport != Transport::Udp;
-            return match frame_channel_data_in_place(buf, number, len, pad) {
-                Ok(n) => PeerAction::ChannelData { to: five, n },
+            let Some(start) = make_room(buf, payload, 4) else {
+                return PeerAction::Drop;
+            };
+            return match frame_channel_data_in_place(&mut buf[start..], number, len, pad) {
+                Ok(n) => PeerAction::ChannelData {
+                    to: five,
+                    frame: start..start + n,
+                },
                 Err(_) => PeerAction::Drop,
             };
         }
         self.indications = self.indications.wrapping_add(1);
         let tid = indication_tid(&self.config.nonce_key, self.indications);
-        let Some(payload) = buf.get(4..4 + len) else {
+        let header = data_indication_payload_offset(Family::of(peer.ip()));
+        let Some(start) = make_room(buf, payload, header) else {
             return PeerAction::Drop;
         };
-        match write_data_indication(out, &tid, peer, payload) {
-            Ok(n) => PeerAction::DataIndication { to: five, n },
+        match write_data_indication_in_place(&mut buf[start..], &tid, peer, len) {
+            Ok(n) => PeerAction::DataIndication {
+                to: five,
+                frame: start..start + n,
+            },
             Err(_) => PeerAction::Drop,
         }
     }
 
     /// Removes what expired; call it at [`Core::poll_timeout`].
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant, ledger: &Ledger) {
         let expired: Vec<FiveTuple> = self
             .allocations
             .iter()
@@ -1074,10 +1282,10 @@ impl Core {
             .map(|(k, _)| *k)
             .collect();
         for five in expired {
-            self.remove(five);
+            self.remove(five, ledger);
         }
-        self.ledger.expire_reservations(now, &mut self.released);
-        let mut next = self.ledger.next_reservation_expiry();
+        ledger.expire_reservations(now, |addr| self.outputs.push_back(Output::Release(addr)));
+        let mut next = ledger.next_reservation_expiry();
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for alloc in self.allocations.values_mut() {
             soonest(alloc.expires);
@@ -1102,26 +1310,25 @@ impl Core {
     }
 
     /// Drops every allocation of a client whose stream connection closed.
-    pub fn connection_closed(&mut self, five: FiveTuple) {
-        self.remove(five);
+    pub fn connection_closed(&mut self, five: FiveTuple, ledger: &Ledger) {
+        self.remove(five, ledger);
     }
 
-    fn remove(&mut self, five: FiveTuple) {
+    fn remove(&mut self, five: FiveTuple, ledger: &Ledger) {
         if let Some(a) = self.allocations.remove(&five) {
             for relay in a.relays.into_iter().flatten() {
                 self.by_relay.remove(&relay);
-                self.ledger.remove_relay(relay);
-                self.released.push(relay);
+                ledger.remove_relay(relay);
+                self.outputs.push_back(Output::Release(relay));
             }
-            self.ledger.release(&a.owner, 1);
+            ledger.release(&a.owner, 1);
             self.metrics.allocations.sub(1);
             self.metrics.channels.sub(a.channels.len() as i64);
             self.metrics.permissions.sub(a.permissions.len() as i64);
         }
     }
 
-    /// Writes an error response. Unauthenticated errors carry only what the client needs (REALM and NONCE
-    /// for 401/438), to keep amplification small.
+    /// Writes an error response to `msg` (see [`Core::error_reply`]).
     fn error(
         &mut self,
         now: Now,
@@ -1131,19 +1338,38 @@ impl Core {
         refusal: Refusal,
         key: Option<&[u8; 16]>,
     ) -> usize {
+        let mut unknown = [0u16; 8];
+        let n = if refusal == Refusal::UnknownAttribute {
+            msg.unknown_comprehension_required(attr::is_known, &mut unknown)
+        } else {
+            0
+        };
+        self.error_reply(now, from, Asked::of(&msg), &unknown[..n], out, refusal, key)
+    }
+
+    /// Writes an error response. Unauthenticated errors carry only what the client needs (REALM and NONCE
+    /// for 401/438), to keep amplification small; `unknown` lists the attributes of a 420.
+    #[allow(clippy::too_many_arguments)]
+    fn error_reply(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        asked: Asked,
+        unknown: &[u16],
+        out: &mut [u8],
+        refusal: Refusal,
+        key: Option<&[u8; 16]>,
+    ) -> usize {
         let (code, reason) = (refusal.code(), refusal.reason());
-        tracing::debug!(client = %from.client, method = msg.method().name(), code, reason, "request refused");
-        let Ok(mut w) = MessageWriter::new(out, Class::Error, msg.method(), msg.transaction_id())
-        else {
+        tracing::debug!(client = %from.client, method = asked.method.name(), code, reason, "request refused");
+        let Ok(mut w) = MessageWriter::new(out, Class::Error, asked.method, &asked.tid) else {
             return 0;
         };
         let mut ok = w.add(&Attribute::ErrorCode { code, reason }).is_ok();
         if refusal == Refusal::UnknownAttribute {
-            let mut unknown = [0u16; 8];
-            let n = msg.unknown_comprehension_required(attr::is_known, &mut unknown);
             ok &= w
                 .add(&Attribute::UnknownAttributes(
-                    peercall_stun::UnknownAttributes::new(&unknown[..n]),
+                    peercall_stun::UnknownAttributes::new(unknown),
                 ))
                 .is_ok();
         }
@@ -1159,10 +1385,32 @@ impl Core {
             }
             ok &= w.add_message_integrity(key).is_ok();
         }
-        if msg.has_fingerprint() {
+        if asked.fingerprint {
             ok &= w.add_fingerprint().is_ok();
         }
         if ok { w.finish() } else { 0 }
+    }
+}
+
+/// Where a frame of `header` bytes before `payload` starts in `buf`: right in front of the payload when
+/// there is room, else at 0 after moving the payload back to `header` (a payload handed over from a
+/// client's packet, whose own headers left less room). `None` when `buf` cannot hold the frame.
+fn make_room(buf: &mut [u8], payload: Range<usize>, header: usize) -> Option<usize> {
+    if let Some(start) = payload.start.checked_sub(header) {
+        return Some(start);
+    }
+    if header + payload.len() > buf.len() {
+        return None;
+    }
+    buf.copy_within(payload, header);
+    Some(0)
+}
+
+/// The address clients are told for `relay`: its `--external-ip` mapping (1:1 NAT), if one applies.
+fn advertise(external: &[ExternalIp], relay: SocketAddr) -> SocketAddr {
+    match external.iter().find(|e| e.maps(relay.ip())) {
+        Some(e) => SocketAddr::new(e.public, relay.port()),
+        None => relay,
     }
 }
 

@@ -10,21 +10,44 @@ struct FakePorts {
     ips: Vec<IpAddr>,
 }
 
-impl RelayPorts for FakePorts {
+impl FakePorts {
     fn bind(&mut self, family: Family, even: bool) -> Option<SocketAddr> {
         let ip = *self.ips.iter().find(|ip| Family::of(**ip) == family)?;
         self.next += if even { 2 - self.next % 2 } else { 1 };
         Some(SocketAddr::new(ip, self.next))
     }
 
-    fn bind_at(&mut self, addr: SocketAddr) -> bool {
-        self.next = self.next.max(addr.port());
-        true
+    /// The driver's part of an Allocate, without sockets: binds what the core asks for.
+    fn satisfy(&mut self, request: RelayRequest) -> Bound {
+        let mut bound = Bound::default();
+        match request {
+            RelayRequest::Fresh {
+                v4,
+                v6,
+                even,
+                reserve_next,
+            } => {
+                if v4 {
+                    bound.relays[0] = self.bind(Family::V4, even);
+                }
+                if v6 {
+                    bound.relays[1] = self.bind(Family::V6, even);
+                }
+                if reserve_next && let Some(r) = bound.relays[0].or(bound.relays[1]) {
+                    self.next = self.next.max(r.port() + 1);
+                    bound.reserved = Some(SocketAddr::new(r.ip(), r.port() + 1));
+                }
+            }
+            RelayRequest::Reserved(addr) => bound.relays[slot(addr.ip())] = Some(addr),
+        }
+        bound
     }
 }
 
 struct Harness {
     core: Core,
+    /// The ledger the driver would pass in: shared by the cores of one server (see `sibling`).
+    ledger: Arc<Ledger>,
     ports: FakePorts,
     now: Now,
     client: FiveTuple,
@@ -60,9 +83,11 @@ fn harness(allow_loopback: bool, user_quota: u32) -> Harness {
         unauth_rate_per_sec: 5,
         software: None,
         nonce_key: [7; 32],
+        external_ip: Vec::new(),
     };
     Harness {
         core: Core::new(Arc::new(config), metrics.clone()),
+        ledger: Arc::new(Ledger::default()),
         ports: FakePorts {
             next: 50000,
             ips: vec![V4_RELAY_IP.parse().expect("ip")],
@@ -96,14 +121,35 @@ struct Resp {
 }
 
 impl Harness {
+    /// A client packet, as the driver feeds it: an Allocate's relay addresses are bound and reported before
+    /// the answer comes.
+    fn handle(&mut self, packet: &[u8]) -> Action {
+        match self
+            .core
+            .handle_client(self.now, self.client, packet, &mut self.out, &self.ledger)
+        {
+            Action::Bind(request) => {
+                let bound = self.ports.satisfy(request);
+                self.core
+                    .handle_bound(self.now, bound, &mut self.out, &self.ledger)
+            }
+            action => action,
+        }
+    }
+
+    /// Every address the core released since the last call.
+    fn released(&mut self) -> Vec<SocketAddr> {
+        std::iter::from_fn(|| self.core.poll_output())
+            .map(|Output::Release(addr)| addr)
+            .collect()
+    }
+
+    fn timeout(&mut self, at: Instant) {
+        self.core.handle_timeout(at, &self.ledger);
+    }
+
     fn send(&mut self, packet: &[u8]) -> Option<Resp> {
-        let action = self.core.handle_client(
-            self.now,
-            self.client,
-            packet,
-            &mut self.out,
-            &mut self.ports,
-        );
+        let action = self.handle(packet);
         match action {
             Action::Reply(n) if n > 0 => {
                 let msg = Message::parse(&self.out[..n]).expect("server writes valid STUN");
@@ -176,9 +222,7 @@ impl Harness {
             ],
             Some(&key),
         );
-        let action =
-            self.core
-                .handle_client(self.now, self.client, &req, &mut self.out, &mut self.ports);
+        let action = self.handle(&req);
         let Action::Reply(n) = action else {
             panic!("expected a reply")
         };
@@ -211,9 +255,7 @@ fn request(method: Method, attrs: &[A<'_>], key: Option<&[u8]>) -> Vec<u8> {
 fn binding_returns_mapped_address_without_auth() {
     let mut h = harness(false, 10);
     let req = request(Method::BINDING, &[], None);
-    let action = h
-        .core
-        .handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports);
+    let action = h.handle(&req);
     let Action::Reply(n) = action else {
         panic!("expected a reply")
     };
@@ -243,8 +285,8 @@ fn unauthenticated_requests_keep_no_state() {
         h.nonce();
     }
     assert_eq!(h.core.allocation_count(), 0);
-    assert_eq!(h.core.ledger.users(), 0);
-    assert_eq!(h.core.ledger.allocations(), 0);
+    assert_eq!(h.ledger.users(), 0);
+    assert_eq!(h.ledger.allocations(), 0);
 }
 
 #[test]
@@ -335,18 +377,16 @@ fn refresh_and_delete() {
     let r = h.authed(Method::REFRESH, &[A::Lifetime(0)], "u", "p");
     assert_eq!(r.lifetime, Some(0));
     assert_eq!(h.core.allocation_count(), 0);
-    assert_eq!(h.core.take_released().len(), 1);
+    assert_eq!(h.released().len(), 1);
 }
 
 #[test]
 fn allocation_expires() {
     let mut h = harness(false, 10);
     h.allocate();
-    h.core
-        .handle_timeout(h.now.instant + Duration::from_secs(599));
+    h.timeout(h.now.instant + Duration::from_secs(599));
     assert_eq!(h.core.allocation_count(), 1);
-    h.core
-        .handle_timeout(h.now.instant + Duration::from_secs(601));
+    h.timeout(h.now.instant + Duration::from_secs(601));
     assert_eq!(h.core.allocation_count(), 0);
 }
 
@@ -412,10 +452,8 @@ fn relays_both_ways_with_permissions_and_channels() {
     // Without permission, peer data is dropped.
     let mut buf = vec![0u8; 64];
     buf[4..8].copy_from_slice(b"ping");
-    let mut out = vec![0u8; 256];
     assert_eq!(
-        h.core
-            .handle_peer(h.now, relay, peer, &mut buf, 4, &mut out),
+        h.core.handle_peer(h.now, relay, peer, &mut buf, 4..8),
         PeerAction::Drop
     );
     let r = h.authed(
@@ -426,21 +464,16 @@ fn relays_both_ways_with_permissions_and_channels() {
     );
     assert_eq!(r.class, Class::Success, "{r:?}");
     // Peer → client arrives as ChannelData, framed in place.
-    match h
-        .core
-        .handle_peer(h.now, relay, peer, &mut buf, 4, &mut out)
-    {
-        PeerAction::ChannelData { to, n } => {
+    match h.core.handle_peer(h.now, relay, peer, &mut buf, 4..8) {
+        PeerAction::ChannelData { to, frame } => {
             assert_eq!(to, h.client);
-            assert_eq!(&buf[..n], &[0x40, 0x01, 0, 4, b'p', b'i', b'n', b'g']);
+            assert_eq!(&buf[frame], &[0x40, 0x01, 0, 4, b'p', b'i', b'n', b'g']);
         }
         other => panic!("expected ChannelData, got {other:?}"),
     }
     // Client → peer over the channel.
     let frame = [0x40, 0x01, 0, 3, b'a', b'b', b'c', 0];
-    let action = h
-        .core
-        .handle_client(h.now, h.client, &frame[..7], &mut h.out, &mut h.ports);
+    let action = h.handle(&frame[..7]);
     assert_eq!(
         action,
         Action::ToPeer {
@@ -467,15 +500,13 @@ fn relays_both_ways_with_permissions_and_channels() {
     );
     assert_eq!(r.code, Some(400), "channel number out of range");
     // Permissions expire after 300 s without refresh; then peer data is dropped.
-    h.core
-        .handle_timeout(h.now.instant + Duration::from_secs(301));
+    h.timeout(h.now.instant + Duration::from_secs(301));
     let later = Now {
         instant: h.now.instant + Duration::from_secs(301),
         unix: h.now.unix + 301,
     };
     assert_eq!(
-        h.core
-            .handle_peer(later, relay, peer, &mut buf, 4, &mut out),
+        h.core.handle_peer(later, relay, peer, &mut buf, 4..8),
         PeerAction::Drop
     );
     assert!(h.metrics.packets_relayed().0 >= 1);
@@ -495,9 +526,7 @@ fn send_indication_and_data_indication() {
     send[0..2].copy_from_slice(
         &peercall_stun::message_type(Class::Indication, Method::SEND).to_be_bytes(),
     );
-    let action = h
-        .core
-        .handle_client(h.now, h.client, &send, &mut h.out, &mut h.ports);
+    let action = h.handle(&send);
     assert_eq!(action, Action::Drop, "no permission yet");
     let r = h.authed(
         Method::CREATE_PERMISSION,
@@ -506,9 +535,7 @@ fn send_indication_and_data_indication() {
         "p",
     );
     assert_eq!(r.class, Class::Success);
-    let action = h
-        .core
-        .handle_client(h.now, h.client, &send, &mut h.out, &mut h.ports);
+    let action = h.handle(&send);
     let Action::ToPeer {
         relay: from_relay,
         peer: to,
@@ -523,14 +550,12 @@ fn send_indication_and_data_indication() {
     );
     let mut buf = vec![0u8; 64];
     buf[4..9].copy_from_slice(b"world");
-    let mut out = vec![0u8; 256];
-    let PeerAction::DataIndication { n, .. } = h
-        .core
-        .handle_peer(h.now, relay, peer, &mut buf, 5, &mut out)
+    let PeerAction::DataIndication { frame, .. } =
+        h.core.handle_peer(h.now, relay, peer, &mut buf, 4..9)
     else {
         panic!("expected a Data indication");
     };
-    let msg = Message::parse(&out[..n]).expect("valid");
+    let msg = Message::parse(&buf[frame]).expect("valid");
     assert_eq!(msg.method(), Method::DATA);
     assert_eq!(msg.decode_any(attr::DATA), Some(Ok(A::Data(b"world"))));
     assert_eq!(
@@ -630,16 +655,13 @@ fn a_peer_appended_after_message_integrity_gets_no_permission() {
     assert_eq!(r.class, Class::Success, "the covered part verifies: {r:?}");
     let mut buf = vec![0u8; 64];
     buf[4..8].copy_from_slice(b"ping");
-    let mut out = vec![0u8; 256];
     assert_ne!(
-        h.core
-            .handle_peer(h.now, relay, covered, &mut buf, 4, &mut out),
+        h.core.handle_peer(h.now, relay, covered, &mut buf, 4..8),
         PeerAction::Drop,
         "the covered peer is permitted"
     );
     assert_eq!(
-        h.core
-            .handle_peer(h.now, relay, appended, &mut buf, 4, &mut out),
+        h.core.handle_peer(h.now, relay, appended, &mut buf, 4..8),
         PeerAction::Drop,
         "the peer after MESSAGE-INTEGRITY must not be permitted"
     );
@@ -692,11 +714,8 @@ fn even_port_reservation_is_claimed_by_token() {
 /// A second core of the same server (another thread's shard), sharing the first one's ledger.
 fn sibling(h: &Harness, client_port: u16, relay_port: u16) -> Harness {
     let mut other = harness(false, 2);
-    other.core = Core::with_ledger(
-        h.core.config.clone(),
-        h.metrics.clone(),
-        h.core.ledger.clone(),
-    );
+    other.core = Core::new(h.core.config.clone(), h.metrics.clone());
+    other.ledger = h.ledger.clone();
     other.client.client.set_port(client_port);
     other.ports.next = relay_port;
     other
@@ -743,7 +762,7 @@ fn cores_sharing_a_ledger_share_quotas_relays_and_reservations() {
         Some(relay_c.port() + 1),
         "{r:?}"
     );
-    assert_eq!(a.core.ledger.allocations(), 4);
+    assert_eq!(a.ledger.allocations(), 4);
     // Deleting an allocation on one core frees quota for the user on the other.
     a.client.client.set_port(40000);
     let r = a.authed(Method::REFRESH, &[A::Lifetime(0)], "u", "p");
@@ -781,10 +800,7 @@ impl Harness {
         send[0..2].copy_from_slice(
             &peercall_stun::message_type(Class::Indication, Method::SEND).to_be_bytes(),
         );
-        match self
-            .core
-            .handle_client(self.now, self.client, &send, &mut self.out, &mut self.ports)
-        {
+        match self.handle(&send) {
             Action::ToPeer {
                 relay,
                 peer: to,
@@ -801,13 +817,7 @@ impl Harness {
     fn channel_data(&mut self, channel: u16) -> Option<SocketAddr> {
         let mut frame = channel.to_be_bytes().to_vec();
         frame.extend([0, 2, b'h', b'i']);
-        match self.core.handle_client(
-            self.now,
-            self.client,
-            &frame,
-            &mut self.out,
-            &mut self.ports,
-        ) {
+        match self.handle(&frame) {
             Action::ToPeer { relay, payload, .. } => {
                 assert_eq!(&frame[payload], b"hi");
                 Some(relay)
@@ -828,7 +838,7 @@ fn dual_allocation_has_an_ipv4_and_an_ipv6_relayed_address() {
     );
     assert_eq!(v6.ip(), V6_RELAY_IP.parse::<IpAddr>().expect("ip"));
     assert!(h.core.is_relay(v4) && h.core.is_relay(v6));
-    assert!(h.core.ledger.is_relay(v4) && h.core.ledger.is_relay(v6));
+    assert!(h.ledger.is_relay(v4) && h.ledger.is_relay(v6));
     assert_eq!(
         h.core.relay_of(&h.client),
         Some(v4),
@@ -836,7 +846,7 @@ fn dual_allocation_has_an_ipv4_and_an_ipv6_relayed_address() {
     );
     // One allocation for the quotas and the gauge, although it holds two addresses.
     assert_eq!(h.core.allocation_count(), 1);
-    assert_eq!(h.core.ledger.allocations(), 1);
+    assert_eq!(h.ledger.allocations(), 1);
     assert_eq!(h.metrics.allocations.get(), 1);
     // Without ADDITIONAL-ADDRESS-FAMILY the same server still hands out IPv4 only.
     h.client.client.set_port(40001);
@@ -892,7 +902,7 @@ fn dual_allocation_without_ipv6_succeeds_with_address_error_code() {
         "p",
     );
     assert_eq!(r.code, Some(508), "{r:?}");
-    assert_eq!(h.core.ledger.allocations(), 0);
+    assert_eq!(h.ledger.allocations(), 0);
 }
 
 #[test]
@@ -917,7 +927,7 @@ fn dual_allocation_refuses_bad_combinations() {
         assert_eq!(r.code, Some(400), "{extra:?}: {r:?}");
     }
     assert_eq!(h.core.allocation_count(), 0);
-    assert_eq!(h.core.ledger.allocations(), 0);
+    assert_eq!(h.ledger.allocations(), 0);
     // An unknown token alone is not a bad request but an unavailable reservation (508): the 400 above
     // comes from the combination.
     let r = h.authed(
@@ -968,18 +978,14 @@ fn dual_allocation_relays_each_peer_through_its_family() {
     assert_eq!(h.channel_data(0x4000), Some(v6));
     assert_eq!(h.channel_data(0x4001), Some(v4));
     // Datagrams arriving on either relayed address reach the client, on the peer's channel.
-    let mut out = vec![0u8; 256];
     for (relay, peer, channel) in [(v6, peer6, 0x4000u16), (v4, peer4, 0x4001)] {
         let mut buf = vec![0u8; 64];
         buf[4..8].copy_from_slice(b"pong");
-        match h
-            .core
-            .handle_peer(h.now, relay, peer, &mut buf, 4, &mut out)
-        {
-            PeerAction::ChannelData { to, n } => {
+        match h.core.handle_peer(h.now, relay, peer, &mut buf, 4..8) {
+            PeerAction::ChannelData { to, frame } => {
                 assert_eq!(to, h.client);
-                assert_eq!(n, 8);
-                assert_eq!(buf[..2], channel.to_be_bytes());
+                assert_eq!(frame.len(), 8);
+                assert_eq!(buf[frame.start..frame.start + 2], channel.to_be_bytes());
             }
             other => panic!("{relay} from {peer}: expected ChannelData, got {other:?}"),
         }
@@ -988,7 +994,7 @@ fn dual_allocation_relays_each_peer_through_its_family() {
     let stranger: SocketAddr = "[::1]:7".parse().expect("addr");
     assert!(
         matches!(
-            h.core.handle_peer(h.now, v6, stranger, &mut buf, 4, &mut out),
+            h.core.handle_peer(h.now, v6, stranger, &mut buf, 4..8),
             PeerAction::DataIndication { to, .. } if to == h.client
         ),
         "a permitted IPv6 peer without a channel gets a Data indication"
@@ -1001,26 +1007,25 @@ fn dual_allocation_releases_both_addresses() {
     let (v4, v6) = h.allocate_dual();
     let r = h.authed(Method::REFRESH, &[A::Lifetime(0)], "u", "p");
     assert_eq!(r.class, Class::Success, "{r:?}");
-    let mut released = h.core.take_released();
+    let mut released = h.released();
     released.sort();
     assert_eq!(released, vec![v4, v6]);
     for relay in [v4, v6] {
         assert!(
-            !h.core.is_relay(relay) && !h.core.ledger.is_relay(relay),
+            !h.core.is_relay(relay) && !h.ledger.is_relay(relay),
             "{relay}"
         );
     }
-    assert_eq!(h.core.ledger.allocations(), 0);
+    assert_eq!(h.ledger.allocations(), 0);
     assert_eq!(h.metrics.allocations.get(), 0);
     // Expiry releases both as well.
     let (v4, v6) = h.allocate_dual();
-    h.core
-        .handle_timeout(h.now.instant + Duration::from_secs(601));
-    let mut released = h.core.take_released();
+    h.timeout(h.now.instant + Duration::from_secs(601));
+    let mut released = h.released();
     released.sort();
     assert_eq!(released, vec![v4, v6]);
-    assert!(!h.core.ledger.is_relay(v4) && !h.core.ledger.is_relay(v6));
-    assert_eq!(h.core.ledger.allocations(), 0);
+    assert!(!h.ledger.is_relay(v4) && !h.ledger.is_relay(v6));
+    assert_eq!(h.ledger.allocations(), 0);
 }
 
 /// The same harness with a changed core configuration.
@@ -1088,7 +1093,7 @@ fn reservations_count_against_the_quotas_until_claimed_or_expired() {
     // Quota 4: each cycle leaves one place taken; the 4th needs 2 places with 3 taken.
     assert_eq!(tokens, 3, "reservations held within the user quota");
     assert_eq!(refused, 17);
-    assert_eq!(h.core.ledger.reservations(), 3);
+    assert_eq!(h.ledger.reservations(), 3);
     // The reservations count like allocations: one place is left ...
     h.client.client.set_port(41000);
     let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "u", "p");
@@ -1097,9 +1102,8 @@ fn reservations_count_against_the_quotas_until_claimed_or_expired() {
     let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "u", "p");
     assert_eq!(r.code, Some(486), "{r:?}");
     // ... and can again once they expire.
-    h.core
-        .handle_timeout(h.now.instant + RESERVATION_LIFETIME + Duration::from_secs(1));
-    assert_eq!(h.core.ledger.reservations(), 0);
+    h.timeout(h.now.instant + RESERVATION_LIFETIME + Duration::from_secs(1));
+    assert_eq!(h.ledger.reservations(), 0);
     h.client.client.set_port(41001);
     let r = h.authed(Method::ALLOCATE, &[A::RequestedTransport(17)], "u", "p");
     assert_eq!(r.class, Class::Success, "{r:?}");
@@ -1121,7 +1125,7 @@ fn a_reservation_claimed_by_its_maker_costs_one_place_not_two() {
         "p",
     );
     assert_eq!(r.class, Class::Success, "{r:?}");
-    assert_eq!(h.core.ledger.allocations(), 2);
+    assert_eq!(h.ledger.allocations(), 2);
 }
 
 #[test]
@@ -1185,7 +1189,7 @@ fn permissions_and_channels_are_capped_per_allocation() {
     let r = h.authed(Method::REFRESH, &[A::Lifetime(3600)], "u", "p");
     assert_eq!(r.class, Class::Success, "{r:?}");
     let later = h.now.instant + CHANNEL_LIFETIME + Duration::from_secs(1);
-    h.core.handle_timeout(later);
+    h.timeout(later);
     h.now.instant = later;
     h.now.unix += CHANNEL_LIFETIME.as_secs() + 1;
     let r = h.authed(
@@ -1218,14 +1222,14 @@ fn poll_timeout_names_the_next_expiry_so_the_driver_can_sleep_until_then() {
     );
     assert_eq!(r.class, Class::Success, "{r:?}");
     assert_eq!(h.core.poll_timeout(), Some(t0 + PERMISSION_LIFETIME));
-    h.core.handle_timeout(t0 + PERMISSION_LIFETIME);
+    h.timeout(t0 + PERMISSION_LIFETIME);
     assert_eq!(
         h.metrics.permissions.get(),
         0,
         "the permission expired on time"
     );
     assert_eq!(h.core.poll_timeout(), Some(t0 + Duration::from_secs(600)));
-    h.core.handle_timeout(t0 + Duration::from_secs(600));
+    h.timeout(t0 + Duration::from_secs(600));
     assert_eq!(
         (h.core.allocation_count(), h.core.poll_timeout()),
         (0, None)
@@ -1245,10 +1249,7 @@ fn refusals_carry_their_rfc_code_and_phrase_on_the_wire() {
             &[A::Username("u"), A::Realm(REALM), A::Nonce(&nonce)],
             Some(&key),
         );
-        let Action::Reply(n) =
-            h.core
-                .handle_client(h.now, h.client, &req, &mut h.out, &mut h.ports)
-        else {
+        let Action::Reply(n) = h.handle(&req) else {
             panic!("an answer")
         };
         h.out[..n].to_vec()
@@ -1263,5 +1264,298 @@ fn refusals_carry_their_rfc_code_and_phrase_on_the_wire() {
             .verify_integrity(&long_term_key_md5("u", REALM, "p"))
             .is_ok(),
         "signed"
+    );
+}
+
+impl Harness {
+    /// An authenticated Allocate with `attrs`, stopped where the driver must bind: what the core asks for.
+    fn allocate_asks(&mut self, attrs: &[A<'_>]) -> RelayRequest {
+        let nonce = self.nonce();
+        let key = long_term_key_md5("u", REALM, "p");
+        let mut all = attrs.to_vec();
+        all.extend([A::Username("u"), A::Realm(REALM), A::Nonce(&nonce)]);
+        let req = request(Method::ALLOCATE, &all, Some(&key));
+        match self
+            .core
+            .handle_client(self.now, self.client, &req, &mut self.out, &self.ledger)
+        {
+            Action::Bind(request) => request,
+            other => panic!("expected Bind, got {other:?}"),
+        }
+    }
+
+    /// The answer to the waiting Allocate, given what the driver bound.
+    fn bound(&mut self, bound: Bound) -> Option<Resp> {
+        match self
+            .core
+            .handle_bound(self.now, bound, &mut self.out, &self.ledger)
+        {
+            Action::Reply(n) => Some(resp(&self.out[..n])),
+            _ => None,
+        }
+    }
+}
+
+/// The parts of a response a test looks at (as `Harness::send` reads them).
+fn resp(reply: &[u8]) -> Resp {
+    let msg = Message::parse(reply).expect("server writes valid STUN");
+    Resp {
+        class: msg.class(),
+        code: match msg.decode_any(attr::ERROR_CODE) {
+            Some(Ok(A::ErrorCode { code, .. })) => Some(code),
+            _ => None,
+        },
+        nonce: None,
+        relayed: match msg.decode_any(attr::XOR_RELAYED_ADDRESS) {
+            Some(Ok(A::XorRelayedAddress(a))) => Some(a),
+            _ => None,
+        },
+        relayed_all: Vec::new(),
+        address_error: None,
+        lifetime: None,
+    }
+}
+
+#[test]
+fn an_allocate_asks_the_driver_for_exactly_the_sockets_it_needs() {
+    let mut h = dual_harness();
+    let ask = |v4, v6, even, reserve_next| RelayRequest::Fresh {
+        v4,
+        v6,
+        even,
+        reserve_next,
+    };
+    let cases: [(&[A<'_>], RelayRequest); 4] = [
+        (&[], ask(true, false, false, false)),
+        (
+            &[A::RequestedAddressFamily(Family::V6)],
+            ask(false, true, false, false),
+        ),
+        (&[DUAL, A::EvenPort(false)], ask(true, true, true, false)),
+        (&[A::EvenPort(true)], ask(true, false, true, true)),
+    ];
+    for (i, (extra, expected)) in cases.into_iter().enumerate() {
+        h.client.client.set_port(40000 + i as u16);
+        let mut attrs = vec![A::RequestedTransport(17)];
+        attrs.extend_from_slice(extra);
+        assert_eq!(h.allocate_asks(&attrs), expected, "{extra:?}");
+        let bound = h.ports.satisfy(expected);
+        let r = h.bound(bound).expect("answered");
+        assert_eq!(r.class, Class::Success, "{extra:?}: {r:?}");
+    }
+    assert_eq!(
+        h.released(),
+        Vec::<SocketAddr>::new(),
+        "everything bound is used"
+    );
+    assert_eq!(h.core.allocation_count(), 4);
+}
+
+#[test]
+fn sockets_bound_but_not_taken_are_handed_back_to_the_driver() {
+    let mut h = harness(true, 10);
+    let request = h.allocate_asks(&[A::RequestedTransport(17)]);
+    assert!(matches!(
+        request,
+        RelayRequest::Fresh {
+            v4: true,
+            v6: false,
+            reserve_next: false,
+            ..
+        }
+    ));
+    // A driver that bound more than asked (an IPv6 address, a reserved port): the allocation keeps its
+    // IPv4 address, the rest must be closed.
+    let v4: SocketAddr = "127.0.0.1:50002".parse().expect("addr");
+    let v6: SocketAddr = "[::1]:50002".parse().expect("addr");
+    let next: SocketAddr = "127.0.0.1:50003".parse().expect("addr");
+    let r = h
+        .bound(Bound {
+            relays: [Some(v4), Some(v6)],
+            reserved: Some(next),
+        })
+        .expect("answered");
+    assert_eq!((r.class, r.relayed), (Class::Success, Some(v4)), "{r:?}");
+    let mut released = h.released();
+    released.sort();
+    assert_eq!(released, vec![next, v6]);
+    assert!(h.ledger.is_relay(v4) && !h.ledger.is_relay(v6));
+    assert_eq!(h.ledger.reservations(), 0);
+    // Sockets reported when no Allocate waits are handed back at once.
+    assert_eq!(
+        h.core.handle_bound(
+            h.now,
+            Bound {
+                relays: [Some(next), None],
+                reserved: None
+            },
+            &mut h.out,
+            &h.ledger
+        ),
+        Action::Drop
+    );
+    assert_eq!(h.released(), vec![next]);
+}
+
+#[test]
+fn an_allocate_without_sockets_is_refused_and_gives_its_admission_back() {
+    let mut h = harness(true, 10);
+    // No port free: 508, nothing counted.
+    h.allocate_asks(&[A::RequestedTransport(17), A::EvenPort(true)]);
+    let r = h.bound(Bound::default()).expect("answered");
+    assert_eq!(r.code, Some(508), "{r:?}");
+    assert_eq!((h.ledger.allocations(), h.core.allocation_count()), (0, 0));
+    // The port after an EVEN-PORT R=1 allocation is taken: the allocation without a reservation.
+    let relay: SocketAddr = "127.0.0.1:50010".parse().expect("addr");
+    h.allocate_asks(&[A::RequestedTransport(17), A::EvenPort(true)]);
+    let reply = match h.core.handle_bound(
+        h.now,
+        Bound {
+            relays: [Some(relay), None],
+            reserved: None,
+        },
+        &mut h.out,
+        &h.ledger,
+    ) {
+        Action::Reply(n) => h.out[..n].to_vec(),
+        other => panic!("expected a reply, got {other:?}"),
+    };
+    let msg = Message::parse(&reply).expect("valid");
+    assert_eq!(msg.class(), Class::Success);
+    assert_eq!(msg.decode_any(attr::RESERVATION_TOKEN), None);
+    assert_eq!((h.ledger.allocations(), h.ledger.reservations()), (1, 0));
+    // An Allocate whose sockets are never reported (the driver went on with the next packet) does not keep
+    // its admission.
+    h.client.client.set_port(40001);
+    h.allocate_asks(&[A::RequestedTransport(17)]);
+    assert_eq!(h.ledger.allocations(), 2);
+    h.send(&request(Method::BINDING, &[], None))
+        .expect("Binding answered");
+    assert_eq!(h.ledger.allocations(), 1);
+}
+
+#[test]
+fn a_reservation_whose_socket_is_gone_is_refused_and_frees_its_place() {
+    let mut h = harness(false, 10);
+    let reply = h.even_port_allocate("u", "p");
+    let msg = Message::parse(&reply).expect("valid");
+    let Some(Ok(A::ReservationToken(token))) = msg.decode_any(attr::RESERVATION_TOKEN) else {
+        panic!("no token")
+    };
+    assert_eq!(
+        h.ledger.allocations(),
+        2,
+        "the allocation and its reservation"
+    );
+    h.client.client.set_port(40001);
+    let RelayRequest::Reserved(addr) =
+        h.allocate_asks(&[A::RequestedTransport(17), A::ReservationToken(token)])
+    else {
+        panic!("expected the reserved socket to be asked for")
+    };
+    let Some(Ok(A::XorRelayedAddress(first))) = msg.decode_any(attr::XOR_RELAYED_ADDRESS) else {
+        panic!("no relay")
+    };
+    assert_eq!(addr.port(), first.port() + 1);
+    let r = h.bound(Bound::default()).expect("answered");
+    assert_eq!(r.code, Some(508), "{r:?}");
+    assert_eq!((h.ledger.allocations(), h.ledger.reservations()), (1, 0));
+}
+
+#[test]
+fn relays_are_advertised_through_their_external_mapping() {
+    let relay: SocketAddr = "10.0.0.5:50000".parse().expect("addr");
+    let v6: SocketAddr = "[2001:db8::5]:50000".parse().expect("addr");
+    let public_only: Vec<ExternalIp> = vec!["203.0.113.7".parse().expect("ip")];
+    assert_eq!(
+        advertise(&public_only, relay),
+        "203.0.113.7:50000".parse().expect("addr")
+    );
+    assert_eq!(
+        advertise(&public_only, v6),
+        v6,
+        "an IPv4 mapping says nothing of IPv6"
+    );
+    let pair: Vec<ExternalIp> = vec!["203.0.113.7/10.0.0.9".parse().expect("ip")];
+    assert_eq!(
+        advertise(&pair, relay),
+        relay,
+        "mapped only from its private half"
+    );
+    assert_eq!(advertise(&[], relay), relay);
+    // On the wire: XOR-RELAYED-ADDRESS names the public address, the relay itself serves the private one.
+    let mut h = reconfigured(harness(true, 10), |c| {
+        c.external_ip = vec!["203.0.113.7".parse().expect("ip")]
+    });
+    let advertised = h.allocate();
+    assert_eq!(
+        advertised.ip(),
+        "203.0.113.7".parse::<IpAddr>().expect("ip")
+    );
+    let served = h.core.relay_of(&h.client).expect("an allocation");
+    assert_eq!(
+        served,
+        SocketAddr::new(V4_RELAY_IP.parse().expect("ip"), advertised.port())
+    );
+}
+
+#[test]
+fn peer_data_is_framed_where_it_lies_without_moving_the_payload() {
+    let mut h = harness(true, 10);
+    let relay = h.allocate();
+    let channel_peer: SocketAddr = "127.0.0.1:9999".parse().expect("addr");
+    let other_peer: SocketAddr = "127.0.0.2:9999".parse().expect("addr");
+    let r = h.authed(
+        Method::CHANNEL_BIND,
+        &[A::ChannelNumber(0x4001), A::XorPeerAddress(channel_peer)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    let r = h.authed(
+        Method::CREATE_PERMISSION,
+        &[A::XorPeerAddress(other_peer)],
+        "u",
+        "p",
+    );
+    assert_eq!(r.class, Class::Success, "{r:?}");
+    // As the driver reads a datagram: the payload at PEER_HEADROOM, PEER_TAILROOM behind it.
+    let payload = PEER_HEADROOM..PEER_HEADROOM + 5;
+    let fresh = || {
+        let mut buf = vec![0xEEu8; PEER_HEADROOM + 5 + PEER_TAILROOM];
+        buf[PEER_HEADROOM..PEER_HEADROOM + 5].copy_from_slice(b"hello");
+        buf
+    };
+    let mut buf = fresh();
+    let PeerAction::ChannelData { frame, .. } =
+        h.core
+            .handle_peer(h.now, relay, channel_peer, &mut buf, payload.clone())
+    else {
+        panic!("expected ChannelData")
+    };
+    assert_eq!(frame, PEER_HEADROOM - 4..PEER_HEADROOM + 5);
+    assert_eq!(&buf[frame], b"\x40\x01\x00\x05hello");
+    let mut buf = fresh();
+    let PeerAction::DataIndication { frame, .. } =
+        h.core
+            .handle_peer(h.now, relay, other_peer, &mut buf, payload.clone())
+    else {
+        panic!("expected a Data indication")
+    };
+    let header = peercall_stun::data_indication_payload_offset(Family::V4);
+    assert_eq!(
+        frame,
+        PEER_HEADROOM - header..PEER_HEADROOM + 8,
+        "padded to 4"
+    );
+    assert_eq!(&buf[payload.clone()], b"hello", "the payload did not move");
+    let msg = Message::parse(&buf[frame]).expect("valid");
+    assert_eq!(msg.decode_any(attr::DATA), Some(Ok(A::Data(b"hello"))));
+    // A buffer that cannot hold the frame drops the datagram instead of writing past it.
+    let mut short = b"hello".to_vec();
+    assert_eq!(
+        h.core
+            .handle_peer(h.now, relay, other_peer, &mut short, 0..5),
+        PeerAction::Drop
     );
 }

@@ -5,7 +5,10 @@
 //! spreads clients over the shards by their address, so a client's requests and ChannelData always reach the
 //! shard that holds its allocation. A shard reads up to [`BATCH`] datagrams per `recvmmsg`, runs the core on
 //! them under one uncontended lock, and sends the results with `sendmmsg`; the relay path allocates nothing.
-//! What the shards must agree on (quotas, relay addresses, reservations) lives in one [`Ledger`].
+//! What the shards must agree on (quotas, relay addresses, reservations) lives in one [`Ledger`], which the
+//! driver passes to each core call. The cores open no sockets: an Allocate a core admits comes back as
+//! [`crate::core::Action::Bind`], the driver binds (see `ports`) and hands the result back before the answer
+//! goes out.
 //!
 //! TCP and TLS clients run as tokio tasks; each connection is served by one shard's core (picked by the
 //! client's address), and relayed packets towards it go through a bounded queue.
@@ -24,13 +27,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::policy::PeerPolicy;
 use crate::core::{Core, CoreConfig, FiveTuple, Ledger, Now, Transport};
-use crate::{ExternalIp, TlsFiles, TurnConfig, TurnError, TurnMetrics};
+use crate::{TlsFiles, TurnConfig, TurnError, TurnMetrics};
 
 mod ports;
 mod setup;
 mod stream;
 mod udp;
-use ports::RelayOwners;
+use ports::{RelayHost, RelaySockets, Started};
 pub use setup::interface_addresses;
 use setup::{default_relay_ips, load_tls, own_ips, own_listeners, shard_count};
 pub use stream::StreamLimits;
@@ -46,7 +49,6 @@ const RELAY_PAYLOAD_MAX: usize = 4096;
 const CLIENT_DATAGRAM_MAX: usize = RELAY_PAYLOAD_MAX + 256;
 /// Room for any reply the core writes (it needs at least 1500 bytes).
 const REPLY_BUF: usize = 2048;
-const INDICATION_BUF: usize = RELAY_PAYLOAD_MAX + 64;
 /// Datagrams per recvmmsg/sendmmsg.
 const BATCH: usize = 64;
 /// Socket buffers of each shard's listening sockets: bursts from many clients land here.
@@ -88,15 +90,8 @@ struct Shard {
 /// their own packets; it is never held across an await.
 struct State {
     core: Core,
-    relays: HashMap<SocketAddr, Relay>,
-    by_token: HashMap<u64, SocketAddr>,
-    next_token: u64,
+    relays: RelaySockets,
     streams: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
-}
-
-struct Relay {
-    socket: StdUdpSocket,
-    token: u64,
 }
 
 impl Shard {
@@ -114,28 +109,38 @@ impl Shard {
             .find(|(a, _)| *a == server)
             .map(|(_, s)| s)
     }
+
+    /// After this shard's core ran: serves the relay sockets bound for it and closes those it released.
+    fn settle(&self, shared: &Shared, state: &mut State, started: Started) {
+        let State { core, relays, .. } = state;
+        let outputs = std::iter::from_fn(|| core.poll_output());
+        ports::settle(
+            &shared.relay,
+            self.index,
+            &self.epoll,
+            relays,
+            started,
+            outputs,
+        );
+    }
 }
 
 struct Shared {
     shards: Vec<Shard>,
     metrics: Arc<TurnMetrics>,
-    relay_ips: Vec<IpAddr>,
-    external: Vec<ExternalIp>,
-    ports: (u16, u16),
+    /// Relay IPs and ports, which shard owns each relayed address, sockets held for reservations.
+    relay: RelayHost,
     /// The TURNS configuration, and the files to re-read it from on reload (none for a configuration given
     /// ready-made, whose resolver renews itself).
     tls: Option<(Option<TlsFiles>, RwLock<Arc<rustls::ServerConfig>>)>,
     shutdown: CancellationToken,
     stopping: AtomicBool,
-    owners: RelayOwners,
-    /// Relay sockets bound for EVEN-PORT reservations, waiting (unread) for the Allocate that claims them,
-    /// which any shard may handle.
-    reserved: Mutex<HashMap<SocketAddr, StdUdpSocket>>,
     /// Open TCP/TLS connections, capped per source and in total.
     streams: Arc<StreamGate>,
     stream_limits: StreamLimits,
-    /// The quota ledger every shard's core admits allocations against (also where draining is switched on).
-    ledger: Arc<Ledger>,
+    /// The quota ledger every shard's core admits allocations against (also where draining is switched on),
+    /// passed to each core call.
+    ledger: Ledger,
 }
 
 impl Shared {
@@ -143,10 +148,6 @@ impl Shared {
         TurnMetrics::sum(
             std::iter::once(&*self.metrics).chain(self.shards.iter().map(|s| &*s.metrics)),
         )
-    }
-
-    fn reserved(&self) -> MutexGuard<'_, HashMap<SocketAddr, StdUdpSocket>> {
-        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The shard that serves a TCP/TLS connection.
@@ -274,8 +275,8 @@ impl TurnServer {
             unauth_rate_per_sec: config.unauth_rate_per_sec,
             software: config.software.clone(),
             nonce_key: rand::random(),
+            external_ip: config.external_ip.clone(),
         });
-        let ledger = Arc::new(Ledger::default());
         let mut shards = Vec::with_capacity(threads);
         for (index, shard_listeners) in listeners.into_iter().enumerate() {
             let epoll = Epoll::new().map_err(udp_err(listening.udp[0]))?;
@@ -289,30 +290,23 @@ impl TurnServer {
                 index,
                 metrics: shard_metrics.clone(),
                 state: Mutex::new(State {
-                    core: Core::with_ledger(core_config.clone(), shard_metrics, ledger.clone()),
-                    relays: HashMap::new(),
-                    by_token: HashMap::new(),
-                    next_token: 0,
+                    core: Core::new(core_config.clone(), shard_metrics),
+                    relays: RelaySockets::default(),
                     streams: HashMap::new(),
                 }),
                 epoll,
                 listeners: shard_listeners,
             });
         }
-        let owners = RelayOwners::new(&relay_ips);
         let streams = Arc::new(StreamGate::new(metrics.clone()));
         let shared = Arc::new(Shared {
-            ledger,
+            ledger: Ledger::default(),
             shards,
-            owners,
             metrics,
-            relay_ips,
-            external: config.external_ip.clone(),
-            ports: (config.min_port, config.max_port),
+            relay: RelayHost::new(relay_ips, (config.min_port, config.max_port)),
             tls: tls_config,
             shutdown: CancellationToken::new(),
             stopping: AtomicBool::new(false),
-            reserved: Mutex::new(HashMap::new()),
             streams,
             stream_limits: config.stream_limits,
         });
@@ -386,10 +380,9 @@ impl TurnServer {
         for shard in &self.shared.shards {
             let mut state = shard.lock();
             state.relays.clear();
-            state.by_token.clear();
             state.streams.clear();
         }
-        self.shared.reserved().clear();
+        self.shared.relay.reserved().clear();
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::ports::{DriverPorts, settle};
+use super::ports::client_packet;
 use super::{REPLY_BUF, STREAM_QUEUE, Shard, Shared, now};
 use crate::core::{Action, FiveTuple, Transport, client_key};
 use crate::metrics::{StreamClose, TurnMetrics};
@@ -303,25 +303,33 @@ fn stream_packet(shared: &Shared, shard: &Shard, from: FiveTuple, frame: &[u8]) 
     let mut out = [0u8; REPLY_BUF];
     let mut guard = shard.lock();
     let state = &mut *guard;
-    let mut ports = DriverPorts::new(shared);
-    let reply = match state
-        .core
-        .handle_client(now(), from, frame, &mut out, &mut ports)
-    {
-        Action::Drop => None,
+    let mut started = Vec::new();
+    let action = client_packet(
+        &shared.relay,
+        &mut state.core,
+        &shared.ledger,
+        now(),
+        from,
+        frame,
+        &mut out,
+        &mut started,
+    );
+    let reply = match action {
+        // Bind is resolved inside client_packet.
+        Action::Drop | Action::Bind(_) => None,
         Action::Reply(n) => out.get(..n).map(<[u8]>::to_vec),
         Action::ToPeer {
             relay,
             peer,
             payload,
         } => {
-            if let (Some(r), Some(data)) = (state.relays.get(&relay), frame.get(payload)) {
-                let _ = r.socket.send_to(data, peer);
+            if let (Some(socket), Some(data)) = (state.relays.get(relay), frame.get(payload)) {
+                let _ = socket.send_to(data, peer);
             }
             None
         }
     };
-    settle(shared, shard, state, ports.started);
+    shard.settle(shared, state, started);
     reply
 }
 
@@ -393,8 +401,8 @@ async fn stream_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
         let mut guard = shard.lock();
         let state = &mut *guard;
         state.streams.remove(&five);
-        state.core.connection_closed(five);
-        settle(&shared, shard, state, Vec::new());
+        state.core.connection_closed(five, &shared.ledger);
+        shard.settle(&shared, state, Vec::new());
     }
     drop(tx);
     let _ = writer_task.await;

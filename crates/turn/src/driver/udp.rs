@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -10,19 +11,18 @@ use std::time::Instant;
 use peercall_udp::{RecvBatch, SendBuffers, SendQueue, epoll_events};
 use tokio::sync::mpsc;
 
-use super::ports::{DriverPorts, settle};
+use super::ports::client_packet;
 use super::{
-    BATCH, CLIENT_DATAGRAM_MAX, INDICATION_BUF, POLL_TIMEOUT, RELAY_PAYLOAD_MAX, RELAY_TOKEN_BASE,
-    REPLY_BUF, Shard, Shared, State, now,
+    BATCH, CLIENT_DATAGRAM_MAX, POLL_TIMEOUT, RELAY_PAYLOAD_MAX, RELAY_TOKEN_BASE, REPLY_BUF,
+    Shard, Shared, State, now,
 };
-use crate::core::{Action, FiveTuple, Now, PeerAction, Transport};
+use crate::core::{Action, FiveTuple, Now, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Transport};
 
 /// A shard thread's reusable buffers: allocated once, reused for every batch.
 pub(super) struct Buffers {
     from_clients: RecvBatch,
     from_peers: RecvBatch,
     replies: Vec<u8>,
-    indications: Vec<u8>,
     send: SendBuffers,
 }
 
@@ -30,10 +30,10 @@ impl Buffers {
     fn new() -> Buffers {
         Buffers {
             from_clients: RecvBatch::new(BATCH, CLIENT_DATAGRAM_MAX, 0),
-            // 4 bytes of headroom for the ChannelData header, 3 bytes of room for its TCP padding.
-            from_peers: RecvBatch::new(BATCH, RELAY_PAYLOAD_MAX + 3, 4),
+            // Room in front for the longest header the core writes (a Data indication's), behind for padding:
+            // the core frames each datagram where it landed.
+            from_peers: RecvBatch::new(BATCH, RELAY_PAYLOAD_MAX + PEER_TAILROOM, PEER_HEADROOM),
             replies: vec![0; BATCH * REPLY_BUF],
-            indications: vec![0; BATCH * INDICATION_BUF],
             send: SendBuffers::new(BATCH),
         }
     }
@@ -63,8 +63,8 @@ pub(super) fn shard_loop(shared: &Shared, index: usize) {
         if next_expiry.is_some_and(|at| t >= at) {
             let mut guard = shard.lock();
             let state = &mut *guard;
-            state.core.handle_timeout(t);
-            settle(shared, shard, state, Vec::new());
+            state.core.handle_timeout(t, &shared.ledger);
+            shard.settle(shared, state, Vec::new());
         }
     }
 }
@@ -83,14 +83,14 @@ pub(super) fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buf
     let now = now();
     let mut guard = shard.lock();
     let state = &mut *guard;
-    let mut ports = DriverPorts::new(shared);
+    // Relay sockets bound for Allocates of this batch (none allocated unless there is one).
+    let mut started = Vec::new();
     let mut queue = b.send.queue();
     let slots = b
         .from_clients
         .received_mut()
-        .zip(b.replies.chunks_mut(REPLY_BUF))
-        .zip(b.indications.chunks_mut(INDICATION_BUF));
-    for ((item, reply), indication) in slots {
+        .zip(b.replies.chunks_mut(REPLY_BUF));
+    for (item, reply) in slots {
         let Some(client) = item.source else { continue };
         if item.truncated {
             shard.metrics.malformed.inc();
@@ -102,30 +102,35 @@ pub(super) fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buf
             transport: Transport::Udp,
         };
         let slot = item.slot;
-        let (relay, peer, start, len) =
-            match state
-                .core
-                .handle_client(now, from, &slot[..item.len], reply, &mut ports)
-            {
-                Action::Drop | Action::Reply(0) => continue,
-                Action::Reply(len) => {
-                    let reply: &[u8] = reply;
-                    queue.push(fd, &reply[..len], client);
-                    continue;
-                }
-                Action::ToPeer {
-                    relay,
-                    peer,
-                    payload,
-                } => (relay, peer, payload.start, payload.len()),
-            };
-        // The peer may be another allocation of this server (two relay-only clients on one host). A
-        // ChannelData header or a DATA attribute header precedes the payload, so there is room to frame it in
-        // place for the other allocation's client. Another shard's lock is only tried, so two shards never
-        // wait for each other; when it is busy the packet takes the socket.
-        if let Some(owner) = shared.owners.owner(peer)
-            && start >= 4
-        {
+        let action = client_packet(
+            &shared.relay,
+            &mut state.core,
+            &shared.ledger,
+            now,
+            from,
+            &slot[..item.len],
+            reply,
+            &mut started,
+        );
+        let (relay, peer, start, len) = match action {
+            // Bind is resolved inside client_packet.
+            Action::Drop | Action::Reply(0) | Action::Bind(_) => continue,
+            Action::Reply(len) => {
+                let reply: &[u8] = reply;
+                queue.push(fd, &reply[..len], client);
+                continue;
+            }
+            Action::ToPeer {
+                relay,
+                peer,
+                payload,
+            } => (relay, peer, payload.start, payload.len()),
+        };
+        // The peer may be another allocation of this server (two relay-only clients on one host): the
+        // payload is framed for the other allocation's client inside the client's datagram (the core makes
+        // room if the headers in front of it are shorter than the ones it writes). Another shard's lock is
+        // only tried, so two shards never wait for each other; when it is busy the packet takes the socket.
+        if let Some(owner) = shared.relay.owners.owner(peer) {
             let mut other = None;
             if owner != shard.index {
                 other = shared
@@ -139,33 +144,39 @@ pub(super) fn from_clients(shared: &Shared, shard: &Shard, i: usize, b: &mut Buf
                 None => None,
             };
             if let Some(target) = target {
-                let buf = &mut slot[start - 4..];
                 shard.metrics.relayed_in_process.inc();
                 peer_to_client(
-                    shard, target, now, relay, peer, buf, len, indication, &mut queue,
+                    shard,
+                    target,
+                    now,
+                    relay,
+                    peer,
+                    slot,
+                    start..start + len,
+                    &mut queue,
                 );
                 continue;
             }
         }
-        if let Some(r) = state.relays.get(&relay) {
+        if let Some(socket) = state.relays.get(relay) {
             let slot: &[u8] = slot;
-            queue.push(r.socket.as_raw_fd(), &slot[start..start + len], peer);
+            queue.push(socket.as_raw_fd(), &slot[start..start + len], peer);
         }
     }
     // Sent before the lock is released: the relay sockets named in the queue stay open until then.
     queue.flush();
     drop(queue);
-    settle(shared, shard, state, ports.started);
+    shard.settle(shared, state, started);
 }
 
 /// A batch of datagrams from peers on the relay socket of epoll `token`.
 pub(super) fn from_peers(shard: &Shard, token: u64, b: &mut Buffers) {
     let mut guard = shard.lock();
     let state = &mut *guard;
-    let Some(&relay) = state.by_token.get(&token) else {
+    let Some(relay) = state.relays.by_token(token) else {
         return;
     };
-    let Some(socket) = state.relays.get(&relay).map(|r| &r.socket) else {
+    let Some(socket) = state.relays.get(relay) else {
         return;
     };
     let n = b.from_peers.recv(socket.as_raw_fd()).unwrap_or(0);
@@ -174,15 +185,15 @@ pub(super) fn from_peers(shard: &Shard, token: u64, b: &mut Buffers) {
     }
     let now = now();
     let mut queue = b.send.queue();
-    let indications = b.indications.chunks_mut(INDICATION_BUF);
-    for (item, indication) in b.from_peers.received_mut().zip(indications) {
+    for item in b.from_peers.received_mut() {
         let Some(peer) = item.source else { continue };
         if item.truncated || item.len > RELAY_PAYLOAD_MAX {
             shard.metrics.malformed.inc();
             continue;
         }
+        let payload = PEER_HEADROOM..PEER_HEADROOM + item.len;
         peer_to_client(
-            shard, state, now, peer, relay, item.slot, item.len, indication, &mut queue,
+            shard, state, now, peer, relay, item.slot, payload, &mut queue,
         );
     }
     queue.flush();
@@ -190,7 +201,7 @@ pub(super) fn from_peers(shard: &Shard, token: u64, b: &mut Buffers) {
 
 /// A datagram from `from` arrived at relayed address `to_relay` (held by `target`), on its socket or handed
 /// over in process by another allocation of this server: the allocation's core checks its permissions and
-/// frames it for its client, and it is queued towards the client. `buf[4..4 + len]` is the payload.
+/// frames it for its client in place, and it is queued towards the client. `buf[payload]` is the payload.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn peer_to_client<'d>(
     shard: &Shard,
@@ -199,23 +210,18 @@ pub(super) fn peer_to_client<'d>(
     from: SocketAddr,
     to_relay: SocketAddr,
     buf: &'d mut [u8],
-    len: usize,
-    indication: &'d mut [u8],
+    payload: Range<usize>,
     queue: &mut SendQueue<'_, 'd>,
 ) {
-    let action = target
-        .core
-        .handle_peer(now, to_relay, from, buf, len, indication);
-    let (to, bytes): (FiveTuple, &[u8]) = match action {
+    let (to, frame) = match target.core.handle_peer(now, to_relay, from, buf, payload) {
         PeerAction::Drop => return,
-        PeerAction::ChannelData { to, n } => {
-            let buf: &[u8] = buf;
-            (to, &buf[..n])
+        PeerAction::ChannelData { to, frame } | PeerAction::DataIndication { to, frame } => {
+            (to, frame)
         }
-        PeerAction::DataIndication { to, n } => {
-            let indication: &[u8] = indication;
-            (to, &indication[..n])
-        }
+    };
+    let buf: &[u8] = buf;
+    let Some(bytes) = buf.get(frame) else {
+        return;
     };
     // Any shard's socket on the client's server address sends as that address.
     deliver(shard, &target.streams, queue, to, bytes);
