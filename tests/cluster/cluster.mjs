@@ -65,8 +65,11 @@ function runIn(cwd, cmd, args, what) {
 /** A throw-away redis-server on a free port, no persistence (a restart starts empty); `extraArgs` e.g. --replicaof. */
 export async function startRedis({ port, extraArgs = [] } = {}) {
   port ??= await freePort();
+  // A replica's full sync writes an RDB file even with --save '': into a temporary directory, not the checkout.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pc-redis-'));
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
   const proc = run(tool('redis-server'), ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-    '--protected-mode', 'no', '--loglevel', 'warning', ...extraArgs], 'redis-server');
+    '--protected-mode', 'no', '--loglevel', 'warning', '--dir', dir, ...extraArgs], 'redis-server');
   const redis = { ...proc, port, url: `redis://127.0.0.1:${port}` };
   await waitFor(async () => {
     if (proc.exited) throw new Error(`redis-server exited:\n${proc.logs()}`);
