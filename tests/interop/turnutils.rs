@@ -321,17 +321,23 @@ fn uclient_with_rest_api_secret() {
     );
 }
 
-#[test]
-fn uclient_to_turnutils_peer() {
-    let s = start(&["--user", "u:p", "--allow-loopback-peers"]);
+/// coturn's UDP echo peer on a free loopback port, given a moment to bind: (its port, the process).
+fn start_echo_peer() -> (u16, std::process::Child) {
     let peer_port = free_port();
-    let mut peer = Command::new("turnutils_peer")
+    let peer = Command::new("turnutils_peer")
         .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start turnutils_peer (install coturn)");
     std::thread::sleep(Duration::from_millis(300));
+    (peer_port, peer)
+}
+
+#[test]
+fn uclient_to_turnutils_peer() {
+    let s = start(&["--user", "u:p", "--allow-loopback-peers"]);
+    let (peer_port, mut peer) = start_echo_peer();
     let out = uclient(&[
         "-m",
         "2",
@@ -385,14 +391,7 @@ fn uclient_with_send_and_data_indications() {
         let out = uclient(&args);
         assert_no_loss(&out, 80);
     }
-    let peer_port = free_port();
-    let mut peer = Command::new("turnutils_peer")
-        .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start turnutils_peer (install coturn)");
-    std::thread::sleep(Duration::from_millis(300));
+    let (peer_port, mut peer) = start_echo_peer();
     let out = uclient(&[
         "-s",
         "-m",
