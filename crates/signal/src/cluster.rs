@@ -79,6 +79,16 @@ pub enum ClusterRequest {
         /// Most connections one address may hold across every live node (`max_connections_per_ip`).
         limit: u32,
     },
+    /// A join from `ip` failed before it reached a room (a bad, expired or wrong-room join token): count it in
+    /// the address's cluster-wide failures, as the admission counts a wrong password, so that guesses spread
+    /// over several nodes meet one node's allowance. Not answered: the back-off it may start is enforced by the
+    /// address step of that address's next join, on whichever node it comes to.
+    CountFailure {
+        /// The client's address (IPv4, or the /64 of IPv6).
+        ip: IpAddr,
+        /// How the store counts failures per address (the room fields are not used).
+        failures: Box<FailureLimits>,
+    },
     /// A connection from `ip` that the store counted is gone.
     UncountConnection {
         /// The address whose count drops by one.

@@ -891,7 +891,7 @@ impl Driver {
             .await
     }
 
-    /// Counts a wrong password of `ip` cluster-wide: its failures so far and the back-off (ms) it starts, if any.
+    /// Counts a failed join of `ip` (a wrong password, a bad join token) cluster-wide: its failures so far and the back-off (ms) it starts, if any.
     /// When Redis fails here the password was wrong all the same: the failure is answered, uncounted.
     async fn count_failure(&self, ip: std::net::IpAddr, f: &FailureLimits) -> (u32, u64) {
         let extra = [
@@ -1053,6 +1053,18 @@ impl Driver {
             }
             _ if !now_connected => {
                 self.stats.dropped.fetch_add(1, Relaxed);
+            }
+            ClusterRequest::CountFailure { ip, failures } => {
+                let (n, backoff) = self.count_failure(ip, &failures).await;
+                if backoff > 0 {
+                    tracing::warn!(
+                        client = %ip,
+                        failures = n,
+                        "signaling: {n} failed joins (bad token) from {ip} across the cluster: its joins are \
+                         refused for {} s",
+                        backoff.div_ceil(1000)
+                    );
+                }
             }
             ClusterRequest::Leave { room, id, token } => {
                 let args = vec![id, token, channel(&room), self.node.clone()];

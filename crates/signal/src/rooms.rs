@@ -587,6 +587,7 @@ impl Rooms {
                         _ => "the join token is not valid",
                     };
                     self.count_failure(now, conn, None, "bad token");
+                    self.count_failure_in_cluster(conn);
                     return self.close_with_error(conn, ErrorCode::BadToken, message, Some("join"));
                 }
             }

@@ -69,15 +69,7 @@ impl Rooms {
                 join: join.clone(),
             },
         );
-        let failures = Box::new(FailureLimits {
-            backoff_after: self.config.failed_joins_before_backoff,
-            first_backoff: FIRST_BACKOFF,
-            max_backoff: self.config.max_join_backoff.max(FIRST_BACKOFF),
-            memory: FAILURE_MEMORY.max(self.config.max_join_backoff.saturating_mul(2)),
-            room_delay_after: self.config.room_failed_joins_before_delay,
-            room_memory: FAILURE_MEMORY,
-            delayed: self.conns.get(&conn).is_some_and(|c| c.waited),
-        });
+        let failures = Box::new(self.failure_limits(conn));
         self.out.push_back(Output::Cluster(ClusterRequest::Admit {
             conn,
             room: join.room,
@@ -338,6 +330,36 @@ impl Rooms {
             _ => {}
         }
         self.admitted_one(&room);
+    }
+
+    /// How the store counts failed joins of `conn`'s address and room cluster-wide (this node's settings).
+    fn failure_limits(&self, conn: ConnId) -> FailureLimits {
+        FailureLimits {
+            backoff_after: self.config.failed_joins_before_backoff,
+            first_backoff: FIRST_BACKOFF,
+            max_backoff: self.config.max_join_backoff.max(FIRST_BACKOFF),
+            memory: FAILURE_MEMORY.max(self.config.max_join_backoff.saturating_mul(2)),
+            room_delay_after: self.config.room_failed_joins_before_delay,
+            room_memory: FAILURE_MEMORY,
+            delayed: self.conns.get(&conn).is_some_and(|c| c.waited),
+        }
+    }
+
+    /// A join of `conn` failed on its token: with a cluster, its address's failure is also counted in the store
+    /// (the local count is made by the caller), so the back-off holds across nodes.
+    pub(super) fn count_failure_in_cluster(&mut self, conn: ConnId) {
+        if self.node.is_none() {
+            return;
+        }
+        let Some(ip) = self.conns.get(&conn).and_then(|c| c.ip) else {
+            return;
+        };
+        let failures = Box::new(self.failure_limits(conn));
+        self.out
+            .push_back(Output::Cluster(ClusterRequest::CountFailure {
+                ip,
+                failures,
+            }));
     }
 
     /// Closes a join or resume that the cluster store could not answer, with the `unavailable` error.

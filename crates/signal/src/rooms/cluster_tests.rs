@@ -773,3 +773,73 @@ fn the_store_counts_failed_joins_delays_and_backs_off_across_nodes() {
     });
     assert_eq!(again, Some(true), "{out:?}");
 }
+
+#[test]
+fn a_bad_join_token_is_counted_by_the_store_like_a_wrong_password() {
+    let config = SignalConfig {
+        join_token_secret: Some("s3cret".into()),
+        failed_joins_before_backoff: 4,
+        ..SignalConfig::default()
+    };
+    let mut n = Node::new(config);
+    let forged = crate::token::mint_join_token(
+        b"another secret",
+        &crate::token::JoinClaims {
+            room: "r".into(),
+            exp: 1_767_225_600 + 3600,
+            name: None,
+        },
+    );
+    let a = n.counted("10.0.0.8");
+    n.send(
+        a,
+        json!({"type":"join","v":1,"room":"r","name":"A","token":forged}),
+    );
+    let out = n.out();
+    assert_eq!(error_of(&out, a).as_deref(), Some("bad-token"));
+    let counted: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            O::Ask(ClusterRequest::CountFailure { ip, failures }) => Some((*ip, **failures)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        counted.len(),
+        1,
+        "one failure for the store to count: {out:?}"
+    );
+    assert_eq!(counted[0].0, "10.0.0.8".parse::<IpAddr>().expect("ip"));
+    assert_eq!(counted[0].1.backoff_after, 4, "with this node's allowance");
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, O::Ask(ClusterRequest::Admit { .. }))),
+        "a bad token never reaches the room"
+    );
+
+    // A valid token is admitted through the store and counts no failure.
+    let good = crate::token::mint_join_token(
+        b"s3cret",
+        &crate::token::JoinClaims {
+            room: "r".into(),
+            exp: 1_767_225_600 + 3600,
+            name: None,
+        },
+    );
+    let b = n.counted("10.0.0.8");
+    n.send(
+        b,
+        json!({"type":"join","v":1,"room":"r","name":"B","token":good}),
+    );
+    let out = n.out();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, O::Ask(ClusterRequest::Admit { .. }))),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, O::Ask(ClusterRequest::CountFailure { .. }))),
+        "{out:?}"
+    );
+}
