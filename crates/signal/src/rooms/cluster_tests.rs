@@ -782,14 +782,7 @@ fn a_bad_join_token_is_counted_by_the_store_like_a_wrong_password() {
         ..SignalConfig::default()
     };
     let mut n = Node::new(config);
-    let forged = crate::token::mint_join_token(
-        b"another secret",
-        &crate::token::JoinClaims {
-            room: "r".into(),
-            exp: 1_767_225_600 + 3600,
-            name: None,
-        },
-    );
+    let forged = token_for_r(b"another secret");
     let a = n.counted("10.0.0.8");
     n.send(
         a,
@@ -818,14 +811,7 @@ fn a_bad_join_token_is_counted_by_the_store_like_a_wrong_password() {
     );
 
     // A valid token is admitted through the store and counts no failure.
-    let good = crate::token::mint_join_token(
-        b"s3cret",
-        &crate::token::JoinClaims {
-            room: "r".into(),
-            exp: 1_767_225_600 + 3600,
-            name: None,
-        },
-    );
+    let good = token_for_r(b"s3cret");
     let b = n.counted("10.0.0.8");
     n.send(
         b,
@@ -842,4 +828,16 @@ fn a_bad_join_token_is_counted_by_the_store_like_a_wrong_password() {
             .any(|o| matches!(o, O::Ask(ClusterRequest::CountFailure { .. }))),
         "{out:?}"
     );
+}
+
+/// A join token for room `r`, valid for an hour from the test nodes' clock, signed with `secret`.
+fn token_for_r(secret: &[u8]) -> String {
+    crate::token::mint_join_token(
+        secret,
+        &crate::token::JoinClaims {
+            room: "r".into(),
+            exp: 1_767_225_600 + 3600,
+            name: None,
+        },
+    )
 }
