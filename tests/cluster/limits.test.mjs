@@ -145,18 +145,26 @@ async function guessFrom(localAddress, node, room, password, open) {
   return { first, ms: Date.now() - started };
 }
 
-test('password guessing spread over two nodes meets the back-off and the room delay at one node\'s thresholds', { timeout: 60_000 }, async (t) => {
+/**
+ * A fresh redis-server and two nodes on it started with `args`, stopped when test `t` ends: {redis, n1, n2, open},
+ * where the WebSockets pushed on `open` are closed then too.
+ */
+async function twoNodes(t, args) {
   const cleanup = new Cleanup();
   t.after(() => cleanup.run());
   const redis = await startRedis();
   cleanup.add(() => redis.kill());
-  const args = ['--failed-joins-before-backoff', '3', '--room-failed-joins-before-delay', '4'];
   const n1 = await startNode(redis.url, { extraArgs: args });
   cleanup.add(() => n1.kill());
   const n2 = await startNode(redis.url, { extraArgs: args });
   cleanup.add(() => n2.kill());
   const open = [];
   cleanup.add(() => open.forEach((ws) => ws.close()));
+  return { redis, n1, n2, open };
+}
+
+test('password guessing spread over two nodes meets the back-off and the room delay at one node\'s thresholds', { timeout: 60_000 }, async (t) => {
+  const { redis, n1, n2, open } = await twoNodes(t, ['--failed-joins-before-backoff', '3', '--room-failed-joins-before-delay', '4']);
 
   // Address back-off: 3 failures allowed, the 4th starts a back-off; alternated over the nodes (2 per node,
   // which each node alone would allow), the 5th is refused at once on the other node.
@@ -204,18 +212,8 @@ async function joinWithToken(localAddress, node, room, token, open) {
 }
 
 test('token guessing spread over two nodes meets the back-off at one node\'s allowance', { timeout: 60_000 }, async (t) => {
-  const cleanup = new Cleanup();
-  t.after(() => cleanup.run());
-  const redis = await startRedis();
-  cleanup.add(() => redis.kill());
   const secret = 'cluster-token-secret';
-  const args = ['--failed-joins-before-backoff', '3', '--join-token-secret', secret];
-  const n1 = await startNode(redis.url, { extraArgs: args });
-  cleanup.add(() => n1.kill());
-  const n2 = await startNode(redis.url, { extraArgs: args });
-  cleanup.add(() => n2.kill());
-  const open = [];
-  cleanup.add(() => open.forEach((ws) => ws.close()));
+  const { redis, n1, n2, open } = await twoNodes(t, ['--failed-joins-before-backoff', '3', '--join-token-secret', secret]);
 
   const room = uniqueRoom('guess-token');
   const good = joinToken(secret, room);
