@@ -891,8 +891,9 @@ impl Driver {
             .await
     }
 
-    /// Counts a failed join of `ip` (a wrong password, a bad join token) cluster-wide: its failures so far and the back-off (ms) it starts, if any.
-    /// When Redis fails here the password was wrong all the same: the failure is answered, uncounted.
+    /// Counts a failed join of `ip` (a wrong password, a bad join token) cluster-wide: its failures so far and the
+    /// back-off (ms) it starts, if any. When Redis fails here the join failed all the same: it is answered,
+    /// uncounted.
     async fn count_failure(&self, ip: std::net::IpAddr, f: &FailureLimits) -> (u32, u64) {
         let extra = [
             f.backoff_after.to_string(),
