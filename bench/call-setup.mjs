@@ -143,8 +143,11 @@ const fmt = (x) => (Number.isFinite(x) ? Math.round(x).toString() : '–');
 
 const ORDER = {
   limit: ['page-ready', 'camera', 'offer', 'answer', 'connected', 'first-frame'],
-  joiner: ['page-ready', 'camera', 'ws-open', 'welcome', 'offer', 'answer', 'connected', 'first-frame'],
-  host: ['peer-joined', 'offer', 'answer-sent', 'connected', 'first-frame'],
+  // Whoever offers marks `offer` when it sends it and `answer` when the answer arrives; the answerer marks `offer`
+  // when it arrives and `answer-sent`. Host offers (docs/protocol.md, "Who offers"); both columns have both, so
+  // the table reads either way.
+  joiner: ['page-ready', 'camera', 'ws-open', 'welcome', 'offer', 'answer-sent', 'answer', 'connected', 'first-frame'],
+  host: ['peer-joined', 'offer', 'answer-sent', 'answer', 'connected', 'first-frame'],
 };
 
 function table(results) {

@@ -76,13 +76,13 @@ function inCall() {
   return t;
 }
 
-test('first welcome: we offer to everyone listed, with cleaned names; malformed entries are skipped', () => {
+test('first welcome: everyone listed gets a connection that waits for their offer (they heard we joined), with cleaned names; malformed entries are skipped', () => {
   const { roster, take } = setup();
   const result = roster.welcome({ id: 'me', peers: [{ id: 'a', name: 'Ada' }, null, { id: 7, name: 'Seven' }, { id: 'b', name: ' Bob\u0000\n' }, { id: 'c', name: '\u0007' }] });
   assert.equal(result.kind, 'first');
   assert.deepEqual(result.listed.map((p) => p.id), ['a', 'b', 'c']);
   assert.equal(roster.myId, 'me');
-  assert.deepEqual(take(), [['open', 'a', 'Ada', true], ['open', 'b', 'Bob', true], ['open', 'c', 'Guest', true]]);
+  assert.deepEqual(take(), [['open', 'a', 'Ada', false], ['open', 'b', 'Bob', false], ['open', 'c', 'Guest', false]]);
   assert.equal(roster.size, 3);
 });
 
@@ -92,10 +92,10 @@ test('welcome without a peer list: nobody is added', () => {
   assert.deepEqual(take(), []);
 });
 
-test('peer-joined: someone new is admitted (they offer) and announced; ourselves and garbage are not', () => {
+test('peer-joined: someone new is admitted (we offer) and announced; ourselves and garbage are not', () => {
   const { roster, take, ids } = inCall();
   assert.equal(roster.peerJoined({ id: 'd', name: 'Dee' }), true);
-  assert.deepEqual(take(), [['open', 'd', 'Dee', false]]);
+  assert.deepEqual(take(), [['open', 'd', 'Dee', true]]);
   assert.equal(roster.peerJoined({ id: 'me', name: 'Me again' }), false);
   assert.equal(roster.peerJoined(null), false);
   assert.equal(roster.peerJoined({ id: 42 }), false);
@@ -174,7 +174,7 @@ test('deferred id unclaimed: after the wait it is admitted; a stale orphan of th
   clock.advance(ORPHAN_WAIT_MS - 1);
   assert.deepEqual(take(), [], 'still waiting for a claim');
   clock.advance(1);
-  assert.deepEqual(take(), [['close', 'b', false], ['open', 'b2', 'Bob', true]]);
+  assert.deepEqual(take(), [['close', 'b', false], ['open', 'b2', 'Bob', false]]);
   assert.deepEqual(ids(), ['a', 'b2'], 'Ada (another name) stays, down or not');
   assert.equal(roster.isDeferred('b2'), false);
 });
@@ -184,7 +184,7 @@ test('deferred id unclaimed while the same-named orphan is still connected: both
   roster.welcome({ id: 'me2', peers: [{ id: 'b2', name: 'Bob' }] });
   take();
   clock.advance(ORPHAN_WAIT_MS);
-  assert.deepEqual(take(), [['open', 'b2', 'Bob', true]]);
+  assert.deepEqual(take(), [['open', 'b2', 'Bob', false]], 'our new id reached Bob as peer-joined: he offers');
   assert.deepEqual(ids(), ['a', 'b', 'b2']);
 });
 
@@ -196,7 +196,7 @@ test('peer-joined while orphans may claim the id: held back and not announced, t
   assert.equal(roster.isDeferred('x'), true);
   assert.equal(roster.peerJoined({ id: 'x', name: 'Xavier' }), false, 'still held back: not announced twice');
   clock.advance(ORPHAN_WAIT_MS);
-  assert.deepEqual(take(), [['open', 'x', 'Xavier', false]]);
+  assert.deepEqual(take(), [['open', 'x', 'Xavier', true]]);
   assert.equal(clock.pending, 0, 'the repeated join did not leave a second timer');
 });
 
@@ -208,7 +208,7 @@ test('a held-back id admitted by a repeated peer-joined once the orphans are set
   roster.claimId(roster.get('b'), 'b2');
   take();
   assert.equal(roster.peerJoined({ id: 'x', name: 'Xavier' }), false);
-  assert.deepEqual(take(), [['open', 'x', 'Xavier', false]]);
+  assert.deepEqual(take(), [['open', 'x', 'Xavier', true]]);
 });
 
 test('a resumed session never drops orphans: they are not listed because they are still waiting for their new id', () => {
@@ -225,7 +225,7 @@ test('new session: a connection whose data channel is closed cannot learn our id
   const { roster, take, ids, connect } = inCall();
   connect('b', 'connected', false);
   roster.welcome({ id: 'me2', peers: [{ id: 'a', name: 'Ada' }, { id: 'b', name: 'Bob' }] });
-  assert.deepEqual(take(), [['sendId', 'a', 'me2'], ['close', 'b', false], ['close', 'c', false], ['open', 'b', 'Bob', true]]);
+  assert.deepEqual(take(), [['sendId', 'a', 'me2'], ['close', 'b', false], ['close', 'c', false], ['open', 'b', 'Bob', false]]);
   assert.deepEqual(ids(), ['a', 'b']);
 });
 
@@ -363,7 +363,7 @@ test('clear: everyone goes quietly, pending ids are dropped, and the next welcom
   clock.advance(ORPHAN_WAIT_MS);
   assert.deepEqual(take(), [], 'the held-back id was not admitted after leaving');
   assert.equal(roster.welcome({ id: 'me3', peers: [{ id: 'b2', name: 'Bob' }] }).kind, 'first');
-  assert.deepEqual(take(), [['open', 'b2', 'Bob', true]]);
+  assert.deepEqual(take(), [['open', 'b2', 'Bob', false]]);
 });
 
 test('links() lists what open attached, in join order', () => {

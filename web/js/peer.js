@@ -2,10 +2,11 @@
 //
 // Negotiation follows the "perfect negotiation" pattern (W3C WebRTC, §10.7 example): both sides may offer at any
 // time; on a collision the polite side (the peer id that sorts lower, docs/protocol.md) rolls back and answers,
-// the impolite side ignores the other's offer. The newcomer offers first; the peer already in the room creates
-// its connection when that first offer arrives and adopts the offered transceivers, so both sides always have
-// exactly one audio and one video transceiver plus one pre-negotiated data channel (id 0). Camera, microphone
-// and screen changes are `replaceTrack` calls: no renegotiation. Renegotiation only happens for ICE restarts.
+// the impolite side ignores the other's offer. The peer already in the room offers first, when it hears the
+// newcomer joined (its page is loaded and idle; the newcomer's is still starting). The newcomer creates its
+// connection on the welcome and adopts the offered transceivers, so both sides always have exactly one audio and
+// one video transceiver plus one pre-negotiated data channel (id 0). Camera, microphone and screen changes are
+// `replaceTrack` calls: no renegotiation. Renegotiation only happens for ICE restarts.
 //
 // Events: state (connection state changed), track (remote media changed), data (data channel message),
 //         channel (data channel open/closed), created (the RTCPeerConnection and its data channels exist), closed.
@@ -26,6 +27,9 @@ const LOST_OFFER_MS = 250;
 // otherwise leave both sides waiting, as restartIce() cannot make a new offer until the old one is answered.
 const OFFER_RESEND_MS = 1_500;
 const OFFER_RESENDS = 3;
+// A newcomer waits this long for the first offer before making one itself (a peer in the room that runs an
+// older peercall, which waited for the newcomer's offer instead; the perfect negotiation settles any crossing).
+export const FIRST_OFFER_WAIT_MS = 3_000;
 const MAX_DATA_BYTES = 16 * 1024;
 
 export class Peer extends EventTarget {
@@ -64,6 +68,7 @@ export class Peer extends EventTarget {
     this.resentSdp = null; // the offer last sent twice (each offer is repeated at most once per cause)
     this.offerTimer = null;
     this.offers = 0; // offers made (each new one cancels the resend timer of the one before)
+    this.firstOfferTimer = null;
   }
 
   /** Polite side of the pair: the lower id (plain string comparison). Re-evaluated: ids can change. */
@@ -75,9 +80,13 @@ export class Peer extends EventTarget {
     return this.pc?.connectionState ?? 'new';
   }
 
-  /** Creates the connection as the offerer (we are the newcomer): transceivers and data channel now. */
+  /** Creates the connection as the offerer (they are the newcomer): transceivers and data channel now. */
   startAsOfferer() {
     this.#createPc();
+    this.#offerFirst();
+  }
+
+  #offerFirst() {
     this.canOffer = true;
     const stream = this.host.localStream();
     for (const kind of ['audio', 'video']) {
@@ -88,9 +97,20 @@ export class Peer extends EventTarget {
     // addTransceiver fires negotiationneeded → the offer goes out.
   }
 
-  /** Creates the connection as the answerer ahead of the first offer (which then only has to be applied). */
-  prepare() {
+  /**
+   * Creates the connection as the answerer ahead of the first offer (which then only has to be applied). With
+   * `offerAfterMs`, offers itself if no offer has come by then.
+   */
+  prepare({ offerAfterMs = 0 } = {}) {
     this.#createPc();
+    if (!offerAfterMs) return;
+    clearTimeout(this.firstOfferTimer);
+    this.firstOfferTimer = setTimeout(() => {
+      const pc = this.pc;
+      if (this.closed || !pc || this.canOffer || pc.remoteDescription || pc.signalingState !== 'stable') return;
+      console.info(`peercall: no offer from ${this.id} after ${offerAfterMs} ms; offering`);
+      this.#offerFirst();
+    }, offerAfterMs);
   }
 
   #createPc() {
@@ -269,6 +289,13 @@ export class Peer extends EventTarget {
         if (message.type === 'answer') return; // an answer to an offer we never made
         this.#createPc();
       }
+      // An offer from another RTCPeerConnection than the one we negotiated with (the SDP session id differs; it
+      // stays the same through renegotiations): the peer started over with us (it lost our connection, or learned
+      // of our new session before our id claim reached it). Ours cannot be renegotiated into theirs: start over.
+      if (message.type === 'offer' && this.pc.remoteDescription) {
+        const [theirs, ours] = [sdpSessionId(message.sdp), sdpSessionId(this.pc.remoteDescription.sdp)];
+        if (theirs && ours && theirs !== ours) this.#startOver();
+      }
       const pc = this.pc;
       // A second answer to an offer already answered (we sent that offer twice: see #resendOffer).
       if (message.type === 'answer' && pc.signalingState === 'stable') return;
@@ -291,6 +318,9 @@ export class Peer extends EventTarget {
         this.settingRemoteAnswer = false;
       }
       if (description.type === 'offer') {
+        // Our first offer crossed theirs and was rolled back: its transceivers were never negotiated and the offer
+        // brought its own, so ours go (else they would be offered again, as extra media sections).
+        if (collision && !this.negotiated) this.#dropUnnegotiated();
         this.#adoptTransceivers();
         await pc.setLocalDescription();
         this.host.sendSignal({ type: 'answer', to: this.id, sdp: pc.localDescription.sdp });
@@ -310,6 +340,42 @@ export class Peer extends EventTarget {
         if (!this.ignoreOffer) console.warn(`peercall: bad candidate from ${this.id}`, e);
       }
     }
+  }
+
+  #dropUnnegotiated() {
+    for (const transceiver of this.pc.getTransceivers()) {
+      if (transceiver.mid !== null || transceiver.currentDirection === 'stopped') continue;
+      const kind = transceiver.receiver.track.kind;
+      if (this.senders[kind] === transceiver.sender) this.senders[kind] = null;
+      try {
+        transceiver.stop();
+      } catch {
+        /* already stopped */
+      }
+    }
+  }
+
+  /** Replaces the connection with a fresh one (same Peer, same events), ready to answer. */
+  #startOver() {
+    console.info(`peercall: ${this.id} started a new connection; replacing ours`);
+    const old = this.pc;
+    for (const timer of [this.restartTimer, this.watchdog, this.offerTimer, this.firstOfferTimer]) clearTimeout(timer);
+    clearInterval(this.stallTimer);
+    this.stallTimer = null;
+    for (const dc of [this.dc, this.fileDc]) if (dc) dc.onopen = dc.onclose = dc.onmessage = null;
+    old.onnegotiationneeded = old.onicecandidate = old.ontrack = old.onconnectionstatechange = null;
+    old.close();
+    this.pc = null;
+    this.senders = { audio: null, video: null };
+    this.canOffer = false;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.negotiated = false;
+    this.pendingRestart = false;
+    this.stalled = false;
+    this.stuck = false;
+    this.#createPc();
+    this.dispatchEvent(new Event('channel')); // the old channel is gone
   }
 
   /** Answerer: send our media on the transceivers the offer created (once). */
@@ -408,6 +474,7 @@ export class Peer extends EventTarget {
     clearTimeout(this.watchdog);
     clearInterval(this.stallTimer);
     clearTimeout(this.offerTimer);
+    clearTimeout(this.firstOfferTimer);
     try {
       this.dc?.close();
       this.fileDc?.close();
@@ -418,4 +485,9 @@ export class Peer extends EventTarget {
     for (const track of this.stream.getTracks()) track.stop();
     this.dispatchEvent(new Event('closed'));
   }
+}
+
+/** The session id of an SDP's o= line (RFC 8866 §5.2): one per RTCPeerConnection, kept through renegotiations. */
+function sdpSessionId(sdp) {
+  return /^o=\S+ (\S+) /m.exec(sdp)?.[1] ?? null;
 }

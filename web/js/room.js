@@ -20,6 +20,7 @@ import { Roster } from './roster.js';
 import { layoutStage } from './layout.js';
 import { ChatLog, chatText } from './chat.js';
 import { Participant } from './participant.js';
+import { FIRST_OFFER_WAIT_MS } from './peer.js';
 import { parsePeerData } from './peer-state.js';
 import { LocalControls } from './controls.js';
 import { CallUi } from './call-ui.js';
@@ -308,7 +309,7 @@ function openParticipant(entry, { offer }) {
   peer.addEventListener('data', (e) => onPeerData(p, e.detail.data, 'datachannel'));
   peer.addEventListener('created', () => files.wire(p));
   if (offer) peer.startAsOfferer();
-  else peer.prepare(); // its offer is on its way: the connection exists when it arrives
+  else peer.prepare({ offerAfterMs: FIRST_OFFER_WAIT_MS }); // its offer is on its way: the connection exists when it arrives
   sendState(p);
   p.render();
   layout();

@@ -35,7 +35,8 @@ export const MAX_CLAIMED_ID = 128;
 /**
  * @typedef {object} Effects
  * @property {(entry: Entry, o: {offer: boolean}) => void} open   start a connection; sets entry.link. offer: we
- *           make the first offer (we are the newcomer)
+ *           make the first offer (they are new to the room, or joined while we were away); otherwise we wait
+ *           for theirs
  * @property {(entry: Entry, o: {announce: boolean}) => void} close  end it (announce: tell the user they left)
  * @property {(entry: Entry) => void} renamed
  * @property {(entry: Entry, oldId: string) => void} rekeyed     entry.id is now the new id
@@ -89,9 +90,10 @@ export class Roster {
   welcome(welcome) {
     const listed = Array.isArray(welcome.peers) ? welcome.peers.filter((p) => p && typeof p.id === 'string') : [];
     if (this.myId === null) {
-      // First join: we are the newcomer, we offer to everyone present.
+      // First join: we are the newcomer. Everyone present heard of us (peer-joined) and offers: their pages are
+      // loaded and idle, their offers are on their way before this page has even run (docs/protocol.md).
       this.myId = welcome.id;
-      for (const p of listed) this.#add(p.id, p.name, { offer: true });
+      for (const p of listed) this.#add(p.id, p.name, { offer: false });
       return { kind: 'first', listed };
     }
     if (welcome.resumed) {
@@ -102,6 +104,7 @@ export class Roster {
       }
       for (const p of listed) {
         if (this.entries.has(p.id)) this.rename(p.id, p.name);
+        // Joined while we were away: their welcome listed us, so they wait for our offer.
         else if (!this.deferred.has(p.id)) this.#add(p.id, p.name, { offer: true });
       }
       return { kind: 'resumed', listed };
@@ -119,15 +122,16 @@ export class Roster {
         this.remove(entry.id, { announce: false });
       }
     }
-    for (const p of listed) this.#admit(p.id, p.name, { offer: true });
+    // Our new id reached them as peer-joined: they offer, as to any newcomer.
+    for (const p of listed) this.#admit(p.id, p.name, { offer: false });
     return { kind: 'new', listed };
   }
 
-  /** peer-joined {id, name}: someone new (they will offer). True when the room should say they joined. */
+  /** peer-joined {id, name}: someone new (we offer). True when the room should say they joined. */
   peerJoined(peer) {
     if (!peer || typeof peer.id !== 'string' || peer.id === this.myId) return false;
     const wasDeferred = this.deferred.has(peer.id);
-    this.#admit(peer.id, peer.name, { offer: false });
+    this.#admit(peer.id, peer.name, { offer: true });
     return !wasDeferred && this.entries.has(peer.id);
   }
 

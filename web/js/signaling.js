@@ -53,8 +53,22 @@ function joinMessage(options, resume) {
   return join;
 }
 
-/** Messages an early socket keeps for its Signaling; more than this and it is given up (Signaling connects anew). */
-const EARLY_MESSAGES = 64;
+/**
+ * The socket URL that joins by itself (`/ws?join=...`, docs/protocol.md): the server joins when the handshake
+ * completes instead of when this page, busy loading, gets round to its open event and sends the join. Not with a
+ * password or a resume token: secrets stay out of URLs (server and proxy logs keep them). Null: join by message.
+ */
+function joiningUrl(url, options, resume) {
+  if (options.password || resume) return null;
+  return `${url}${url.includes('?') ? '&' : '?'}join=${encodeURIComponent(JSON.stringify(joinMessage(options, null)))}`;
+}
+
+/**
+ * Messages an early socket keeps for its Signaling; more than this and it is given up (Signaling connects anew).
+ * Everyone in the room offers to a newcomer (docs/protocol.md), so before the page has loaded it may hold an
+ * offer, a dozen candidates and a state message from each of them: room for a large room's worth.
+ */
+const EARLY_MESSAGES = 512;
 
 /**
  * Opens the signaling socket and sends the join as soon as it opens, before the page that uses it has loaded
@@ -64,15 +78,18 @@ const EARLY_MESSAGES = 64;
  * @param {{url: string, room: string, name: string, password?: string, token?: string}} options
  */
 export function earlySignaling(options) {
-  const early = { options: { ...options }, ws: null, joined: false, messages: [], spoiled: false };
+  const joining = joiningUrl(options.url, options, null);
+  // joined: the join is sent (or rides in the URL); open: the socket is open.
+  const early = { options: { ...options }, ws: null, joined: Boolean(joining), open: false, messages: [], spoiled: false };
   try {
-    early.ws = new WebSocket(options.url);
+    early.ws = new WebSocket(joining ?? options.url);
   } catch {
     return null;
   }
   early.ws.onopen = () => {
     mark('ws-open');
-    early.ws.send(JSON.stringify(joinMessage(options, null)));
+    early.open = true;
+    if (!early.joined) early.ws.send(JSON.stringify(joinMessage(options, null)));
     early.joined = true;
   };
   early.ws.onmessage = (event) => {
@@ -199,9 +216,13 @@ export class Signaling extends EventTarget {
     this.#setState(this.attempt === 0 && !this.id ? 'connecting' : 'reconnecting', { retryIn: 0 });
     const early = this.#adoptEarly();
     let ws = early?.ws;
+    // The join is in the URL (or sent already, by the early socket): the open event has nothing to send.
+    let joinSent = Boolean(early?.joined);
     if (!ws) {
+      const joining = joiningUrl(this.options.url, this.options, this.resumeToken);
+      joinSent = Boolean(joining);
       try {
-        ws = new WebSocket(this.options.url);
+        ws = new WebSocket(joining ?? this.options.url);
       } catch (e) {
         this.dispatchEvent(new CustomEvent('fatal', { detail: { code: 'bad-url', message: String(e) } }));
         this.#stop('closed');
@@ -216,7 +237,8 @@ export class Signaling extends EventTarget {
     ws.onopen = () => {
       mark('ws-open');
       this.lastRx = performance.now();
-      ws.send(JSON.stringify(joinMessage(this.options, this.resumeToken)));
+      if (!joinSent) ws.send(JSON.stringify(joinMessage(this.options, this.resumeToken)));
+      joinSent = true;
     };
     ws.onmessage = (event) => {
       if (this.ws !== ws) return;
@@ -245,7 +267,7 @@ export class Signaling extends EventTarget {
     ws.onerror = () => {
       /* onclose follows and schedules the reconnect */
     };
-    if (early?.joined) {
+    if (early?.open) {
       // Open and joined already: what it received goes through the handlers above, after start() returns.
       this.lastRx = performance.now();
       const pending = early.messages;

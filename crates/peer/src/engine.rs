@@ -33,6 +33,9 @@ pub const SILENCE: Duration = Duration::from_secs(5);
 pub const RESTART_RETRY: Duration = Duration::from_secs(10);
 /// How long an id we have not seen waits for an orphaned connection to claim it (as the browser's roster).
 pub const ORPHAN_WAIT: Duration = Duration::from_millis(2500);
+/// A newcomer waits this long for the first offer of a peer its welcome listed before offering itself (an older
+/// peercall in the room waited for the newcomer's offer instead; the polite rule settles any crossing).
+pub const FIRST_OFFER_WAIT: Duration = Duration::from_secs(3);
 /// Longest id an orphan may claim.
 pub const MAX_CLAIMED_ID: usize = 128;
 /// Longest data-channel message taken (as the browser).
@@ -300,6 +303,11 @@ struct Link {
     ice: IceConnectionState,
     disconnected_since: Option<Instant>,
     watchdog: Option<Instant>,
+    /// We are the newcomer and wait for this peer's first offer until then (see [`FIRST_OFFER_WAIT`]).
+    first_offer_by: Option<Instant>,
+    /// The SDP session id (`o=` line) of the peer's connection we negotiated with: an offer with another comes
+    /// from a new connection of theirs.
+    remote_session: Option<String>,
     retry_at: Option<Instant>,
     restart_wanted: Option<&'static str>,
     rtc_timeout: Option<Instant>,
@@ -338,6 +346,8 @@ impl Link {
             ice: IceConnectionState::New,
             disconnected_since: None,
             watchdog: None,
+            first_offer_by: None,
+            remote_session: None,
             retry_at: None,
             restart_wanted: None,
             rtc_timeout: None,
@@ -373,7 +383,8 @@ pub struct Engine {
     out: VecDeque<Output>,
     gather: Gatherer,
     left: bool,
-    /// Ids held back while orphans may claim them: id → (name, until, we offer when admitted).
+    /// Ids held back while orphans may claim them: id → (name, until, heard by `peer-joined`: when admitted
+    /// it is announced and we offer; otherwise a welcome listed it and we wait for its offer).
     deferred: BTreeMap<String, (String, Instant, bool)>,
     /// The video, at one bitrate or several (taken out of `config.clip`).
     ladder: Ladder,
@@ -393,6 +404,12 @@ fn sdp_attr(sdp: &str, attr: &str) -> Option<String> {
             .strip_prefix(prefix.as_str())
             .map(|s| s.trim().to_string())
     })
+}
+
+/// The session id of an SDP's `o=` line (RFC 8866 §5.2): one per connection, kept through renegotiations.
+fn sdp_session_id(sdp: &str) -> Option<String> {
+    let origin = sdp.lines().find_map(|l| l.trim().strip_prefix("o="))?;
+    origin.split_whitespace().nth(1).map(str::to_string)
 }
 
 /// The payload type our side negotiated for `codec` on `mid`.
@@ -566,6 +583,7 @@ impl Engine {
             min(l.rtc_timeout);
             min(l.disconnected_since.map(|d| d + DISCONNECTED_GRACE));
             min(l.watchdog);
+            min(l.first_offer_by);
             min(l.retry_at);
             min(l.orphan_down_since.map(|t| t + ORPHAN_WAIT));
             if l.status.connected {
@@ -602,7 +620,7 @@ impl Engine {
                         if self.links.values().any(|l| l.orphan) {
                             // An orphan may be this peer under its new id: wait for its claim.
                             self.deferred
-                                .insert(id.to_string(), (name, now + ORPHAN_WAIT, false));
+                                .insert(id.to_string(), (name, now + ORPHAN_WAIT, true));
                             return self.finish_signal(now);
                         }
                         self.links.insert(id.to_string(), Link::new(id, &name));
@@ -610,6 +628,9 @@ impl Engine {
                             id: id.to_string(),
                             name,
                         });
+                        // Those in the room offer to a newcomer (docs/protocol.md, "Who offers").
+                        let id = id.to_string();
+                        self.start_offer(now, &id);
                     }
                 }
             }
@@ -743,11 +764,19 @@ impl Engine {
                 continue;
             }
             if new_session && orphans {
-                self.deferred.insert(pid, (name, now + ORPHAN_WAIT, true));
+                self.deferred.insert(pid, (name, now + ORPHAN_WAIT, false));
                 continue;
             }
-            self.links.insert(pid.clone(), Link::new(&pid, &name));
-            self.start_offer(now, &pid);
+            let mut link = Link::new(&pid, &name);
+            if resumed {
+                // Joined while we were away: their welcome listed us, so they wait for our offer.
+                self.links.insert(pid.clone(), link);
+                self.start_offer(now, &pid);
+            } else {
+                // We are new to them (first join, or a new id that reached them as peer-joined): they offer.
+                link.first_offer_by = Some(now + FIRST_OFFER_WAIT);
+                self.links.insert(pid, link);
+            }
         }
         // Restarts that waited for signaling.
         let waiting: Vec<String> = self
@@ -842,6 +871,7 @@ impl Engine {
         link.rtc = Some(rtc);
         link.pending = Some(pending);
         link.pending_is_restart = false;
+        link.first_offer_by = None;
         link.watchdog = Some(now + CONNECT_WATCHDOG);
         self.signal(json!({"type": "offer", "to": id, "sdp": sdp}));
     }
@@ -905,6 +935,23 @@ impl Engine {
                 return;
             }
         };
+        // Another connection of theirs (its SDP session id differs from the one we negotiated with): they lost ours
+        // and started over; ours cannot be renegotiated into theirs, so we start over too.
+        let session = sdp_session_id(sdp);
+        if let Some(l) = self.links.get_mut(from)
+            && l.remote_session.is_some()
+            && session.is_some()
+            && l.remote_session != session
+        {
+            tracing::info!("{from} started a new connection; replacing ours");
+            if let Some(rtc) = l.rtc.as_mut() {
+                rtc.disconnect();
+            }
+            let mut fresh = Link::new(from, &l.status.name);
+            fresh.orphan = l.orphan;
+            fresh.queued = std::mem::take(&mut l.queued);
+            *l = fresh;
+        }
         let fresh = self.links.get(from).is_some_and(|l| l.rtc.is_none());
         if fresh {
             let mut rtc = self.new_rtc(now);
@@ -923,6 +970,14 @@ impl Engine {
                 return; // impolite: ignore their offer, ours wins
             }
         }
+        if collision && !link.negotiated {
+            // Our first offer is rolled back: its media and channel were never negotiated; theirs come instead.
+            link.mids.clear();
+            link.channel = None;
+            link.first_mid = None;
+        }
+        link.first_offer_by = None;
+        link.remote_session = session;
         let new_ufrag = sdp_attr(sdp, "ice-ufrag");
         let they_restarted = link.remote_ufrag.is_some() && new_ufrag != link.remote_ufrag;
         let rolled_back_restart = collision && link.pending_is_restart;
@@ -1006,6 +1061,7 @@ impl Engine {
             return;
         }
         link.remote_ufrag = sdp_attr(sdp, "ice-ufrag");
+        link.remote_session = sdp_session_id(sdp);
         link.negotiated = true;
         for line in sdp.lines() {
             if let Some(c) = line.trim().strip_prefix("a=")
@@ -1150,7 +1206,7 @@ impl Engine {
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
-            let Some((name, _, offer)) = self.deferred.remove(&id) else {
+            let Some((name, _, joined)) = self.deferred.remove(&id) else {
                 continue;
             };
             // Unclaimed: someone new. An orphan of the same name whose connection is down is stale.
@@ -1164,11 +1220,17 @@ impl Engine {
                 self.remove_quiet(&s);
             }
             if !self.links.contains_key(&id) {
-                self.links.insert(id.clone(), Link::new(&id, &name));
-                if offer {
+                let mut link = Link::new(&id, &name);
+                if joined {
+                    self.links.insert(id.clone(), link);
+                    self.event(Event::PeerJoined {
+                        id: id.clone(),
+                        name,
+                    });
                     self.start_offer(now, &id);
                 } else {
-                    self.event(Event::PeerJoined { id, name });
+                    link.first_offer_by = Some(now + FIRST_OFFER_WAIT);
+                    self.links.insert(id, link);
                 }
             }
         }
@@ -1205,6 +1267,14 @@ impl Engine {
                 link.watchdog = None;
                 if !link.status.connected {
                     restart = Some("timeout");
+                }
+            }
+            if link.first_offer_by.is_some_and(|t| now >= t) {
+                link.first_offer_by = None;
+                if link.rtc.is_none() {
+                    tracing::info!("no offer from {id} after {FIRST_OFFER_WAIT:?}; offering");
+                    self.start_offer(now, id);
+                    continue;
                 }
             }
             if link.retry_at.is_some_and(|r| now >= r) {

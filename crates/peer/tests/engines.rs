@@ -39,6 +39,11 @@ struct World {
     link_free: Option<Instant>,
     /// Datagrams in the bottleneck's queue: (delivered at, to node, from, to address, bytes).
     queue: Vec<(Instant, usize, SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Offers the server forwarded: (from, to).
+    offers: Vec<(String, String)>,
+    /// Whether peers in the room hear `peer-joined` (off: they behave as an older peercall, which waited for
+    /// the newcomer's offer).
+    announce_joins: bool,
 }
 
 impl World {
@@ -55,6 +60,8 @@ impl World {
             cap: None,
             link_free: None,
             queue: Vec::new(),
+            offers: Vec::new(),
+            announce_joins: true,
         }
     }
 
@@ -101,7 +108,7 @@ impl World {
                 let welcome = json!({"v": 1, "type": "welcome", "id": my_id, "room": "room", "peers": peers,
                     "iceServers": [], "resume": self.resume_token, "resumed": resumed, "polite": "lower-id"});
                 self.to_client.push((from, welcome.to_string()));
-                if resumed {
+                if resumed || !self.announce_joins {
                     return; // nobody else sees a resumed peer leave or join
                 }
                 for j in 0..self.nodes.len() {
@@ -118,6 +125,9 @@ impl World {
                     .iter()
                     .position(|n| n.id.as_deref() == Some(to))
                     .unwrap();
+                if msg["type"] == "offer" {
+                    self.offers.push((my_id.clone(), to.to_string()));
+                }
                 let mut fwd = msg.clone();
                 fwd.as_object_mut().unwrap().remove("to");
                 fwd["from"] = json!(my_id);
@@ -305,6 +315,39 @@ fn two_engines_call_each_other_with_media_both_ways_and_chat() {
         .collect();
     assert!(times.len() >= 20);
     assert!(times.windows(2).all(|p| p[1] > p[0]));
+}
+
+#[test]
+fn the_peer_in_the_room_offers_and_the_newcomer_only_answers() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(100));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(6));
+    for i in [a, b] {
+        media_flows(&w.status(i));
+    }
+    assert_eq!(w.offers, vec![("p-a".to_string(), "p-b".to_string())]);
+}
+
+#[test]
+fn a_newcomer_offers_itself_when_the_room_does_not() {
+    let mut w = World::new();
+    w.announce_joins = false; // Ann never hears of Bob: as an older peercall, she waits for his offer
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(100));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(peercall_peer::engine::FIRST_OFFER_WAIT - Duration::from_millis(200));
+    assert!(
+        w.offers.is_empty(),
+        "Bob waits for Ann's offer first: {:?}",
+        w.offers
+    );
+    w.run(Duration::from_secs(7));
+    assert_eq!(w.offers, vec![("p-b".to_string(), "p-a".to_string())]);
+    for i in [a, b] {
+        media_flows(&w.status(i));
+    }
 }
 
 #[test]

@@ -554,6 +554,7 @@ async fn ws_handler(
     }
     inner.ensure_timer();
     let host = request_host(&uri, &headers).or_else(|| ice::fallback_host(client));
+    let join = join_in_url(&uri);
     let hard = hard_frame_limit(inner.config.max_message_bytes);
     ws.max_message_size(hard)
         .max_frame_size(hard)
@@ -564,7 +565,7 @@ async fn ws_handler(
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
             let tracker = inner.connections.clone();
-            tracker.track_future(run_connection(inner, socket, client, host))
+            tracker.track_future(run_connection(inner, socket, client, host, join))
         })
 }
 
@@ -578,11 +579,25 @@ enum End {
     Killed,
 }
 
+/// The join message a client put in the upgrade's URL (`/ws?join=<the join message>`, docs/protocol.md), if any.
+///
+/// Why: a page sends its first frame only when its main thread runs the socket's open event, which on a page still
+/// laying itself out comes a hundred milliseconds and more after the handshake; joining at the upgrade lets the
+/// welcome and the others' offers (they offer when they hear of a newcomer) start at once. Its size is bounded by
+/// the HTTP request's; the join then goes through exactly the checks of a first frame.
+fn join_in_url(uri: &Uri) -> Option<Box<str>> {
+    let query = uri.query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "join")
+        .map(|(_, value)| value.into_owned().into_boxed_str())
+}
+
 async fn run_connection(
     inner: Arc<Inner>,
     socket: WebSocket,
     client: Option<IpAddr>,
     host: Option<String>,
+    join: Option<Box<str>>,
 ) {
     let cfg = &inner.config;
     let tx = Queue::new(cfg.outgoing_queue);
@@ -595,6 +610,9 @@ async fn run_connection(
         id
     });
     let mut session = Session::new(cfg, Instant::now());
+    if let Some(join) = join {
+        inner.on_frame(conn, &mut session, &tx, Frame::Text(join.as_bytes()));
+    }
     let (mut sink, mut stream) = socket.split();
     // A zero interval or timeout turns that part of the keepalive off.
     let ping_interval = (!cfg.ping_interval.is_zero()).then_some(cfg.ping_interval);
@@ -755,6 +773,15 @@ mod tests {
         headers.insert(header::HOST, "bad host".parse().expect("header"));
         assert_eq!(request_host(&Uri::from_static("/ws"), &headers), None);
         assert_eq!(hard_frame_limit(65536), 131072);
+        let join = Uri::from_static(
+            "/ws?x=1&join=%7B%22type%22%3A%22join%22%2C%22room%22%3A%22a%20b%22%7D",
+        );
+        assert_eq!(
+            join_in_url(&join).as_deref(),
+            Some(r#"{"type":"join","room":"a b"}"#)
+        );
+        assert_eq!(join_in_url(&Uri::from_static("/ws")), None);
+        assert_eq!(join_in_url(&Uri::from_static("/ws?other=1")), None);
         assert_eq!(hard_frame_limit(100), 4196);
     }
 }
