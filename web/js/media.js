@@ -41,6 +41,43 @@ function insecure() {
   return e;
 }
 
+/** What LocalMedia.open() asks getUserMedia for, from what is stored (the devices and settings last used). */
+export function storedCaptureConstraints() {
+  const audioDeviceId = store.get('audioDevice', null);
+  const videoDeviceId = store.get('videoDevice', null);
+  const processing = audioProcessing(store.get('audioProcessing', null));
+  return {
+    audio: audioDeviceId ? { ...processing, deviceId: { ideal: audioDeviceId } } : { ...processing },
+    video: store.get('camOn', true) ? (videoDeviceId ? { ...VIDEO, deviceId: { ideal: videoDeviceId } } : VIDEO) : false,
+  };
+}
+
+/** The capture boot.js started while the page loads: {key, promise}, taken once by LocalMedia.open(). */
+let earlyCapture = null;
+
+/**
+ * Starts the camera and microphone now, before the page's modules have loaded (web/js/boot.js): a camera takes
+ * a few hundred milliseconds to start, and this way it starts beside the page instead of after it. The first
+ * LocalMedia.open() whose constraints match takes the stream; anyone else's is stopped.
+ */
+export function captureEarly() {
+  if (earlyCapture || !navigator.mediaDevices?.getUserMedia) return;
+  const constraints = storedCaptureConstraints();
+  const promise = navigator.mediaDevices.getUserMedia(constraints);
+  promise.catch(() => {}); // open() sees the failure, and tries each device alone
+  earlyCapture = { key: JSON.stringify(constraints), promise };
+}
+
+/** The early capture's stream promise when it was started with `constraints`; null otherwise (it is released). */
+function takeEarlyCapture(constraints) {
+  const early = earlyCapture;
+  earlyCapture = null;
+  if (!early) return null;
+  if (early.key === JSON.stringify(constraints)) return early.promise;
+  early.promise.then((stream) => { for (const t of stream.getTracks()) t.stop(); }, () => {});
+  return null;
+}
+
 export class LocalMedia extends EventTarget {
   constructor() {
     super();
@@ -124,12 +161,10 @@ export class LocalMedia extends EventTarget {
       return;
     }
     const wantVideo = this.camOn;
+    const constraints = { audio: this.#audioConstraints(), video: wantVideo ? this.#videoConstraints() : false };
     let stream = null;
     try {
-      stream = await navigator.mediaDevices.getUserMedia({
-        audio: this.#audioConstraints(),
-        video: wantVideo ? this.#videoConstraints() : false,
-      });
+      stream = await (takeEarlyCapture(constraints) ?? navigator.mediaDevices.getUserMedia(constraints));
     } catch (both) {
       // One device may be missing or busy: try each alone.
       const tracks = [];
