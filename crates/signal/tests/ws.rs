@@ -787,3 +787,47 @@ async fn forwarded_for_counts_only_from_a_trusted_proxy() {
     );
     assert_eq!(svc.stats().connections, 6);
 }
+
+/// Connects with the join in the upgrade URL (`/ws?join=...`, docs/protocol.md).
+async fn connect_joining(addr: SocketAddr, join: &Value) -> Client {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("join", &join.to_string())
+        .finish();
+    let (ws, _) = timeout(WAIT, connect_async(format!("ws://{addr}/ws?{query}")))
+        .await
+        .expect("connect in time")
+        .expect("WebSocket handshake");
+    Client { ws }
+}
+
+#[tokio::test]
+async fn a_join_in_the_url_is_welcomed_without_a_frame_and_checked_like_one() {
+    let (_svc, addr) = serve(SignalConfig::default()).await;
+    let mut ann = Client::connect(addr).await;
+    let wa = ann.join("url-room", "Ann").await;
+    // Bob sends nothing: the server joins him at the handshake, and Ann hears of him.
+    let mut bob = connect_joining(
+        addr,
+        &json!({"v":1,"type":"join","room":"url-room","name":"Bob"}),
+    )
+    .await;
+    let wb = bob.recv().await;
+    assert_eq!(wb["type"], "welcome", "{wb}");
+    assert_eq!(wb["peers"], json!([{"id": id(&wa), "name": "Ann"}]));
+    let joined = ann.recv().await;
+    assert_eq!(joined["type"], "peer-joined");
+    assert_eq!(joined["peer"]["id"], wb["id"]);
+    // A second join on the same connection is refused, as after a join frame.
+    bob.send(json!({"v":1,"type":"join","room":"url-room","name":"Bob"}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "error");
+    // A join in the URL that is not valid gets the error a bad first frame gets, and nothing joins.
+    let mut eve = connect_joining(
+        addr,
+        &json!({"v":9,"type":"join","room":"url-room","name":"Eve"}),
+    )
+    .await;
+    let refused = eve.recv().await;
+    assert_eq!(refused["code"], "unsupported-version", "{refused}");
+    ann.quiet().await;
+}
