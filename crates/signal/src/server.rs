@@ -20,7 +20,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -580,7 +579,7 @@ enum End {
 
 async fn run_connection(
     inner: Arc<Inner>,
-    socket: WebSocket,
+    mut socket: WebSocket,
     client: Option<IpAddr>,
     host: Option<String>,
 ) {
@@ -595,7 +594,10 @@ async fn run_connection(
         id
     });
     let mut session = Session::new(cfg, Instant::now());
-    let (mut sink, mut stream) = socket.split();
+    // The socket is not `split()`: split halves share it through a lock in a heap block of its own (the whole
+    // WebSocket moved there, about 400 bytes per connection, while this task keeps room for it anyway). The loop
+    // below borrows it for one thing at a time: `tokio::select!` drops the branch futures (among them
+    // `socket.next()`, cancel-safe) before running the chosen arm, whose writes then have the socket alone.
     // A zero interval or timeout turns that part of the keepalive off.
     let ping_interval = (!cfg.ping_interval.is_zero()).then_some(cfg.ping_interval);
     let ping_timeout = (!cfg.ping_timeout.is_zero()).then_some(cfg.ping_timeout);
@@ -622,10 +624,10 @@ async fn run_connection(
                     // Boxed, like the ping and the close below: each future awaited inline in this loop would
                     // be part of every connection's task, idle or not (issue 14: memory per connection).
                     let written = Box::pin(tokio::time::timeout(write_timeout, async {
-                        sink.feed(Message::Text(text)).await?;
+                        socket.feed(Message::Text(text)).await?;
                         for _ in 0..WRITE_BATCH {
                             match rx.try_recv() {
-                                Some(Outgoing::Text(t)) => sink.feed(Message::Text(t)).await?,
+                                Some(Outgoing::Text(t)) => socket.feed(Message::Text(t)).await?,
                                 Some(Outgoing::Close(code, reason)) => {
                                     close = Some((code, reason));
                                     break;
@@ -633,7 +635,7 @@ async fn run_connection(
                                 None => break,
                             }
                         }
-                        sink.flush().await
+                        socket.flush().await
                     }))
                     .await;
                     if !matches!(written, Ok(Ok(()))) {
@@ -645,7 +647,7 @@ async fn run_connection(
                 }
                 Some(Outgoing::Close(code, reason)) => break End::Core(code, reason),
             },
-            frame = stream.next() => {
+            frame = socket.next() => {
                 let Some(Ok(frame)) = frame else { break End::Lost };
                 last_seen = Instant::now();
                 match frame {
@@ -654,7 +656,7 @@ async fn run_connection(
                     Message::Ping(_) | Message::Pong(_) => {}
                     Message::Close(_) => {
                         // tungstenite has queued the close reply; flush it.
-                        let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, sink.close())).await;
+                        let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, socket.close())).await;
                         break End::Lost;
                     }
                 }
@@ -669,7 +671,7 @@ async fn run_connection(
                 if let (Some(at), Some(interval)) = (next_ping, ping_interval)
                     && now >= at
                 {
-                    let sent = Box::pin(tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new())))).await;
+                    let sent = Box::pin(tokio::time::timeout(write_timeout, socket.send(Message::Ping(Bytes::new())))).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         break End::Lost;
                     }
@@ -688,7 +690,7 @@ async fn run_connection(
         End::Lost | End::Killed => None,
     };
     if let Some((code, reason)) = close {
-        Box::pin(close_socket(sink, stream, code, reason)).await;
+        Box::pin(close_socket(socket, code, reason)).await;
     }
     rx.close();
     inner.with_state(|st, now| {
@@ -698,8 +700,7 @@ async fn run_connection(
 }
 
 async fn close_socket(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut stream: SplitStream<WebSocket>,
+    mut socket: WebSocket,
     code: u16,
     reason: &'static str,
 ) {
@@ -708,11 +709,11 @@ async fn close_socket(
         reason: Utf8Bytes::from_static(reason),
     }));
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        if sink.send(frame).await.is_err() {
+        if socket.send(frame).await.is_err() {
             return;
         }
         // Read until the client's close frame (or EOF), so the close handshake completes.
-        while let Some(Ok(_)) = stream.next().await {}
+        while let Some(Ok(_)) = socket.next().await {}
     })
     .await;
 }
