@@ -249,7 +249,7 @@ impl Rooms {
             Admission::Delay if alive => {
                 // Held like a local delayed join; the place this node reserved for it is asked for again.
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.parked = Some(join);
+                    c.parked = Some(Box::new(join));
                     c.waited = true;
                 }
                 self.metrics.join_delayed();
