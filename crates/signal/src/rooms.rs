@@ -125,7 +125,8 @@ struct Conn {
     /// The join has waited its room's guessing delay (a cluster store must not delay it again).
     waited: bool,
     /// Messages held while the cluster store counts this connection against the per-address cap.
-    held: Option<Vec<ClientMessage>>,
+    /// Boxed, like `parked`: only in a cluster, only until the store answers.
+    held: Option<Box<Vec<ClientMessage>>>,
     /// The cluster store counts this connection in its per-address total (to be given back when it goes).
     ip_counted: bool,
 }
@@ -149,7 +150,8 @@ struct Peer {
 struct Room {
     /// Peer ids in join order.
     members: Vec<String>,
-    password: Option<PasswordHash>,
+    /// Boxed: most rooms have none, and every room's entry would carry its 48 bytes (issue 14).
+    password: Option<Box<PasswordHash>>,
     /// Failed password joins, forgotten [`FAILURE_MEMORY`] after the last one.
     failed: u32,
     last_failed: Option<Instant>,
@@ -166,7 +168,7 @@ impl Room {
     fn new(password: Option<PasswordHash>) -> Self {
         Room {
             members: Vec::new(),
-            password,
+            password: password.map(Box::new),
             failed: 0,
             last_failed: None,
             version: 0,
@@ -364,7 +366,7 @@ impl Rooms {
                         ip,
                         limit,
                     }));
-                Some(Vec::new())
+                Some(Box::default())
             }
             _ => None,
         };

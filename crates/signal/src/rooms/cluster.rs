@@ -101,7 +101,7 @@ impl Rooms {
             }
             return;
         };
-        let held = c.held.take().unwrap_or_default();
+        let held = c.held.take().map(|h| *h).unwrap_or_default();
         match count {
             ConnectionCount::Refused => {
                 let limit = self.config.max_connections_per_ip;
