@@ -748,11 +748,7 @@ fn write_timeout(cfg: &SignalConfig) -> Duration {
         .max(Duration::from_millis(100))
 }
 
-async fn close_socket(
-    mut socket: WebSocket,
-    code: u16,
-    reason: &'static str,
-) {
+async fn close_socket(mut socket: WebSocket, code: u16, reason: &'static str) {
     let frame = Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
