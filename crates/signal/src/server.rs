@@ -20,7 +20,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -114,6 +113,18 @@ struct QueueItems {
     closed: bool,
     /// The connection is to be dropped (too slow): its task ends at its next look at the queue.
     killed: bool,
+    /// The service shuts down: the task closes the socket (1001, or 4001 in a cluster). Carried by the queue
+    /// rather than by a wait on the shutdown token in every task: one future less in each (issue 14).
+    shutting_down: bool,
+}
+
+/// What [`Queue::recv`] found.
+enum Next {
+    Item(Outgoing),
+    /// [`Queue::kill`]: disconnect now.
+    Killed,
+    /// [`Queue::shut_down`]: close the socket, the service is going away.
+    ShuttingDown,
 }
 
 impl Queue {
@@ -124,6 +135,7 @@ impl Queue {
                 capacity: capacity.max(1),
                 closed: false,
                 killed: false,
+                shutting_down: false,
             }),
             ready: Notify::new(),
         })
@@ -160,20 +172,33 @@ impl Queue {
         item
     }
 
-    /// The next item, or `None` once the connection is killed; waits while the queue is empty. Cancel-safe: an
-    /// item is only taken when returned.
-    async fn recv(&self) -> Option<Outgoing> {
+    /// The next item; [`Next::ShuttingDown`] (before anything queued) once the service shuts down,
+    /// [`Next::Killed`] once the connection is killed. Waits while the queue is empty. Cancel-safe: an item is
+    /// only taken when returned.
+    async fn recv(&self) -> Next {
         loop {
             // Registered before looking, so a push between the look and the wait is not missed.
             let notified = self.ready.notified();
-            if self.lock().killed {
-                return None;
+            {
+                let q = self.lock();
+                if q.shutting_down {
+                    return Next::ShuttingDown;
+                }
+                if q.killed {
+                    return Next::Killed;
+                }
             }
             if let Some(item) = self.try_recv() {
-                return Some(item);
+                return Next::Item(item);
             }
             notified.await;
         }
+    }
+
+    /// The service shuts down: the task closes its socket at its next look at the queue.
+    fn shut_down(&self) {
+        self.lock().shutting_down = true;
+        self.ready.notify_one();
     }
 
     /// Disconnects the connection: what is queued is dropped, nothing more is accepted, and its task ends when
@@ -293,6 +318,10 @@ impl SignalService {
             tracing::info!("signaling shutting down: {connections} client(s) closed (1001)");
         }
         self.inner.shutdown.cancel();
+        // After the cancel: a connection registered after this walk sees the token cancelled (run_connection).
+        for h in self.inner.lock().conns.values() {
+            h.tx.shut_down();
+        }
         self.inner.connections.close();
     }
 
@@ -594,18 +623,23 @@ fn join_in_url(uri: &Uri) -> Option<Box<str>> {
 
 async fn run_connection(
     inner: Arc<Inner>,
-    socket: WebSocket,
+    mut socket: WebSocket,
     client: Option<IpAddr>,
     host: Option<String>,
     join: Option<Box<str>>,
 ) {
     let cfg = &inner.config;
     let tx = Queue::new(cfg.outgoing_queue);
-    let rx = tx.clone();
     let handle = ConnHandle { tx: tx.clone() };
     let info = ConnInfo { ip: client, host };
+    let shutdown = &inner.shutdown;
     let conn = inner.with_state(move |st, now| {
         let id = st.rooms.open(now, info);
+        // Under the state lock, which shutdown's walk of `conns` takes after cancelling: either that walk sees
+        // this connection, or this sees the token cancelled.
+        if shutdown.is_cancelled() {
+            handle.tx.shut_down();
+        }
         st.conns.insert(id, handle);
         id
     });
@@ -613,18 +647,17 @@ async fn run_connection(
     if let Some(join) = join {
         inner.on_frame(conn, &mut session, &tx, Frame::Text(join.as_bytes()));
     }
-    let (mut sink, mut stream) = socket.split();
-    // A zero interval or timeout turns that part of the keepalive off.
-    let ping_interval = (!cfg.ping_interval.is_zero()).then_some(cfg.ping_interval);
-    let ping_timeout = (!cfg.ping_timeout.is_zero()).then_some(cfg.ping_timeout);
-    let write_timeout = ping_timeout
-        .unwrap_or(DEFAULT_WRITE_TIMEOUT)
-        .max(Duration::from_millis(100));
+    // The socket is not `split()`: split halves share it through a lock in a heap block of its own (the whole
+    // WebSocket moved there, about 400 bytes per connection, while this task keeps room for it anyway). The loop
+    // below borrows it for one thing at a time: `tokio::select!` drops the branch futures (among them
+    // `socket.next()`, cancel-safe) before running the chosen arm, whose writes then have the socket alone.
+    // Only what changes is kept across the loop's awaits (`last_seen`, `next_ping`); the keepalive settings are
+    // read from the config where needed: every value held across an await is part of every connection's task.
     let mut last_seen = Instant::now();
-    let mut next_ping = ping_interval.map(|i| last_seen + i);
+    let mut next_ping = ping_interval(cfg).map(|i| last_seen + i);
 
     let end = loop {
-        let silent_until = ping_timeout.map(|t| last_seen + t);
+        let silent_until = ping_timeout(cfg).map(|t| last_seen + t);
         let deadline = match (next_ping, silent_until) {
             (Some(p), Some(t)) => p.min(t),
             (Some(x), None) | (None, Some(x)) => x,
@@ -632,18 +665,18 @@ async fn run_connection(
         };
         tokio::select! {
             biased;
-            () = inner.shutdown.cancelled() => break End::Shutdown,
-            item = rx.recv() => match item {
-                None => break End::Killed,
-                Some(Outgoing::Text(text)) => {
+            item = tx.recv() => match item {
+                Next::ShuttingDown => break End::Shutdown,
+                Next::Killed => break End::Killed,
+                Next::Item(Outgoing::Text(text)) => {
                     let mut close = None;
                     // Boxed, like the ping and the close below: each future awaited inline in this loop would
                     // be part of every connection's task, idle or not (issue 14: memory per connection).
-                    let written = Box::pin(tokio::time::timeout(write_timeout, async {
-                        sink.feed(Message::Text(text)).await?;
+                    let written = Box::pin(tokio::time::timeout(write_timeout(cfg), async {
+                        socket.feed(Message::Text(text)).await?;
                         for _ in 0..WRITE_BATCH {
-                            match rx.try_recv() {
-                                Some(Outgoing::Text(t)) => sink.feed(Message::Text(t)).await?,
+                            match tx.try_recv() {
+                                Some(Outgoing::Text(t)) => socket.feed(Message::Text(t)).await?,
                                 Some(Outgoing::Close(code, reason)) => {
                                     close = Some((code, reason));
                                     break;
@@ -651,7 +684,7 @@ async fn run_connection(
                                 None => break,
                             }
                         }
-                        sink.flush().await
+                        socket.flush().await
                     }))
                     .await;
                     if !matches!(written, Ok(Ok(()))) {
@@ -661,9 +694,9 @@ async fn run_connection(
                         break End::Core(code, reason);
                     }
                 }
-                Some(Outgoing::Close(code, reason)) => break End::Core(code, reason),
+                Next::Item(Outgoing::Close(code, reason)) => break End::Core(code, reason),
             },
-            frame = stream.next() => {
+            frame = socket.next() => {
                 let Some(Ok(frame)) = frame else { break End::Lost };
                 last_seen = Instant::now();
                 match frame {
@@ -672,22 +705,23 @@ async fn run_connection(
                     Message::Ping(_) | Message::Pong(_) => {}
                     Message::Close(_) => {
                         // tungstenite has queued the close reply; flush it.
-                        let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, sink.close())).await;
+                        let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, socket.close())).await;
                         break End::Lost;
                     }
                 }
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
-                if silent_until.is_some_and(|t| now >= t) {
+                // last_seen has not moved since the deadline was computed (only a frame moves it).
+                if ping_timeout(cfg).is_some_and(|t| now >= last_seen + t) {
                     inner.metrics.ping_timeout();
                     tracing::debug!(conn = conn.0, "signaling client silent past the ping timeout: closing");
                     break End::Lost;
                 }
-                if let (Some(at), Some(interval)) = (next_ping, ping_interval)
+                if let (Some(at), Some(interval)) = (next_ping, ping_interval(cfg))
                     && now >= at
                 {
-                    let sent = Box::pin(tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new())))).await;
+                    let sent = Box::pin(tokio::time::timeout(write_timeout(cfg), socket.send(Message::Ping(Bytes::new())))).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         break End::Lost;
                     }
@@ -706,31 +740,43 @@ async fn run_connection(
         End::Lost | End::Killed => None,
     };
     if let Some((code, reason)) = close {
-        Box::pin(close_socket(sink, stream, code, reason)).await;
+        Box::pin(close_socket(socket, code, reason)).await;
     }
-    rx.close();
+    tx.close();
     inner.with_state(|st, now| {
         st.conns.remove(&conn);
         st.rooms.disconnect(now, conn);
     });
 }
 
-async fn close_socket(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut stream: SplitStream<WebSocket>,
-    code: u16,
-    reason: &'static str,
-) {
+/// The ping interval; a zero interval turns pings off.
+fn ping_interval(cfg: &SignalConfig) -> Option<Duration> {
+    (!cfg.ping_interval.is_zero()).then_some(cfg.ping_interval)
+}
+
+/// The ping timeout; a zero timeout turns it off.
+fn ping_timeout(cfg: &SignalConfig) -> Option<Duration> {
+    (!cfg.ping_timeout.is_zero()).then_some(cfg.ping_timeout)
+}
+
+/// How long a write may take: the ping timeout, or [`DEFAULT_WRITE_TIMEOUT`] without one.
+fn write_timeout(cfg: &SignalConfig) -> Duration {
+    ping_timeout(cfg)
+        .unwrap_or(DEFAULT_WRITE_TIMEOUT)
+        .max(Duration::from_millis(100))
+}
+
+async fn close_socket(mut socket: WebSocket, code: u16, reason: &'static str) {
     let frame = Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     }));
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        if sink.send(frame).await.is_err() {
+        if socket.send(frame).await.is_err() {
             return;
         }
         // Read until the client's close frame (or EOF), so the close handshake completes.
-        while let Some(Ok(_)) = stream.next().await {}
+        while let Some(Ok(_)) = socket.next().await {}
     })
     .await;
 }

@@ -101,7 +101,7 @@ impl Rooms {
             }
             return;
         };
-        let held = c.held.take().unwrap_or_default();
+        let held = c.held.take().map(|h| *h).unwrap_or_default();
         match count {
             ConnectionCount::Refused => {
                 let limit = self.config.max_connections_per_ip;
@@ -249,7 +249,7 @@ impl Rooms {
             Admission::Delay if alive => {
                 // Held like a local delayed join; the place this node reserved for it is asked for again.
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.parked = Some(join);
+                    c.parked = Some(Box::new(join));
                     c.waited = true;
                 }
                 self.metrics.join_delayed();
