@@ -2,9 +2,9 @@
 //!
 //! With `--redis`, several nodes serve the same rooms (docs/scaling.md). The room core ([`crate::rooms`]) stays
 //! the only place that decides: it asks the store for the decisions that must be taken cluster-wide (admission
-//! against capacity and password, resume on another node) with [`ClusterRequest`]s, learns the answers with
-//! [`crate::rooms::Rooms::handle_admission`] / [`crate::rooms::Rooms::handle_resumption`], and learns what
-//! happens on other nodes with [`crate::rooms::Rooms::handle_cluster_event`]. The Redis driver
+//! against capacity and password, failed joins per address, resume on another node) with [`ClusterRequest`]s,
+//! learns the answers with [`crate::rooms::Rooms::handle_admission`] / [`crate::rooms::Rooms::handle_resumption`],
+//! and learns what happens on other nodes with [`crate::rooms::Rooms::handle_cluster_event`]. The Redis driver
 //! ([`crate::redis`]) only moves these values to and from Redis.
 
 use std::net::IpAddr;
@@ -79,14 +79,19 @@ pub enum ClusterRequest {
         /// Most connections one address may hold across every live node (`max_connections_per_ip`).
         limit: u32,
     },
-    /// A join from `ip` failed before it reached a room (a bad, expired or wrong-room join token): count it in
-    /// the address's cluster-wide failures, as the admission counts a wrong password, so that guesses spread
-    /// over several nodes meet one node's allowance. Not answered: the back-off it may start is enforced by the
-    /// address step of that address's next join, on whichever node it comes to.
-    CountFailure {
+    /// A join whose join token this node refused (bad, expired, for another room): the store checks the address's
+    /// back-off and join rate as for an admission and, when it may join at all, counts the failure cluster-wide,
+    /// so guesses spread over the nodes add up to one allowance. Answered with
+    /// [`crate::rooms::Rooms::handle_admission`] ([`Admission::BadToken`], [`Admission::Backoff`],
+    /// [`Admission::Throttled`] or [`Admission::Unavailable`]).
+    BadToken {
+        /// The joining connection; the answer is handed back with it.
+        conn: ConnId,
         /// The client's address (IPv4, or the /64 of IPv6).
         ip: IpAddr,
-        /// How the store counts failures per address (the room fields are not used).
+        /// Joins per minute one address may make across the cluster (0: no limit).
+        joins_per_min: u32,
+        /// How the store counts failed joins cluster-wide (only the per-address part applies).
         failures: Box<FailureLimits>,
     },
     /// A connection from `ip` that the store counted is gone.
@@ -153,7 +158,7 @@ pub enum ClusterRequest {
     },
 }
 
-/// The store's answer to [`ClusterRequest::Admit`].
+/// The store's answer to [`ClusterRequest::Admit`] and [`ClusterRequest::BadToken`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Admission {
@@ -178,6 +183,15 @@ pub enum Admission {
         failures: u32,
         /// The room's failed joins across the cluster, this one included.
         room_failures: u32,
+        /// The back-off the address starts now, if it is past its allowance.
+        backoff: Option<Duration>,
+    },
+    /// A bad join token ([`ClusterRequest::BadToken`]), counted by the store: `failures` of the address across the
+    /// cluster (forgotten after their memory without a new one); `backoff`: the address's joins are now refused
+    /// this long on every node.
+    BadToken {
+        /// The address's failed joins across the cluster, this one included.
+        failures: u32,
         /// The back-off the address starts now, if it is past its allowance.
         backoff: Option<Duration>,
     },

@@ -202,7 +202,7 @@ impl Link {
 /// Answers a join request `unavailable` (Redis down).
 fn refuse(inner: &Inner, req: ClusterRequest) {
     match req {
-        ClusterRequest::Admit { conn, .. } => {
+        ClusterRequest::Admit { conn, .. } | ClusterRequest::BadToken { conn, .. } => {
             inner.with_state(|st, now| st.rooms.handle_admission(now, conn, Admission::Unavailable))
         }
         ClusterRequest::Resume { conn, .. } => inner.with_state(|st, now| {
@@ -315,32 +315,40 @@ return {'ok', tostring(seq), pw or '', unpack(members)}
 /// - `check` (before the room): refused while backing off, then one join counted against ARGV[4] joins a minute;
 /// - `room` (the join creates its room): one new room counted against ARGV[4] new rooms a minute;
 /// - `fail` (a wrong password): one failure counted; past ARGV[4] allowed failures the back-off starts at ARGV[5]
-///   ms, doubling, at most ARGV[7] ms; failures are forgotten ARGV[6] ms after the last.
+///   ms, doubling, at most ARGV[7] ms; failures are forgotten ARGV[6] ms after the last;
+/// - `token` (a bad join token): `check` with ARGV[4], then, if the join passed it, `fail` with ARGV[5..8]; answers
+///   `failed`, the failures and the back-off (ms), like `fail` (which answers the last two alone).
 const ADDRESS: &str = r#"
 local p, a, mode = ARGV[2], ARGV[3], ARGV[1]
-if mode == 'fail' then
+-- One failed join of the address, with its limits from ARGV[o] on: {failures, back-off ms}.
+local function fail(o)
   local fk = p .. 'fi:' .. a
   local fc = redis.call('INCR', fk)
-  redis.call('PEXPIRE', fk, ARGV[6])
-  local allow = tonumber(ARGV[4])
+  redis.call('PEXPIRE', fk, ARGV[o + 2])
+  local allow = tonumber(ARGV[o])
   local back = 0
   if allow > 0 and fc > allow then
-    back = math.floor(math.min(tonumber(ARGV[5]) * 2 ^ math.min(fc - allow - 1, 31), tonumber(ARGV[7])))
+    back = math.floor(math.min(tonumber(ARGV[o + 1]) * 2 ^ math.min(fc - allow - 1, 31), tonumber(ARGV[o + 3])))
     if back > 0 then redis.call('SET', KEYS[1], '1', 'PX', string.format('%d', back)) end
   end
   return {tostring(fc), string.format('%d', back)}
 end
-if mode == 'check' then
+if mode == 'fail' then return fail(4) end
+if mode == 'check' or mode == 'token' then
   local left = redis.call('PTTL', KEYS[1])
   if left > 0 then return {'backoff', tostring(left)} end
 end
 local limit = tonumber(ARGV[4])
 if limit > 0 then
   local minute = tostring(math.floor(tonumber(redis.call('TIME')[1]) / 60))
-  local rk = p .. (mode == 'check' and 'j:' or 'r:') .. a .. ':' .. minute
+  local rk = p .. (mode == 'room' and 'r:' or 'j:') .. a .. ':' .. minute
   local c = redis.call('INCR', rk)
   if c == 1 then redis.call('PEXPIRE', rk, 61000) end
   if c > limit then return {'over'} end
+end
+if mode == 'token' then
+  local f = fail(5)
+  return {'failed', f[1], f[2]}
 end
 return {'ok'}
 "#;
@@ -724,6 +732,16 @@ fn hex_of(bytes: &[u8]) -> String {
         })
 }
 
+/// The `fail` arguments of the address script: allowance, first back-off, memory and longest back-off (ms).
+fn failure_args(f: &FailureLimits) -> [String; 4] {
+    [
+        f.backoff_after.to_string(),
+        f.first_backoff.as_millis().to_string(),
+        f.memory.as_millis().max(1).to_string(),
+        f.max_backoff.as_millis().to_string(),
+    ]
+}
+
 /// Parses the `{id, json}` pairs a script returns into members.
 fn members_of(pairs: &[String]) -> Vec<Member> {
     pairs
@@ -895,18 +913,45 @@ impl Driver {
     /// back-off (ms) it starts, if any. When Redis fails here the join failed all the same: it is answered,
     /// uncounted.
     async fn count_failure(&self, ip: std::net::IpAddr, f: &FailureLimits) -> (u32, u64) {
-        let extra = [
-            f.backoff_after.to_string(),
-            f.first_backoff.as_millis().to_string(),
-            f.memory.as_millis().max(1).to_string(),
-            f.max_backoff.as_millis().to_string(),
-        ];
-        match self.address(ip, "fail", &extra).await {
+        match self.address(ip, "fail", &failure_args(f)).await {
             Ok(r) if r.len() == 2 => (r[0].parse().unwrap_or(0), r[1].parse().unwrap_or(0)),
             Ok(_) => (0, 0),
             Err(e) => {
                 self.failed("failure count", &e);
                 (0, 0)
+            }
+        }
+    }
+
+    /// A bad join token of `ip`: refused while the address backs off or has no join left this minute (across the
+    /// cluster), else counted with its other failed joins.
+    async fn bad_token(
+        &self,
+        ip: std::net::IpAddr,
+        joins_per_min: u32,
+        f: &FailureLimits,
+    ) -> Admission {
+        let mut extra = vec![joins_per_min.to_string()];
+        extra.extend(failure_args(f));
+        match self.address(ip, "token", &extra).await {
+            Ok(r) => match r.first().map(String::as_str) {
+                Some("failed") if r.len() == 3 => {
+                    let backoff: u64 = r[2].parse().unwrap_or(0);
+                    Admission::BadToken {
+                        failures: r[1].parse().unwrap_or(0),
+                        backoff: (backoff > 0).then(|| Duration::from_millis(backoff)),
+                    }
+                }
+                Some("backoff") => {
+                    let left: u64 = r.get(1).and_then(|l| l.parse().ok()).unwrap_or(1);
+                    Admission::Backoff(Duration::from_millis(left.max(1)))
+                }
+                Some("over") => Admission::Throttled(Throttle::Joins),
+                _ => Admission::Unavailable,
+            },
+            Err(e) => {
+                self.failed("failure count", &e);
+                Admission::Unavailable
             }
         }
     }
@@ -1008,6 +1053,19 @@ impl Driver {
                 };
                 answer_admission(inner, conn, answer);
             }
+            ClusterRequest::BadToken {
+                conn,
+                ip,
+                joins_per_min,
+                failures,
+            } => {
+                let answer = if now_connected {
+                    self.bad_token(ip, joins_per_min, &failures).await
+                } else {
+                    Admission::Unavailable
+                };
+                answer_admission(inner, conn, answer);
+            }
             ClusterRequest::Resume {
                 conn,
                 room,
@@ -1054,18 +1112,6 @@ impl Driver {
             }
             _ if !now_connected => {
                 self.stats.dropped.fetch_add(1, Relaxed);
-            }
-            ClusterRequest::CountFailure { ip, failures } => {
-                let (n, backoff) = self.count_failure(ip, &failures).await;
-                if backoff > 0 {
-                    tracing::warn!(
-                        client = %ip,
-                        failures = n,
-                        "signaling: {n} failed joins (bad token) from {ip} across the cluster: its joins are \
-                         refused for {} s",
-                        backoff.div_ceil(1000)
-                    );
-                }
             }
             ClusterRequest::Leave { room, id, token } => {
                 let args = vec![id, token, channel(&room), self.node.clone()];

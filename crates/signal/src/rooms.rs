@@ -110,6 +110,10 @@ enum Pending {
         join: Join,
         new_token: String,
     },
+    /// A bad join token, being counted by the store; `message` is the `bad-token` error's text.
+    BadToken {
+        message: &'static str,
+    },
 }
 
 #[derive(Debug)]
@@ -592,9 +596,7 @@ impl Rooms {
                         TokenError::WrongRoom => "the join token is for another room",
                         _ => "the join token is not valid",
                     };
-                    self.count_failure(now, conn, None, "bad token");
-                    self.count_failure_in_cluster(conn);
-                    return self.close_with_error(conn, ErrorCode::BadToken, message, Some("join"));
+                    return self.refuse_bad_token(now, conn, message);
                 }
             }
         }

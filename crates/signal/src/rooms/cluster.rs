@@ -87,6 +87,102 @@ impl Rooms {
         Ok(())
     }
 
+    /// A join with a bad join token (`message` says why), refused `bad-token`. One node counts it against the
+    /// address itself; in a cluster the store counts it with the address's other failed joins on every node (and
+    /// answers with [`Rooms::handle_admission`]), so spreading guesses over the nodes buys no more of them.
+    pub(super) fn refuse_bad_token(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        message: &'static str,
+    ) -> Result<(), ErrorCode> {
+        let ip = self.conns.get(&conn).and_then(|c| c.ip);
+        let (Some(ip), Some(_)) = (ip, &self.node) else {
+            self.count_failure(now, conn, None, "bad token");
+            return self.close_with_error(conn, ErrorCode::BadToken, message, Some("join"));
+        };
+        self.pending.insert(conn, Pending::BadToken { message });
+        self.out
+            .push_back(Output::Cluster(ClusterRequest::BadToken {
+                conn,
+                ip,
+                joins_per_min: self.config.max_joins_per_min,
+                failures: Box::new(self.failure_limits(conn)),
+            }));
+        Ok(())
+    }
+
+    /// The store's answer to a [`ClusterRequest::BadToken`]: refused `bad-token` unless the address is backing
+    /// off or out of joins (then refused as any join of it would be, so the answer tells a guesser nothing about
+    /// the token). Without the store, the failure is counted here.
+    fn handle_bad_token(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        message: &'static str,
+        answer: Admission,
+    ) {
+        if !self.conns.contains_key(&conn) {
+            return; // gone meanwhile; the store counted the failure all the same
+        }
+        match answer {
+            Admission::BadToken { failures, backoff } => {
+                self.metrics.join_failed();
+                self.log_cluster_failure(conn, "bad token", failures, backoff);
+            }
+            Admission::Backoff(left) => {
+                let _ = self.refuse_join(conn, JoinRefusal::Backoff, backoff_message(left));
+                return;
+            }
+            Admission::Throttled(_) => {
+                let message = format!(
+                    "too many joins from your address (at most {} a minute): try again shortly",
+                    self.config.max_joins_per_min
+                );
+                let _ = self.refuse_join(conn, JoinRefusal::JoinRate, message);
+                return;
+            }
+            // The token is bad whatever the store: counted by this node's own limits for now.
+            _ => self.count_failure(now, conn, None, "bad token"),
+        }
+        let _ = self.close_with_error(conn, ErrorCode::BadToken, message, Some("join"));
+    }
+
+    /// Logs a failed join the store counted: the back-off it starts as a warning, single failures at debug level.
+    fn log_cluster_failure(
+        &self,
+        conn: ConnId,
+        what: &str,
+        failures: u32,
+        backoff: Option<std::time::Duration>,
+    ) {
+        let ip = self.conns.get(&conn).and_then(|c| c.ip);
+        let ip = ip.map_or_else(|| "?".to_owned(), |ip| ip.to_string());
+        match backoff {
+            Some(d) => tracing::warn!(
+                client = %ip,
+                failures,
+                "signaling: {failures} failed joins ({what}) from {ip} across the cluster: its joins are \
+                 refused for {} s",
+                ceil_secs(d)
+            ),
+            None => tracing::debug!(client = %ip, failures, "signaling: failed join ({what})"),
+        }
+    }
+
+    /// This node's failed-join limits, for the store to apply to the cluster-wide counts.
+    fn failure_limits(&self, conn: ConnId) -> FailureLimits {
+        FailureLimits {
+            backoff_after: self.config.failed_joins_before_backoff,
+            first_backoff: FIRST_BACKOFF,
+            max_backoff: self.config.max_join_backoff.max(FIRST_BACKOFF),
+            memory: FAILURE_MEMORY.max(self.config.max_join_backoff.saturating_mul(2)),
+            room_delay_after: self.config.room_failed_joins_before_delay,
+            room_memory: FAILURE_MEMORY,
+            delayed: self.conns.get(&conn).is_some_and(|c| c.waited),
+        }
+    }
+
     /// The store's answer to a [`ClusterRequest::CountConnection`]: the connection is refused, or its held
     /// messages are handled now. When the store cannot answer, the node's own cap (already checked) is the limit.
     pub fn handle_connection_count(&mut self, now: Instant, conn: ConnId, count: ConnectionCount) {
@@ -149,16 +245,24 @@ impl Rooms {
 
     /// The store's answer to a [`ClusterRequest::Admit`].
     pub fn handle_admission(&mut self, now: Instant, conn: ConnId, admission: Admission) {
-        let Some(Pending::Admit {
-            room,
-            id,
-            resume,
-            name,
-            name_pinned,
-            join,
-        }) = self.pending.remove(&conn)
-        else {
-            return;
+        let (room, id, resume, name, name_pinned, join) = match self.pending.remove(&conn) {
+            Some(Pending::Admit {
+                room,
+                id,
+                resume,
+                name,
+                name_pinned,
+                join,
+            }) => (room, id, resume, name, name_pinned, join),
+            Some(Pending::BadToken { message }) => {
+                return self.handle_bad_token(now, conn, message, admission);
+            }
+            Some(other) => {
+                // Not an admission (a resume): left for its own answer.
+                self.pending.insert(conn, other);
+                return;
+            }
+            None => return,
         };
         let alive = self.conns.contains_key(&conn);
         match admission {
@@ -207,22 +311,7 @@ impl Rooms {
                 backoff,
             } if alive => {
                 self.metrics.join_failed();
-                let ip = self.conns.get(&conn).and_then(|c| c.ip);
-                let ip = ip.map_or_else(|| "?".to_owned(), |ip| ip.to_string());
-                match backoff {
-                    Some(d) => tracing::warn!(
-                        client = %ip,
-                        failures,
-                        "signaling: {failures} failed joins (wrong password) from {ip} across the cluster: its \
-                         joins are refused for {} s",
-                        ceil_secs(d)
-                    ),
-                    None => tracing::debug!(
-                        client = %ip,
-                        failures,
-                        "signaling: failed join (wrong password)"
-                    ),
-                }
+                self.log_cluster_failure(conn, "wrong password", failures, backoff);
                 let threshold = self.config.room_failed_joins_before_delay;
                 if threshold > 0 && room_failures == threshold {
                     tracing::warn!(
@@ -240,11 +329,7 @@ impl Rooms {
                 );
             }
             Admission::Backoff(left) if alive => {
-                let message = format!(
-                    "too many failed joins from your address: try again in {} s",
-                    ceil_secs(left)
-                );
-                let _ = self.refuse_join(conn, JoinRefusal::Backoff, message);
+                let _ = self.refuse_join(conn, JoinRefusal::Backoff, backoff_message(left));
             }
             Admission::Delay if alive => {
                 // Held like a local delayed join; the place this node reserved for it is asked for again.
@@ -330,36 +415,6 @@ impl Rooms {
             _ => {}
         }
         self.admitted_one(&room);
-    }
-
-    /// How the store counts failed joins of `conn`'s address and room cluster-wide (this node's settings).
-    fn failure_limits(&self, conn: ConnId) -> FailureLimits {
-        FailureLimits {
-            backoff_after: self.config.failed_joins_before_backoff,
-            first_backoff: FIRST_BACKOFF,
-            max_backoff: self.config.max_join_backoff.max(FIRST_BACKOFF),
-            memory: FAILURE_MEMORY.max(self.config.max_join_backoff.saturating_mul(2)),
-            room_delay_after: self.config.room_failed_joins_before_delay,
-            room_memory: FAILURE_MEMORY,
-            delayed: self.conns.get(&conn).is_some_and(|c| c.waited),
-        }
-    }
-
-    /// A join of `conn` failed on its token: with a cluster, its address's failure is also counted in the store
-    /// (the local count is made by the caller), so the back-off holds across nodes.
-    pub(super) fn count_failure_in_cluster(&mut self, conn: ConnId) {
-        if self.node.is_none() {
-            return;
-        }
-        let Some(ip) = self.conns.get(&conn).and_then(|c| c.ip) else {
-            return;
-        };
-        let failures = Box::new(self.failure_limits(conn));
-        self.out
-            .push_back(Output::Cluster(ClusterRequest::CountFailure {
-                ip,
-                failures,
-            }));
     }
 
     /// Closes a join or resume that the cluster store could not answer, with the `unavailable` error.
@@ -687,4 +742,12 @@ impl Rooms {
             })
             .collect()
     }
+}
+
+/// The `too-many-joins` text of a join refused while its address backs off (as one node words it).
+fn backoff_message(left: std::time::Duration) -> String {
+    format!(
+        "too many failed joins from your address: try again in {} s",
+        ceil_secs(left)
+    )
 }

@@ -34,6 +34,10 @@ const OTHER: &str = "n2";
 
 impl Node {
     fn new(config: SignalConfig) -> Node {
+        Node::named(config, ME)
+    }
+
+    fn named(config: SignalConfig, name: &str) -> Node {
         let now = Instant::now();
         let mut rooms = Rooms::new(
             config,
@@ -42,7 +46,7 @@ impl Node {
             now,
             1_767_225_600,
         );
-        rooms.enable_cluster(ME.to_owned());
+        rooms.enable_cluster(name.to_owned());
         Node { rooms, now }
     }
 
@@ -774,70 +778,173 @@ fn the_store_counts_failed_joins_delays_and_backs_off_across_nodes() {
     assert_eq!(again, Some(true), "{out:?}");
 }
 
-#[test]
-fn a_bad_join_token_is_counted_by_the_store_like_a_wrong_password() {
-    let config = SignalConfig {
-        join_token_secret: Some("s3cret".into()),
-        failed_joins_before_backoff: 4,
-        ..SignalConfig::default()
-    };
-    let mut n = Node::new(config);
-    let forged = token_for_r(b"another secret");
-    let a = n.counted("10.0.0.8");
-    n.send(
-        a,
-        json!({"type":"join","v":1,"room":"r","name":"A","token":forged}),
-    );
-    let out = n.out();
-    assert_eq!(error_of(&out, a).as_deref(), Some("bad-token"));
-    let counted: Vec<_> = out
-        .iter()
-        .filter_map(|o| match o {
-            O::Ask(ClusterRequest::CountFailure { ip, failures }) => Some((*ip, **failures)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        counted.len(),
-        1,
-        "one failure for the store to count: {out:?}"
-    );
-    assert_eq!(counted[0].0, "10.0.0.8".parse::<IpAddr>().expect("ip"));
-    assert_eq!(counted[0].1.backoff_after, 4, "with this node's allowance");
-    assert!(
-        !out.iter()
-            .any(|o| matches!(o, O::Ask(ClusterRequest::Admit { .. }))),
-        "a bad token never reaches the room"
-    );
-
-    // A valid token is admitted through the store and counts no failure.
-    let good = token_for_r(b"s3cret");
-    let b = n.counted("10.0.0.8");
-    n.send(
-        b,
-        json!({"type":"join","v":1,"room":"r","name":"B","token":good}),
-    );
-    let out = n.out();
-    assert!(
-        out.iter()
-            .any(|o| matches!(o, O::Ask(ClusterRequest::Admit { .. }))),
-        "{out:?}"
-    );
-    assert!(
-        !out.iter()
-            .any(|o| matches!(o, O::Ask(ClusterRequest::CountFailure { .. }))),
-        "{out:?}"
-    );
+/// The per-address failure count of the store (as the Redis address script keeps it), shared by two nodes.
+#[derive(Default)]
+struct FailureStore {
+    failures: std::collections::HashMap<IpAddr, u32>,
+    blocked_until: std::collections::HashMap<IpAddr, Instant>,
 }
 
-/// A join token for room `r`, valid for an hour from the test nodes' clock, signed with `secret`.
-fn token_for_r(secret: &[u8]) -> String {
-    crate::token::mint_join_token(
-        secret,
+impl FailureStore {
+    /// Answers the node's requests for `conn` the way the Redis scripts would.
+    fn answer(&mut self, node: &mut Node, conn: ConnId, out: Vec<O>) {
+        for o in out {
+            let answer = match o {
+                O::Ask(ClusterRequest::BadToken { ip, failures, .. }) => {
+                    if let Some(left) = self.left(ip, node.now) {
+                        Admission::Backoff(left)
+                    } else {
+                        let n = self.failures.entry(ip).or_insert(0);
+                        *n += 1;
+                        let backoff = (failures.backoff_after > 0 && *n > failures.backoff_after)
+                            .then(|| {
+                                failures.first_backoff * (1 << (*n - failures.backoff_after - 1))
+                            });
+                        if let Some(d) = backoff {
+                            self.blocked_until.insert(ip, node.now + d);
+                        }
+                        Admission::BadToken {
+                            failures: *n,
+                            backoff,
+                        }
+                    }
+                }
+                O::Ask(ClusterRequest::Admit { ip: Some(ip), .. }) => match self.left(ip, node.now)
+                {
+                    Some(left) => Admission::Backoff(left),
+                    None => Admission::Admitted {
+                        seq: 1,
+                        members: Vec::new(),
+                        password: None,
+                    },
+                },
+                _ => continue,
+            };
+            node.rooms.handle_admission(node.now, conn, answer);
+        }
+    }
+
+    fn left(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        self.blocked_until
+            .get(&ip)
+            .filter(|t| **t > now)
+            .map(|t| t.saturating_duration_since(now))
+    }
+}
+
+#[test]
+fn bad_tokens_on_two_nodes_add_up_to_one_back_off() {
+    let secret = "cluster-token-secret";
+    let config = || SignalConfig {
+        join_token_secret: Some(secret.into()),
+        failed_joins_before_backoff: 3,
+        ..SignalConfig::default()
+    };
+    let good = crate::token::mint_join_token(
+        secret.as_bytes(),
         &crate::token::JoinClaims {
             room: "r".into(),
             exp: 1_767_225_600 + 3600,
             name: None,
         },
-    )
+    );
+    let join = |token: &str| json!({"type":"join","v":1,"room":"r","name":"X","token":token});
+    let mut nodes = [Node::named(config(), ME), Node::named(config(), OTHER)];
+    nodes[1].now = nodes[0].now; // one clock for the store's back-off
+    let mut store = FailureStore::default();
+    // Guess i goes to node i % 2: three within the allowance, the fourth starts the back-off; every one of them
+    // is answered bad-token, and none is decided by a node alone.
+    for i in 0..4 {
+        let n = &mut nodes[i % 2];
+        let c = n.counted("10.0.0.7");
+        n.send(c, join("forged.token"));
+        let out = n.out();
+        assert!(
+            matches!(&out[..], [O::Ask(ClusterRequest::BadToken { failures, .. })] if failures.backoff_after == 3),
+            "guess {i}: asked of the store, nothing answered yet: {out:?}"
+        );
+        store.answer(n, c, out);
+        let out = n.out();
+        assert_eq!(
+            error_of(&out, c).as_deref(),
+            Some("bad-token"),
+            "guess {i}: {out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(o, O::Close(x, _) if *x == c)));
+    }
+    // Each node saw two guesses, below the allowance; together they are four: the address backs off on both, bad
+    // token or good.
+    for (i, token) in [(0, "forged.token"), (1, good.as_str())] {
+        let n = &mut nodes[i];
+        let c = n.counted("10.0.0.7");
+        n.send(c, join(token));
+        let out = n.out();
+        store.answer(n, c, out);
+        let out = n.out();
+        assert_eq!(
+            error_of(&out, c).as_deref(),
+            Some("too-many-joins"),
+            "{out:?}"
+        );
+        let message = sent(&out, c, "error")[0]["message"]
+            .as_str()
+            .map(str::to_owned);
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("try again in 1 s")),
+            "{i}: {message:?}"
+        );
+    }
+    for n in &nodes {
+        assert_eq!(
+            n.rooms
+                .metrics
+                .joins_refused_of(crate::metrics::JoinRefusal::Backoff),
+            1,
+            "counted in metrics on each node"
+        );
+    }
+    // Another address is not affected.
+    let n = &mut nodes[1];
+    let c = n.counted("10.0.0.8");
+    n.send(c, join(&good));
+    let out = n.out();
+    store.answer(n, c, out);
+    assert_eq!(sent(&n.out(), c, "welcome").len(), 1);
+}
+
+#[test]
+fn a_bad_token_the_store_cannot_count_is_counted_by_the_node() {
+    let mut n = Node::new(SignalConfig {
+        join_token_secret: Some("cluster-token-secret".into()),
+        failed_joins_before_backoff: 1,
+        ..SignalConfig::default()
+    });
+    let join = json!({"type":"join","v":1,"room":"r","name":"X","token":"forged.token"});
+    for _ in 0..2 {
+        let c = n.counted("10.0.0.7");
+        n.send(c, join.clone());
+        n.out();
+        n.rooms.handle_admission(n.now, c, Admission::Unavailable);
+        assert_eq!(
+            error_of(&n.out(), c).as_deref(),
+            Some("bad-token"),
+            "still bad-token"
+        );
+    }
+    // Past the node's own allowance: refused here without asking the store.
+    let c = n.counted("10.0.0.7");
+    n.send(c, join);
+    let out = n.out();
+    assert_eq!(
+        error_of(&out, c).as_deref(),
+        Some("too-many-joins"),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, O::Ask(ClusterRequest::BadToken { .. }))),
+        "{out:?}"
+    );
 }
