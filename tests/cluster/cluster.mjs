@@ -6,7 +6,7 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { BIN, freePort, waitFor, withTimeout } from '../browser/harness.mjs';
+import { BIN, Cleanup, freePort, waitFor, withTimeout } from '../browser/harness.mjs';
 
 const children = new Set();
 process.on('exit', () => {
@@ -288,4 +288,22 @@ export async function startRedisCluster({ masters = 3 } = {}) {
     return Number(shard[2][1]);
   };
   return { ports, url, owner, kill, procs };
+}
+
+/**
+ * A fresh redis-server and two nodes on it started with `args`, stopped when test `t` ends: {redis, n1, n2, open},
+ * where the WebSockets pushed on `open` are closed then too.
+ */
+export async function twoNodes(t, args) {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const redis = await startRedis();
+  cleanup.add(() => redis.kill());
+  const n1 = await startNode(redis.url, { extraArgs: args });
+  cleanup.add(() => n1.kill());
+  const n2 = await startNode(redis.url, { extraArgs: args });
+  cleanup.add(() => n2.kill());
+  const open = [];
+  cleanup.add(() => open.forEach((ws) => ws.close()));
+  return { redis, n1, n2, open };
 }

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Cleanup, RawWebSocket, sleep, uniqueRoom, waitFor } from '../browser/harness.mjs';
-import { metric, redisCommand, startNode, startRedis } from './cluster.mjs';
+import { metric, redisCommand, startNode, startRedis, twoNodes } from './cluster.mjs';
 
 /** Opens a WebSocket from `localAddress` and joins: {ws, first} where first is the welcome or the error. */
 async function joinFrom(localAddress, node, room, name) {
@@ -142,24 +142,6 @@ async function guessFrom(localAddress, node, room, password, open) {
   ws.send({ v: 1, type: 'join', room, name: 'g', password });
   const first = await ws.next((m) => m.type === 'welcome' || m.type === 'error', { timeout: 8000, what: 'the answer to a join' });
   return { first, ms: Date.now() - started };
-}
-
-/**
- * A fresh redis-server and two nodes on it started with `args`, stopped when test `t` ends: {redis, n1, n2, open},
- * where the WebSockets pushed on `open` are closed then too.
- */
-async function twoNodes(t, args) {
-  const cleanup = new Cleanup();
-  t.after(() => cleanup.run());
-  const redis = await startRedis();
-  cleanup.add(() => redis.kill());
-  const n1 = await startNode(redis.url, { extraArgs: args });
-  cleanup.add(() => n1.kill());
-  const n2 = await startNode(redis.url, { extraArgs: args });
-  cleanup.add(() => n2.kill());
-  const open = [];
-  cleanup.add(() => open.forEach((ws) => ws.close()));
-  return { redis, n1, n2, open };
 }
 
 test('password guessing spread over two nodes meets the back-off and the room delay at one node\'s thresholds', { timeout: 60_000 }, async (t) => {

@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { test } from 'node:test';
-import { Cleanup, RawWebSocket, uniqueRoom } from '../browser/harness.mjs';
-import { metric, redisCommand, startNode, startRedis } from './cluster.mjs';
+import { RawWebSocket, uniqueRoom } from '../browser/harness.mjs';
+import { metric, redisCommand, twoNodes } from './cluster.mjs';
 
 const SECRET = 'cluster-token-secret-for-the-test';
 
@@ -27,17 +27,7 @@ async function joinWith(localAddress, node, room, token, open) {
 }
 
 test('bad join tokens alternated over two nodes meet the back-off at one node\'s threshold', { timeout: 60_000 }, async (t) => {
-  const cleanup = new Cleanup();
-  t.after(() => cleanup.run());
-  const redis = await startRedis();
-  cleanup.add(() => redis.kill());
-  const args = ['--join-token-secret', SECRET, '--failed-joins-before-backoff', '3'];
-  const n1 = await startNode(redis.url, { extraArgs: args });
-  cleanup.add(() => n1.kill());
-  const n2 = await startNode(redis.url, { extraArgs: args });
-  cleanup.add(() => n2.kill());
-  const open = [];
-  cleanup.add(() => open.forEach((ws) => ws.close()));
+  const { redis, n1, n2, open } = await twoNodes(t, ['--join-token-secret', SECRET, '--failed-joins-before-backoff', '3']);
 
   const room = uniqueRoom('tok');
   const exp = Math.floor(Date.now() / 1000) + 600;
