@@ -539,18 +539,10 @@ impl Rooms {
         let ip = self.conns.get(&conn).and_then(|c| c.ip);
         if let Some(ip) = ip {
             if let Some(left) = self.limits.backoff_left(ip, now) {
-                let message = format!(
-                    "too many failed joins from your address: try again in {} s",
-                    ceil_secs(left)
-                );
-                return self.refuse_join(conn, JoinRefusal::Backoff, message);
+                return self.refuse_backoff(conn, left);
             }
             if !self.limits.take_join(ip, now) {
-                let message = format!(
-                    "too many joins from your address (at most {} a minute): try again shortly",
-                    self.config.max_joins_per_min
-                );
-                return self.refuse_join(conn, JoinRefusal::JoinRate, message);
+                return self.refuse_join_rate(conn);
             }
         }
         let threshold = self.config.room_failed_joins_before_delay;
@@ -657,11 +649,7 @@ impl Rooms {
                 if let Some(ip) = self.conns.get(&conn).and_then(|c| c.ip)
                     && !self.limits.take_room(ip, now)
                 {
-                    let message = format!(
-                        "too many new rooms from your address (at most {} a minute): try again shortly",
-                        self.config.max_new_rooms_per_min
-                    );
-                    return self.refuse_join(conn, JoinRefusal::NewRoomRate, message);
+                    return self.refuse_new_room_rate(conn);
                 }
                 let password = join
                     .password
@@ -1098,6 +1086,33 @@ impl Rooms {
     ) -> Result<(), ErrorCode> {
         self.metrics.join_refused(why);
         self.close_with_error(conn, ErrorCode::TooManyJoins, message, Some("join"))
+    }
+
+    /// Refuses a join of an address backing off after failed joins (`left` to go), on this node or the cluster's.
+    fn refuse_backoff(&mut self, conn: ConnId, left: Duration) -> Result<(), ErrorCode> {
+        let message = format!(
+            "too many failed joins from your address: try again in {} s",
+            ceil_secs(left)
+        );
+        self.refuse_join(conn, JoinRefusal::Backoff, message)
+    }
+
+    /// Refuses a join of an address past `max_joins_per_min`.
+    fn refuse_join_rate(&mut self, conn: ConnId) -> Result<(), ErrorCode> {
+        let message = format!(
+            "too many joins from your address (at most {} a minute): try again shortly",
+            self.config.max_joins_per_min
+        );
+        self.refuse_join(conn, JoinRefusal::JoinRate, message)
+    }
+
+    /// Refuses a join that would create a room for an address past `max_new_rooms_per_min`.
+    fn refuse_new_room_rate(&mut self, conn: ConnId) -> Result<(), ErrorCode> {
+        let message = format!(
+            "too many new rooms from your address (at most {} a minute): try again shortly",
+            self.config.max_new_rooms_per_min
+        );
+        self.refuse_join(conn, JoinRefusal::NewRoomRate, message)
     }
 
     /// A failed join (wrong password, bad token): counted against the address and, for a password, the room.

@@ -12,7 +12,6 @@ use super::{
     Room, RoomSnapshot, Rooms, Timer, close_code,
 };
 use crate::cluster::{FailureLimits, Throttle};
-use crate::metrics::JoinRefusal;
 use crate::protocol::{ErrorCode, Join, PeerInfo, ServerMessage};
 
 impl Rooms {
@@ -131,15 +130,11 @@ impl Rooms {
                 self.log_cluster_failure(conn, "bad token", failures, backoff);
             }
             Admission::Backoff(left) => {
-                let _ = self.refuse_join(conn, JoinRefusal::Backoff, backoff_message(left));
+                let _ = self.refuse_backoff(conn, left);
                 return;
             }
             Admission::Throttled(_) => {
-                let message = format!(
-                    "too many joins from your address (at most {} a minute): try again shortly",
-                    self.config.max_joins_per_min
-                );
-                let _ = self.refuse_join(conn, JoinRefusal::JoinRate, message);
+                let _ = self.refuse_join_rate(conn);
                 return;
             }
             // The token is bad whatever the store: counted by this node's own limits for now.
@@ -329,7 +324,7 @@ impl Rooms {
                 );
             }
             Admission::Backoff(left) if alive => {
-                let _ = self.refuse_join(conn, JoinRefusal::Backoff, backoff_message(left));
+                let _ = self.refuse_backoff(conn, left);
             }
             Admission::Delay if alive => {
                 // Held like a local delayed join; the place this node reserved for it is asked for again.
@@ -340,24 +335,11 @@ impl Rooms {
                 self.metrics.join_delayed();
                 self.push_timer(now + ROOM_GUESS_DELAY, Timer::ParkedJoin { conn });
             }
-            Admission::Throttled(why) if alive => {
-                let (why, message) = match why {
-                    Throttle::NewRooms => (
-                        JoinRefusal::NewRoomRate,
-                        format!(
-                            "too many new rooms from your address (at most {} a minute): try again shortly",
-                            self.config.max_new_rooms_per_min
-                        ),
-                    ),
-                    _ => (
-                        JoinRefusal::JoinRate,
-                        format!(
-                            "too many joins from your address (at most {} a minute): try again shortly",
-                            self.config.max_joins_per_min
-                        ),
-                    ),
-                };
-                let _ = self.refuse_join(conn, why, message);
+            Admission::Throttled(Throttle::NewRooms) if alive => {
+                let _ = self.refuse_new_room_rate(conn);
+            }
+            Admission::Throttled(_) if alive => {
+                let _ = self.refuse_join_rate(conn);
             }
             Admission::Unavailable if alive => {
                 self.refuse_unavailable(conn);
@@ -742,12 +724,4 @@ impl Rooms {
             })
             .collect()
     }
-}
-
-/// The `too-many-joins` text of a join refused while its address backs off (as one node words it).
-fn backoff_message(left: std::time::Duration) -> String {
-    format!(
-        "too many failed joins from your address: try again in {} s",
-        ceil_secs(left)
-    )
 }
