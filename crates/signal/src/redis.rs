@@ -732,6 +732,19 @@ fn hex_of(bytes: &[u8]) -> String {
         })
 }
 
+/// What an address script's refusal of a join (`check` or `token` mode) means: backing off, or out of joins this
+/// minute; any other reply is the store failing.
+fn address_refusal(reply: &[String]) -> Admission {
+    match reply.first().map(String::as_str) {
+        Some("backoff") => {
+            let left: u64 = reply.get(1).and_then(|l| l.parse().ok()).unwrap_or(1);
+            Admission::Backoff(Duration::from_millis(left.max(1)))
+        }
+        Some("over") => Admission::Throttled(Throttle::Joins),
+        _ => Admission::Unavailable,
+    }
+}
+
 /// The `fail` arguments of the address script: allowance, first back-off, memory and longest back-off (ms).
 fn failure_args(f: &FailureLimits) -> [String; 4] {
     [
@@ -787,15 +800,8 @@ impl Driver {
         if let Some(ip) = ip {
             let limit = if failures.delayed { 0 } else { joins_per_min };
             match self.address(ip, "check", &[limit.to_string()]).await {
-                Ok(r) => match r.first().map(String::as_str) {
-                    Some("ok") => {}
-                    Some("backoff") => {
-                        let left: u64 = r.get(1).and_then(|l| l.parse().ok()).unwrap_or(1);
-                        return Admission::Backoff(Duration::from_millis(left.max(1)));
-                    }
-                    Some("over") => return Admission::Throttled(Throttle::Joins),
-                    _ => return Admission::Unavailable,
-                },
+                Ok(r) if r.first().map(String::as_str) == Some("ok") => {}
+                Ok(r) => return address_refusal(&r),
                 Err(e) => {
                     self.failed("admission", &e);
                     return Admission::Unavailable;
@@ -942,12 +948,7 @@ impl Driver {
                         backoff: (backoff > 0).then(|| Duration::from_millis(backoff)),
                     }
                 }
-                Some("backoff") => {
-                    let left: u64 = r.get(1).and_then(|l| l.parse().ok()).unwrap_or(1);
-                    Admission::Backoff(Duration::from_millis(left.max(1)))
-                }
-                Some("over") => Admission::Throttled(Throttle::Joins),
-                _ => Admission::Unavailable,
+                _ => address_refusal(&r),
             },
             Err(e) => {
                 self.failed("failure count", &e);
