@@ -623,14 +623,13 @@ impl Engine {
                                 .insert(id.to_string(), (name, now + ORPHAN_WAIT, true));
                             return self.finish_signal(now);
                         }
-                        self.links.insert(id.to_string(), Link::new(id, &name));
+                        let id = id.to_string();
                         self.event(Event::PeerJoined {
-                            id: id.to_string(),
-                            name,
+                            id: id.clone(),
+                            name: name.clone(),
                         });
                         // Those in the room offer to a newcomer (docs/protocol.md, "Who offers").
-                        let id = id.to_string();
-                        self.start_offer(now, &id);
+                        self.add_link(now, &id, &name, true);
                     }
                 }
             }
@@ -767,16 +766,9 @@ impl Engine {
                 self.deferred.insert(pid, (name, now + ORPHAN_WAIT, false));
                 continue;
             }
-            let mut link = Link::new(&pid, &name);
-            if resumed {
-                // Joined while we were away: their welcome listed us, so they wait for our offer.
-                self.links.insert(pid.clone(), link);
-                self.start_offer(now, &pid);
-            } else {
-                // We are new to them (first join, or a new id that reached them as peer-joined): they offer.
-                link.first_offer_by = Some(now + FIRST_OFFER_WAIT);
-                self.links.insert(pid, link);
-            }
+            // Resumed: they joined while we were away and their welcome listed us, so they wait for our offer.
+            // Otherwise we are new to them (first join, or a new id that reached them as peer-joined): they offer.
+            self.add_link(now, &pid, &name, resumed);
         }
         // Restarts that waited for signaling.
         let waiting: Vec<String> = self
@@ -845,7 +837,19 @@ impl Engine {
         }
     }
 
-    /// We are the newcomer: a connection with one audio, one video transceiver and the data channel; offer.
+    /// A link to `id`: we make the first offer now (`we_offer`), or wait [`FIRST_OFFER_WAIT`] for theirs.
+    fn add_link(&mut self, now: Instant, id: &str, name: &str, we_offer: bool) {
+        let mut link = Link::new(id, name);
+        if !we_offer {
+            link.first_offer_by = Some(now + FIRST_OFFER_WAIT);
+        }
+        self.links.insert(id.to_string(), link);
+        if we_offer {
+            self.start_offer(now, id);
+        }
+    }
+
+    /// A connection with one audio, one video transceiver and the data channel; offer.
     fn start_offer(&mut self, now: Instant, id: &str) {
         let mut rtc = self.new_rtc(now);
         Self::add_local_candidates(&self.gather, &mut rtc);
@@ -1220,18 +1224,13 @@ impl Engine {
                 self.remove_quiet(&s);
             }
             if !self.links.contains_key(&id) {
-                let mut link = Link::new(&id, &name);
                 if joined {
-                    self.links.insert(id.clone(), link);
                     self.event(Event::PeerJoined {
                         id: id.clone(),
-                        name,
+                        name: name.clone(),
                     });
-                    self.start_offer(now, &id);
-                } else {
-                    link.first_offer_by = Some(now + FIRST_OFFER_WAIT);
-                    self.links.insert(id, link);
                 }
+                self.add_link(now, &id, &name, joined);
             }
         }
         let ids: Vec<String> = self.links.keys().cloned().collect();
