@@ -41,14 +41,21 @@ function insecure() {
   return e;
 }
 
+/** The microphone's constraints: `processing`, on the device last used when there is one. */
+function audioConstraints(deviceId, processing) {
+  return deviceId ? { ...processing, deviceId: { ideal: deviceId } } : { ...processing };
+}
+
+/** The camera's constraints, on the device last used when there is one. */
+function videoConstraints(deviceId) {
+  return deviceId ? { ...VIDEO, deviceId: { ideal: deviceId } } : VIDEO;
+}
+
 /** What LocalMedia.open() asks getUserMedia for, from what is stored (the devices and settings last used). */
 export function storedCaptureConstraints() {
-  const audioDeviceId = store.get('audioDevice', null);
-  const videoDeviceId = store.get('videoDevice', null);
-  const processing = audioProcessing(store.get('audioProcessing', null));
   return {
-    audio: audioDeviceId ? { ...processing, deviceId: { ideal: audioDeviceId } } : { ...processing },
-    video: store.get('camOn', true) ? (videoDeviceId ? { ...VIDEO, deviceId: { ideal: videoDeviceId } } : VIDEO) : false,
+    audio: audioConstraints(store.get('audioDevice', null), audioProcessing(store.get('audioProcessing', null))),
+    video: store.get('camOn', true) ? videoConstraints(store.get('videoDevice', null)) : false,
   };
 }
 
@@ -114,7 +121,7 @@ export class LocalMedia extends EventTarget {
   }
 
   #audioConstraints() {
-    return this.audioDeviceId ? { ...this.processing, deviceId: { ideal: this.audioDeviceId } } : { ...this.processing };
+    return audioConstraints(this.audioDeviceId, this.processing);
   }
 
   /**
@@ -144,7 +151,7 @@ export class LocalMedia extends EventTarget {
   }
 
   #videoConstraints() {
-    return this.videoDeviceId ? { ...VIDEO, deviceId: { ideal: this.videoDeviceId } } : VIDEO;
+    return videoConstraints(this.videoDeviceId);
   }
 
   /**
