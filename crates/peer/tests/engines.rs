@@ -16,6 +16,9 @@ struct Node {
     id: Option<String>,
     events: Vec<Event>,
     up: bool,
+    /// The server resumes this node's next join as if it carried its old resume token: a restarted client that
+    /// kept it (a reloaded browser page keeps it in sessionStorage; a new native Engine cannot be handed one).
+    kept_token: bool,
 }
 
 /// The room: ids in join order, messages forwarded with `from`.
@@ -41,6 +44,8 @@ struct World {
     queue: Vec<(Instant, usize, SocketAddr, SocketAddr, Vec<u8>)>,
     /// Offers the server forwarded: (from, to).
     offers: Vec<(String, String)>,
+    /// Datagrams sent to an address no node owns (any more), by destination.
+    strays: BTreeMap<SocketAddr, u64>,
     /// Whether peers in the room hear `peer-joined` (off: they behave as an older peercall, which waited for
     /// the newcomer's offer).
     announce_joins: bool,
@@ -61,6 +66,7 @@ impl World {
             link_free: None,
             queue: Vec::new(),
             offers: Vec::new(),
+            strays: BTreeMap::new(),
             announce_joins: true,
         }
     }
@@ -87,9 +93,34 @@ impl World {
             id: ids.get(self.next_id as usize).map(|s| s.to_string()),
             events: Vec::new(),
             up: true,
+            kept_token: false,
         });
         self.next_id += 1;
         i
+    }
+
+    /// Node `i`'s process restarts and comes back with a new Engine (no connections) on a new socket at
+    /// `addr`, resumed by the server under its old id: nobody hears it leave or join. Its join is sent at the
+    /// next [`World::settle`].
+    fn restart_node(&mut self, i: usize, name: &str, addr: SocketAddr) {
+        let config = EngineConfig {
+            room: "room".into(),
+            name: name.into(),
+            password: None,
+            token: None,
+            clip: self.clip.clone(),
+            relay_only: false,
+            turn_tcp: false,
+            record: true,
+        };
+        let mut engine = Engine::new(config, self.now);
+        engine.add_socket(self.now, addr);
+        let node = &mut self.nodes[i];
+        node.engine = engine;
+        node.addr = addr;
+        node.events.clear();
+        node.kept_token = true;
+        node.engine.signaling_connected(self.now);
     }
 
     fn server(&mut self, from: usize, text: &str) {
@@ -104,7 +135,8 @@ impl World {
                     .filter(|(j, n)| *j != from && n.up && n.id.is_some())
                     .map(|(_, n)| json!({"id": n.id, "name": "x"}))
                     .collect();
-                let resumed = msg["resume"] == self.resume_token.as_str();
+                let resumed = msg["resume"] == self.resume_token.as_str()
+                    || std::mem::take(&mut self.nodes[from].kept_token);
                 let welcome = json!({"v": 1, "type": "welcome", "id": my_id, "room": "room", "peers": peers,
                     "iceServers": [], "resume": self.resume_token, "resumed": resumed, "polite": "lower-id"});
                 self.to_client.push((from, welcome.to_string()));
@@ -178,6 +210,8 @@ impl World {
                                     t.destination,
                                     &t.contents,
                                 );
+                            } else {
+                                *self.strays.entry(t.destination).or_default() += 1;
                             }
                         }
                         Output::Event(e) => self.nodes[i].events.push(e),
@@ -708,5 +742,68 @@ fn an_orphan_whose_connection_dies_is_dropped() {
         w.nodes[a].engine.peers().is_empty(),
         "{:?}",
         w.nodes[a].engine.peers()
+    );
+}
+
+#[test]
+fn a_peer_that_lost_its_connection_and_offers_a_new_one_is_answered_afresh() {
+    let mut w = World::new();
+    let a = w.join("Ann", &["p-a", "p-b"]);
+    w.run(Duration::from_millis(50));
+    let b = w.join("Bob", &["p-a", "p-b"]);
+    w.run(Duration::from_secs(6));
+    media_flows(&w.status(a));
+    media_flows(&w.status(b));
+    // Bob's process restarts: his connection to Ann is gone with it, while Ann's end of it is still up. He comes
+    // back on a new socket, resumed under the same id, and offers Ann a new connection (another SDP session id).
+    let old_addr = w.nodes[b].addr;
+    w.restart_node(b, "Bob", "127.0.0.1:11001".parse().unwrap());
+    let restarted_at = w.now;
+    assert!(w.status(a).connected, "{:?}", w.status(a));
+    w.settle();
+    assert!(
+        w.nodes[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Joined { resumed: true, .. })),
+        "{:?}",
+        w.nodes[b].events
+    );
+    assert_eq!(w.offers.last(), Some(&("p-b".to_string(), "p-a".to_string())));
+    let old_stray = w.strays.get(&old_addr).copied().unwrap_or(0);
+    w.run(Duration::from_secs(6));
+    // One Bob on Ann's side (w.status asserts it), on the new connection: media both ways again (receivers' reports
+    // included), without the old connection timing out first.
+    let (sa, sb) = (w.status(a), w.status(b));
+    assert_eq!(sa.id, "p-b");
+    assert_eq!(sb.id, "p-a");
+    media_flows(&sa);
+    media_flows(&sb);
+    assert_eq!(sa.restarts, 0, "{sa:?}");
+    // Ann's old connection is closed: nothing more goes to Bob's old socket.
+    assert_eq!(
+        w.strays.get(&old_addr).copied().unwrap_or(0),
+        old_stray,
+        "{:?}",
+        w.strays
+    );
+    // And Ann saw no one leave, join, or drop out: the same Bob, reconnected.
+    let noticed: Vec<&Event> = w.nodes[a]
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::PeerLeft { .. }
+                    | Event::PeerJoined { .. }
+                    | Event::Disconnected { .. }
+                    | Event::IceRestart { .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        noticed.len(),
+        1,
+        "only Bob's first join: {noticed:?} (restarted at {restarted_at:?})"
     );
 }
