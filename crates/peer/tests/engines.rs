@@ -759,6 +759,7 @@ fn a_peer_that_lost_its_connection_and_offers_a_new_one_is_answered_afresh() {
     let old_addr = w.nodes[b].addr;
     w.restart_node(b, "Bob", "127.0.0.1:11001".parse().unwrap());
     let restarted_at = w.now;
+    // Nothing has reached Ann yet: her old link is up when the new offer comes.
     assert!(w.status(a).connected, "{:?}", w.status(a));
     w.settle();
     assert!(
@@ -769,7 +770,10 @@ fn a_peer_that_lost_its_connection_and_offers_a_new_one_is_answered_afresh() {
         "{:?}",
         w.nodes[b].events
     );
-    assert_eq!(w.offers.last(), Some(&("p-b".to_string(), "p-a".to_string())));
+    assert_eq!(
+        w.offers.last(),
+        Some(&("p-b".to_string(), "p-a".to_string()))
+    );
     let old_stray = w.strays.get(&old_addr).copied().unwrap_or(0);
     w.run(Duration::from_secs(6));
     // One Bob on Ann's side (w.status asserts it), on the new connection: media both ways again (receivers' reports
