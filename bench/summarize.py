@@ -156,6 +156,7 @@ def signal(d):
     crit = ""
     row(f"messages/s relayed with ≥ 99.9 % delivered and p99 ≤ bound (median){crit}", r["peercall"].get("median_best_rate"), r["peerjs"].get("median_best_rate"))
     out.append("| … each sweep | " + ", ".join(fmt(x) for x in r["peercall"].get("best_rates", [])) + " | " + ", ".join(fmt(x) for x in r["peerjs"].get("best_rates", [])) + " | |")
+    row("times every client was connected again (a step had lost some: dropped as too slow)", r["peercall"].get("reconnects"), r["peerjs"].get("reconnects"), 0, False)
     row("p50 latency at the best rate, ms", best_field(r["peercall"], "p50_ms"), best_field(r["peerjs"], "p50_ms"), 2, False)
     row("p99 latency at the best rate, ms", best_field(r["peercall"], "p99_ms"), best_field(r["peerjs"], "p99_ms"), 2, False)
     row("server CPU at the best rate, % of one core", best_field(r["peercall"], "server_cpu_percent"), best_field(r["peerjs"], "server_cpu_percent"), 0, False)

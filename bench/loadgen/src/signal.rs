@@ -483,16 +483,135 @@ impl SigStep {
     }
 }
 
+/// How the clients connect: every pair joins its own room (peercall) or gets its own ids (PeerJS).
+struct FleetSpec {
+    proto: Protocol,
+    server: std::net::SocketAddr,
+    run_id: u64,
+    pairs: usize,
+    /// Pairs being opened at once.
+    concurrency: usize,
+    gap: Duration,
+}
+
+/// The client tasks of one generation of connections, and the channel that tells them what to do.
+struct Fleet {
+    tasks: tokio::task::JoinSet<()>,
+    phase_tx: watch::Sender<Phase>,
+}
+
+impl Fleet {
+    /// Connects every pair (bounded concurrency, bounded time); each client starts reading at once. Generation
+    /// `generation` names rooms and ids apart from earlier generations. Returns the errors of the pairs that failed.
+    async fn connect(
+        how: &FleetSpec,
+        generation: u64,
+        shared: &Arc<Shared>,
+    ) -> (Fleet, Vec<String>) {
+        let now = Instant::now();
+        let (phase_tx, phase_rx) = watch::channel(Phase {
+            tag: 0,
+            rate: 0.0,
+            start: now,
+            start_ns: 0,
+            end: now,
+            quit: false,
+        });
+        let run = how.run_id * 100 + generation % 100;
+        let mut tasks = tokio::task::JoinSet::new();
+        let (proto, server, gap) = (how.proto, how.server, how.gap);
+        let opened: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..how.pairs)
+            .map(|p| async move { open_pair(proto, server, run, p).await })
+            .buffer_unordered(how.concurrency)
+            .map(|r| {
+                r.map(|pair| {
+                    for (i, (ws, _me, partner)) in pair.into_iter().enumerate() {
+                        shared.live.fetch_add(1, Ordering::AcqRel);
+                        let idx = tasks.len() * 2 + i;
+                        tasks.spawn(client_task(
+                            idx,
+                            ws,
+                            partner,
+                            shared.clone(),
+                            phase_rx.clone(),
+                            gap,
+                        ));
+                    }
+                })
+            })
+            .collect()
+            .await;
+        let failures = opened
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+            .collect();
+        (Fleet { tasks, phase_tx }, failures)
+    }
+
+    /// Tells every client to close, and waits for them (at most 10 s).
+    async fn stop(&mut self) {
+        let now = Instant::now();
+        let _ = self.phase_tx.send(Phase {
+            tag: 0,
+            rate: 0.0,
+            start: now,
+            start_ns: 0,
+            end: now,
+            quit: true,
+        });
+        let tasks = &mut self.tasks;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+    }
+}
+
 struct Controller {
     shared: Arc<Shared>,
-    phase_tx: watch::Sender<Phase>,
+    fleet: Fleet,
+    how: FleetSpec,
     /// Clients connected (indices 0..clients).
     clients: usize,
     pid: Option<u32>,
     next_tag: u32,
+    /// Times every client was connected again because a step had lost some.
+    reconnects: u32,
 }
 
 impl Controller {
+    /// Each step is judged on its own: when the one before lost clients (a server drops a client that reads too
+    /// slowly, and at rates beyond the machine it is the generator that falls behind), every pair is connected
+    /// afresh first, instead of the rest of the sweep failing for the missing partners.
+    async fn reconnect_if_needed(&mut self) {
+        let live = self.shared.live.load(Ordering::Acquire);
+        if live >= self.clients {
+            return;
+        }
+        self.fleet.stop().await;
+        self.reconnects += 1;
+        self.shared.live.store(0, Ordering::Release);
+        let (fleet, failures) =
+            Fleet::connect(&self.how, u64::from(self.reconnects), &self.shared).await;
+        self.fleet = fleet;
+        eprintln!(
+            "  ({live} of {} clients were left: all connected again, {} now{})",
+            self.clients,
+            self.shared.live.load(Ordering::Acquire),
+            failures
+                .first()
+                .map(|e| format!("; first failure: {e}"))
+                .unwrap_or_default()
+        );
+    }
+
+    /// A step of the sweep (or at a fixed rate), with every client connected.
+    async fn fresh_step(&mut self, rate: f64, duration: Duration) -> SigStep {
+        self.reconnect_if_needed().await;
+        self.step(rate, duration).await
+    }
+
     async fn step(&mut self, rate: f64, duration: Duration) -> SigStep {
         self.next_tag += 1;
         let tag = self.next_tag;
@@ -511,7 +630,7 @@ impl Controller {
         let expected: u64 = (0..clients).map(|i| due(i, per_client, secs)).sum();
         let meter = CpuMeter::new(self.pid);
         let own = CpuMeter::new(Some(std::process::id()));
-        let _ = self.phase_tx.send(Phase {
+        let _ = self.fleet.phase_tx.send(Phase {
             tag,
             rate: per_client,
             start,
@@ -531,7 +650,7 @@ impl Controller {
         }
         // Idle phase; messages of this step arriving from now on are ignored.
         sh.tag.store(0, Ordering::Release);
-        let _ = self.phase_tx.send(Phase {
+        let _ = self.fleet.phase_tx.send(Phase {
             tag: 0,
             rate: 0.0,
             start: end,
@@ -586,15 +705,6 @@ async fn run(args: SignalArgs, pairs: usize) -> anyhow::Result<()> {
             .collect(),
         first_error: std::sync::Mutex::new(None),
     });
-    let now = Instant::now();
-    let (phase_tx, phase_rx) = watch::channel(Phase {
-        tag: 0,
-        rate: 0.0,
-        start: now,
-        start_ns: 0,
-        end: now,
-        quit: false,
-    });
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -602,44 +712,17 @@ async fn run(args: SignalArgs, pairs: usize) -> anyhow::Result<()> {
         % 1_000_000_000;
     let rss_before = args.pid.and_then(|p| rss_kib(p).ok());
 
-    // Connect every pair (bounded concurrency, bounded time); each client starts reading at once.
     let t0 = Instant::now();
-    let proto = args.protocol;
-    let server = args.server;
     let gap = Duration::from_secs_f64(args.batch_ms.clamp(0.0, 100.0) / 1000.0);
-    let mut tasks = tokio::task::JoinSet::new();
-    let opened: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..pairs)
-        .map(|p| {
-            let shared = shared.clone();
-            let rx = phase_rx.clone();
-            async move {
-                let pair = open_pair(proto, server, run_id, p).await?;
-                Ok::<_, anyhow::Error>((pair, shared, rx))
-            }
-        })
-        .buffer_unordered((args.connect_concurrency / 2).clamp(1, 2000))
-        .map(|r| {
-            r.map(|(pair, shared, rx)| {
-                for (i, (ws, _me, partner)) in pair.into_iter().enumerate() {
-                    shared.live.fetch_add(1, Ordering::AcqRel);
-                    let idx = tasks.len() * 2 + i;
-                    tasks.spawn(client_task(
-                        idx,
-                        ws,
-                        partner,
-                        shared.clone(),
-                        rx.clone(),
-                        gap,
-                    ));
-                }
-            })
-        })
-        .collect()
-        .await;
-    let failures: Vec<String> = opened
-        .iter()
-        .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
-        .collect();
+    let how = FleetSpec {
+        proto: args.protocol,
+        server: args.server,
+        run_id,
+        pairs,
+        concurrency: (args.connect_concurrency / 2).clamp(1, 2000),
+        gap,
+    };
+    let (fleet, failures) = Fleet::connect(&how, 0, &shared).await;
     let connect_secs = t0.elapsed().as_secs_f64();
     let live = shared.live.load(Ordering::Acquire);
     eprintln!(
@@ -654,10 +737,12 @@ async fn run(args: SignalArgs, pairs: usize) -> anyhow::Result<()> {
     );
     let mut ctl = Controller {
         shared: shared.clone(),
-        phase_tx,
+        fleet,
+        how,
         clients: live,
         pid: args.pid,
         next_tag: 0,
+        reconnects: 0,
     };
 
     let mut result = json!({
@@ -727,7 +812,7 @@ async fn run(args: SignalArgs, pairs: usize) -> anyhow::Result<()> {
         let mut steps = Vec::new();
         let mut best: Option<SigStep> = None;
         if let Some(rate) = args.rate {
-            let s = ctl.step(rate, duration).await;
+            let s = ctl.fresh_step(rate, duration).await;
             eprintln!("{}", s.line());
             steps.push(s);
         } else {
@@ -738,7 +823,7 @@ async fn run(args: SignalArgs, pairs: usize) -> anyhow::Result<()> {
             let ctl_ref = &mut ctl;
             let (b, all) = tokio::task::block_in_place(|| {
                 search(&cfg, |rate, _| {
-                    let s = handle.block_on(ctl_ref.step(rate, duration));
+                    let s = handle.block_on(ctl_ref.fresh_step(rate, duration));
                     let ok = s.passes(min_delivered, max_p99);
                     eprintln!("  {} {}", s.line(), if ok { "ok" } else { "FAIL" });
                     std::thread::sleep(Duration::from_millis(300));
@@ -766,18 +851,8 @@ async fn run(args: SignalArgs, pairs: usize) -> anyhow::Result<()> {
     result["errors"] = json!(shared.errors.load(Ordering::Acquire));
     result["first_error"] = json!(shared.first_error.lock().ok().and_then(|f| f.clone()));
     result["live_at_end"] = json!(shared.live.load(Ordering::Acquire));
-    let _ = ctl.phase_tx.send(Phase {
-        tag: 0,
-        rate: 0.0,
-        start: Instant::now(),
-        start_ns: 0,
-        end: Instant::now(),
-        quit: true,
-    });
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    result["reconnects"] = json!(ctl.reconnects);
+    ctl.fleet.stop().await;
     if args.json {
         println!("RESULT {result}");
     }
