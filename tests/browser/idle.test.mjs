@@ -1,0 +1,42 @@
+// A call that sits idle costs the machine little: the page does not restyle itself many times a second (the
+// level meter used to redraw one's own tile at every sample of Chromium's test tone, and keep the page drawing
+// frames for the whole call), while the speaking ring still lights when the microphone hears something.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Cleanup, join, launchBrowser, sleep, startServer, uniqueRoom } from './harness.mjs';
+
+const WINDOW_MS = 6_000;
+// The clock's tick each second, the odd status or stats render: a few style recalculations a second. The meter
+// redrawing the tile at each sample took 28 to 45 a second.
+const MAX_RESTYLES_PER_SEC = 8;
+
+test('alone in a call: the speaking ring follows the microphone, and the page does not restyle many times a second', { timeout: 90_000 }, async (t) => {
+  const cleanup = new Cleanup();
+  t.after(() => cleanup.run());
+  const server = await startServer();
+  cleanup.add(() => server.kill());
+  const browser = await launchBrowser();
+  cleanup.add(() => browser.close());
+  const ada = await join(browser, server, uniqueRoom('idle'), 'Ada');
+  await sleep(1_000); // the camera and the meter are running
+
+  // Whether the ring is lit on Ada's own tile, looked at every 100 ms (the test tone beeps twice a second, and the
+  // ring stays on between the beeps as it would through a sentence).
+  await ada.page.evaluate(() => {
+    window.ringLit = 0;
+    const tile = document.querySelector('.tile-local');
+    setInterval(() => { if (tile.classList.contains('speaking')) window.ringLit++; }, 100);
+  });
+  const cdp = await ada.context.newCDPSession(ada.page);
+  await cdp.send('Performance.enable');
+  const restyles = async () => (await cdp.send('Performance.getMetrics')).metrics.find((m) => m.name === 'RecalcStyleCount').value;
+  const before = await restyles();
+  await sleep(WINDOW_MS);
+  const perSec = (await restyles() - before) / (WINDOW_MS / 1000);
+  const lit = await ada.page.evaluate(() => window.ringLit);
+
+  assert.ok(lit >= 1, `the speaking ring never lit on Ada's tile in ${WINDOW_MS} ms of the test tone`);
+  assert.ok(perSec <= MAX_RESTYLES_PER_SEC, `the idle call page restyled ${perSec.toFixed(1)} times a second (at most ${MAX_RESTYLES_PER_SEC})`);
+  assert.deepEqual(ada.errors, []);
+});
