@@ -94,7 +94,10 @@ export class Peer extends EventTarget {
       const transceiver = this.pc.addTransceiver(track ?? kind, { direction: 'sendrecv', streams: [stream] });
       this.senders[kind] = transceiver.sender;
     }
-    // addTransceiver fires negotiationneeded → the offer goes out.
+    // The offer now, in this task: negotiationneeded would only run after everything else the page does for a new
+    // participant (their tile, the layout) and the frame drawn after it; the event that follows finds the offer
+    // under way (or made) and does nothing.
+    this.#makeOffer();
   }
 
   /**
@@ -123,24 +126,7 @@ export class Peer extends EventTarget {
     this.fileDc = pc.createDataChannel('peercall-files', { negotiated: true, id: 1, ordered: true });
     this.dispatchEvent(new Event('created'));
 
-    pc.onnegotiationneeded = async () => {
-      if (!this.canOffer || this.closed) return;
-      try {
-        this.makingOffer = true;
-        await pc.setLocalDescription();
-        if (pc.localDescription?.type === 'offer') {
-          this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
-          mark('offer', this.id);
-          this.offerSentAt = performance.now();
-          this.#armOfferTimer(++this.offers, 1);
-          this.#armWatchdog();
-        }
-      } catch (e) {
-        console.warn(`peercall: offer to ${this.id} failed`, e);
-      } finally {
-        this.makingOffer = false;
-      }
-    };
+    pc.onnegotiationneeded = () => this.#makeOffer();
     pc.onicecandidate = ({ candidate }) => {
       this.host.sendSignal({ type: 'candidate', to: this.id, candidate: candidate ? candidate.toJSON() : null });
     };
@@ -154,6 +140,29 @@ export class Peer extends EventTarget {
       this.dispatchEvent(new Event('track'));
     };
     pc.onconnectionstatechange = () => this.#onConnectionState();
+  }
+
+  /** Makes and sends an offer (negotiationneeded, and the first offer to a newcomer). */
+  async #makeOffer() {
+    const pc = this.pc;
+    // One offer at a time, from a stable state: the event that follows a direct call finds it made or under way
+    // (the browser fires negotiationneeded again after the answer if something is still to negotiate).
+    if (!pc || !this.canOffer || this.closed || this.makingOffer || pc.signalingState !== 'stable') return;
+    try {
+      this.makingOffer = true;
+      await pc.setLocalDescription();
+      if (pc.localDescription?.type === 'offer') {
+        this.host.sendSignal({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
+        mark('offer', this.id);
+        this.offerSentAt = performance.now();
+        this.#armOfferTimer(++this.offers, 1);
+        this.#armWatchdog();
+      }
+    } catch (e) {
+      console.warn(`peercall: offer to ${this.id} failed`, e);
+    } finally {
+      this.makingOffer = false;
+    }
   }
 
   #onConnectionState() {
