@@ -69,6 +69,8 @@ export class Peer extends EventTarget {
     this.offerTimer = null;
     this.offers = 0; // offers made (each new one cancels the resend timer of the one before)
     this.firstOfferTimer = null;
+    this.audioReceiver = null; // the audio RTCRtpReceiver of audioReceiverOf (audioLevel)
+    this.audioReceiverOf = null;
   }
 
   /** Polite side of the pair: the lower id (plain string comparison). Re-evaluated: ids can change. */
@@ -469,10 +471,19 @@ export class Peer extends EventTarget {
     }
   }
 
-  /** Audio level (0..1) of the remote microphone, from the RTP receiver. */
+  /**
+   * Audio level (0..1) of the remote microphone, from the RTP receiver. Asked five times a second for every tile:
+   * nothing is asked of the connection before it is up (each of these calls waits for the browser's WebRTC
+   * thread, which is busiest while the connection is being set up), and the receiver is looked up once.
+   */
   audioLevel() {
-    const receiver = this.pc?.getReceivers().find((r) => r.track.kind === 'audio');
-    const sources = receiver?.getSynchronizationSources?.() ?? [];
+    const pc = this.pc;
+    if (!pc || pc.connectionState !== 'connected') return 0;
+    if (this.audioReceiverOf !== pc) {
+      this.audioReceiverOf = pc;
+      this.audioReceiver = pc.getReceivers().find((r) => r.track.kind === 'audio') ?? null;
+    }
+    const sources = this.audioReceiver?.getSynchronizationSources?.() ?? [];
     return sources.length ? (sources[0].audioLevel ?? 0) : 0;
   }
 
