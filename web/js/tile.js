@@ -5,7 +5,7 @@ import { h, icon, setIcon } from './util.js';
 import { initials, hueOf } from './names.js';
 
 /** How long the speaking ring stays on after the last loud sample. */
-export const SPEAKING_HOLD_MS = 600;
+const SPEAKING_HOLD_MS = 600;
 
 export class Tile {
   /** @param {{id: string, name: string, local?: boolean, onInfo?: () => void}} o */
