@@ -8,6 +8,9 @@ import { summarize, quality, qualityDetail } from './stats.js';
 import { safetyCode, SafetyBook, memoryStorage } from './safety.js';
 import { planVideo, sameEncoding, uplinkFromKbps, isSpeaking } from './bitrate.js';
 
+/** Connection states of a connection being set up (its first ICE and DTLS handshakes). */
+const SETTING_UP = new Set(['new', 'connecting']);
+
 /** The safety codes verified in this tab's session (sessionStorage; in memory when that is unavailable). */
 function sessionCodes() {
   const key = 'peercall.verifiedCodes';
@@ -74,8 +77,11 @@ export class CallStats {
   }
 
   async poll() {
-    const connected = this.roster.links().filter((p) => p.peer.pc);
-    await Promise.all(connected.map(async (p) => {
+    // Not a connection still being set up (unless the Connection panel shows it): getStats() then only competes
+    // with ICE and DTLS for the browser's WebRTC thread, and there is no quality, safety code or video budget yet.
+    const panelOpen = this.panel() === 'stats';
+    const polled = this.roster.links().filter((p) => p.peer.pc && (panelOpen || !SETTING_UP.has(p.peer.connectionState)));
+    await Promise.all(polled.map(async (p) => {
       try {
         const report = await p.peer.pc.getStats();
         const s = summarize(report, p.state.stats);
