@@ -71,8 +71,9 @@ impl World {
         }
     }
 
-    fn join(&mut self, name: &str, ids: &[&str]) -> usize {
-        let config = EngineConfig {
+    /// What a node joining the room as `name` runs with (the clip the next node sends).
+    fn config_for(&self, name: &str) -> EngineConfig {
+        EngineConfig {
             room: "room".into(),
             name: name.into(),
             password: None,
@@ -81,7 +82,11 @@ impl World {
             relay_only: false,
             turn_tcp: false,
             record: true,
-        };
+        }
+    }
+
+    fn join(&mut self, name: &str, ids: &[&str]) -> usize {
+        let config = self.config_for(name);
         let i = self.nodes.len();
         let addr: SocketAddr = format!("127.0.0.1:{}", 10_000 + i).parse().unwrap();
         let mut engine = Engine::new(config, self.now);
@@ -103,16 +108,7 @@ impl World {
     /// `addr`, resumed by the server under its old id: nobody hears it leave or join. Its join is sent at the
     /// next [`World::settle`].
     fn restart_node(&mut self, i: usize, name: &str, addr: SocketAddr) {
-        let config = EngineConfig {
-            room: "room".into(),
-            name: name.into(),
-            password: None,
-            token: None,
-            clip: self.clip.clone(),
-            relay_only: false,
-            turn_tcp: false,
-            record: true,
-        };
+        let config = self.config_for(name);
         let mut engine = Engine::new(config, self.now);
         engine.add_socket(self.now, addr);
         let node = &mut self.nodes[i];
@@ -504,7 +500,6 @@ fn refused_joins_and_garbage_are_reported_not_panicked_on() {
         &[0, 1, 2],
     );
     e.handle_timeout(now + Duration::from_secs(1));
-    let _: BTreeMap<(), ()> = BTreeMap::new();
 }
 
 #[test]
