@@ -61,3 +61,27 @@ check_quiet() {
     echo "WARNING: load average is $load: other processes are running, figures will be noisy" >&2
   fi
 }
+
+# A browser benchmark, one command: builds peercall (release), installs the test packages if missing, writes
+# OUT/machine.txt (date, CPU, Chromium, commit, the settings given), runs bench/NAME.mjs against the build with
+# at most TIMEOUT seconds, its summary to OUT/summary.md. OUT defaults to bench/results/NAME-DATE.
+#   run_browser_bench NAME TIMEOUT "SETTINGS LINE"
+run_browser_bench() {
+  local name=$1 timeout_s=$2 settings=$3
+  OUT=${OUT:-bench/results/$name-$(date +%Y%m%d-%H%M%S)}
+  mkdir -p "$OUT"
+  local target=${CARGO_TARGET_DIR:-target}
+  cargo build --release -q -p peercall
+  [ -d tests/node_modules/playwright-core ] || npm ci --prefix tests --no-audit --no-fund
+  {
+    echo "date: $(date -u +%FT%TZ)"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+    echo "chromium: $(/usr/bin/chromium --version 2>/dev/null | head -1 || true)"
+    echo "peercall: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- web crates || echo ' (modified)')"
+    echo "settings: $settings"
+    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  } | tee "$OUT/machine.txt"
+  check_quiet | tee -a "$OUT/machine.txt"
+  PEERCALL_BIN="$target/release/peercall" OUT="$OUT" timeout "$timeout_s" node "bench/$name.mjs" | tee "$OUT/summary.md"
+  echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"
+}
