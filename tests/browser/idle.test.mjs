@@ -1,9 +1,9 @@
 // A call that sits idle costs the machine little: the page does not restyle itself many times a second (the
-// level meter used to redraw one's own tile at every sample of Chromium's test tone, and keep the page drawing
-// frames for the whole call), while the speaking ring still lights when the microphone hears something.
+// speaking ring used to go on and off on one's own tile at every sample of Chromium's test tone, each time
+// redrawing the tile), while the ring still lights when a microphone hears something.
 
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import { Cleanup, join, launchBrowser, sleep, startServer, uniqueRoom, waitConnected, waitFor } from './harness.mjs';
 
 const WINDOW_MS = 6_000;
@@ -11,14 +11,21 @@ const WINDOW_MS = 6_000;
 // redrawing the tile at each sample took 28 to 45 a second.
 const MAX_RESTYLES_PER_SEC = 8;
 
-test('alone in a call: the speaking ring follows the microphone, and the page does not restyle many times a second', { timeout: 90_000 }, async (t) => {
-  const cleanup = new Cleanup();
-  t.after(() => cleanup.run());
-  const server = await startServer();
+// One server and one browser for both tests (each uses its own room and contexts).
+const cleanup = new Cleanup();
+let server;
+let browser;
+before(async () => {
+  server = await startServer();
   cleanup.add(() => server.kill());
-  const browser = await launchBrowser();
+  browser = await launchBrowser();
   cleanup.add(() => browser.close());
+});
+after(() => cleanup.run());
+
+test('alone in a call: the speaking ring follows the microphone, and the page does not restyle many times a second', { timeout: 90_000 }, async (t) => {
   const ada = await join(browser, server, uniqueRoom('idle'), 'Ada');
+  t.after(() => ada.context.close());
   await sleep(1_000); // the camera and the meter are running
 
   // Whether the ring is lit on Ada's own tile, looked at every 100 ms (the test tone beeps twice a second, and the
@@ -42,15 +49,10 @@ test('alone in a call: the speaking ring follows the microphone, and the page do
 });
 
 test('in a call of two, the ring lights on the tile of the one whose microphone hears something', { timeout: 90_000 }, async (t) => {
-  const cleanup = new Cleanup();
-  t.after(() => cleanup.run());
-  const server = await startServer();
-  cleanup.add(() => server.kill());
-  const browser = await launchBrowser();
-  cleanup.add(() => browser.close());
   const room = uniqueRoom('ring');
   const ada = await join(browser, server, room, 'Ada');
   const bob = await join(browser, server, room, 'Bob');
+  t.after(() => Promise.all([ada.context.close(), bob.context.close()]));
   await waitConnected(ada, 'Bob');
   // Bob's test tone reaches Ada as audio levels in the RTP it sends (peer.js audioLevel): his tile lights on her page.
   await waitFor(() => ada.page.evaluate((id) => document.querySelector(`.tile[data-peer="${id}"]`)?.classList.contains('speaking') ?? false, bob.id),
