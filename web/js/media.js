@@ -51,12 +51,19 @@ function videoConstraints(deviceId) {
   return deviceId ? { ...VIDEO, deviceId: { ideal: deviceId } } : VIDEO;
 }
 
-/** What LocalMedia.open() asks getUserMedia for, from what is stored (the devices and settings last used). */
-export function storedCaptureConstraints() {
+/** The capture settings last used (remembered in the store): camera on or off, devices, microphone processing. */
+function storedCapture() {
   return {
-    audio: audioConstraints(store.get('audioDevice', null), audioProcessing(store.get('audioProcessing', null))),
-    video: store.get('camOn', true) ? videoConstraints(store.get('videoDevice', null)) : false,
+    camOn: store.get('camOn', true),
+    audioDeviceId: store.get('audioDevice', null),
+    videoDeviceId: store.get('videoDevice', null),
+    processing: audioProcessing(store.get('audioProcessing', null)),
   };
+}
+
+/** What LocalMedia.open() asks getUserMedia for with these settings (storedCapture's fields). */
+function captureConstraints({ camOn, audioDeviceId, videoDeviceId, processing }) {
+  return { audio: audioConstraints(audioDeviceId, processing), video: camOn ? videoConstraints(videoDeviceId) : false };
 }
 
 /** The capture boot.js started while the page loads: {key, promise}, taken once by LocalMedia.open(). */
@@ -69,7 +76,7 @@ let earlyCapture = null;
  */
 export function captureEarly() {
   if (earlyCapture || !navigator.mediaDevices?.getUserMedia) return;
-  const constraints = storedCaptureConstraints();
+  const constraints = captureConstraints(storedCapture());
   const promise = navigator.mediaDevices.getUserMedia(constraints);
   promise.catch(() => {}); // open() sees the failure, and tries each device alone
   earlyCapture = { key: JSON.stringify(constraints), promise };
@@ -93,10 +100,8 @@ export class LocalMedia extends EventTarget {
     this.cameraTrack = null;
     this.screenTrack = null;
     this.micOn = store.get('micOn', true);
-    this.camOn = store.get('camOn', true);
-    this.audioDeviceId = store.get('audioDevice', null);
-    this.videoDeviceId = store.get('videoDevice', null);
-    this.processing = audioProcessing(store.get('audioProcessing', null));
+    // camOn, audioDeviceId, videoDeviceId, processing: as last used (the early capture read the same).
+    Object.assign(this, storedCapture());
     this.errors = { audio: null, video: null };
     this.hasCamera = true;
     this.hasMic = true;
@@ -168,7 +173,7 @@ export class LocalMedia extends EventTarget {
       return;
     }
     const wantVideo = this.camOn;
-    const constraints = { audio: this.#audioConstraints(), video: wantVideo ? this.#videoConstraints() : false };
+    const constraints = captureConstraints(this);
     let stream = null;
     try {
       stream = await (takeEarlyCapture(constraints) ?? navigator.mediaDevices.getUserMedia(constraints));
