@@ -110,6 +110,20 @@ struct Phase {
     quit: bool,
 }
 
+impl Phase {
+    /// Nothing to send from `at` on (`quit`: close the connection).
+    fn idle(at: Instant, quit: bool) -> Phase {
+        Phase {
+            tag: 0,
+            rate: 0.0,
+            start: at,
+            start_ns: 0,
+            end: at,
+            quit,
+        }
+    }
+}
+
 /// Where in its period client `index` sends (0 ≤ offset < 1): spread evenly over the clients whatever their
 /// number (golden-ratio sequence), so the clients together send at the aggregate rate even when each sends less
 /// than one message per step.
@@ -508,15 +522,7 @@ impl Fleet {
         generation: u64,
         shared: &Arc<Shared>,
     ) -> (Fleet, Vec<String>) {
-        let now = Instant::now();
-        let (phase_tx, phase_rx) = watch::channel(Phase {
-            tag: 0,
-            rate: 0.0,
-            start: now,
-            start_ns: 0,
-            end: now,
-            quit: false,
-        });
+        let (phase_tx, phase_rx) = watch::channel(Phase::idle(Instant::now(), false));
         let run = how.run_id * 100 + generation % 100;
         let mut tasks = tokio::task::JoinSet::new();
         let (proto, server, gap) = (how.proto, how.server, how.gap);
@@ -525,9 +531,12 @@ impl Fleet {
             .buffer_unordered(how.concurrency)
             .map(|r| {
                 r.map(|pair| {
+                    // Clients are numbered 0..clients in the order they connect, as Controller::step counts
+                    // the messages due (each client's share of the rate depends on its number).
+                    let first = tasks.len();
                     for (i, (ws, _me, partner)) in pair.into_iter().enumerate() {
                         shared.live.fetch_add(1, Ordering::AcqRel);
-                        let idx = tasks.len() * 2 + i;
+                        let idx = first + i;
                         tasks.spawn(client_task(
                             idx,
                             ws,
@@ -550,15 +559,7 @@ impl Fleet {
 
     /// Tells every client to close, and waits for them (at most 10 s).
     async fn stop(&mut self) {
-        let now = Instant::now();
-        let _ = self.phase_tx.send(Phase {
-            tag: 0,
-            rate: 0.0,
-            start: now,
-            start_ns: 0,
-            end: now,
-            quit: true,
-        });
+        let _ = self.phase_tx.send(Phase::idle(Instant::now(), true));
         let tasks = &mut self.tasks;
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             while tasks.join_next().await.is_some() {}
@@ -650,14 +651,7 @@ impl Controller {
         }
         // Idle phase; messages of this step arriving from now on are ignored.
         sh.tag.store(0, Ordering::Release);
-        let _ = self.fleet.phase_tx.send(Phase {
-            tag: 0,
-            rate: 0.0,
-            start: end,
-            start_ns: 0,
-            end,
-            quit: false,
-        });
+        let _ = self.fleet.phase_tx.send(Phase::idle(end, false));
         SigStep {
             target_rate: rate,
             expected,
